@@ -1,0 +1,1 @@
+"""Streamlit explorer (see issue 6)."""

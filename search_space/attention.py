@@ -1,0 +1,141 @@
+"""Attention: the module owns the weights, a swappable backend owns the math (as diffusers' processors).
+
+Covers the attention knobs of SNAPGEN.md section 1: MHSA / MQA / GQA (shared key-value heads, step e),
+QK normalisation after the projections and 2D rotary position embedding (step g).
+Backends: "sdpa" (torch's fused kernel) and "math" (explicit matmuls, the export-friendly form that Core ML
+maps well and that tracers such as fvcore see op by op).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_BACKEND = "sdpa"
+BACKENDS = ("sdpa", "math")
+
+
+def get_attention_backend() -> str:
+    return _BACKEND
+
+
+@contextlib.contextmanager
+def attention_backend(name: str):
+    """Temporarily switch the attention math, e.g. `with attention_backend("math"): export(model)`."""
+    global _BACKEND
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend {name!r} is not one of {', '.join(BACKENDS)}")
+    previous, _BACKEND = _BACKEND, name
+    try:
+        yield
+    finally:
+        _BACKEND = previous
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q (B, H, N, d), k/v (B, Hkv, M, d) with H a multiple of Hkv -> (B, H, N, d)."""
+    heads, kv_heads = q.shape[1], k.shape[1]
+    if _BACKEND == "sdpa":
+        if kv_heads == heads:
+            return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    if kv_heads != heads:  # (B, Hkv, M, d) -> (B, H, M, d); MQA (Hkv=1) broadcasts without a copy
+        if kv_heads == 1:
+            k, v = k.expand(-1, heads, -1, -1), v.expand(-1, heads, -1, -1)
+        else:
+            k = k.repeat_interleave(heads // kv_heads, dim=1)
+            v = v.repeat_interleave(heads // kv_heads, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    return torch.matmul(scores.softmax(dim=-1), v)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim with a learned gain (QK norm, SNAPGEN.md step g)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+def make_qk_norm(kind: str, head_dim: int) -> nn.Module:
+    if kind == "rmsnorm":
+        return RMSNorm(head_dim)
+    if kind == "layernorm":
+        return nn.LayerNorm(head_dim, eps=1e-6)
+    return nn.Identity()
+
+
+def rope_2d_tables(height: int, width: int, head_dim: int, device=None, theta: float = 10000.0):
+    """cos/sin tables (N, head_dim) for 2D RoPE on an H x W grid, N = H * W (row-major tokens).
+
+    The first half of each head rotates with the row index, the second half with the column index; each half
+    uses the 1D rotary frequencies over head_dim / 2 channels (RoPE extended from 1D to 2D).
+    """
+    quarter = head_dim // 4
+    freqs = 1.0 / (theta ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter))
+    ys = torch.arange(height, dtype=torch.float32, device=device)
+    xs = torch.arange(width, dtype=torch.float32, device=device)
+    ang_y = torch.outer(ys, freqs)  # (H, d/4)
+    ang_x = torch.outer(xs, freqs)  # (W, d/4)
+    ang_y = ang_y[:, None, :].expand(height, width, quarter)
+    ang_x = ang_x[None, :, :].expand(height, width, quarter)
+    # rotate_half layout per axis half: [a, a] so that x * cos + rotate_half(x) * sin rotates pairs (i, i + d/4)
+    ang = torch.cat([ang_y, ang_y, ang_x, ang_x], dim=-1).reshape(height * width, head_dim)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope_2d(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, N, d); each half of d is rotated with its own table half."""
+    half = x.shape[-1] // 2
+
+    def rotate_half(t: torch.Tensor) -> torch.Tensor:
+        a, b = t.chunk(2, dim=-1)
+        return torch.cat([-b, a], dim=-1)
+
+    x_y, x_x = x[..., :half], x[..., half:]
+    rotated = torch.cat([rotate_half(x_y), rotate_half(x_x)], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention with `heads` query heads and `kv_heads` key/value heads.
+
+    kv_heads == heads is MHSA, 1 is MQA (one shared K/V head), anything between is GQA.
+    Projections have no bias and the output projection has one, as in diffusers' SDXL attention.
+    """
+
+    def __init__(self, dim: int, context_dim: int | None, heads: int, kv_heads: int, head_dim: int,
+                 qk_norm: str = "none", rope: bool = False):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.rope = rope
+        context_dim = context_dim or dim
+        self.to_q = nn.Linear(dim, heads * head_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, kv_heads * head_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, kv_heads * head_dim, bias=False)
+        self.norm_q = make_qk_norm(qk_norm, head_dim)
+        self.norm_k = make_qk_norm(qk_norm, head_dim)
+        self.to_out = nn.Linear(heads * head_dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        b, n, _ = x.shape
+        context = x if context is None else context
+        q = self.to_q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, N, H*d) -> (B, H, N, d)
+        k = self.to_k(context).view(b, context.shape[1], self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.to_v(context).view(b, context.shape[1], self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.norm_q(q), self.norm_k(k)
+        if self.rope and rope is not None:
+            q, k = apply_rope_2d(q, *rope), apply_rope_2d(k, *rope)
+        out = attend(q, k, v)
+        out = out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)  # (B, H, N, d) -> (B, N, H*d)
+        return self.to_out(out)

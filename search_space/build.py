@@ -1,0 +1,57 @@
+"""Spec -> module, spec loading (preset name or JSON file) and example inputs for any spec."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .decoder import Decoder
+from .presets import PRESETS, get_preset
+from .spec import DecoderSpec, Spec, SpecError, UNetSpec, apply_overrides, spec_from_dict
+from .unet import SIZE_COND_COUNT, UNet
+
+DEFAULT_TEXT_TOKENS = 77  # CLIP's context length: the cross-attention sequence length used for costing
+
+
+def build_model(spec: Spec, device: str | torch.device | None = None) -> nn.Module:
+    """Build the module for a spec; `device="meta"` builds it without allocating weights."""
+    with torch.device(device or "cpu"):
+        return UNet(spec) if isinstance(spec, UNetSpec) else Decoder(spec)
+
+
+def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """A preset name, or a path to a spec JSON file (as written by `pocketdiff describe --json`)."""
+    if name_or_path in PRESETS:
+        spec = PRESETS[name_or_path]
+    elif name_or_path.endswith(".json") or Path(name_or_path).is_file():
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SpecError(f"spec file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise SpecError(f"spec file {path} is not valid JSON: {e}") from None
+        spec = spec_from_dict(data.get("spec", data) if isinstance(data, dict) else data)
+    else:
+        spec = get_preset(name_or_path)  # raises with the list of presets
+    return apply_overrides(spec, overrides) if overrides else spec
+
+
+def example_inputs(spec: Spec, latent: int = 128, batch: int = 1, text_tokens: int = DEFAULT_TEXT_TOKENS,
+                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple:
+    """Positional inputs for one forward pass at a `latent` x `latent` latent."""
+    if isinstance(spec, DecoderSpec):
+        return (torch.randn(batch, spec.latent_channels, latent, latent, device=device, dtype=dtype),)
+    if latent % spec.downsample_factor:
+        raise SpecError(f"latent size {latent} is not a multiple of {spec.downsample_factor} "
+                        f"(2 ** (stages - 1)); pick e.g. {latent // spec.downsample_factor * spec.downsample_factor or spec.downsample_factor}")
+    x = torch.randn(batch, spec.latent_channels, latent, latent, device=device, dtype=dtype)
+    t = torch.full((batch,), 500.0, device=device)
+    tokens = torch.randn(batch, text_tokens, spec.text_dim, device=device, dtype=dtype)
+    pooled = torch.randn(batch, spec.pooled_dim, device=device, dtype=dtype) if spec.pooled_dim else None
+    time_ids = (torch.tensor([[latent * 8, latent * 8, 0, 0, latent * 8, latent * 8]] * batch, device=device,
+                             dtype=dtype) if spec.size_conditioning else None)
+    assert time_ids is None or time_ids.shape[1] == SIZE_COND_COUNT
+    return (x, t, tokens, pooled, time_ids)

@@ -1,0 +1,391 @@
+"""Typed architecture specs for the UNet and the VAE decoder (SNAPGEN.md sections 1 and 2).
+
+A spec is a frozen dataclass holding JSON-native values only (ints, floats, bools, strings, tuples of
+those, nested stage specs), so specs hash, compare, serialise and name caches through `spec_id`.
+Everything a builder needs is here; everything derived (heads, time-embedding width) is a property.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+CONV_TYPES = ("regular", "separable")
+ATTENTION_TYPES = ("mhsa", "mqa", "gqa")
+QK_NORMS = ("none", "rmsnorm", "layernorm")
+POS_EMBEDS = ("none", "rope2d")
+SHORTCUTS = ("conv1x1", "none")
+
+
+class SpecError(ValueError):
+    """A spec value is invalid; the message names the field and how to fix it."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise SpecError(msg)
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    _check(value in options, f"{name}={value!r} is not one of {', '.join(options)}; pick one of those")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One resolution stage of the UNet, used on the way down and (mirrored) on the way up.
+
+    A stage is a list of layers; each layer is an optional residual block followed by an optional
+    Transformer2D (a stack of `*_transformer_depth` transformer blocks), as in diffusers'
+    CrossAttnDownBlock2D. `res_block=False` turns the stage's layers into transformer-only layers
+    (SnapGen step f: condition injection in the first stage).
+    """
+
+    channels: int
+    down_layers: int = 2
+    up_layers: int = 3
+    down_transformer_depth: int = 0
+    up_transformer_depth: int = 0
+    self_attention: bool = True
+    cross_attention: bool = True
+    res_block: bool = True
+
+    def validate(self, where: str, norm_groups: int, head_dim: int) -> None:
+        _check(self.channels > 0, f"{where}.channels={self.channels} must be positive")
+        _check(self.channels % norm_groups == 0,
+               f"{where}.channels={self.channels} is not divisible by the {norm_groups} norm groups; "
+               f"use a multiple of {norm_groups}")
+        _check(self.down_layers >= 1, f"{where}.down_layers={self.down_layers} must be >= 1")
+        _check(self.up_layers >= 1, f"{where}.up_layers={self.up_layers} must be >= 1")
+        for side in ("down", "up"):
+            depth = getattr(self, f"{side}_transformer_depth")
+            _check(depth >= 0, f"{where}.{side}_transformer_depth={depth} must be >= 0")
+            _check(self.res_block or depth > 0,
+                   f"{where}: res_block=false needs {side}_transformer_depth >= 1, or the layer is empty")
+        if self.has_transformer:
+            _check(self.channels % head_dim == 0,
+                   f"{where}.channels={self.channels} is not divisible by head_dim={head_dim}; "
+                   f"heads = channels / head_dim must be whole")
+
+    @property
+    def has_transformer(self) -> bool:
+        return self.down_transformer_depth > 0 or self.up_transformer_depth > 0
+
+
+@dataclass(frozen=True)
+class _SpecBase:
+    kind: ClassVar[str] = ""
+
+    def _normalize(self) -> None:
+        """Lists -> tuples and ints -> floats where the field says so, so equal specs hash equal."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if str(f.type) == "float" and isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
+            elif isinstance(v, list):
+                object.__setattr__(self, f.name, tuple(v))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_jsonable(dataclasses.asdict(self))
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps({"kind": self.kind, **self.to_dict()}, sort_keys=True, indent=indent)
+
+    @property
+    def spec_id(self) -> str:
+        """Short hash of the canonical JSON: names caches, artifacts, checkpoints and trials."""
+        canonical = json.dumps({"kind": self.kind, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class UNetSpec(_SpecBase):
+    """A latent-diffusion UNet: UNet(latents, timestep, text tokens[, pooled, time_ids]) -> velocity."""
+
+    kind: ClassVar[str] = "unet"
+
+    stages: tuple[StageSpec, ...]
+    latent_channels: int = 4
+    mid_block: bool = True
+    mid_transformer_depth: int = 1
+    conv: str = "regular"
+    conv_expansion: float = 1.0
+    ffn_ratio: float = 4.0
+    attention: str = "mhsa"
+    kv_heads: int | None = None
+    mqa_in_cross_attention: bool = False
+    head_dim: int = 64
+    qk_norm: str = "none"
+    pos_embed: str = "none"
+    text_dim: int = 2048
+    pooled_dim: int = 0
+    size_conditioning: bool = False
+    norm_groups: int = 32
+    time_embed_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        self._normalize()
+        self.validate()
+
+    def validate(self) -> None:
+        _check(isinstance(self.stages, tuple) and len(self.stages) >= 1,
+               "stages must be a non-empty list of stage specs")
+        _check(self.latent_channels >= 1, f"latent_channels={self.latent_channels} must be >= 1")
+        _check(self.norm_groups >= 1, f"norm_groups={self.norm_groups} must be >= 1")
+        _check(self.head_dim >= 1, f"head_dim={self.head_dim} must be >= 1")
+        for i, stage in enumerate(self.stages):
+            stage.validate(f"stages[{i}]", self.norm_groups, self.head_dim)
+        _choice("conv", self.conv, CONV_TYPES)
+        _check(self.conv_expansion >= 1, f"conv_expansion={self.conv_expansion} must be >= 1 (1 = no expansion)")
+        _check(self.conv == "separable" or self.conv_expansion == 1,
+               f"conv_expansion={self.conv_expansion} only applies to conv='separable'; set it to 1")
+        _check(self.ffn_ratio >= 1, f"ffn_ratio={self.ffn_ratio} must be >= 1")
+        _choice("attention", self.attention, ATTENTION_TYPES)
+        if self.attention == "gqa":
+            _check(self.kv_heads is not None and self.kv_heads >= 1,
+                   "attention='gqa' needs kv_heads >= 1 (the number of shared key/value heads)")
+            for i, stage in enumerate(self.stages):
+                if stage.has_transformer:
+                    heads = stage.channels // self.head_dim
+                    _check(heads % self.kv_heads == 0,
+                           f"kv_heads={self.kv_heads} does not divide the {heads} heads of stages[{i}]; "
+                           f"pick a divisor of {heads}")
+        else:
+            _check(self.kv_heads is None, f"kv_heads only applies to attention='gqa'; remove it "
+                                          f"(attention={self.attention!r})")
+        _choice("qk_norm", self.qk_norm, QK_NORMS)
+        _choice("pos_embed", self.pos_embed, POS_EMBEDS)
+        if self.pos_embed == "rope2d":
+            _check(self.head_dim % 4 == 0, f"pos_embed='rope2d' needs head_dim divisible by 4, got {self.head_dim}")
+        _check(self.text_dim >= 1, f"text_dim={self.text_dim} must be >= 1")
+        _check(self.pooled_dim >= 0, f"pooled_dim={self.pooled_dim} must be >= 0 (0 = no pooled conditioning)")
+        _check(self.mid_transformer_depth >= 0, f"mid_transformer_depth={self.mid_transformer_depth} must be >= 0")
+        if self.mid_block and self.mid_transformer_depth > 0:
+            _check(self.stages[-1].channels % self.head_dim == 0,
+                   f"the mid block's width {self.stages[-1].channels} is not divisible by head_dim={self.head_dim}")
+        skips = sum(s.down_layers for s in self.stages) + len(self.stages)
+        ups = sum(s.up_layers for s in self.stages)
+        _check(ups == skips,
+               f"the up path has {ups} layers but the down path saves {skips} skip connections "
+               f"(conv_in + one per down layer + one per downsample); make sum(up_layers) = {skips}, "
+               f"e.g. up_layers = down_layers + 1 in every stage")
+        _check(self.time_embed_ratio >= 1, f"time_embed_ratio={self.time_embed_ratio} must be >= 1")
+
+    # Derived values
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(s.channels for s in self.stages)
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.time_embed_ratio * self.stages[0].channels
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.stages) - 1)
+
+    def heads(self, channels: int) -> int:
+        return channels // self.head_dim
+
+    def kv_heads_for(self, channels: int, cross: bool = False) -> int:
+        heads = self.heads(channels)
+        if cross and not self.mqa_in_cross_attention:
+            return heads
+        return {"mhsa": heads, "mqa": 1, "gqa": self.kv_heads or heads}[self.attention]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UNetSpec":
+        d = _strip_kind(d, cls.kind)
+        _reject_unknown(cls, d, "UNetSpec")
+        _check("stages" in d, "UNetSpec needs 'stages'")
+        stages = []
+        for i, s in enumerate(d["stages"]):
+            _check(isinstance(s, dict), f"stages[{i}] must be an object with keys like 'channels'")
+            _reject_unknown(StageSpec, s, f"stages[{i}]")
+            stages.append(StageSpec(**_typed(StageSpec, s, f"stages[{i}]")))
+        rest = _typed(cls, {k: v for k, v in d.items() if k != "stages"}, "UNetSpec")
+        return cls(stages=tuple(stages), **rest)
+
+
+@dataclass(frozen=True)
+class DecoderSpec(_SpecBase):
+    """A VAE decoder: Decoder(latents) -> image, laid out like diffusers' `Decoder`.
+
+    `channels` and `res_blocks` are listed from the highest resolution (output side) to the lowest, the
+    order of diffusers' `block_out_channels`. Decoding walks them backwards with an upsampler between
+    stages. GroupNorm can be kept per stage, in the mid block and before the output conv.
+    """
+
+    kind: ClassVar[str] = "decoder"
+
+    channels: tuple[int, ...]
+    res_blocks: tuple[int, ...]
+    latent_channels: int = 16
+    out_channels: int = 3
+    mid_res_blocks: int = 2
+    mid_attention: bool = True
+    norm_stages: tuple[bool, ...] = ()
+    norm_mid: bool = True
+    norm_out: bool = True
+    conv: str = "regular"
+    conv_expansion: float = 1.0
+    shortcut: str = "conv1x1"
+    post_quant_conv: bool = False
+    norm_groups: int = 32
+
+    def __post_init__(self) -> None:
+        self._normalize()
+        if not self.norm_stages:  # default: GroupNorm everywhere, like diffusers
+            object.__setattr__(self, "norm_stages", tuple(True for _ in self.channels))
+        self.validate()
+
+    def validate(self) -> None:
+        n = len(self.channels)
+        _check(n >= 1, "channels must list at least one stage width")
+        _check(len(self.res_blocks) == n,
+               f"res_blocks has {len(self.res_blocks)} entries but channels has {n}; give one per stage")
+        _check(len(self.norm_stages) == n,
+               f"norm_stages has {len(self.norm_stages)} entries but channels has {n}; give one per stage")
+        for i, (c, r) in enumerate(zip(self.channels, self.res_blocks)):
+            _check(c > 0, f"channels[{i}]={c} must be positive")
+            _check(r >= 1, f"res_blocks[{i}]={r} must be >= 1")
+            if self.norm_stages[i]:
+                _check(c % self.norm_groups == 0,
+                       f"channels[{i}]={c} is not divisible by the {self.norm_groups} norm groups; "
+                       f"use a multiple of {self.norm_groups} or set norm_stages[{i}]=false")
+        _check(self.mid_res_blocks >= 0, f"mid_res_blocks={self.mid_res_blocks} must be >= 0")
+        _check(not self.mid_attention or self.mid_res_blocks >= 1,
+               "mid_attention=true needs mid_res_blocks >= 1")
+        if self.mid_res_blocks and self.norm_mid:
+            _check(self.channels[-1] % self.norm_groups == 0,
+                   f"mid width channels[-1]={self.channels[-1]} is not divisible by {self.norm_groups} norm groups")
+        if self.norm_out:
+            _check(self.channels[0] % self.norm_groups == 0,
+                   f"output width channels[0]={self.channels[0]} is not divisible by {self.norm_groups} norm groups")
+        _choice("conv", self.conv, CONV_TYPES)
+        _check(self.conv_expansion >= 1, f"conv_expansion={self.conv_expansion} must be >= 1 (1 = no expansion)")
+        _check(self.conv == "separable" or self.conv_expansion == 1,
+               f"conv_expansion={self.conv_expansion} only applies to conv='separable'; set it to 1")
+        _choice("shortcut", self.shortcut, SHORTCUTS)
+        _check(self.latent_channels >= 1, f"latent_channels={self.latent_channels} must be >= 1")
+
+    @property
+    def upsample_factor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DecoderSpec":
+        d = _strip_kind(d, cls.kind)
+        _reject_unknown(cls, d, "DecoderSpec")
+        return cls(**_typed(cls, d, "DecoderSpec"))
+
+
+Spec = UNetSpec | DecoderSpec
+
+
+def spec_from_dict(d: dict[str, Any]) -> Spec:
+    """Build a UNetSpec or DecoderSpec from its dict; 'kind' picks which (default: by its keys)."""
+    kind = d.get("kind") or ("unet" if "stages" in d else "decoder")
+    _check(kind in ("unet", "decoder"), f"kind={kind!r} is not 'unet' or 'decoder'")
+    return UNetSpec.from_dict(d) if kind == "unet" else DecoderSpec.from_dict(d)
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+def _to_jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_jsonable(v) for v in x]
+    return x
+
+
+def _strip_kind(d: dict[str, Any], kind: str) -> dict[str, Any]:
+    _check(isinstance(d, dict), f"a {kind} spec must be a JSON object, got {type(d).__name__}")
+    d = dict(d)
+    k = d.pop("kind", kind)
+    _check(k == kind, f"kind={k!r} but a {kind} spec was expected")
+    return d
+
+
+def _reject_unknown(cls: type, d: dict[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    _check(not unknown, f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+
+
+def _typed(cls: type, d: dict[str, Any], where: str) -> dict[str, Any]:
+    """Coerce JSON values to the dataclass field types (lists -> tuples) and type-check them."""
+    out = {}
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    for k, v in d.items():
+        t = str(hints[k])
+        out[k] = _coerce(v, t, f"{where}.{k}")
+    return out
+
+
+def _coerce(v: Any, t: str, where: str) -> Any:
+    if t.startswith("tuple[bool"):
+        _check(isinstance(v, (list, tuple)) and all(isinstance(x, bool) for x in v),
+               f"{where} must be a list of true/false, got {v!r}")
+        return tuple(v)
+    if t.startswith("tuple[int"):
+        _check(isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+               f"{where} must be a list of integers, got {v!r}")
+        return tuple(v)
+    if t == "bool":
+        _check(isinstance(v, bool), f"{where} must be true or false, got {v!r}")
+        return v
+    if t == "int":
+        _check(isinstance(v, int) and not isinstance(v, bool), f"{where} must be an integer, got {v!r}")
+        return v
+    if t == "int | None":
+        _check(v is None or (isinstance(v, int) and not isinstance(v, bool)),
+               f"{where} must be an integer or null, got {v!r}")
+        return v
+    if t == "float":
+        _check(isinstance(v, (int, float)) and not isinstance(v, bool), f"{where} must be a number, got {v!r}")
+        return float(v)
+    if t == "str":
+        _check(isinstance(v, str), f"{where} must be a string, got {v!r}")
+        return v
+    return v
+
+
+def apply_overrides(spec: Spec, overrides: list[str] | tuple[str, ...]) -> Spec:
+    """Apply `key=value` overrides (`stages.1.channels=512`, `attention=mqa`) and re-validate.
+
+    Values are parsed as JSON where they parse (numbers, true/false, null, lists), else taken as strings.
+    """
+    d = spec.to_dict()
+    for item in overrides:
+        _check("=" in item, f"--set {item!r} must look like key=value, e.g. stages.1.channels=512")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node: Any = d
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if isinstance(node, list):
+                _check(p.isdigit() and int(p) < len(node),
+                       f"--set {key}: index {p!r} is out of range (there are {len(node)} entries)")
+                node = node[int(p)]
+            else:
+                _check(isinstance(node, dict) and p in node, f"--set {key}: unknown key {p!r}")
+                node = node[p]
+        last = parts[-1]
+        if isinstance(node, list):
+            _check(last.isdigit() and int(last) < len(node),
+                   f"--set {key}: index {last!r} is out of range (there are {len(node)} entries)")
+            node[int(last)] = value
+        else:
+            _check(isinstance(node, dict) and last in node,
+                   f"--set {key}: unknown key {last!r}; known: {', '.join(sorted(node)) if isinstance(node, dict) else ''}")
+            node[last] = value
+    return type(spec).from_dict(d)
