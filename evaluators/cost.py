@@ -1,0 +1,265 @@
+"""Cost evaluator: parameters, MACs and peak activation memory of any spec at any latent size.
+
+Everything is counted on the meta device by default: the model is built without weights and one forward
+pass is walked op by op, so the full SDXL UNet at a 128x128 latent costs about a second and no memory.
+- Parameters: total, per stage and per block kind, from the module tree.
+- MACs: one multiply-accumulate per conv/linear/matmul/attention product, the convention of fvcore and of
+  the paper's tables (SNAPGEN.md: "38 GFLOPs" for SnapGen is 38 G multiply-accumulates). Two engines:
+  "torch" walks aten ops with torch.utils.flop_counter (works on meta tensors); "fvcore" traces with
+  fvcore's FlopCountAnalysis plus our handler for scaled_dot_product_attention (fvcore has none) and
+  needs real weights, so it is for small models and for cross-checking. Norms, activations and
+  element-wise ops are not counted by either.
+- Peak activation memory: bytes of live intermediate tensors during one inference forward pass, tracked
+  by a dispatch mode that adds each new tensor's size and subtracts it when the tensor is freed.
+
+`evaluate(spec, latent=128) -> dict of floats` is the evaluator API used by studies.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import weakref
+from collections import defaultdict
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from search_space import DecoderSpec, Spec, UNetSpec, build_model, example_inputs
+from search_space.attention import attention_backend
+
+EVALUATOR_VERSION = "cost-1"
+DEFAULT_LATENT = 128  # SNAPGEN.md: FLOPs reported at a 128x128 latent (1024 px) unless stated otherwise
+
+BLOCK_KINDS = ("res", "self_attn", "cross_attn", "ffn", "transformer_io", "resample", "embed", "stem_head")
+
+
+# --- parameters -----------------------------------------------------------------------------------------
+
+def stage_of(name: str, spec: Spec) -> str:
+    """Map a module path to its stage label: 'stage1'..'stageN', 'mid', 'stem' (in/out convs, embeddings)."""
+    parts = name.split(".")
+    n = len(spec.stages) if isinstance(spec, UNetSpec) else len(spec.channels)
+    if parts[0] == "down":
+        return f"stage{int(parts[1]) + 1}"
+    if parts[0] == "up":  # both models list up stages from the lowest resolution to the highest
+        return f"stage{n - int(parts[1])}"
+    if parts[0] == "mid":
+        return "mid"
+    return "stem"
+
+
+def block_kind(name: str) -> str:
+    if ".attn1." in name or name.endswith(".attn1"):
+        return "self_attn"
+    if ".attn2." in name or name.endswith(".attn2"):
+        return "cross_attn"
+    if ".ff." in name:
+        return "ffn"
+    if ".attn." in name:  # SpatialTransformer norm / proj_in / proj_out / shortcut, or the VAE mid attention
+        return "transformer_io"
+    if ".res." in name or ".res_in." in name or ".res_out." in name:
+        return "res"
+    if "downsample" in name or "upsample" in name:
+        return "resample"
+    if "embedding" in name:
+        return "embed"
+    return "stem_head"
+
+
+def count_params(model: nn.Module, spec: Spec) -> dict:
+    per_stage: dict[str, int] = defaultdict(int)
+    per_kind: dict[str, int] = defaultdict(int)
+    total = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        per_stage[stage_of(name, spec)] += p.numel()
+        per_kind[block_kind(name)] += p.numel()
+    return {"total": total, "per_stage": dict(per_stage), "per_kind": dict(per_kind)}
+
+
+# --- MACs ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class MacReport:
+    total: int
+    per_module: dict[str, int]  # module path (without the root class) -> MACs, leaves and containers
+    per_op: dict[str, int]  # aten op name -> MACs
+
+    def under(self, prefix: str) -> int:
+        return self.per_module.get(prefix, 0)
+
+
+def count_macs_torch(model: nn.Module, inputs: tuple) -> MacReport:
+    """Walk one forward pass with torch.utils.flop_counter; works on the meta device.
+
+    Attention runs through the explicit-matmul backend so that its products are counted the same on every
+    device (the fused CPU/CUDA kernels have no flop formula in torch's counter).
+    """
+    with torch.no_grad(), attention_backend("math"), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    per_module = {}
+    for key, ops in counts.items():
+        if key == "Global":
+            continue
+        path = key[len(root) + 1:] if key.startswith(root + ".") else ("" if key == root else key)
+        per_module[path] = sum(ops.values()) // 2
+    per_op = {str(op).split(".")[-1]: v // 2 for op, v in counts.get("Global", {}).items()}
+    return MacReport(total=sum(per_op.values()), per_module=per_module, per_op=per_op)
+
+
+def _sdpa_handle(inputs, outputs) -> int:
+    """fvcore handler for aten::scaled_dot_product_attention: QK^T and AV, B*H*N*M*d MACs each."""
+    from fvcore.nn.jit_handles import get_shape
+    q, k = get_shape(inputs[0]), get_shape(inputs[1])
+    *batch, n, d = q
+    m = k[-2]
+    return 2 * math.prod(batch) * n * m * d
+
+
+def _zero_handle(inputs, outputs) -> int:
+    return 0
+
+
+def count_macs_fvcore(model: nn.Module, inputs: tuple) -> MacReport:
+    """fvcore's FlopCountAnalysis (one MAC per 'flop') restricted to conv / matmul / attention.
+
+    Needs real tensors (fvcore traces with torch.jit, which meta tensors break), so use it on small models.
+    """
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(model.eval(), tuple(inputs))
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_handle)
+    # Same convention as the torch engine: norms and resampling are not multiply-accumulates of weights.
+    for op in ("aten::group_norm", "aten::layer_norm", "aten::batch_norm", "aten::upsample_nearest2d",
+               "aten::instance_norm", "aten::upsample_bilinear2d", "aten::adaptive_avg_pool2d"):
+        analysis.set_op_handle(op, _zero_handle)  # a None handle does not override fvcore's defaults
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    with torch.no_grad():
+        per_module = {k: int(v) for k, v in analysis.by_module().items()}
+        per_op = {k: int(v) for k, v in analysis.by_operator().items() if v}
+    return MacReport(total=int(analysis.total()), per_module=per_module, per_op=per_op)
+
+
+# --- peak activation memory ---------------------------------------------------------------------------
+
+class _LiveBytes(TorchDispatchMode):
+    """Adds each newly allocated (non-view) output's bytes; a finalizer subtracts them when it is freed."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def add(self, t: torch.Tensor) -> None:
+        nbytes = t.untyped_storage().nbytes()
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(t, self._free, nbytes)
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        for ret, o in zip(returns, outs):
+            if isinstance(o, torch.Tensor) and ret.alias_info is None:  # views and in-place results alias
+                self.add(o)
+        return out
+
+
+def peak_activation_bytes(model: nn.Module, inputs: tuple) -> int:
+    """Peak bytes of intermediate tensors (inputs included, weights excluded) in one no-grad forward."""
+    mode = _LiveBytes()
+    with torch.no_grad(), mode:
+        for x in inputs:
+            if isinstance(x, torch.Tensor):
+                mode.live += x.untyped_storage().nbytes()
+        out = model(*inputs)
+        del out
+    return mode.peak
+
+
+# --- per-stage table ----------------------------------------------------------------------------------
+
+def stage_table(spec: Spec, params: dict, macs: MacReport, latent: int, text_tokens: int = 77) -> list[dict]:
+    rows = []
+    if isinstance(spec, UNetSpec):
+        n = len(spec.stages)
+        for i, st in enumerate(spec.stages):
+            res = latent // 2 ** i
+            attn = []
+            if st.has_transformer:
+                attn = [a for a, on in (("SA", st.self_attention), ("CA", st.cross_attention)) if on]
+            rows.append({
+                "stage": f"stage{i + 1}", "channels": st.channels, "layers": f"{st.down_layers}/{st.up_layers}",
+                "transformer": f"{st.down_transformer_depth}/{st.up_transformer_depth}",
+                "res_block": st.res_block, "attention": "+".join(attn) or "-", "resolution": res,
+                "tokens": res * res if attn else 0,
+                "params": params["per_stage"].get(f"stage{i + 1}", 0),
+                "macs": macs.under(f"down.{i}") + macs.under(f"up.{n - 1 - i}"),
+            })
+        if spec.mid_block:
+            res = latent // 2 ** (n - 1)
+            st = spec.stages[-1]
+            attn = [a for a, on in (("SA", st.self_attention), ("CA", st.cross_attention)) if on] \
+                if spec.mid_transformer_depth else []
+            rows.append({"stage": "mid", "channels": st.channels, "layers": "1", "transformer":
+                         str(spec.mid_transformer_depth), "res_block": True, "attention": "+".join(attn) or "-",
+                         "resolution": res, "tokens": res * res if attn else 0,
+                         "params": params["per_stage"].get("mid", 0), "macs": macs.under("mid")})
+    else:
+        n = len(spec.channels)
+        for i, c in enumerate(spec.channels):
+            res = latent * 2 ** (n - 1 - i)  # stage 1 is the output side
+            rows.append({"stage": f"stage{i + 1}", "channels": c, "layers": str(spec.res_blocks[i]),
+                         "transformer": "-", "res_block": True, "attention": "-", "resolution": res, "tokens": 0,
+                         "norm": spec.norm_stages[i], "params": params["per_stage"].get(f"stage{i + 1}", 0),
+                         "macs": macs.under(f"up.{n - 1 - i}")})
+        if spec.mid_res_blocks:
+            rows.append({"stage": "mid", "channels": spec.channels[-1], "layers": str(spec.mid_res_blocks),
+                         "transformer": "-", "res_block": True, "attention": "SA" if spec.mid_attention else "-",
+                         "resolution": latent, "tokens": latent * latent if spec.mid_attention else 0,
+                         "norm": spec.norm_mid, "params": params["per_stage"].get("mid", 0),
+                         "macs": macs.under("mid")})
+    rows.append({"stage": "stem", "channels": None, "layers": "", "transformer": "", "res_block": None,
+                 "attention": "", "resolution": latent, "tokens": 0, "params": params["per_stage"].get("stem", 0),
+                 "macs": macs.total - sum(r["macs"] for r in rows)})
+    return rows
+
+
+def describe_cost(spec: Spec, latent: int = DEFAULT_LATENT, memory: bool = True) -> dict:
+    """Everything `pocketdiff describe` prints: totals, per-stage rows, per-kind params, per-op MACs."""
+    model = build_model(spec, "meta")
+    inputs = example_inputs(spec, latent, device="meta")
+    params = count_params(model, spec)
+    macs = count_macs_torch(model, inputs)
+    # attention products: the sdpa kernels, or the bmm they decompose into (no other layer here uses bmm)
+    attention_macs = sum(v for k, v in macs.per_op.items() if k == "bmm" or "attention" in k)
+    out = {
+        "params": params["total"],
+        "macs": macs.total,
+        "gmacs": macs.total / 1e9,
+        "gmacs_no_attention": (macs.total - attention_macs) / 1e9,
+        "latent": latent,
+        "params_per_stage": params["per_stage"],
+        "params_per_kind": params["per_kind"],
+        "macs_per_op": macs.per_op,
+        "stages": stage_table(spec, params, macs, latent),
+    }
+    if memory:
+        out["peak_activation_bytes"] = peak_activation_bytes(model, inputs)
+    return out
+
+
+def evaluate(spec: Spec, latent: int = DEFAULT_LATENT, seed: int = 0) -> dict[str, float]:
+    """Evaluator API: flat dict of floats (seed unused: counting is deterministic)."""
+    d = describe_cost(spec, latent)
+    return {"params_m": d["params"] / 1e6, "gmacs": d["gmacs"], "gmacs_no_attention": d["gmacs_no_attention"],
+            "peak_activation_mb": d["peak_activation_bytes"] / 2 ** 20}

@@ -1,0 +1,173 @@
+"""diffusers interop: configs -> specs, and the documented state-dict key mapping (SNAPGEN.md section 4).
+
+`unet_spec_from_diffusers(config)` reads a UNet2DConditionModel config (SDXL layout: linear projections,
+"text_time" addition embedding, default time-embedding settings) and `decoder_spec_from_diffusers(config)` an
+AutoencoderKL config. `unet_state_dict_from_diffusers` / `decoder_state_dict_from_diffusers` rename
+diffusers' keys to ours; loaded with `strict=True` the model then gives diffusers' outputs.
+
+Key mapping (diffusers -> pocketdiff), applied to each key in order:
+    down_blocks.i.resnets.j.*           -> down.i.layers.j.res.*
+    down_blocks.i.attentions.j.*        -> down.i.layers.j.attn.*
+    down_blocks.i.downsamplers.0.conv   -> down.i.downsample.conv
+    up_blocks.i.resnets.j.*             -> up.i.layers.j.res.*
+    up_blocks.i.attentions.j.*          -> up.i.layers.j.attn.*
+    up_blocks.i.upsamplers.0.conv       -> up.i.upsample.conv
+    mid_block.resnets.0 / .1            -> mid.res_in / mid.res_out
+    mid_block.attentions.0              -> mid.attn
+    *.conv_shortcut                     -> *.shortcut
+    *.transformer_blocks.k              -> *.blocks.k
+    *.attnX.to_out.0                    -> *.attnX.to_out
+    *.ff.net.0.proj / *.ff.net.2        -> *.ff.proj_in / *.ff.proj_out
+    conv_norm_out                       -> norm_out
+Decoder (keys of AutoencoderKL, only `decoder.*` and `post_quant_conv.*` are used):
+    decoder.mid_block.resnets.j         -> mid.res.j
+    decoder.mid_block.attentions.0.group_norm / to_out.0 -> mid.attn.norm / mid.attn.to_out
+    decoder.up_blocks.i.resnets.j       -> up.i.res.j
+    decoder.up_blocks.i.upsamplers.0    -> up.i.upsample
+    decoder.conv_norm_out               -> norm_out
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import torch
+
+from .spec import DecoderSpec, SpecError, StageSpec, UNetSpec
+from .unet import SIZE_COND_DIM
+
+_UNET_RULES = [
+    (r"^down_blocks\.(\d+)\.resnets\.(\d+)\.", r"down.\1.layers.\2.res."),
+    (r"^down_blocks\.(\d+)\.attentions\.(\d+)\.", r"down.\1.layers.\2.attn."),
+    (r"^down_blocks\.(\d+)\.downsamplers\.0\.", r"down.\1.downsample."),
+    (r"^up_blocks\.(\d+)\.resnets\.(\d+)\.", r"up.\1.layers.\2.res."),
+    (r"^up_blocks\.(\d+)\.attentions\.(\d+)\.", r"up.\1.layers.\2.attn."),
+    (r"^up_blocks\.(\d+)\.upsamplers\.0\.", r"up.\1.upsample."),
+    (r"^mid_block\.resnets\.0\.", "mid.res_in."),
+    (r"^mid_block\.resnets\.1\.", "mid.res_out."),
+    (r"^mid_block\.attentions\.0\.", "mid.attn."),
+    (r"\.conv_shortcut\.", ".shortcut."),
+    (r"\.transformer_blocks\.(\d+)\.", r".blocks.\1."),
+    (r"\.to_out\.0\.", ".to_out."),
+    (r"\.ff\.net\.0\.proj\.", ".ff.proj_in."),
+    (r"\.ff\.net\.2\.", ".ff.proj_out."),
+    (r"^conv_norm_out\.", "norm_out."),
+]
+
+_DECODER_RULES = [
+    (r"^decoder\.mid_block\.resnets\.(\d+)\.", r"mid.res.\1."),
+    (r"^decoder\.mid_block\.attentions\.0\.group_norm\.", "mid.attn.norm."),
+    (r"^decoder\.mid_block\.attentions\.0\.to_out\.0\.", "mid.attn.to_out."),
+    (r"^decoder\.mid_block\.attentions\.0\.", "mid.attn."),
+    (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", r"up.\1.res.\2."),
+    (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", r"up.\1.upsample."),
+    (r"\.conv_shortcut\.", ".shortcut."),
+    (r"^decoder\.conv_norm_out\.", "norm_out."),
+    (r"^decoder\.", ""),
+]
+
+
+def _rename(key: str, rules) -> str:
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def unet_state_dict_from_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_rename(k, _UNET_RULES): v for k, v in sd.items()}
+
+
+def decoder_state_dict_from_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Takes an AutoencoderKL state dict (or just its decoder part) and keeps the decoding path."""
+    return {_rename(k, _DECODER_RULES): v for k, v in sd.items()
+            if k.startswith("decoder.") or k.startswith("post_quant_conv.")}
+
+
+def _per_stage(value: Any, n: int, name: str) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+def unet_spec_from_diffusers(config: Mapping[str, Any]) -> UNetSpec:
+    """A UNet2DConditionModel config (dict or FrozenDict) with the SDXL-style layout -> UNetSpec."""
+    c = dict(config)
+    channels = list(c["block_out_channels"])
+    n = len(channels)
+    if not c.get("use_linear_projection", False):
+        raise SpecError("only use_linear_projection=True UNets (SDXL layout) map to a UNetSpec")
+    if c.get("addition_embed_type") not in (None, "text_time"):
+        raise SpecError(f"addition_embed_type={c.get('addition_embed_type')!r} is not supported (None or 'text_time')")
+    if not c.get("flip_sin_to_cos", True) or c.get("freq_shift", 0) != 0:
+        raise SpecError("only flip_sin_to_cos=True, freq_shift=0 timestep embeddings map to a UNetSpec")
+    layers = _per_stage(c.get("layers_per_block", 2), n, "layers_per_block")
+    depth = _per_stage(c.get("transformer_layers_per_block", 1), n, "transformer_layers_per_block")
+    heads = _per_stage(c.get("num_attention_heads") or c.get("attention_head_dim", 8), n, "heads")
+    head_dims = {ch // h for ch, h in zip(channels, heads)}
+    if len(head_dims) != 1:
+        raise SpecError(f"heads {heads} give different head dims per stage; UNetSpec has one head_dim")
+    stages = []
+    for i, (ch, block) in enumerate(zip(channels, c["down_block_types"])):
+        has_attn = "CrossAttn" in block
+        d = depth[i] if has_attn else 0
+        stages.append(StageSpec(ch, layers[i], layers[i] + 1, d, d, self_attention=True, cross_attention=True))
+    pooled = 0
+    size_cond = False
+    if c.get("addition_embed_type") == "text_time":
+        if c["addition_time_embed_dim"] != SIZE_COND_DIM:
+            raise SpecError(f"addition_time_embed_dim={c['addition_time_embed_dim']} but SDXL's (and ours) is "
+                            f"{SIZE_COND_DIM}")
+        size_cond = True
+        pooled = c["projection_class_embeddings_input_dim"] - 6 * c["addition_time_embed_dim"]
+    return UNetSpec(
+        stages=tuple(stages), latent_channels=c.get("in_channels", 4),
+        mid_transformer_depth=depth[-1] if c.get("mid_block_type", "UNetMidBlock2DCrossAttn") else 0,
+        text_dim=c["cross_attention_dim"], pooled_dim=pooled, size_conditioning=size_cond,
+        head_dim=head_dims.pop(), norm_groups=c.get("norm_num_groups", 32),
+    )
+
+
+def decoder_spec_from_diffusers(config: Mapping[str, Any]) -> DecoderSpec:
+    c = dict(config)
+    channels = tuple(c["block_out_channels"])
+    return DecoderSpec(
+        channels=channels, res_blocks=tuple(c.get("layers_per_block", 2) + 1 for _ in channels),
+        latent_channels=c["latent_channels"], out_channels=c.get("out_channels", 3),
+        mid_attention=c.get("mid_block_add_attention", True),
+        post_quant_conv=c.get("use_post_quant_conv", True), norm_groups=c.get("norm_num_groups", 32),
+    )
+
+
+def diffusers_unet_config(spec: UNetSpec) -> dict[str, Any]:
+    """The UNet2DConditionModel config of an SDXL-layout spec (regular convs, MHSA, no RoPE / QK norm)."""
+    for field, ok in (("conv", spec.conv == "regular"), ("attention", spec.attention == "mhsa"),
+                      ("qk_norm", spec.qk_norm == "none"), ("pos_embed", spec.pos_embed == "none"),
+                      ("ffn_ratio", spec.ffn_ratio == 4)):
+        if not ok:
+            raise SpecError(f"{field}={getattr(spec, field)!r} has no diffusers UNet2DConditionModel equivalent")
+    if not all(s.res_block and s.self_attention and s.cross_attention for s in spec.stages):
+        raise SpecError("diffusers' blocks always have res blocks and both attentions")
+    if any(s.up_layers != s.down_layers + 1 or s.down_transformer_depth != s.up_transformer_depth
+           for s in spec.stages):
+        raise SpecError("diffusers' UNet needs up_layers = down_layers + 1 and equal down/up depth")
+    n = len(spec.stages)
+    cfg = {
+        "sample_size": 128, "in_channels": spec.latent_channels, "out_channels": spec.latent_channels,
+        "block_out_channels": list(spec.channels),
+        "layers_per_block": [s.down_layers for s in spec.stages],
+        "down_block_types": ["CrossAttnDownBlock2D" if s.down_transformer_depth else "DownBlock2D"
+                             for s in spec.stages],
+        "up_block_types": ["CrossAttnUpBlock2D" if s.up_transformer_depth else "UpBlock2D"
+                           for s in reversed(spec.stages)],
+        "transformer_layers_per_block": [max(1, s.down_transformer_depth) for s in spec.stages],
+        "attention_head_dim": [s.channels // spec.head_dim for s in spec.stages],
+        "cross_attention_dim": spec.text_dim, "use_linear_projection": True,
+        "norm_num_groups": spec.norm_groups, "mid_block_type": "UNetMidBlock2DCrossAttn",
+    }
+    if spec.mid_transformer_depth != cfg["transformer_layers_per_block"][-1]:
+        raise SpecError("diffusers ties the mid block depth to the last stage's transformer depth")
+    if spec.size_conditioning:
+        cfg.update(addition_embed_type="text_time", addition_time_embed_dim=256,
+                   projection_class_embeddings_input_dim=spec.pooled_dim + 6 * 256)
+    elif spec.pooled_dim:
+        raise SpecError("pooled conditioning without size conditioning has no diffusers equivalent")
+    assert n == len(cfg["block_out_channels"])
+    return cfg
