@@ -88,7 +88,16 @@ class MacReport:
     per_op: dict[str, int]  # aten op name -> MACs
 
     def under(self, prefix: str) -> int:
-        return self.per_module.get(prefix, 0)
+        """MACs of the module at `prefix` and everything below it.
+
+        Containers that are never called (a ModuleList iterated by its parent) have no entry of their own,
+        so sum the outermost entries below the prefix.
+        """
+        if prefix in self.per_module:
+            return self.per_module[prefix]
+        keys = [k for k in self.per_module if k.startswith(prefix + ".")]
+        outermost = [k for k in keys if not any(k.startswith(o + ".") for o in keys if o != k)]
+        return sum(self.per_module[k] for k in outermost)
 
 
 def count_macs_torch(model: nn.Module, inputs: tuple) -> MacReport:

@@ -98,6 +98,12 @@ class _SpecBase:
         canonical = json.dumps({"kind": self.kind, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
+    @property
+    def compact(self) -> str:
+        """The compact string form (search_space.compact), e.g. unet_lat16_c256d2u3t1.1x!r-..."""
+        from .compact import encode
+        return encode(self)
+
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
 
