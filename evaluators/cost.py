@@ -183,16 +183,26 @@ class _LiveBytes(TorchDispatchMode):
         return out
 
 
-def peak_activation_bytes(model: nn.Module, inputs: tuple) -> int:
-    """Peak bytes of intermediate tensors (inputs included, weights excluded) in one no-grad forward."""
+def peak_live_bytes(fn, inputs: tuple = ()) -> int:
+    """Peak bytes of tensors created while `fn()` runs (plus `inputs`), on any device, meta included.
+
+    Allocator-independent, so two implementations compare on CPU where torch has no max_memory_allocated.
+    """
     mode = _LiveBytes()
-    with torch.no_grad(), mode:
+    with mode:
         for x in inputs:
             if isinstance(x, torch.Tensor):
                 mode.live += x.untyped_storage().nbytes()
-        out = model(*inputs)
-        del out
+        fn()
     return mode.peak
+
+
+def peak_activation_bytes(model: nn.Module, inputs: tuple) -> int:
+    """Peak bytes of intermediate tensors (inputs included, weights excluded) in one no-grad forward."""
+    def forward() -> None:
+        with torch.no_grad():
+            model(*inputs)
+    return peak_live_bytes(forward, inputs)
 
 
 # --- per-stage table ----------------------------------------------------------------------------------
