@@ -14,6 +14,7 @@ import sys
 # Command groups, in the order `pocketdiff --help` lists them.
 COMMAND_MODULES = (
     "pocketdiff.cmd_describe",
+    "pocketdiff.cmd_study",
 )
 
 
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SpecError, FileNotFoundError) as e:
         print(f"pocketdiff: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if getattr(e, "user_error", False):  # e.g. studies.runner.StudyError: unreachable storage
+            print(f"pocketdiff: error: {e}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("pocketdiff: interrupted", file=sys.stderr)
         return 130

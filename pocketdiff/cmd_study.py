@@ -1,0 +1,209 @@
+"""`pocketdiff study run|worker|status|export|best`: Optuna studies from study files (studies/*.toml)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+STORAGE_ENV = "POCKETDIFF_STORAGE"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="run and inspect Optuna studies")
+    s = p.add_subparsers(dest="command", metavar="<command>")
+
+    run = s.add_parser("run", help="run (or resume) a study from its file")
+    run.add_argument("file", help="study file, e.g. studies/quick.toml")
+    _storage_flag(run)
+    run.add_argument("--n-trials", type=int, help="trials to run now (default: the file's n_trials)")
+    run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run, worker=False)
+
+    w = s.add_parser("worker", help="one worker of a study shared through --storage (many processes / hosts)")
+    w.add_argument("file")
+    _storage_flag(w, required=True)
+    w.add_argument("--n-trials", type=int, help="trials this worker runs (default: until the study has n_trials)")
+    w.add_argument("--timeout", type=float)
+    w.add_argument("--no-progress", action="store_true")
+    w.set_defaults(func=cmd_run, worker=True)
+
+    st = s.add_parser("status", help="trial counts by state, failures and the current Pareto set")
+    st.add_argument("file", nargs="?", help="study file (its storage and name)")
+    _storage_flag(st)
+    st.add_argument("--study", help="study name (not needed when the storage holds one study)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    ex = s.add_parser("export", help="write trials (or only the Pareto set) to CSV")
+    ex.add_argument("file", nargs="?")
+    _storage_flag(ex)
+    ex.add_argument("--study")
+    ex.add_argument("--pareto", action="store_true", help="only feasible Pareto-optimal trials")
+    ex.add_argument("-o", "--output", required=True, help="CSV path")
+    ex.set_defaults(func=cmd_export)
+
+    b = s.add_parser("best", help="the winning spec under a latency budget, as JSON ready for training")
+    b.add_argument("file", nargs="?")
+    _storage_flag(b)
+    b.add_argument("--study")
+    b.add_argument("--max-latency-ms", type=float, help="only candidates predicted at or under this latency")
+    b.add_argument("--metric", help="quality metric to minimise (default: the study's first quality objective)")
+    b.add_argument("-o", "--output", required=True, help="where to write winner.json")
+    b.set_defaults(func=cmd_best)
+
+
+def _storage_flag(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--storage", required=required and not os.environ.get(STORAGE_ENV),
+                   default=os.environ.get(STORAGE_ENV),
+                   help=f"Optuna storage URL (sqlite:///path.db, postgresql://...); env {STORAGE_ENV}")
+
+
+def _load_cfg(args):
+    from studies.config import load_study_file
+    return load_study_file(args.file, storage=args.storage)
+
+
+def _study(args):
+    from pocketdiff.cli import UsageError
+    from studies.runner import resolve_study
+
+    if getattr(args, "file", None):
+        cfg = _load_cfg(args)
+        return resolve_study(cfg.storage, args.study or cfg.name)
+    if not args.storage:
+        raise UsageError("give a study file or --storage URL (and --study NAME if it holds several studies)")
+    return resolve_study(args.storage, args.study)
+
+
+def cmd_run(args) -> int:
+    from studies.runner import run_study
+
+    cfg = _load_cfg(args)
+    n_trials = args.n_trials
+    if args.worker and n_trials is None and cfg.n_trials is not None:
+        from studies.runner import open_study
+        study = open_study(cfg)
+        finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+        n_trials = max(0, cfg.n_trials - finished)
+    print(f"study {cfg.name}  storage {cfg.storage}  sampler {cfg.sampler}  objectives "
+          f"{', '.join(f'{m} ({d})' for m, d in cfg.objectives)}")
+    study, stats = run_study(cfg, n_trials=n_trials, timeout=args.timeout, progress=not args.no_progress)
+    _print_summary(study)
+    if stats.trial_seconds > 0:
+        print(f"workbench overhead (everything but training, sampling and scoring): "
+              f"{stats.overhead_share:.1%} of {stats.trial_seconds:.0f} s of trial time")
+    return 0
+
+
+def _print_summary(study) -> None:
+    from optuna.trial import TrialState
+    from studies.runner import pareto_rows
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    rows = pareto_rows(study)
+    names = study.user_attrs.get("metric_names") or []
+    print(f"Pareto set ({len(rows)} feasible trials):")
+    for r in rows:
+        vals = "  ".join(f"{n}={r[n]:.4g}" for n in names)
+        print(f"  #{r['number']:<4} {vals}  {r['preset'] or r['spec_id']}  {r['compact']}")
+
+
+def cmd_status(args) -> int:
+    from optuna.trial import TrialState
+    from studies.runner import pareto_rows
+
+    study = _study(args)
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    failures = [{"number": t.number, "state": t.state.name,
+                 "reason": t.user_attrs.get("infeasible") or t.user_attrs.get("early_stopped")
+                 or t.user_attrs.get("fail_reason") or ""}
+                for t in trials if t.state in (TrialState.FAIL, TrialState.PRUNED)]
+    if args.json:
+        print(json.dumps({"study": study.study_name, "counts": counts, "failures": failures,
+                          "pareto": pareto_rows(study)}, indent=2, default=str))
+        return 0
+    print(f"study {study.study_name}: {len(trials)} trials")
+    _print_summary(study)
+    for f in failures:
+        print(f"  #{f['number']:<4} {f['state']:<7} {f['reason']}")
+    return 0
+
+
+def _flat_rows(study, pareto: bool) -> list[dict]:
+    from studies.runner import pareto_rows
+
+    keep = {r["number"] for r in pareto_rows(study)} if pareto else None
+    names = study.user_attrs.get("metric_names") or []
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if keep is not None and t.number not in keep:
+            continue
+        row = {"number": t.number, "state": t.state.name}
+        if t.values:
+            row.update(dict(zip(names, t.values)))
+        for k, v in t.user_attrs.items():
+            if k in ("spec", "curve"):
+                row[k] = json.dumps(v)
+            elif isinstance(v, (int, float, str, bool)) or v is None:
+                row.setdefault(k, v)
+        row.update({f"param:{k}": v for k, v in t.params.items()})
+        row.update({f"constraint:{k}": v for k, v in t.constraints.items()})
+        rows.append(row)
+    return rows
+
+
+def cmd_export(args) -> int:
+    study = _study(args)
+    rows = _flat_rows(study, args.pareto)
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {len(rows)} trial(s) to {out}")
+    return 0
+
+
+def cmd_best(args) -> int:
+    from optuna.trial import TrialState
+    from pocketdiff.cli import UsageError
+    from studies.config import QUALITY_METRICS
+
+    study = _study(args)
+    names = study.user_attrs.get("metric_names") or []
+    metric = args.metric or next((n for n in names if n in QUALITY_METRICS), None)
+    if metric is None:
+        raise UsageError(f"the study has no quality objective ({', '.join(names)}); pick one with --metric")
+    candidates = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if any(v > 0 for v in t.constraints.values()) or metric not in t.user_attrs and metric not in names:
+            continue
+        value = dict(zip(names, t.values)).get(metric, t.user_attrs.get(metric))
+        latency = t.user_attrs.get("latency_ms")
+        if args.max_latency_ms is not None and (latency is None or latency > args.max_latency_ms):
+            continue
+        candidates.append((value, t))
+    if not candidates:
+        raise UsageError(f"no complete, feasible trial with {metric}"
+                         + (f" at or under {args.max_latency_ms} ms" if args.max_latency_ms else ""))
+    value, t = min(candidates, key=lambda c: c[0])
+    record = {"spec": t.user_attrs["spec"], "spec_id": t.user_attrs["spec_id"], "compact": t.user_attrs["compact"],
+              "study": study.study_name, "trial": t.number, "metrics": {metric: value, **{
+                  k: t.user_attrs[k] for k in ("latency_ms", "params_m", "gmacs") if k in t.user_attrs}}}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(f"trial {t.number}: {metric}={value:.4g}, latency {t.user_attrs.get('latency_ms', float('nan')):.2f} ms, "
+          f"spec_id {record['spec_id']} -> {out}")
+    return 0

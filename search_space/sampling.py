@@ -1,0 +1,237 @@
+"""Optuna sampling: a search-space definition (from a study file) turns a trial into a spec.
+
+A space is a base spec (a preset) plus knobs, each a dotted path into the spec's dict:
+    attention = "mqa"                                   fixed value
+    "stages.1.channels" = {choices = [384, 512]}        categorical
+    ffn_ratio = {low = 2.0, high = 4.0, step = 0.5}     float range (int range when low/high/step are ints)
+    "stages.*.self_attention" = {choices = [true, false]}   one knob per stage (stages.0..., stages.1...)
+    kv_heads = {choices = [1, 2], when = {attention = "gqa"}}   conditional: only sampled when it applies
+    conv_expansion = {choices = [1.0, 2.0], when = {conv = "separable"}, otherwise = 1.0}
+    preset = {choices = ["fig3-a", "fig3-b"]}          pick the base spec itself (grid over presets)
+The Optuna parameter name is the path, so trials show `stages.1.channels` etc.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from .presets import PRESETS
+from .spec import Spec, SpecError, spec_from_dict
+
+
+@dataclass(frozen=True)
+class Knob:
+    path: str
+    fixed: Any = None
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    when: tuple[tuple[str, Any], ...] = ()
+    otherwise: Any = None  # value used when `when` does not hold (None: keep the base spec's value)
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.choices is None and self.low is None
+
+    def applies(self, values: dict[str, Any]) -> bool:
+        return all(values.get(k) == v for k, v in self.when)
+
+    def suggest(self, trial) -> Any:
+        if self.is_fixed:
+            return self.fixed
+        if self.choices is not None:
+            # Optuna's categorical choices must be None/bool/int/float/str: encode lists as their repr
+            if any(isinstance(c, (list, tuple)) for c in self.choices):
+                labels = [repr(list(c)) if isinstance(c, (list, tuple)) else repr(c) for c in self.choices]
+                picked = trial.suggest_categorical(self.path, labels)
+                return list(self.choices[labels.index(picked)])
+            return trial.suggest_categorical(self.path, list(self.choices))
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in (self.low, self.high, self.step or 1)):
+            return trial.suggest_int(self.path, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.path, float(self.low), float(self.high), step=self.step, log=self.log)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    base: str
+    knobs: tuple[Knob, ...] = field(default_factory=tuple)
+
+    @property
+    def preset_choices(self) -> tuple[str, ...] | None:
+        for k in self.knobs:
+            if k.path == "preset":
+                return tuple(k.choices) if k.choices else (k.fixed,)
+        return None
+
+    def sample(self, trial) -> Spec:
+        """Suggest every knob that applies and build the spec (raises SpecError for an invalid combination)."""
+        base = self.base
+        values: dict[str, Any] = {}
+        for knob in self.knobs:
+            if knob.path == "preset":
+                base = knob.suggest(trial)
+                values["preset"] = base
+        d = copy.deepcopy(PRESETS[base].to_dict())
+        d["kind"] = PRESETS[base].kind
+        for knob in self.knobs:
+            if knob.path == "preset":
+                continue
+            values.update({p: _get(d, p) for p, _ in knob.when if p not in values})
+            if not knob.applies(values):
+                if knob.otherwise is not None:
+                    values[knob.path] = knob.otherwise
+                    _set(d, knob.path, knob.otherwise)
+                continue
+            v = knob.suggest(trial)
+            values[knob.path] = v
+            _set(d, knob.path, v)
+        return spec_from_dict(d)
+
+    def grid(self) -> dict[str, list] | None:
+        """The GridSampler search space when every non-fixed knob is categorical (e.g. a preset grid)."""
+        grid = {}
+        for k in self.knobs:
+            if k.is_fixed:
+                continue
+            if k.choices is None or k.when:
+                return None
+            grid[k.path] = list(k.choices)
+        return grid
+
+    def to_jsonable(self) -> dict:
+        """What identifies the space: stored on the study so a changed space under the same name is refused."""
+        return {"base": self.base, "knobs": [
+            {"path": k.path, "fixed": k.fixed, "choices": list(k.choices) if k.choices else None, "low": k.low,
+             "high": k.high, "step": k.step, "log": k.log, "when": dict(k.when), "otherwise": k.otherwise} for k in self.knobs]}
+
+
+def parse_space(table: dict[str, Any], where: str = "space") -> SearchSpace:
+    """Validate a [space] table: every path must exist in the base spec, every value must fit its field."""
+    table = dict(table)
+    base = table.pop("base", None)
+    if base is None:
+        raise SpecError(f"[{where}] needs base = \"<preset>\" (the spec the knobs change)")
+    if base not in PRESETS:
+        raise SpecError(f"[{where}] base={base!r} is not a preset; known: {', '.join(sorted(PRESETS))}")
+    base_dict = PRESETS[base].to_dict()
+    knobs: list[Knob] = []
+    for key, value in table.items():
+        for path in _expand(key, base_dict, where):
+            knobs.append(_knob(path, value, base_dict, where))
+    paths = {k.path for k in knobs}
+    for k in knobs:
+        for dep, _ in k.when:
+            if dep not in paths and _get(base_dict, dep, missing=KeyError) is KeyError:
+                raise SpecError(f"[{where}] {k.path}: when-condition on unknown key {dep!r}")
+    space = SearchSpace(base=base, knobs=tuple(knobs))
+    _check_base_values(space, where)
+    return space
+
+
+def _knob(path: str, value: Any, base_dict: dict, where: str) -> Knob:
+    if path == "preset":
+        choices = value.get("choices") if isinstance(value, dict) else [value]
+        bad = [c for c in choices if c not in PRESETS]
+        if bad:
+            raise SpecError(f"[{where}] preset: unknown preset(s) {', '.join(map(str, bad))}")
+        return Knob(path, choices=tuple(choices)) if isinstance(value, dict) else Knob(path, fixed=value)
+    current = _get(base_dict, path, missing=KeyError)
+    if current is KeyError:
+        raise SpecError(f"[{where}] unknown knob {path!r}: not a field of the base spec")
+    if not isinstance(value, dict):
+        _check_type(path, value, current, where)
+        return Knob(path, fixed=value)
+    unknown = set(value) - {"choices", "low", "high", "step", "log", "when", "otherwise"}
+    if unknown:
+        raise SpecError(f"[{where}] {path}: unknown option(s) {', '.join(sorted(unknown))}; "
+                        f"use choices = [...] or low/high[/step/log], optionally when = {{...}} and otherwise = ...")
+    when = tuple(sorted((value.get("when") or {}).items()))
+    otherwise = value.get("otherwise")
+    if otherwise is not None:
+        if not when:
+            raise SpecError(f"[{where}] {path}: otherwise = ... only goes with when = {{...}}")
+        _check_type(path, otherwise, current, where)
+    if "choices" in value:
+        choices = value["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise SpecError(f"[{where}] {path}: choices must be a non-empty list")
+        for c in choices:
+            _check_type(path, c, current, where)
+        return Knob(path, choices=tuple(tuple(c) if isinstance(c, list) else c for c in choices), when=when,
+                    otherwise=otherwise)
+    if "low" in value and "high" in value:
+        low, high = value["low"], value["high"]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (low, high)):
+            raise SpecError(f"[{where}] {path}: low and high must be numbers")
+        if low > high:
+            raise SpecError(f"[{where}] {path}: low={low} is above high={high}")
+        if isinstance(current, bool) or not isinstance(current, (int, float)):
+            raise SpecError(f"[{where}] {path}: a range needs a numeric field, this one is {type(current).__name__}")
+        return Knob(path, low=low, high=high, step=value.get("step"), log=bool(value.get("log", False)), when=when,
+                    otherwise=otherwise)
+    raise SpecError(f"[{where}] {path}: give a value, choices = [...], or low = / high =")
+
+
+def _check_type(path: str, value: Any, current: Any, where: str) -> None:
+    if current is None:  # optional field (kv_heads): any int or null
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+    elif isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(current, list):
+        ok = isinstance(value, list) and len(value) == len(current)
+    else:
+        ok = isinstance(value, type(current))
+    if not ok:
+        raise SpecError(f"[{where}] {path}: value {value!r} does not fit the field (base value {current!r})")
+
+
+def _check_base_values(space: SearchSpace, where: str) -> None:
+    """Fixed values must give a valid spec on their own; ranges are checked per trial."""
+    d = copy.deepcopy(PRESETS[space.base].to_dict())
+    d["kind"] = PRESETS[space.base].kind
+    for k in space.knobs:
+        if k.is_fixed and k.path != "preset" and not k.when:
+            _set(d, k.path, k.fixed)
+    try:
+        spec_from_dict(d)
+    except SpecError as e:
+        raise SpecError(f"[{where}] the fixed values give an invalid spec: {e}") from None
+
+
+def _expand(key: str, base_dict: dict, where: str) -> list[str]:
+    if "*" not in key:
+        return [key]
+    head, _, tail = key.partition(".*")
+    seq = _get(base_dict, head, missing=KeyError)
+    if not isinstance(seq, list):
+        raise SpecError(f"[{where}] {key}: '{head}' is not a per-stage list")
+    return [f"{head}.{i}{tail}" for i in range(len(seq))]
+
+
+def _get(d: Any, path: str, missing: Any = None) -> Any:
+    node = d
+    for p in path.split("."):
+        if isinstance(node, list) and p.isdigit() and int(p) < len(node):
+            node = node[int(p)]
+        elif isinstance(node, dict) and p in node:
+            node = node[p]
+        else:
+            return missing
+    return node
+
+
+def _set(d: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    node: Any = d
+    for p in parts[:-1]:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value

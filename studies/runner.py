@@ -1,0 +1,353 @@
+"""Run a study: Optuna multi-objective search over the space, cheap checks first, cached quality runs.
+
+One trial:
+1. sample the spec from the space (an invalid combination ends the trial FAIL with the reason);
+2. cheap objectives of the FULL-SIZE candidate: params and MACs (meta device) and the predicted Neural
+   Engine latency; constraints go to Optuna through `trial.set_constraint` (feasible when <= 0);
+3. a candidate over a hard budget is not trained: the trial ends PRUNED with user attr `infeasible`;
+4. the quality evaluator runs (proxy training + sampling + FD), unless the same evaluation
+   (spec_id, evaluator, version, budget, seed) is already stored in this study or the local cache;
+5. during training, intermediate validation losses are compared with finished trials' curves and a
+   clearly worse run is stopped early (Optuna's pruners work on single-objective studies only; this rule
+   works for any number of objectives): the trial ends PRUNED with the reason.
+Every trial stores spec JSON, spec_id, compact string, every metric, the proxy mapping and artifact paths
+as user attributes. Storage: SQLite by default, PostgreSQL/MySQL URLs for many workers; heartbeats mark a
+killed worker's trial FAIL and `RetryFailedTrialCallback` re-queues it with the same parameters.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from search_space import PRESETS, Spec
+from search_space.spec import SpecError
+
+from . import evaluate as ev
+from .config import QUALITY_METRICS, StudyConfig
+
+log = logging.getLogger("pocketdiff.study")
+
+
+class StudyError(Exception):
+    """A study cannot run as asked (unreachable storage, a clashing study); the message says why."""
+
+    user_error = True  # the CLI prints it as one line and exits 2
+
+
+class StopEarly(Exception):
+    """Raised from the quality run's step callback to stop a clearly worse candidate."""
+
+
+# --- storage and study ------------------------------------------------------------------------------
+
+def open_storage(url: str, cfg: StudyConfig | None = None) -> RDBStorage:
+    """An RDB storage with heartbeats; fails with a clear message before any work if it cannot connect."""
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {}
+    if cfg is not None:
+        kwargs = dict(heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
+                      failed_trial_callback=RetryFailedTrialCallback(max_retry=cfg.max_retry))
+    engine_kwargs = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "mysql")):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as e:  # sqlalchemy raises many kinds; the user needs the URL and the reason
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StudyError(f"cannot open storage {url}: {reason}") from None
+
+
+def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    if cfg.sampler == "grid":
+        return optuna.samplers.GridSampler(cfg.space.grid(), seed=cfg.seed)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, min(20, cfg.n_trials or 20)))
+    if cfg.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=cfg.seed)
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=min(10, max(2, (cfg.n_trials or 20) // 3)))
+
+
+def open_study(cfg: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
+    """Create the study, or load it after checking that its definition did not change."""
+    storage = storage or open_storage(cfg.storage, cfg)
+    fingerprint = cfg.fingerprint()
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions,
+                                sampler=make_sampler(cfg), load_if_exists=True)
+    if cfg.name in existing:
+        stored = study.user_attrs.get("definition")
+        if stored is not None and stored != fingerprint:
+            raise StudyError(f"storage already holds a study named {cfg.name!r} with a different definition "
+                             f"({_first_difference(stored, fingerprint)}); rename the study or use another storage")
+        if [d.name.lower() for d in study.directions] != cfg.directions:
+            raise StudyError(f"study {cfg.name!r} exists with directions "
+                             f"{[d.name.lower() for d in study.directions]}, the file asks for {cfg.directions}")
+    else:
+        study.set_user_attr("definition", fingerprint)
+        study.set_user_attr("metric_names", cfg.metric_names)
+        study.set_user_attr("study_file", cfg.path)
+        study.set_metric_names(cfg.metric_names)
+        for preset in cfg.enqueue:
+            study.enqueue_trial({"preset": preset} if cfg.space.preset_choices else {},
+                                user_attrs={"enqueued_preset": preset}, skip_if_exists=False)
+    return study
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+    return f"{path or 'definition'}: stored {json.dumps(a)[:120]}, file {json.dumps(b)[:120]}"
+
+
+# --- the objective --------------------------------------------------------------------------------------
+
+@dataclass
+class RunStats:
+    """Where the time went, for the overhead share printed at the end of a run."""
+    trial_seconds: float = 0.0
+    evaluator_seconds: float = 0.0  # training + sampling + scoring inside the quality evaluator
+    finished: list[str] = field(default_factory=list)
+
+    @property
+    def overhead_share(self) -> float:
+        return 0.0 if self.trial_seconds <= 0 else max(0.0, 1 - self.evaluator_seconds / self.trial_seconds)
+
+
+def _spec_for_trial(cfg: StudyConfig, trial: optuna.Trial) -> Spec:
+    preset = trial.user_attrs.get("enqueued_preset")
+    if preset and not cfg.space.preset_choices:
+        return PRESETS[preset]
+    return cfg.space.sample(trial)
+
+
+def _curve_threshold(study: optuna.Study, step: int, quantile: float) -> tuple[float, int] | None:
+    """Quantile of finished trials' validation loss at (or just before) `step`."""
+    values = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        curve = t.user_attrs.get("curve")
+        if not curve:
+            continue
+        points = [v for s, v in curve if s <= step]
+        if points:
+            values.append(points[-1])
+    if not values:
+        return None
+    return float(np.quantile(values, quantile)), len(values)
+
+
+class Objective:
+    def __init__(self, cfg: StudyConfig, study: optuna.Study, stats: RunStats, artifacts: Path):
+        self.cfg, self.study, self.stats, self.artifacts = cfg, study, stats, artifacts
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        t_start = time.perf_counter()
+        evaluator_seconds = 0.0
+        try:
+            return self._run(trial, t_start)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:  # recorded on the trial; the study goes on (optimize(catch=...))
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
+            raise
+        finally:
+            evaluator_seconds = trial.user_attrs.get("evaluator_seconds", 0.0) if hasattr(trial, "user_attrs") else 0.0
+            self.stats.trial_seconds += time.perf_counter() - t_start
+            self.stats.evaluator_seconds += evaluator_seconds
+
+    def _run(self, trial: optuna.Trial, t_start: float) -> tuple[float, ...]:
+        cfg = self.cfg
+        try:
+            spec = _spec_for_trial(cfg, trial)
+        except SpecError as e:
+            trial.set_user_attr("fail_reason", f"invalid spec: {e}")
+            raise
+        trial.set_user_attr("spec", json.loads(spec.to_json()))
+        trial.set_user_attr("spec_id", spec.spec_id)
+        trial.set_user_attr("compact", spec.compact)
+        trial.set_user_attr("kind", spec.kind)
+        preset = next((n for n, s in PRESETS.items() if s == spec), None)
+        if preset:
+            trial.set_user_attr("preset", preset)
+
+        metrics = ev.cheap_metrics(spec, cfg.latent, cfg.device)
+        for k, v in metrics.items():
+            trial.set_user_attr(k, v)
+        violations = []
+        for name, limit in cfg.constraints.items():
+            metric = name.removeprefix("max_")
+            value = metrics.get(metric)
+            if value is None:
+                continue
+            trial.set_constraint(name, float(value - limit))
+            if value > limit:
+                violations.append(f"{metric} {value:.4g} > {limit:g}")
+        if violations:
+            reason = "infeasible (not trained): " + "; ".join(violations)
+            trial.set_user_attr("infeasible", reason)
+            raise optuna.TrialPruned(reason)
+
+        if cfg.quality_evaluator != "none" and any(m in QUALITY_METRICS for m in cfg.metric_names):
+            metrics.update(self._quality(trial, spec))
+
+        values = []
+        for name in cfg.metric_names:
+            v = metrics.get(name)
+            if v is None or not math.isfinite(v):
+                raise RuntimeError(f"objective {name} missing or not finite in the results: {v}")
+            values.append(float(v))
+        return tuple(values)
+
+    def _quality(self, trial: optuna.Trial, spec: Spec) -> dict[str, float]:
+        cfg = self.cfg
+        key = ev.evaluation_key(spec, cfg)
+        trial.set_user_attr("eval_key", key)
+        cached = self._cached(key)
+        if cached is not None:
+            trial.set_user_attr("cached_from", cached.get("source", "cache"))
+            for k, v in cached["user_attrs"].items():
+                trial.set_user_attr(k, v)
+            return cached["metrics"]
+
+        out_dir = self.artifacts / f"trial-{trial.number:04d}-{spec.spec_id}"
+        curve: list[tuple[int, float]] = []
+        es = cfg.early_stop
+
+        def on_step(step: int, total: int, values: dict[str, float]) -> None:
+            loss = values.get("val_loss")
+            if loss is None:
+                return
+            curve.append((step, float(loss)))
+            trial.set_user_attr("curve", curve)
+            if not es.enabled or step < es.warmup_fraction * total:
+                return
+            found = _curve_threshold(self.study, step, es.quantile)
+            if found is None or found[1] < es.min_trials:
+                return
+            threshold, n = found
+            if loss > threshold:
+                raise StopEarly(f"stopped early at step {step}/{total}: val_loss {loss:.4f} above the "
+                                f"{es.quantile:.0%} quantile {threshold:.4f} of {n} finished trials")
+
+        t0 = time.perf_counter()
+        try:
+            result = ev.quality_metrics(spec, cfg, out_dir, on_step)
+        except StopEarly as e:
+            trial.set_user_attr("evaluator_seconds", time.perf_counter() - t0)
+            trial.set_user_attr("early_stopped", str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        trial.set_user_attr("evaluator_seconds", result.pop("_evaluator_seconds", time.perf_counter() - t0))
+        user_attrs = result.pop("_user_attrs", {})
+        if result.get("diverged_at_step") is not None:
+            raise RuntimeError(f"diverged at step {int(result['diverged_at_step'])}")
+        user_attrs["curve"] = curve
+        user_attrs["artifacts"] = str(out_dir)
+        for k, v in {**user_attrs, **result}.items():
+            trial.set_user_attr(k, v)
+        ev.store_cache(key, result, user_attrs)
+        return result
+
+    def _cached(self, key: str) -> dict | None:
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("eval_key") == key:
+                metrics = {m: t.user_attrs[m] for m in QUALITY_METRICS if m in t.user_attrs}
+                attrs = {k: t.user_attrs[k] for k in ("curve", "artifacts", "proxy") if k in t.user_attrs}
+                return {"metrics": metrics, "user_attrs": attrs, "source": f"trial {t.number}"}
+        return ev.load_cache(key)
+
+
+# --- running ----------------------------------------------------------------------------------------------
+
+def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    a = trial.user_attrs
+    head = f"trial {trial.number:>3} {trial.state.name:<8} {a.get('preset') or a.get('spec_id', '?')}"
+    if trial.state == TrialState.COMPLETE:
+        names = study.user_attrs.get("metric_names") or [f"v{i}" for i in range(len(trial.values))]
+        vals = "  ".join(f"{n}={v:.4g}" for n, v in zip(names, trial.values))
+        extra = " (cached)" if a.get("cached_from") else ""
+        return f"{head}  {vals}{extra}"
+    reason = a.get("infeasible") or a.get("early_stopped") or a.get("fail_reason") or ""
+    return f"{head}  {reason}"
+
+
+def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | None = None,
+              progress: bool = True, echo: Callable[[str], None] = print) -> tuple[optuna.Study, RunStats]:
+    """Run (or resume) the study until n_trials more trials finish or the timeout passes."""
+    storage = open_storage(cfg.storage, cfg)
+    study = open_study(cfg, storage)
+    optuna.storages.fail_stale_trials(study)  # a killed earlier run's RUNNING trials (heartbeat expired)
+    stats = RunStats()
+    artifacts = artifact_dir(cfg)
+    objective = Objective(cfg, study, stats, artifacts)
+    n_trials = n_trials if n_trials is not None else cfg.n_trials
+    timeout = timeout if timeout is not None else cfg.timeout
+    if cfg.sampler == "grid" and n_trials is not None:
+        done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+        grid_size = int(np.prod([len(v) for v in cfg.space.grid().values()])) if cfg.space.grid() else 1
+        n_trials = max(0, min(n_trials, grid_size - done))
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        line = _summary_line(study, trial)
+        stats.finished.append(line)
+        echo(line)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=[callback],
+                   show_progress_bar=progress and n_trials is not None, gc_after_trial=True)
+    return study, stats
+
+
+def artifact_dir(cfg: StudyConfig) -> Path:
+    base = Path(os.environ.get("POCKETDIFF_RUNS", "runs"))
+    if cfg.storage.startswith("sqlite:///"):
+        base = Path(cfg.storage[len("sqlite:///"):]).parent
+    path = base / cfg.name / "artifacts" if not cfg.storage.startswith("sqlite:///") else base / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_study(storage_url: str, name: str | None) -> optuna.Study:
+    """Load a study from a storage; `name` may be omitted when the storage holds exactly one."""
+    storage = open_storage(storage_url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if name is None:
+        if len(names) != 1:
+            raise StudyError(f"storage {storage_url} holds {len(names)} studies "
+                             f"({', '.join(names) or 'none'}); pick one with --study NAME")
+        name = names[0]
+    if name not in names:
+        raise StudyError(f"storage {storage_url} has no study {name!r}; it has: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Feasible Pareto-optimal trials as flat rows (metrics + spec identity)."""
+    names = study.user_attrs.get("metric_names") or [f"objective_{i}" for i in range(len(study.directions))]
+    rows = []
+    for t in study.best_trials:
+        if any(v > 0 for v in t.constraints.values()):
+            continue
+        row = {"number": t.number, **dict(zip(names, t.values)),
+               "spec_id": t.user_attrs.get("spec_id"), "preset": t.user_attrs.get("preset", ""),
+               "compact": t.user_attrs.get("compact")}
+        rows.append(row)
+    return sorted(rows, key=lambda r: r[names[0]])

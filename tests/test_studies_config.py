@@ -1,0 +1,93 @@
+"""Study files: shipped ones parse and sample valid specs; bad files fail naming the key."""
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search_space import PRESETS
+from studies.config import StudyFileError, load_study_file, parse_study
+
+STUDIES = sorted(Path(__file__).resolve().parents[1].joinpath("studies").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_shipped_study_files_sample_valid_specs(path):
+    cfg = load_study_file(path)
+    study = optuna.create_study(directions=cfg.directions, sampler=optuna.samplers.RandomSampler(seed=0))
+    kinds = set()
+    for _ in range(25):
+        trial = study.ask()
+        spec = cfg.space.sample(trial)  # raises SpecError for an invalid combination
+        kinds.add(spec.spec_id)
+        study.tell(trial, [0.0] * len(cfg.directions))
+    assert len(kinds) > 1
+
+
+def test_quick_study_is_the_documented_default():
+    cfg = load_study_file(Path(__file__).resolve().parents[1] / "studies" / "quick.toml")
+    assert cfg.name == "quick" and cfg.storage == "sqlite:///runs/quick/study.db"
+    assert cfg.metric_names[0] == "fd_domain" and "latency_ms" in cfg.metric_names
+    assert cfg.enqueue and all(p in PRESETS for p in cfg.enqueue)
+
+
+def _base(**sections):
+    data = {"study": {"name": "t"}, "space": {"base": "tiny-debug"}, "objectives": {"params_m": "minimize"}}
+    for k, v in sections.items():
+        data[k] = {**data.get(k, {}), **v}
+    return data
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"space": {"headdim": 3}}, "unknown knob 'headdim'"),
+    ({"space": {"stages.9.channels": {"choices": [32]}}}, "unknown knob 'stages.9.channels'"),
+    ({"space": {"attention": {"choices": ["mqa", 3]}}}, "attention: value 3 does not fit"),
+    ({"space": {"ffn_ratio": {"low": 4.0, "high": 2.0}}}, "low=4.0 is above high=2.0"),
+    ({"space": {"ffn_ratio": {"lo": 4.0}}}, "unknown option\\(s\\) lo"),
+    ({"space": {"head_dim": 48}}, "fixed values give an invalid spec"),
+    ({"space": {"base": "nope"}}, "base='nope' is not a preset"),
+    ({"space": {"attention": {"choices": ["mqa"]}, "kv_heads": {"choices": [1], "when": {"atention": "gqa"}}}},
+     "when-condition on unknown key 'atention'"),
+    ({"study": {"sampler": "bayes"}}, "sampler='bayes' is not one of"),
+    ({"study": {"n_trial": 3}}, "\\[study\\] unknown key\\(s\\) n_trial"),
+    ({"objectives": {"fd": "minimize"}}, "unknown metric 'fd'"),
+    ({"objectives": {"params_m": "lower"}}, "use \"minimize\" or \"maximize\""),
+    ({"objectives": {"fd_domain": "minimize"}}, "needs a quality evaluator"),
+    ({"constraints": {"max_latency_ms": -1}}, "must be a positive number"),
+    ({"enqueue": {"presets": ["sdxl"]}}, "unknown preset 'sdxl'"),
+    ({"study": {"sampler": "grid"}, "space": {"ffn_ratio": {"low": 2.0, "high": 4.0}}}, "needs every knob"),
+])
+def test_bad_study_files_name_the_key(change, match):
+    with pytest.raises(StudyFileError, match=match):
+        parse_study(_base(**change))
+
+
+def test_unknown_section_and_missing_file(tmp_path):
+    with pytest.raises(StudyFileError, match="unknown section\\(s\\) \\[searchspace\\]"):
+        parse_study({**_base(), "searchspace": {}})
+    with pytest.raises(StudyFileError, match="does not exist"):
+        load_study_file(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study\nname=1")
+    with pytest.raises(StudyFileError, match="not valid TOML"):
+        load_study_file(bad)
+
+
+def test_conditional_knobs_and_per_stage_expansion():
+    cfg = parse_study(_base(space={
+        "attention": {"choices": ["mhsa", "gqa"]},
+        "kv_heads": {"choices": [2], "when": {"attention": "gqa"}},
+        "conv": {"choices": ["regular", "separable"]},
+        "conv_expansion": {"choices": [2.0], "when": {"conv": "separable"}, "otherwise": 1.0},
+        "stages.*.self_attention": {"choices": [True, False]},
+    }))
+    assert {k.path for k in cfg.space.knobs} >= {"stages.0.self_attention", "stages.1.self_attention"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        spec = cfg.space.sample(trial)
+        assert ("kv_heads" in trial.params) == (spec.attention == "gqa")
+        assert spec.conv_expansion == (2.0 if spec.conv == "separable" else 1.0)
+        seen.add((spec.attention, spec.conv))
+        study.tell(trial, 0.0)
+    assert len(seen) == 4
