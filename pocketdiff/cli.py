@@ -15,6 +15,8 @@ import sys
 COMMAND_MODULES = (
     "pocketdiff.cmd_describe",
     "pocketdiff.cmd_study",
+    "pocketdiff.cmd_export",
+    "pocketdiff.cmd_latency",
 )
 
 

@@ -1,0 +1,129 @@
+"""Prediction API: `predict_latency(spec_or_module, input_shape, device) -> (ms, (low, high))`.
+
+`predict` returns the full record (chip, feature source, band provenance, extrapolation warning, timing).
+Features come from the torch graph on the meta device (the source the profiles were fitted on), computed once
+per model id + input shape + weight precision and cached on disk, so a repeat prediction reads one small
+JSON file. No weights are allocated for specs and library models; a module passed in with real weights is
+walked with meta stand-ins (features.features_from_torch), never copied.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from torch import nn
+
+from search_space.spec import Spec
+
+from . import predictor, profiles
+from .export import ModelSource, model_for
+
+# A prediction this far outside the model costs measured on the chip is flagged as an extrapolation.
+EXTRAPOLATION_FACTOR = 3.0
+
+
+@dataclasses.dataclass
+class Prediction:
+    ms: float
+    low_ms: float
+    high_ms: float
+    chip: str
+    model: str
+    model_id: str
+    input_shape: str
+    feature_source: str
+    feature_note: str
+    band_note: str
+    protocol: str
+    profile_fit_id: str
+    cached_features: bool
+    seconds: float
+    warnings: list[str]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _source_for(target, input_shape, latent: int, batch: int) -> ModelSource:
+    if isinstance(target, nn.Module):
+        return model_for(module=target, input_shape=input_shape, device="meta")
+    if isinstance(target, Spec):
+        return model_for(target, latent=latent, batch=batch, device="meta")
+    kind, _, name = str(target).partition(":")
+    if kind == "timm" and name:
+        return model_for(timm=name, input_shape=input_shape, device="meta")
+    if kind == "torchvision" and name:
+        return model_for(torchvision=name, input_shape=input_shape, device="meta")
+    return model_for(str(target), latent=latent, batch=batch, device="meta")
+
+
+def _cache_key(target, input_shape, latent: int, batch: int) -> tuple[str | None, str]:
+    """(key known without building anything, or None for modules; the primary input's shape as text)."""
+    shape_text = "x".join(map(str, input_shape or ()))
+    if isinstance(target, nn.Module):
+        return None, shape_text
+    text = str(target)
+    if text.startswith(("timm:", "torchvision:")):
+        return f"{text}|{shape_text}", shape_text
+    from search_space import load_spec
+
+    spec = target if isinstance(target, Spec) else load_spec(text)
+    return f"{spec.spec_id}|b{batch}|latent{latent}", f"{batch}x{spec.latent_channels}x{latent}x{latent}"
+
+
+def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: int = 128, batch: int = 1,
+            weight_bits: int = 16, profile_dir=None) -> Prediction:
+    """Predict the on-device latency of a spec / preset name / spec JSON path / "timm:NAME" /
+    "torchvision:NAME" / nn.Module. For specs `input_shape` may be None (then `latent` and `batch` apply);
+    given as (B, C, H, W) it sets batch = B and latent = H."""
+    t0 = time.perf_counter()
+    chip = profiles.resolve_device(device, profile_dir)
+    profile = profiles.load_profile(chip, profile_dir)
+    if input_shape is not None and not isinstance(target, nn.Module) and \
+            not str(target).startswith(("timm:", "torchvision:")):
+        batch, latent = input_shape[0], input_shape[-1]
+    key, shape = _cache_key(target, input_shape, latent, batch)
+    built: dict = {}
+
+    def compute():
+        src = built.setdefault("src", _source_for(target, input_shape, latent, batch))
+        params = sum(p.numel() for p in src.module.parameters())
+        return predictor.totals_of(predictor.source_features(src, weight_bits), params)
+
+    if key is None:
+        src = built["src"] = _source_for(target, input_shape, latent, batch)
+        key = f"{src.model_id}|{shape}"
+    totals, cached = predictor.cached_totals(f"{key}|w{weight_bits}", compute)
+    built.clear()  # the meta module holds no weights, but nothing needs it past this point
+
+    model = profiles.model_from_profile(profile)
+    protocol = profile["model"]["default_protocol"]
+    ms = model.predict(totals, chip, protocol)
+    low, high = profiles.band(profile, ms)
+    warnings = []
+    lo_cost, hi_cost = profile["model"]["measured_cost_range_ms"]
+    if ms > EXTRAPOLATION_FACTOR * hi_cost or ms < lo_cost / EXTRAPOLATION_FACTOR:
+        warnings.append(f"extrapolating: the models measured on {chip} span {lo_cost:.3g}-{hi_cost:.3g} ms; "
+                        f"the band comes from held-out families and may be too narrow this far out")
+    return Prediction(
+        ms=ms, low_ms=low, high_ms=high, chip=chip, model=_label(target),
+        model_id=key.split("|")[0], input_shape=shape, feature_source=profile["feature_source"],
+        feature_note="torch graph walked on the meta device (the source this profile was fitted on; Core ML "
+                     "program features are available with `pocketdiff latency features --source coreml`)",
+        band_note=f"{int(profile['band']['coverage'] * 100)}% band from {profile['band']['from']}",
+        protocol=protocol, profile_fit_id=profile["fit_id"], cached_features=cached,
+        seconds=time.perf_counter() - t0, warnings=warnings)
+
+
+def _label(target) -> str:
+    if isinstance(target, Spec):
+        return target.spec_id
+    return type(target).__name__ if isinstance(target, nn.Module) else str(target)
+
+
+def predict_latency(spec_or_module, input_shape: tuple[int, ...] | None, device: str,
+                    **kwargs) -> tuple[float, tuple[float, float]]:
+    """(predicted ms, (low ms, high ms)) on `device` (a chip such as "a17pro" or a phone such as
+    "iphone15pro"). See `predict` for what `spec_or_module` and `input_shape` may be."""
+    p = predict(spec_or_module, input_shape, device, **kwargs)
+    return p.ms, (p.low_ms, p.high_ms)

@@ -1,0 +1,293 @@
+"""Core ML export: any spec or nn.Module -> fp16 `mlprogram` with fixed shapes, for iOS17 / iOS18 targets.
+
+Also where models come from for latency work: `model_for(...)` builds a preset / spec JSON, a torchvision or
+a timm architecture (never pretrained weights: latency does not depend on weight values), reparameterized
+into its deploy form first where it has one (FastViT, MobileOne: the calibration sources measured that form).
+
+Export-friendly forms: attention runs on the "math" backend (explicit matmul + softmax, which the converter
+maps op by op; SDPA with grouped KV heads may not convert) and the RoPE cos/sin tables are computed outside
+the trace so they enter the program as constants (the converter cannot lower `arange` + `outer` there).
+Converted packages are cached under `$POCKETDIFF_CACHE/coreml` (default ~/.cache/pocketdiff/coreml), keyed
+by model id (spec_id for specs) + input shape + target + coremltools version.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import gc
+import hashlib
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from search_space import PRESETS, SpecError, build_model, example_inputs, load_spec
+from search_space.attention import attention_backend
+from search_space.spec import Spec
+
+TARGETS = ("iOS17", "iOS18")
+DEFAULT_TARGET = "iOS17"
+CACHE_ENV = "POCKETDIFF_CACHE"
+DEFAULT_CACHE = Path.home() / ".cache" / "pocketdiff"
+
+
+class ExportError(RuntimeError):
+    """Core ML could not convert the model; the message names the op that failed where known."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+@dataclasses.dataclass
+class ModelSource:
+    """A model ready for export or feature extraction: module, positional inputs, a stable id and a label."""
+    module: nn.Module
+    inputs: tuple
+    model_id: str  # spec_id for specs, "timm:fastvit_t8" etc. for library models
+    label: str
+    spec: Spec | None = None
+    arch: str = ""  # how measurements.py rebuilds it: "timm:NAME", "preset:NAME", "spec:PATH"; "" for modules
+
+
+# --- where models come from --------------------------------------------------------------------------------
+
+_CALL = re.compile(r"^\s*([A-Za-z_][\w]*)\s*(?:\((.*)\))?\s*$")
+
+
+def parse_arch(text: str) -> tuple[str, dict]:
+    """"mobilenet_v2(width_mult=1.4)" -> ("mobilenet_v2", {"width_mult": 1.4}); a trailing note in
+    parentheses that is not keyword arguments ("mobileone_s0 (reparameterized)") is dropped."""
+    m = _CALL.match(text)
+    if not m:
+        raise SpecError(f"cannot read architecture {text!r}; write e.g. resnet50 or mobilenet_v2(width_mult=1.4)")
+    name, arg_text = m.group(1), (m.group(2) or "").strip()
+    kwargs: dict = {}
+    if arg_text and "=" in arg_text:
+        call = ast.parse(f"f({arg_text})", mode="eval").body
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    return name, kwargs
+
+
+def torchvision_model(arch: str, device: str | None = None) -> nn.Module:
+    import torchvision
+
+    name, kwargs = parse_arch(arch)
+    if name not in torchvision.models.list_models():
+        raise SpecError(f"torchvision has no model {name!r}")
+    with torch.device(device or "cpu"):
+        return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+
+
+def timm_model(arch: str, device: str | None = None) -> nn.Module:
+    """A timm architecture in its deploy form (timm's reparameterize_model fuses re-param branches)."""
+    import timm
+    from timm.utils import reparameterize_model
+
+    name, kwargs = parse_arch(arch)
+    if not timm.is_model(name):
+        raise SpecError(f"timm has no model {name!r}")
+    with torch.device(device or "cpu"):
+        model = timm.create_model(name, pretrained=False, **kwargs).eval()
+        return reparameterize_model(model)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """"1x3x224x224" -> (1, 3, 224, 224)."""
+    try:
+        shape = tuple(int(s) for s in text.lower().split("x"))
+    except ValueError:
+        raise SpecError(f"input shape {text!r} is not like 1x3x224x224") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise SpecError(f"input shape {text!r} needs positive sizes, like 1x3x224x224")
+    return shape
+
+
+def model_for(name: str | None = None, *, torchvision: str | None = None, timm: str | None = None,
+              module: nn.Module | None = None, input_shape: tuple[int, ...] | None = None, latent: int = 128,
+              batch: int = 1, device: str | None = None, model_id: str | None = None) -> ModelSource:
+    """Exactly one of: a preset name / spec JSON path / Spec (`name`), a torchvision or timm architecture,
+    or an nn.Module with `input_shape`. `device="meta"` builds without weights (feature extraction)."""
+    dev = device or "cpu"
+    if module is not None or torchvision or timm:
+        if input_shape is None:
+            raise SpecError("library models need an input shape, e.g. --input 1x3x224x224")
+        if module is None:
+            module = torchvision_model(torchvision, dev) if torchvision else timm_model(timm, dev)
+            label = arch = f"torchvision:{torchvision}" if torchvision else f"timm:{timm}"
+        else:
+            label, arch = type(module).__name__, ""
+        x = torch.randn(*input_shape, device=dev)
+        return ModelSource(module.eval(), (x,), model_id or _module_id(label, module, input_shape), label,
+                           arch=arch)
+    if name is None:
+        raise SpecError("name a preset or spec JSON, or pass --torchvision NAME / --timm NAME")
+    spec = name if isinstance(name, Spec) else load_spec(name)
+    model = build_model(spec, device=dev).eval()
+    inputs = example_inputs(spec, latent=latent, batch=batch, device=dev)
+    preset = isinstance(name, str) and name in PRESETS
+    label = name if preset else spec.spec_id
+    arch = f"preset:{name}" if preset else (f"spec:{name}" if isinstance(name, str) else "")
+    return ModelSource(model, inputs, spec.spec_id, label, spec, arch)
+
+
+def _module_id(label: str, module: nn.Module, shape) -> str:
+    """Architecture fingerprint of an arbitrary module: class, parameter names and shapes (not values)."""
+    h = hashlib.sha1(type(module).__name__.encode())
+    for k, v in module.state_dict().items():
+        h.update(f"{k}:{tuple(v.shape)}".encode())
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
+    return f"{safe}-{h.hexdigest()[:8]}"
+
+
+# --- conversion ---------------------------------------------------------------------------------------------
+
+class _PositionalInputs(nn.Module):
+    """Feeds only the non-None inputs through the trace; the Nones are put back in their slots."""
+
+    def __init__(self, module: nn.Module, template: tuple):
+        super().__init__()
+        self.module = module
+        self.present = tuple(x is not None for x in template)
+
+    def forward(self, *xs):
+        it = iter(xs)
+        return self.module(*[next(it) if p else None for p in self.present])
+
+
+@contextlib.contextmanager
+def constant_rope_tables():
+    """RoPE tables computed outside the trace, so Core ML receives them as constants."""
+    import search_space.attention as attention
+
+    original = attention.rope_2d_tables
+
+    def untraced(*args, **kwargs):
+        state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            torch._C._set_tracing_state(state)
+
+    attention.rope_2d_tables = untraced
+    try:
+        yield
+    finally:
+        attention.rope_2d_tables = original
+
+
+def input_names(src: ModelSource) -> list[str]:
+    if src.spec is not None and src.spec.kind == "unet":
+        names = ["latents", "timestep", "tokens", "pooled", "time_ids"]
+    elif src.spec is not None:
+        names = ["latents"]
+    else:
+        names = [f"input_{i}" for i in range(len(src.inputs))]
+    return [n for n, x in zip(names, src.inputs) if x is not None]
+
+
+def convert(src: ModelSource, target: str = DEFAULT_TARGET):
+    """Trace and convert to an fp16 mlprogram; returns the coremltools MLModel (not loaded on Linux)."""
+    import coremltools as ct
+
+    if target not in TARGETS:
+        raise SpecError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    wrapped = _PositionalInputs(src.module, src.inputs).eval()
+    args = tuple(x for x in src.inputs if x is not None)
+    with attention_backend("math"), constant_rope_tables(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # check_trace would run the whole forward a second time only to compare outputs
+        traced = torch.jit.trace(wrapped, args, check_trace=False)
+    ct_inputs = [ct.TensorType(name=n, shape=tuple(a.shape)) for n, a in zip(input_names(src), args)]
+    try:
+        mlmodel = ct.convert(
+            traced, inputs=ct_inputs, convert_to="mlprogram", compute_precision=ct.precision.FLOAT16,
+            minimum_deployment_target=getattr(ct.target, target),
+            # Loading needs the Core ML framework (macOS); on Linux only the package is written.
+            skip_model_load=not _on_macos())
+    except Exception as e:  # the converter raises bare ValueError / RuntimeError / NotImplementedError
+        raise ExportError(f"Core ML conversion of {src.label} failed: {type(e).__name__}: {e}") from e
+    finally:
+        del traced, wrapped
+        gc.collect()
+    return mlmodel
+
+
+def _on_macos() -> bool:
+    import platform
+    return platform.system() == "Darwin"
+
+
+def shape_key(src: ModelSource) -> str:
+    return "_".join("x".join(str(s) for s in x.shape) for x in src.inputs if x is not None)
+
+
+def cache_path(model_id: str, shape: str, target: str) -> Path:
+    import coremltools as ct
+    return cache_root() / "coreml" / f"{model_id}-{shape}-{target}-ct{ct.__version__}.mlpackage"
+
+
+@dataclasses.dataclass
+class ExportResult:
+    path: Path
+    model_id: str
+    shape: str
+    target: str
+    cached: bool
+    seconds: float
+
+
+def export_coreml(src: ModelSource, target: str = DEFAULT_TARGET, out: str | Path | None = None,
+                  use_cache: bool = True) -> ExportResult:
+    """Convert (or reuse the cached conversion) and optionally copy the package to `out`.
+
+    The module's weights are released by the caller dropping `src`; the conversion itself only keeps the
+    fp16 copy inside the MLModel until it is saved.
+    """
+    t0 = time.perf_counter()
+    shape = shape_key(src)
+    cached = cache_path(src.model_id, shape, target)
+    hit = use_cache and cached.exists()
+    if not hit:
+        mlmodel = convert(src, target)
+        mlmodel.short_description = f"pocketdiff export of {src.label} ({src.model_id}), input {shape}"
+        mlmodel.user_defined_metadata["pocketdiff.arch"] = src.arch
+        mlmodel.user_defined_metadata["pocketdiff.model_id"] = src.model_id
+        if src.spec is not None:
+            mlmodel.user_defined_metadata["pocketdiff.spec"] = src.spec.to_json()
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.stem}.tmp{os.getpid()}.mlpackage")  # save() insists on the suffix
+        mlmodel.save(str(tmp))
+        del mlmodel
+        gc.collect()
+        if cached.exists():
+            shutil.rmtree(cached)
+        tmp.rename(cached)  # atomic publish: a half-written package is never a cache hit
+    path = cached
+    if out is not None:
+        out = Path(out)
+        if out.suffix != ".mlpackage":
+            raise SpecError(f"output {out} must end in .mlpackage")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(cached, out)
+        path = out
+    return ExportResult(path, src.model_id, shape, target, hit, time.perf_counter() - t0)
+
+
+def load_program(path: str | Path):
+    """The MIL program of a saved .mlpackage (readable on Linux: only the spec is parsed, nothing runs)."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load as load_mil
+
+    model = ct.models.MLModel(str(path), skip_model_load=True)
+    return load_mil(model.get_spec(), specification_version=model.get_spec().specificationVersion,
+                    file_weights_dir=model.weights_dir)

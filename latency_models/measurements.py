@@ -1,0 +1,225 @@
+"""Measurement tables: the CSV schemas, validation and import, and the rebuild of each measured architecture.
+
+Two schemas are read:
+- `calibration`: published Core ML latencies as collected in data/calibration.csv (copied from the shared
+  calibration set; every row carries its source_url and source_table). Columns: CALIBRATION_COLUMNS.
+- `measurement`: what `pocketdiff latency measure` writes and what other tools can be converted to.
+  Columns: MEASUREMENT_COLUMNS (required) + MEASUREMENT_OPTIONAL.
+Both become `Measurement` records; `arch` says how to rebuild the architecture for features
+("torchvision:resnet50", "timm:fastvit_t8", "preset:snapgen-unet", "spec:path.json", "diffusers:sd21-unet").
+
+Protocols differ between sources (data/README.md): each record has a `protocol` key and the predictor fits
+an overhead per protocol and a scale per chip, never pooling raw numbers across sources.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+from pathlib import Path
+
+from search_space import SpecError
+
+DATA_DIR = Path(__file__).parent / "data"
+CALIBRATION_CSV = DATA_DIR / "calibration.csv"
+
+CALIBRATION_COLUMNS = ("model", "variant_note", "source_arch", "input_hw", "batch", "device", "chip", "runtime",
+                       "latency_ms", "source_url", "source_table")
+MEASUREMENT_COLUMNS = ("model", "arch", "input_shape", "device", "chip", "os", "compute_units", "precision",
+                       "latency_ms", "source")
+MEASUREMENT_OPTIONAL = ("p10_ms", "p90_ms", "load_ms", "runs", "weight_bits", "protocol", "tool_versions",
+                        "notes")
+
+# ml-stable-diffusion's SD 2.1-base rows: 6-bit palettized weights (README "6-bit palettized"), a CFG batch
+# of 2 at a 64x64 latent with 77 text tokens of width 1024 (the SD 2.x OpenCLIP-H text encoder).
+SD21_WEIGHT_BITS = 6
+SD21_BATCH, SD21_LATENT, SD21_TOKENS, SD21_TEXT_DIM = 2, 64, 77, 1024
+
+# Architecture families for leave-one-family-out validation: first pattern that matches the arch wins.
+FAMILIES = (
+    ("sd-unet", r"sd21|unet|snapgen|fig3|preset:|spec:"),
+    ("mobilevit", r"mobilevit"),
+    ("fastvit", r"fastvit"),
+    ("mobileone", r"mobileone"),
+    ("mobilenet", r"mobilenet"),
+    ("densenet", r"densenet"),
+    ("vgg", r"vgg"),
+    ("resnet", r"resnet"),
+)
+
+# Chip names as the sources write them -> profile names (profiles.py lists the phones of each chip).
+_CHIP_NAMES = {"a13 bionic": "a13", "a14 bionic": "a14", "a15 bionic": "a15", "a16 bionic": "a16",
+               "a17 pro": "a17pro", "a18 pro": "a18pro", "a18": "a18", "m1": "m1", "m2": "m2", "m3": "m3",
+               "m4": "m4"}
+
+
+def chip_key(chip: str) -> str:
+    """"A17 Pro" -> "a17pro"; unknown chips keep a lower-case, space-free name so imports can add devices."""
+    c = chip.strip().lower()
+    return _CHIP_NAMES.get(c, re.sub(r"[^a-z0-9]+", "", c.replace(" bionic", "")))
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    model: str
+    arch: str
+    input_shape: tuple[int, ...]  # the primary input, batch first
+    chip: str  # profile name, e.g. "a14"
+    device: str
+    latency_ms: float
+    protocol: str
+    source: str
+    weight_bits: int = 16
+
+    @property
+    def family(self) -> str:
+        return family_of(self.arch)
+
+    @property
+    def model_key(self) -> str:
+        """The architecture (without input size): leave-one-model-out holds out every row of it."""
+        return self.arch
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["input_shape"] = "x".join(str(s) for s in self.input_shape)
+        return d
+
+
+def family_of(arch: str) -> str:
+    for name, pattern in FAMILIES:
+        if re.search(pattern, arch):
+            return name
+    return arch.split(":")[-1].rstrip("0123456789_")
+
+
+class MeasurementError(SpecError):
+    """A measurement file that cannot be used; the message names the columns or the file lines."""
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"measurement file {path} does not exist")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _check_latencies(rows: list[dict], path: Path) -> None:
+    bad = []
+    for i, row in enumerate(rows):
+        try:
+            ok = float(row["latency_ms"]) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bad.append(f"line {i + 2} ({row.get('latency_ms')!r})")  # line 1 is the header
+    if bad:
+        raise MeasurementError(f"{path}: latency_ms must be a positive number of milliseconds; bad rows: "
+                               f"{', '.join(bad)}")
+
+
+def detect_schema(columns: list[str]) -> str:
+    return "calibration" if "source_arch" in columns else "measurement"
+
+
+def read_measurements(path: str | Path) -> list[Measurement]:
+    """Read and validate a calibration- or measurement-schema CSV; raises MeasurementError naming the lines."""
+    path = Path(path)
+    columns, rows = _read_rows(path)
+    schema = detect_schema(columns)
+    required = CALIBRATION_COLUMNS if schema == "calibration" else MEASUREMENT_COLUMNS
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise MeasurementError(f"{path}: missing column(s) {', '.join(missing)} for the {schema} schema "
+                               f"(needs {', '.join(required)})")
+    _check_latencies(rows, path)
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(_from_calibration(row) if schema == "calibration" else _from_measurement(row))
+        except (ValueError, SpecError) as e:
+            raise MeasurementError(f"{path}: line {i + 2}: {e}") from None
+    return out
+
+
+def _from_calibration(row: dict) -> Measurement:
+    arch_text = row["source_arch"].strip()
+    batch = int(row["batch"] or 1)
+    if not arch_text:
+        if "SD 2.1" not in row["model"]:
+            raise ValueError(f"row for {row['model']!r} has no source_arch to rebuild it from")
+        arch, shape, bits = "diffusers:sd21-unet", (SD21_BATCH, 4, SD21_LATENT, SD21_LATENT), SD21_WEIGHT_BITS
+    else:
+        arch = _library_arch(arch_text)
+        hw = int(re.match(r"\s*(\d+)", row["input_hw"]).group(1))
+        shape, bits = (batch, 3, hw, hw), 16
+    return Measurement(row["model"], arch, shape, chip_key(row["chip"]), row["device"], float(row["latency_ms"]),
+                       _protocol(row), f"{row['source_url']} | {row['source_table']}", bits)
+
+
+def _library_arch(text: str) -> str:
+    """Calibration source_arch -> "torchvision:..." or "timm:..." (torchvision first: the zoo's PyTorch rows
+    are torchvision models; FastViT, MobileOne and MobileViTv2 exist only in timm)."""
+    import torchvision
+
+    from .export import parse_arch
+
+    name, _ = parse_arch(text)
+    clean = re.sub(r"\s*\((?![^)]*=).*\)\s*$", "", text).strip()  # drop "(reparameterized)"-style notes
+    return f"torchvision:{clean}" if name in torchvision.models.list_models() else f"timm:{clean}"
+
+
+def _protocol(row: dict) -> str:
+    """One key per measuring protocol (data/README.md): overheads are fitted per protocol."""
+    url, runtime = row["source_url"], row["runtime"]
+    if "opt-resnet" in url or "iOS 18 seed" in runtime:
+        return "coremltools-docs-ios18-seed"
+    if "coremltools" in url:
+        return "coremltools-docs-xcode"
+    if "coreml-model-zoo" in url:
+        return "coreml-model-zoo-2020"
+    if "huggingface.co" in url:
+        return "hf-model-card"
+    if "ModelBench" in runtime:
+        return "modelbench"
+    if "ml-stable-diffusion" in url:
+        return "ml-stable-diffusion-per-step"
+    return re.sub(r"[^a-z0-9]+", "-", url.lower())[-40:]
+
+
+def _from_measurement(row: dict) -> Measurement:
+    from .export import parse_shape
+
+    arch = row["arch"].strip()
+    if not arch:
+        raise ValueError("arch is empty; write e.g. timm:fastvit_t8 or preset:snapgen-unet")
+    shape = parse_shape(row["input_shape"].strip())  # for specs: the latents' shape, e.g. 1x16x128x128
+    bits = int(row.get("weight_bits") or 16)
+    protocol = (row.get("protocol") or "").strip() or f"measure-{row['compute_units'].strip().lower()}"
+    return Measurement(row["model"], arch, shape, chip_key(row["chip"]), row["device"], float(row["latency_ms"]),
+                       protocol, row["source"], bits)
+
+
+def load_calibration() -> list[Measurement]:
+    return read_measurements(CALIBRATION_CSV)
+
+
+def import_measurements(path: str | Path, into: str | Path) -> tuple[int, Path]:
+    """Validate `path` and append its rows to the measurement store `into` (measurement schema).
+    Returns (rows added, store path)."""
+    records = read_measurements(path)
+    into = Path(into)
+    into.parent.mkdir(parents=True, exist_ok=True)
+    new = not into.exists()
+    columns = MEASUREMENT_COLUMNS + MEASUREMENT_OPTIONAL
+    with into.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        if new:
+            w.writeheader()
+        for m in records:
+            w.writerow({"model": m.model, "arch": m.arch, "input_shape": "x".join(map(str, m.input_shape)),
+                        "device": m.device, "chip": m.chip, "os": "", "compute_units": "",
+                        "precision": "fp16", "latency_ms": m.latency_ms, "source": m.source,
+                        "weight_bits": m.weight_bits, "protocol": m.protocol})
+    return len(records), into

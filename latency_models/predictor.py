@@ -1,0 +1,327 @@
+"""Calibrated Neural Engine latency predictor: op-class cost model with a shared structure and per-chip scales.
+
+Model (for a measurement r of model m on chip d under measuring protocol p):
+
+    latency_r = scale_d * sum over op classes c of (a_c * GFLOPs_c + b_c * MB_c + g_c * ops_c) + overhead_p
+
+with every coefficient non-negative (bounded least squares, scipy's bvls, which also caps the protocol
+overheads), so no op can make a model faster. Each class coefficient is a shared term (same for all classes:
+compute, activation memory, weight memory, per-op overhead) plus a per-class increment that a ridge penalty
+pulls to zero, because 51 published rows cannot pin ~30 free class terms. The op-class structure is shared by
+all chips; a chip adds one scale (and its protocols one overhead each), so a new device needs only a few
+measurements. Scales and structure are fitted by alternating non-negative least squares on relative errors
+(rows weighted by 1 / latency: latencies span 0.1 ms to 700 ms). The held-out validation and the band come
+from `validate`; profiles.py stores the result per chip.
+
+Features come from `features.features_from_torch` on the meta device (fast, memory-free; see features.py);
+the profile records the feature source it was fitted on and prediction uses the same one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import lsq_linear, nnls
+from scipy.stats import kendalltau, spearmanr
+
+from .features import OP_CLASSES, FeatureTable, features_from_torch
+from .measurements import (SD21_BATCH, SD21_LATENT, SD21_TEXT_DIM, SD21_TOKENS, Measurement)
+
+FEATURE_SOURCE = "torch-meta"
+FEATURE_VERSION = 1  # bump when features.py changes what it counts: cached feature totals are then stale
+
+# Units the coefficients are stored in (ms per GFLOP, ms per MB, ms per op).
+UNITS = {"flops": 1e9, "act_bytes": 1e6, "weight_bytes": 1e6, "ops": 1.0, "bytes": 1e6}
+SHARED_COLUMNS = ("flops", "act_bytes", "weight_bytes", "ops")
+CLASS_COLUMNS = tuple(f"{c}.{k}" for c in OP_CLASSES for k in ("flops", "bytes", "ops"))
+COLUMNS = SHARED_COLUMNS + CLASS_COLUMNS
+
+# Nominal costs that make the columns comparable before the ridge: ms per GFLOP at 1 TFLOP/s, ms per MB at
+# 10 GB/s, ms per op at 10 us (orders of magnitude of a phone NPU: 11-35 TOPS peak, LPDDR4X/5 bandwidth,
+# Core ML dispatch). A per-class increment of 1 in these units doubles the nominal cost of that class.
+_NOMINAL = {"flops": 1.0, "act_bytes": 0.1, "weight_bytes": 0.1, "ops": 0.01, "bytes": 0.1}
+NOMINAL_MS = np.array([_NOMINAL[c.split(".")[-1]] for c in COLUMNS])
+# Ridge weight on the per-class increments (in nominal units) against rows weighted to relative error.
+# Picked from {1, 10, 100, 1000} by the leave-one-family-out results of the calibration set, so those
+# results are slightly optimistic (reports/README.md says so); 1 let attention terms run away when the only
+# big-attention family was held out, 100+ flattened the class structure back towards FLOPs-only.
+CLASS_RIDGE = 10.0
+ALTERNATING_ITERATIONS = 40
+MAX_OVERHEAD_MS = 5.0  # per-call harness overhead: preprocessing inside the model, a scheduler step (SD rows)
+BAND_COVERAGE = 0.8  # the band spans the 10th..90th percentile of held-out log errors
+MIN_ROWS_FOR_OWN_BAND = 8  # fewer held-out rows on a chip: use the residuals pooled over all chips
+MIN_ROWS_FOR_RANKS, MIN_FAMILIES_FOR_RANKS = 4, 2  # "enough data" for rank metrics on a chip
+
+
+# --- features of measured architectures -------------------------------------------------------------------
+
+SD21_UNET_CONFIG = {
+    # stabilityai/stable-diffusion-2-1-base, unet/config.json (diffusers); architecture only, no weights.
+    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "attention_head_dim": (5, 10, 20, 20), "cross_attention_dim": 1024, "use_linear_projection": True,
+    "norm_num_groups": 32, "act_fn": "silu", "upcast_attention": False,
+}
+
+
+def sd21_unet_source(batch: int = SD21_BATCH, latent: int = SD21_LATENT, device: str = "meta"):
+    """The SD 2.1-base UNet built from its diffusers config (never downloaded), with explicit attention math
+    (ml-stable-diffusion converts it with SPLIT_EINSUM_V2 attention: matmul + softmax, not a fused kernel)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from .export import ModelSource
+
+    with torch.device(device):
+        unet = UNet2DConditionModel(**SD21_UNET_CONFIG).eval()
+    unet.set_attn_processor(AttnProcessor())
+
+    class _Unet(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x, t, ctx):
+            return self.m(x, t, ctx, return_dict=False)[0]
+
+    x = torch.randn(batch, 4, latent, latent, device=device)
+    t = torch.full((batch,), 500.0, device=device)
+    ctx = torch.randn(batch, SD21_TOKENS, SD21_TEXT_DIM, device=device)
+    return ModelSource(_Unet(unet), (x, t, ctx), "diffusers:sd21-unet", "SD 2.1-base UNet")
+
+
+def arch_source(arch: str, input_shape: tuple[int, ...], device: str = "meta"):
+    """Rebuild a measured architecture (measurements.Measurement.arch) on `device`."""
+    from search_space import SpecError
+
+    from .export import model_for
+
+    kind, _, name = arch.partition(":")
+    if kind == "torchvision":
+        return model_for(torchvision=name, input_shape=input_shape, device=device)
+    if kind == "timm":
+        return model_for(timm=name, input_shape=input_shape, device=device)
+    if kind in ("preset", "spec"):
+        return model_for(name, latent=input_shape[-1], batch=input_shape[0], device=device)
+    if arch == "diffusers:sd21-unet":
+        return sd21_unet_source(input_shape[0], input_shape[-1], device)
+    raise SpecError(f"cannot rebuild architecture {arch!r}; use torchvision:NAME, timm:NAME, preset:NAME, "
+                    f"spec:PATH or diffusers:sd21-unet")
+
+
+def source_features(src, weight_bits: int = 16) -> FeatureTable:
+    from search_space.attention import attention_backend
+
+    # The math backend is the form export.py converts, so the op list matches what Core ML receives.
+    with attention_backend("math"):
+        return features_from_torch(src.module, src.inputs, weight_bits=weight_bits)
+
+
+def totals_of(table: FeatureTable, params: int) -> dict[str, float]:
+    t = table.totals()
+    t["params"] = float(params)
+    return t
+
+
+def _feature_cache_path(key: str) -> Path:
+    from .export import cache_root
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return cache_root() / "features" / f"{digest}.json"
+
+
+def cached_totals(key: str, compute) -> tuple[dict[str, float], bool]:
+    """Feature totals for `key` from the disk cache, else `compute()` (-> totals) stored there."""
+    path = _feature_cache_path(f"v{FEATURE_VERSION}|{key}")
+    if path.exists():
+        return json.loads(path.read_text())["totals"], True
+    totals = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{id(totals)}")
+    tmp.write_text(json.dumps({"key": key, "totals": totals}))
+    tmp.replace(path)
+    return totals, False
+
+
+def measurement_totals(m: Measurement) -> dict[str, float]:
+    def compute():
+        src = arch_source(m.arch, m.input_shape)
+        params = sum(p.numel() for p in src.module.parameters())
+        return totals_of(source_features(src, m.weight_bits), params)
+
+    shape = "x".join(map(str, m.input_shape))
+    return cached_totals(f"{m.arch}|{shape}|w{m.weight_bits}", compute)[0]
+
+
+# --- the fitted model -------------------------------------------------------------------------------------
+
+def design_row(totals: dict[str, float]) -> np.ndarray:
+    units = [UNITS[c.split(".")[-1]] for c in COLUMNS]
+    return np.array([totals.get(c, 0.0) / u for c, u in zip(COLUMNS, units)])
+
+
+@dataclasses.dataclass
+class FittedModel:
+    theta: np.ndarray  # per COLUMNS, in UNITS
+    scales: dict[str, float]  # chip -> scale
+    overheads: dict[str, float]  # protocol -> ms
+
+    def cost(self, totals: dict[str, float]) -> float:
+        """Chip-independent cost (ms on a chip of scale 1, no protocol overhead)."""
+        return float(design_row(totals) @ self.theta)
+
+    def predict(self, totals: dict[str, float], chip: str, protocol: str | None) -> float:
+        if chip not in self.scales:
+            return math.nan
+        return self.scales[chip] * self.cost(totals) + self.overheads.get(protocol, 0.0)
+
+    def class_coefficients(self) -> dict[str, dict[str, float]]:
+        """Effective per-class terms (shared + increment): ms per GFLOP, ms per MB, ms per op."""
+        th = dict(zip(COLUMNS, self.theta))
+        shared_bytes = th["act_bytes"]
+        return {c: {"ms_per_gflop": th["flops"] + th[f"{c}.flops"],
+                    "ms_per_mb": shared_bytes + th[f"{c}.bytes"],
+                    "ms_per_op": th["ops"] + th[f"{c}.ops"]} for c in OP_CLASSES} | {
+            "weights": {"ms_per_mb": th["weight_bytes"]}}
+
+
+def fit(measurements: list[Measurement], totals: list[dict[str, float]], ridge: float = CLASS_RIDGE,
+        iterations: int = ALTERNATING_ITERATIONS) -> FittedModel:
+    """Alternating bounded least squares (non-negative, scipy's bvls) on relative errors: the structure and
+    overheads given the chip scales, then the scales and overheads given the structure."""
+    y = np.array([m.latency_ms for m in measurements])
+    w = 1.0 / y
+    X = np.stack([design_row(t) for t in totals])
+    chips = sorted({m.chip for m in measurements})
+    protos = sorted({m.protocol for m in measurements})
+    chip_idx = np.array([chips.index(m.chip) for m in measurements])
+    P = np.zeros((len(y), len(protos)))
+    P[np.arange(len(y)), [protos.index(m.protocol) for m in measurements]] = 1.0
+    C = np.zeros((len(y), len(chips)))
+    C[np.arange(len(y)), chip_idx] = 1.0
+    n_shared, n_cols = len(SHARED_COLUMNS), len(COLUMNS)
+    s = np.ones(len(chips))
+    theta = np.zeros(n_cols)
+    # A protocol overhead may not explain a measurement: at most MAX_OVERHEAD_MS and half the protocol's
+    # fastest row, else a protocol measured on one family only (the SD rows) absorbs that family's cost.
+    cap = np.array([min(MAX_OVERHEAD_MS, 0.5 * min(m.latency_ms for m in measurements if m.protocol == p))
+                    for p in protos])
+    for _ in range(iterations):
+        A = X * s[chip_idx][:, None] * w[:, None]
+        norm = NOMINAL_MS  # fixed, not data-driven: a held-out family must not change what a unit means
+        An = np.hstack([A * norm, P * w[:, None]])
+        # Ridge rows pull the per-class increments (not the shared terms, not the overheads) to zero.
+        R = np.zeros((n_cols - n_shared, An.shape[1]))
+        R[np.arange(n_cols - n_shared), n_shared + np.arange(n_cols - n_shared)] = math.sqrt(ridge)
+        lb = np.zeros(An.shape[1])
+        ub = np.concatenate([np.full(n_cols, np.inf), cap])
+        sol = lsq_linear(np.vstack([An, R]), np.concatenate([y * w, np.zeros(len(R))]), bounds=(lb, ub),
+                         method="bvls").x
+        theta = sol[:n_cols] * norm
+        cost = X @ theta
+        B = np.hstack([C * cost[:, None], P]) * w[:, None]
+        ub2 = np.concatenate([np.full(len(chips), np.inf), cap])
+        sol2 = lsq_linear(B, y * w, bounds=(np.zeros(B.shape[1]), ub2), method="bvls").x
+        s = np.where(sol2[:len(chips)] > 0, sol2[:len(chips)], 1e-9)
+        g = math.exp(np.log(s).mean())  # gauge: geometric-mean scale 1, the structure carries the units
+        s, theta = s / g, theta * g
+    overheads = sol2[len(chips):]
+    return FittedModel(theta, dict(zip(chips, s.tolist())), dict(zip(protos, overheads.tolist())))
+
+
+# --- validation ---------------------------------------------------------------------------------------------
+
+def _linear_baseline(train_x, train_y, test_x) -> np.ndarray:
+    """y = a * x + b with a, b >= 0, fitted on relative errors; through the origin from one row."""
+    train_x, train_y = np.asarray(train_x, float), np.asarray(train_y, float)
+    if len(train_y) == 0:
+        return np.full(len(test_x), math.nan)
+    w = 1.0 / train_y
+    if len(set(train_x.tolist())) < 2:
+        a = float(np.sum(train_x * w * w * train_y) / np.sum((train_x * w) ** 2))
+        return a * np.asarray(test_x, float)
+    A = np.stack([train_x, np.ones_like(train_x)], axis=1) * w[:, None]
+    (a, b), _ = nnls(A, train_y * w)
+    return a * np.asarray(test_x, float) + b
+
+
+def held_out_predictions(measurements: list[Measurement], totals: list[dict], group_of, ridge=CLASS_RIDGE):
+    """For each group (model or family), refit without every row of it and predict those rows.
+    Returns arrays (predictor, flops baseline, params baseline) aligned with `measurements`."""
+    n = len(measurements)
+    pred, by_flops, by_params = np.full(n, math.nan), np.full(n, math.nan), np.full(n, math.nan)
+    groups = sorted({group_of(m) for m in measurements})
+    for g in groups:
+        test = [i for i, m in enumerate(measurements) if group_of(m) == g]
+        train = [i for i in range(n) if i not in set(test)]
+        model = fit([measurements[i] for i in train], [totals[i] for i in train], ridge)
+        for i in test:
+            m = measurements[i]
+            pred[i] = model.predict(totals[i], m.chip, m.protocol)
+            # Baselines: linear in FLOPs / params, fitted per chip on that chip's training rows
+            same_chip = [j for j in train if measurements[j].chip == m.chip]
+            ys = [measurements[j].latency_ms for j in same_chip]
+            by_flops[i] = _linear_baseline([totals[j]["flops"] for j in same_chip], ys, [totals[i]["flops"]])[0]
+            by_params[i] = _linear_baseline([totals[j]["params"] for j in same_chip], ys, [totals[i]["params"]])[0]
+    return pred, by_flops, by_params
+
+
+def metrics(measured: np.ndarray, predicted: np.ndarray) -> dict:
+    ok = np.isfinite(predicted) & (predicted > 0)
+    y, p = measured[ok], predicted[ok]
+    out = {"n": int(ok.sum()), "spearman": None, "kendall_tau": None, "mape": None, "within_10": None,
+           "within_25": None}
+    if len(y) == 0:
+        return out
+    rel = np.abs(p - y) / y
+    out.update(mape=float(rel.mean()), within_10=float((rel <= 0.10).mean()), within_25=float((rel <= 0.25).mean()))
+    if len(y) >= 3 and np.ptp(y) > 0 and np.ptp(p) > 0:
+        out["spearman"] = float(spearmanr(y, p).statistic)
+        out["kendall_tau"] = float(kendalltau(y, p).statistic)
+    return out
+
+
+def validate(measurements: list[Measurement], totals: list[dict], ridge: float = CLASS_RIDGE) -> dict:
+    """Leave-one-model-out and leave-one-family-out metrics per chip, predictor vs the two baselines,
+    plus the held-out log residuals the uncertainty bands are built from."""
+    y = np.array([m.latency_ms for m in measurements])
+    schemes = {"leave_one_model_out": lambda m: m.model_key, "leave_one_family_out": lambda m: m.family}
+    held = {k: held_out_predictions(measurements, totals, g, ridge) for k, g in schemes.items()}
+    chips = sorted({m.chip for m in measurements})
+    report: dict = {"chips": {}, "residuals": {}}
+    for chip in chips:
+        idx = np.array([i for i, m in enumerate(measurements) if m.chip == chip])
+        families = sorted({measurements[i].family for i in idx})
+        enough = len(idx) >= MIN_ROWS_FOR_RANKS and len(families) >= MIN_FAMILIES_FOR_RANKS
+        entry = {"rows": int(len(idx)), "families": families, "enough_data_for_ranks": enough}
+        for scheme, (pred, fl, pa) in held.items():
+            entry[scheme] = {"predictor": metrics(y[idx], pred[idx]), "flops_linear": metrics(y[idx], fl[idx]),
+                             "params_linear": metrics(y[idx], pa[idx])}
+        report["chips"][chip] = entry
+    pred_f = held["leave_one_family_out"][0]
+    report["residuals"] = {m.chip + "|" + m.model + "|" + m.protocol: float(math.log(y[i] / pred_f[i]))
+                           for i, m in enumerate(measurements) if np.isfinite(pred_f[i]) and pred_f[i] > 0}
+    report["rows"] = [{"model": m.model, "chip": m.chip, "family": m.family, "protocol": m.protocol,
+                       "measured_ms": m.latency_ms,
+                       "lomo_ms": _num(held["leave_one_model_out"][0][i]),
+                       "lofo_ms": _num(pred_f[i]), "lofo_flops_ms": _num(held["leave_one_family_out"][1][i])}
+                      for i, m in enumerate(measurements)]
+    return report
+
+
+def _num(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def band_quantiles(log_residuals: list[float], coverage: float = BAND_COVERAGE) -> tuple[float, float]:
+    """Quantiles of log(measured / predicted): a prediction p has the band p*exp(lo) .. p*exp(hi)."""
+    r = np.asarray(log_residuals, float)
+    tail = (1.0 - coverage) / 2
+    return float(min(0.0, np.quantile(r, tail))), float(max(0.0, np.quantile(r, 1 - tail)))
+

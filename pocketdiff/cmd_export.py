@@ -1,0 +1,77 @@
+"""`pocketdiff export coreml NAME|spec.json|--torchvision NAME|--timm NAME -o out.mlpackage`: Core ML export."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from latency_models.export import DEFAULT_TARGET, TARGETS
+
+    export = sub.add_parser("export", help="export a design for on-device runtimes")
+    esub = export.add_subparsers(dest="command", metavar="<command>")
+    c = esub.add_parser("coreml", help="fp16 Core ML mlprogram with fixed shapes (cached by spec_id + shape + target)")
+    add_model_arguments(c)
+    c.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help="minimum deployment target")
+    c.add_argument("-o", "--out", help="where to write the .mlpackage (default: only the cache)")
+    c.add_argument("--no-cache", action="store_true", help="convert again even if a cached package exists")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.set_defaults(func=cmd_export_coreml)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model flags shared by export and latency commands."""
+    p.add_argument("spec", nargs="?", help="preset name or spec JSON file")
+    p.add_argument("--torchvision", metavar="NAME", help="a torchvision architecture, e.g. resnet50")
+    p.add_argument("--timm", metavar="NAME", help="a timm architecture, e.g. fastvit_t8 (reparameterized)")
+    p.add_argument("--input", metavar="SHAPE", help="input shape of a library model, e.g. 1x3x224x224")
+    p.add_argument("--latent", type=int, default=128, help="latent size of a spec (default 128 = 1024 px)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of a spec (default 1)")
+
+
+def model_target(args) -> tuple[str, tuple[int, ...] | None]:
+    """The one model the flags name, as "preset-or-path" / "timm:NAME" / "torchvision:NAME", and its shape."""
+    from latency_models.export import parse_shape
+    from pocketdiff.cli import UsageError
+
+    chosen = [x for x in (args.spec, args.torchvision, args.timm) if x]
+    if len(chosen) != 1:
+        raise UsageError("name exactly one model: a preset or spec JSON, --torchvision NAME or --timm NAME")
+    if args.latent < 1 or args.batch < 1:
+        raise UsageError("--latent and --batch must be positive")
+    if args.spec:
+        if args.input:
+            raise UsageError("--input is for --torchvision / --timm models; specs take --latent and --batch")
+        return args.spec, None
+    if not args.input:
+        raise UsageError("library models need --input, e.g. --input 1x3x224x224")
+    kind = "torchvision" if args.torchvision else "timm"
+    return f"{kind}:{args.torchvision or args.timm}", parse_shape(args.input)
+
+
+def cmd_export_coreml(args) -> int:
+    from latency_models.export import ExportError, export_coreml, model_for
+    from pocketdiff.cli import UsageError
+
+    target, shape = model_target(args)
+    kind, _, name = target.partition(":")
+    if shape is None:
+        src = model_for(target, latent=args.latent, batch=args.batch)
+    else:
+        src = model_for(**{kind: name}, input_shape=shape)
+    if not args.json:
+        print(f"exporting {src.label} (model id {src.model_id}) for {args.target}, inputs "
+              + ", ".join("x".join(map(str, x.shape)) for x in src.inputs if x is not None), flush=True)
+    try:
+        result = export_coreml(src, args.target, args.out, use_cache=not args.no_cache)
+    except ExportError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        del src  # drop the fp32 weights as soon as the conversion is done
+    if args.json:
+        print(json.dumps({"path": str(result.path), "model_id": result.model_id, "shape": result.shape,
+                          "target": result.target, "cached": result.cached, "seconds": result.seconds}))
+    else:
+        how = "reused the cached conversion" if result.cached else "converted"
+        print(f"{how} in {result.seconds:.1f} s -> {result.path}")
+    return 0

@@ -1,0 +1,261 @@
+"""`pocketdiff latency ...`: on-device latency prediction, measurement, import, calibration and validation.
+
+predict  NAME|spec.json|--torchvision NAME|--timm NAME --device DEVICE   predicted ms with a band
+measure  model.mlpackage --compute-units cpu_and_ne --runs 100 --out m.csv   Core ML timing (macOS only)
+import   m.csv [--into STORE]          validate a measurement CSV and add it to the measurement store
+fit      [--measurements CSV ...]      refit every device profile (shared structure) and write the reports
+report   --device DEVICE               the profile's validation against FLOPs-only / params-only baselines
+devices                                chips with a profile, their aliases and data
+features NAME ... [--source torch|coreml]   per-op-class feature table
+host     NAME ... --device cpu|cuda    torch latency on this machine (a separate, measured objective)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pocketdiff.cmd_export import add_model_arguments, model_target
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lat = sub.add_parser("latency", help="on-device latency: predict, measure, import, fit, report")
+    lsub = lat.add_subparsers(dest="command", metavar="<command>")
+
+    p = lsub.add_parser("predict", help="predicted Neural Engine latency with an uncertainty band")
+    add_model_arguments(p)
+    p.add_argument("--device", required=True, help="chip (a14, a17pro, m2, ...) or phone (iphone15pro)")
+    p.add_argument("--weight-bits", type=int, default=16, help="stored weight precision (6 = palettized)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
+
+    m = lsub.add_parser("measure", help="time a .mlpackage with Core ML (needs macOS)")
+    m.add_argument("package", help="the .mlpackage to time")
+    m.add_argument("--compute-units", default="cpu_and_ne", help="all, cpu_and_ne, cpu_and_gpu or cpu_only")
+    m.add_argument("--runs", type=int, default=100, help="timed predictions (default 100)")
+    m.add_argument("--warmup", type=int, default=10, help="untimed predictions first (default 10)")
+    m.add_argument("--out", default="measurements.csv", help="CSV to append the row to")
+    m.add_argument("--json", action="store_true", help="print the row as JSON")
+    m.set_defaults(func=cmd_measure)
+
+    i = lsub.add_parser("import", help="validate measurement CSVs and add them to the measurement store")
+    i.add_argument("csv", nargs="+", help="CSV files (measurement or calibration schema)")
+    i.add_argument("--into", help="the store (default $POCKETDIFF_CACHE/measurements.csv)")
+    i.set_defaults(func=cmd_import)
+
+    f = lsub.add_parser("fit", help="refit all device profiles from the calibration data and imported rows")
+    f.add_argument("--measurements", nargs="*", default=[], help="extra measurement CSVs (e.g. the store)")
+    f.add_argument("--profiles", help="where to write profiles (default: the package's profiles/)")
+    f.add_argument("--reports", help="where to write reports (default: latency_models/reports/)")
+    f.set_defaults(func=cmd_fit)
+
+    r = lsub.add_parser("report", help="validation of a device profile against FLOPs / params baselines")
+    r.add_argument("--device", required=True, help="chip or phone")
+    r.add_argument("--json", action="store_true", help="print JSON")
+    r.set_defaults(func=cmd_report)
+
+    d = lsub.add_parser("devices", help="chips with a profile, aliases and measurement counts")
+    d.add_argument("--json", action="store_true", help="print JSON")
+    d.set_defaults(func=cmd_devices)
+
+    ft = lsub.add_parser("features", help="per-op-class features from the torch graph or the Core ML program")
+    add_model_arguments(ft)
+    ft.add_argument("--source", choices=("torch", "coreml"), default="torch",
+                    help="torch: meta-device walk (fast); coreml: ops of the converted program (converts)")
+    ft.add_argument("--ops", action="store_true", help="print every op, not only the per-class summary")
+    ft.add_argument("--json", action="store_true", help="print JSON")
+    ft.set_defaults(func=cmd_features)
+
+    h = lsub.add_parser("host", help="measured torch latency on this machine's CPU or CUDA device")
+    add_model_arguments(h)
+    h.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    h.add_argument("--runs", type=int, default=10, help="timed forwards (default 10)")
+    h.add_argument("--warmup", type=int, default=2, help="untimed forwards first (default 2)")
+    h.add_argument("--half", action="store_true", help="fp16 weights and inputs")
+    h.add_argument("--json", action="store_true", help="print JSON")
+    h.set_defaults(func=cmd_host)
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.3g} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def cmd_predict(args) -> int:
+    from latency_models.api import predict
+
+    target, shape = model_target(args)
+    p = predict(target, shape, args.device, latent=args.latent, batch=args.batch, weight_bits=args.weight_bits)
+    if args.json:
+        print(json.dumps(p.to_dict(), indent=2))
+        return 0
+    ident = p.model if p.model == p.model_id else f"{p.model} ({p.model_id})"
+    print(f"{ident} input {p.input_shape} on {p.chip}: {_fmt_ms(p.ms)} "
+          f"[{_fmt_ms(p.low_ms)} .. {_fmt_ms(p.high_ms)}]")
+    print(f"  band: {p.band_note}")
+    print(f"  features: {p.feature_source} - {p.feature_note}" + (" (cached)" if p.cached_features else ""))
+    print(f"  protocol: {p.protocol}; profile fit {p.profile_fit_id}; {p.seconds:.2f} s")
+    for w in p.warnings:
+        print(f"  warning: {w}")
+    return 0
+
+
+def cmd_measure(args) -> int:
+    from latency_models.measure import MeasureUnavailable, append_row, measure_coreml
+    from pocketdiff.cli import UsageError
+
+    if not Path(args.package).exists():
+        raise UsageError(f"{args.package} does not exist; make one with `pocketdiff export coreml ... -o`")
+    try:
+        row = measure_coreml(args.package, args.compute_units, args.runs, args.warmup)
+    except MeasureUnavailable as e:
+        print(f"pocketdiff: {e}")
+        return 1
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out = append_row(row, args.out)
+    if args.json:
+        print(json.dumps(row, indent=2))
+    else:
+        print(f"{row['model']} on {row['chip']} ({row['compute_units']}): median {row['latency_ms']:.3f} ms, "
+              f"p10 {row['p10_ms']:.3f}, p90 {row['p90_ms']:.3f}, load {row['load_ms']:.0f} ms -> {out}")
+    return 0
+
+
+def _store(path: str | None) -> Path:
+    from latency_models.export import cache_root
+    return Path(path) if path else cache_root() / "measurements.csv"
+
+
+def cmd_import(args) -> int:
+    from latency_models.measurements import import_measurements
+
+    store = _store(args.into)
+    for path in args.csv:
+        n, where = import_measurements(path, store)
+        print(f"{path}: {n} rows valid, added to {where}")
+    print(f"next: `pocketdiff latency fit --measurements {store}` refits the device profiles")
+    return 0
+
+
+REPORT_DIR = Path(__file__).resolve().parent.parent / "latency_models" / "reports"
+
+
+def cmd_fit(args) -> int:
+    from latency_models.measurements import load_calibration, read_measurements
+    from latency_models.profiles import build_profiles
+    from latency_models.report import write_reports
+
+    ms = load_calibration()
+    for path in args.measurements:
+        ms += read_measurements(path)
+    print(f"fitting on {len(ms)} measurements ({len({m.chip for m in ms})} chips); features are cached "
+          f"after the first run", flush=True)
+    result = build_profiles(ms, out_dir=args.profiles,
+                            progress=lambda m: print(f"  features: {m.model} ({m.arch})", flush=True))
+    report = result.pop("_report")
+    paths = write_reports(result, report, Path(args.reports) if args.reports else REPORT_DIR)
+    for chip, prof in result.items():
+        lofo = prof["validation"]["leave_one_family_out"]
+        print(f"  {chip:<7} rows {prof['validation']['rows']:>2}  LOFO Spearman predictor "
+              f"{_num(lofo['predictor']['spearman'])} vs FLOPs {_num(lofo['flops_linear']['spearman'])}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _num(x) -> str:
+    return "  n/a" if x is None else f"{x:5.3f}"
+
+
+def cmd_report(args) -> int:
+    from latency_models.profiles import load_profile, resolve_device
+    from latency_models.report import format_report
+
+    chip = resolve_device(args.device)
+    profile = load_profile(chip)
+    if args.json:
+        print(json.dumps({"chip": chip, "fit_id": profile["fit_id"], "validation": profile["validation"],
+                          "band": profile["band"]}, indent=2))
+    else:
+        print(format_report(profile))
+    return 0
+
+
+def cmd_devices(args) -> int:
+    from latency_models.profiles import KNOWN_CHIPS, available_chips, load_profile
+
+    rows = []
+    for chip in sorted(set(KNOWN_CHIPS) | set(available_chips())):
+        if chip in available_chips():
+            p = load_profile(chip)
+            rows.append({"chip": chip, "profile": True, "rows": len(p["measurements"]), "aliases": p["aliases"],
+                         "devices": p["devices"], "fit_id": p["fit_id"]})
+        else:
+            rows.append({"chip": chip, "profile": False, "rows": 0, "aliases": [], "devices": [], "fit_id": None})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        status = f"{r['rows']:>2} rows, fit {r['fit_id']}" if r["profile"] else "no profile (no measurements)"
+        print(f"{r['chip']:<7} {status:<24} {', '.join(r['aliases'])}")
+    return 0
+
+
+def cmd_features(args) -> int:
+    from latency_models.export import ExportError, convert, model_for
+    from latency_models.features import features_from_mil
+    from latency_models.predictor import source_features
+
+    target, shape = model_target(args)
+    kind, _, name = target.partition(":")
+    device = "meta" if args.source == "torch" else None
+    if shape is None:
+        src = model_for(target, latent=args.latent, batch=args.batch, device=device)
+    else:
+        src = model_for(**{kind: name}, input_shape=shape, device=device)
+    if args.source == "coreml":
+        try:
+            table = features_from_mil(convert(src)._mil_program)
+        except ExportError as e:
+            note = f"Core ML conversion failed, fell back to the torch graph: {e}"
+            print(f"note: {note}")
+            meta = model_for(target, latent=args.latent, batch=args.batch, device="meta") if shape is None \
+                else model_for(**{kind: name}, input_shape=shape, device="meta")
+            table = source_features(meta)
+            table.note = note
+    else:
+        table = source_features(src)
+    if args.json:
+        print(json.dumps({"source": table.source, "note": table.note, "by_class": table.by_class(),
+                          "ops": table.to_rows() if args.ops else None}, indent=2))
+        return 0
+    print(f"{src.label} ({src.model_id}): {len(table.ops)} ops, features from {table.source}"
+          + (f" ({table.note})" if table.note else ""))
+    print(f"  {'class':<12} {'ops':>5} {'GFLOPs':>10} {'act MB':>10} {'weight MB':>10}")
+    for r in table.by_class():
+        print(f"  {r['op_class']:<12} {r['ops']:>5} {r['gflops']:>10.3f} {r['act_mb']:>10.1f} {r['weight_mb']:>10.1f}")
+    if args.ops:
+        for f in table.ops:
+            print(f"  {f.op:<28} {f.op_class:<12} {f.flops / 1e6:>10.2f} MFLOP  out {f.out_shape}")
+    return 0
+
+
+def cmd_host(args) -> int:
+    from latency_models.export import model_for
+    from latency_models.measure import MeasureUnavailable, measure_host
+    from pocketdiff.cli import UsageError
+
+    target, shape = model_target(args)
+    kind, _, name = target.partition(":")
+    src = model_for(target, latent=args.latent, batch=args.batch) if shape is None \
+        else model_for(**{kind: name}, input_shape=shape)
+    try:
+        r = measure_host(src, args.device, args.runs, args.warmup, args.half)
+    except MeasureUnavailable as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps({"model": src.label, "model_id": src.model_id, **r}, indent=2))
+    else:
+        print(f"{src.label} on {r['device']} ({r['dtype']}, {r['threads']} threads): median "
+              f"{_fmt_ms(r['median_ms'])}, p10 {_fmt_ms(r['p10_ms'])}, p90 {_fmt_ms(r['p90_ms'])} "
+              f"over {r['runs']} runs")
+    return 0
