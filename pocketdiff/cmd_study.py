@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = s.add_parser("run", help="run (or resume) a study from its file")
     run.add_argument("file", help="study file, e.g. studies/quick.toml")
     _storage_flag(run)
-    run.add_argument("--n-trials", type=int, help="trials to run now (default: the file's n_trials)")
+    run.add_argument("--n-trials", type=int, help="trials to run now (default: until the study has the file's "
+                                                  "n_trials finished trials)")
     run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run, worker=False)
@@ -26,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     w = s.add_parser("worker", help="one worker of a study shared through --storage (many processes / hosts)")
     w.add_argument("file")
     _storage_flag(w, required=True)
-    w.add_argument("--n-trials", type=int, help="trials this worker runs (default: until the study has n_trials)")
+    w.add_argument("--n-trials", type=int, help="trials this worker runs (default: until the study, across all "
+                                                "workers, has the file's n_trials)")
     w.add_argument("--timeout", type=float)
     w.add_argument("--no-progress", action="store_true")
     w.set_defaults(func=cmd_run, worker=True)
@@ -84,11 +86,6 @@ def cmd_run(args) -> int:
 
     cfg = _load_cfg(args)
     n_trials = args.n_trials
-    if args.worker and n_trials is None and cfg.n_trials is not None:
-        from studies.runner import open_study
-        study = open_study(cfg)
-        finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-        n_trials = max(0, cfg.n_trials - finished)
     print(f"study {cfg.name}  storage {cfg.storage}  sampler {cfg.sampler}  objectives "
           f"{', '.join(f'{m} ({d})' for m, d in cfg.objectives)}")
     study, stats = run_study(cfg, n_trials=n_trials, timeout=args.timeout, progress=not args.no_progress)

@@ -289,30 +289,44 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     return f"{head}  {reason}"
 
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # FAIL trials are retried, so they do not count
+
+
 def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | None = None,
               progress: bool = True, echo: Callable[[str], None] = print) -> tuple[optuna.Study, RunStats]:
-    """Run (or resume) the study until n_trials more trials finish or the timeout passes."""
+    """Run (or resume) the study.
+
+    Without `n_trials` it runs until the study holds the file's `n_trials` finished trials (COMPLETE or
+    PRUNED), counted across every worker on the storage, so a resumed or second run only does what is left.
+    With `n_trials` it runs that many more. `timeout` stops starting new trials after that many seconds.
+    """
     storage = open_storage(cfg.storage, cfg)
     study = open_study(cfg, storage)
     optuna.storages.fail_stale_trials(study)  # a killed earlier run's RUNNING trials (heartbeat expired)
     stats = RunStats()
-    artifacts = artifact_dir(cfg)
-    objective = Objective(cfg, study, stats, artifacts)
-    n_trials = n_trials if n_trials is not None else cfg.n_trials
+    objective = Objective(cfg, study, stats, artifact_dir(cfg))
     timeout = timeout if timeout is not None else cfg.timeout
+    callbacks: list = []
+    if n_trials is None and cfg.n_trials is not None:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        n_trials = max(0, cfg.n_trials - done)
+        callbacks.append(optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED))
     if cfg.sampler == "grid" and n_trials is not None:
-        done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-        grid_size = int(np.prod([len(v) for v in cfg.space.grid().values()])) if cfg.space.grid() else 1
+        grid = cfg.space.grid() or {}
+        grid_size = int(np.prod([len(v) for v in grid.values()])) if grid else 1
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
         n_trials = max(0, min(n_trials, grid_size - done))
 
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def summary(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         line = _summary_line(study, trial)
         stats.finished.append(line)
         echo(line)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=[callback],
-                   show_progress_bar=progress and n_trials is not None, gc_after_trial=True)
+    if n_trials != 0:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
+                       callbacks=[summary, *callbacks], show_progress_bar=progress and n_trials is not None,
+                       gc_after_trial=True)
     return study, stats
 
 
