@@ -22,7 +22,7 @@ from search_space.sampling import SearchSpace, parse_space
 from search_space.spec import SpecError
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
-QUALITY_EVALUATORS = ("flow", "none")
+QUALITY_EVALUATORS = ("flow", "decoder", "none")
 # Metrics a study may optimise: cheap ones (known before training) and the quality evaluator's.
 CHEAP_METRICS = ("latency_ms", "params_m", "gmacs", "host_ms")
 QUALITY_METRICS = ("fd_domain", "fid", "kid", "val_loss", "precision", "recall", "psnr")
@@ -86,7 +86,8 @@ _KNOWN = {
     "study": {"name", "storage", "sampler", "seed", "n_trials", "timeout", "heartbeat_interval", "grace_period",
               "max_retry"},
     "target": {"latent", "device"},
-    "quality": {"evaluator", "data", "budget", "n_samples", "proxy", "early_stop", "guidance", "sample_steps"},
+    "quality": {"evaluator", "data", "budget", "n_samples", "proxy", "early_stop", "guidance", "sample_steps",
+                "encoder"},
     "constraints": {"max_latency_ms", "max_params_m"},
     "enqueue": {"presets"},
 }
@@ -144,6 +145,11 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
     evaluator = quality.setdefault("evaluator", "none")
     if evaluator not in QUALITY_EVALUATORS:
         raise _err(path, f"[quality] evaluator={evaluator!r} is not one of {', '.join(QUALITY_EVALUATORS)}")
+    from search_space import PRESETS as _PRESETS
+    base_kind = _PRESETS[space.base].kind
+    if evaluator == "decoder" and base_kind != "decoder" or evaluator == "flow" and base_kind != "unet":
+        raise _err(path, f"[quality] evaluator={evaluator!r} does not score a {base_kind} space "
+                         f"(flow scores UNets, decoder scores decoders)")
     needs_quality = [m for m, _ in objectives if m in QUALITY_METRICS]
     if needs_quality and evaluator == "none":
         raise _err(path, f"[objectives] {needs_quality[0]} needs a quality evaluator: set [quality] evaluator")

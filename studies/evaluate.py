@@ -35,14 +35,17 @@ def cheap_metrics(spec: Spec, latent: int, device: str) -> dict[str, float]:
             "latency_low_ms": float(pred.low_ms), "latency_high_ms": float(pred.high_ms)}
 
 
-def quality_version() -> str:
+def quality_version(evaluator: str) -> str:
+    if evaluator == "decoder":
+        from evaluators import decoder_quality
+        return decoder_quality.EVALUATOR_VERSION
     from evaluators import quality
     return getattr(quality, "EVALUATOR_VERSION", "quality")
 
 
 def evaluation_key(spec: Spec, cfg: StudyConfig) -> str:
     q = cfg.quality
-    parts = {"spec_id": spec.spec_id, "evaluator": cfg.quality_evaluator, "version": quality_version(),
+    parts = {"spec_id": spec.spec_id, "evaluator": cfg.quality_evaluator, "version": quality_version(cfg.quality_evaluator),
              "data": q.get("data", "mnist5k"), "budget": str(q.get("budget", "60s")), "seed": cfg.seed,
              "options": {k: v for k, v in sorted(q.items()) if k not in ("evaluator", "data", "budget")}}
     return json.dumps(parts, sort_keys=True)
@@ -73,20 +76,43 @@ def store_cache(key: str, metrics: dict[str, Any], user_attrs: dict[str, Any]) -
     tmp.replace(path)
 
 
+# study-file [quality] keys -> evaluate_quality keyword arguments
+_FLOW_OPTIONS = {"n_samples": "num_samples", "sample_steps": "sample_steps", "guidance": "cfg_scale"}
+
+
 def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,
-                    on_step: Callable[[int, int, dict[str, float]], None]) -> dict[str, Any]:
-    """Run the quality evaluator; returns float metrics plus `_user_attrs` (proxy mapping, paths)."""
-    from evaluators.quality import evaluate_quality
+                    on_report: Callable[[float, dict], None]) -> dict[str, Any]:
+    """Run the quality evaluator; returns float metrics plus `_user_attrs` (proxy mapping, paths) and
+    `_evaluator_seconds` (the time spent training and sampling, for the overhead share)."""
+    from training.trainer import Budget
 
     q = cfg.quality
-    t0 = time.perf_counter()
-    options = {k: v for k, v in q.items() if k not in ("evaluator", "data", "budget")}
-    result = evaluate_quality(spec, q.get("data", "mnist5k"), q.get("budget", "60s"), cfg.seed,
-                              out_dir=out_dir, callback=on_step, progress=False, **options)
-    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    metrics["_evaluator_seconds"] = time.perf_counter() - t0
-    user_attrs = {k: v for k, v in result.items() if k in ("proxy", "samples", "record", "status")}
-    if isinstance(result.get("status"), str) and result["status"].startswith("diverged"):
-        metrics["diverged_at_step"] = float(result["status"].split()[-1])
-    metrics["_user_attrs"] = user_attrs
+    budget = Budget.parse(q.get("budget", "60s"))
+
+    def callback(report: dict) -> bool:
+        on_report(budget.fraction(report["step"], report["seconds"]), report)
+        return False
+
+    if cfg.quality_evaluator == "decoder":
+        from evaluators.decoder_quality import evaluate_decoder_quality
+        result = evaluate_decoder_quality(spec, q.get("data", "sample-images"), budget, cfg.seed, out_dir=out_dir,
+                                          callback=callback, encoder=q.get("encoder", "tiny-ae"))
+        busy = result["train_seconds"]
+    else:
+        from evaluators.quality import evaluate_quality
+        from training.proxy import ProxyConfig
+        options = {_FLOW_OPTIONS[k]: v for k, v in q.items() if k in _FLOW_OPTIONS}
+        if "proxy" in q:
+            options["proxy_config"] = ProxyConfig(**q["proxy"])
+        result = evaluate_quality(spec, q.get("data", "mnist5k"), budget, cfg.seed, out_dir=out_dir,
+                                  callback=callback, progress=False, **options)
+        busy = result.get("seconds_train", 0.0) + result.get("seconds_sample", 0.0)
+    metrics = {k: float(v) for k, v in result.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
+    metrics["_evaluator_seconds"] = busy
+    status = str(result.get("status", "ok"))
+    if status.startswith("diverged"):
+        metrics["diverged_at_step"] = float(status.split("step")[1].split()[0])
+    metrics["_user_attrs"] = {k: result[k] for k in ("proxy", "status", "out_dir", "samples", "record")
+                              if k in result}
     return metrics

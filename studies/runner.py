@@ -140,14 +140,18 @@ def _spec_for_trial(cfg: StudyConfig, trial: optuna.Trial) -> Spec:
     return cfg.space.sample(trial)
 
 
-def _curve_threshold(study: optuna.Study, step: int, quantile: float) -> tuple[float, int] | None:
-    """Quantile of finished trials' validation loss at (or just before) `step`."""
+def _curve_threshold(study: optuna.Study, fraction: float, quantile: float) -> tuple[float, int] | None:
+    """Quantile of finished trials' validation loss at (or just before) the same share of the budget.
+
+    Curves are compared at equal budget fractions, not equal steps: the budget (wall seconds or steps) is the
+    protocol, and a slower candidate has had fewer steps at the same point of it.
+    """
     values = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         curve = t.user_attrs.get("curve")
         if not curve:
             continue
-        points = [v for s, v in curve if s <= step]
+        points = [loss for _, loss, f in curve if f <= fraction + 1e-9]
         if points:
             values.append(points[-1])
     if not values:
@@ -229,28 +233,28 @@ class Objective:
             return cached["metrics"]
 
         out_dir = self.artifacts / f"trial-{trial.number:04d}-{spec.spec_id}"
-        curve: list[tuple[int, float]] = []
+        curve: list[tuple[int, float, float]] = []  # (step, val_loss, budget fraction)
         es = cfg.early_stop
 
-        def on_step(step: int, total: int, values: dict[str, float]) -> None:
-            loss = values.get("val_loss")
+        def on_report(fraction: float, values: dict[str, float]) -> None:
+            loss, step = values.get("val_loss"), int(values["step"])
             if loss is None:
                 return
-            curve.append((step, float(loss)))
+            curve.append((step, float(loss), round(fraction, 4)))
             trial.set_user_attr("curve", curve)
-            if not es.enabled or step < es.warmup_fraction * total:
+            if not es.enabled or fraction < es.warmup_fraction:
                 return
-            found = _curve_threshold(self.study, step, es.quantile)
+            found = _curve_threshold(self.study, fraction, es.quantile)
             if found is None or found[1] < es.min_trials:
                 return
             threshold, n = found
             if loss > threshold:
-                raise StopEarly(f"stopped early at step {step}/{total}: val_loss {loss:.4f} above the "
+                raise StopEarly(f"stopped early at step {step} ({fraction:.0%} of the budget): val_loss {loss:.4f} above the "
                                 f"{es.quantile:.0%} quantile {threshold:.4f} of {n} finished trials")
 
         t0 = time.perf_counter()
         try:
-            result = ev.quality_metrics(spec, cfg, out_dir, on_step)
+            result = ev.quality_metrics(spec, cfg, out_dir, on_report)
         except StopEarly as e:
             trial.set_user_attr("evaluator_seconds", time.perf_counter() - t0)
             trial.set_user_attr("early_stopped", str(e))

@@ -184,3 +184,50 @@ def test_two_workers_share_one_postgres_study(tmp_path, postgres_url):
     lines = [l for out, _ in outs for l in out.splitlines() if l.startswith("trial ")]
     done = [int(l.split()[1]) for l in lines]
     assert len(done) == len(set(done)) == len(trials)
+
+
+def test_early_stop_compares_curves_at_equal_budget_fractions(tmp_path):
+    """Multi-objective studies cannot use Optuna's pruners: our rule stops a run whose validation loss is
+    above the chosen quantile of finished trials at the same share of the budget."""
+    from optuna.distributions import FloatDistribution
+    from studies.runner import _curve_threshold
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for i, final in enumerate([0.30, 0.35, 0.40, 0.45]):
+        curve = [(10 * (i + 1), final + 0.2, 0.2), (20 * (i + 1), final + 0.1, 0.5), (40 * (i + 1), final, 1.0)]
+        study.add_trial(optuna.trial.create_trial(values=[final, 1.0], user_attrs={"curve": curve}))
+    assert _curve_threshold(study, 0.1, 0.5) is None  # nobody reported that early
+    threshold, n = _curve_threshold(study, 0.5, 0.5)
+    assert n == 4 and threshold == pytest.approx(0.475)  # median of 0.40, 0.45, 0.50, 0.55
+    threshold, _ = _curve_threshold(study, 0.6, 1.0)
+    assert threshold == pytest.approx(0.55)
+
+
+def test_objective_stops_a_clearly_worse_run(tmp_path, monkeypatch):
+    from studies import evaluate as ev
+    from studies.config import parse_study
+    from studies.runner import Objective, RunStats
+
+    cfg = parse_study({
+        "study": {"name": "es"}, "space": {"base": "tiny-debug"},
+        "quality": {"evaluator": "flow", "budget": "100steps",
+                    "early_stop": {"enabled": True, "warmup_fraction": 0.3, "min_trials": 2, "quantile": 0.5}},
+        "objectives": {"val_loss": "minimize"},
+    })
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="es")
+    for final in (0.2, 0.3):
+        study.add_trial(optuna.trial.create_trial(value=final, user_attrs={"curve": [(50, final, 0.5)]}))
+
+    def fake_quality(spec, cfg, out_dir, on_report):  # stands in for training: reports a bad curve
+        for step in (20, 40, 60):
+            on_report(step / 100, {"step": step, "seconds": 1.0, "val_loss": 0.9})
+        raise AssertionError("the run should have been stopped")
+
+    monkeypatch.setattr(ev, "quality_metrics", fake_quality)
+    monkeypatch.setattr(ev, "cheap_metrics", lambda spec, latent, device: {"params_m": 0.6})
+    objective = Objective(cfg, study, RunStats(), tmp_path)
+    study.optimize(objective, n_trials=1)
+    t = study.trials[-1]
+    assert t.state == TrialState.PRUNED
+    # finished curves start at 50% of the budget, so the first comparison is at 60%
+    assert t.user_attrs["early_stopped"].startswith("stopped early at step 60 (60% of the budget): val_loss 0.9000")

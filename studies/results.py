@@ -1,0 +1,532 @@
+"""Read-only views of a study for the explorer (app.py): trials as one pandas frame, Pareto fronts,
+hypervolume history, the per-stage / per-op-class cost of one trial, and the paper's Figure 3 / Table 2.
+
+Nothing here writes to Optuna storage: SQLite files are opened with SQLite's read-only URI mode, so even a
+bug cannot change a study, and a missing file is reported instead of created. Paper numbers are quoted from
+/work/shared/paper/SNAPGEN.md (section 1, Figure 3; section 2, Table 2).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# User attributes that are bookkeeping, not metrics or knobs (kept out of the numeric metric columns).
+TEXT_ATTRS = ("spec_id", "compact", "kind", "preset", "enqueued_preset", "artifacts", "eval_key", "cached_from",
+              "infeasible", "early_stopped", "fail_reason", "study_file", "samples", "record", "status")
+REASON_ATTRS = ("infeasible", "early_stopped", "fail_reason")
+# Metrics where larger is better when a metric is plotted that is not one of the study's objectives.
+MAXIMIZE_METRICS = ("psnr", "precision", "recall", "precision_domain", "recall_domain")
+
+# SNAPGEN.md section 1, Figure 3: change of each step relative to its parent step [paper].
+FIG3_PARENT = {"b": "a", "c1": "b", "c2": "b", "d": "c2", "e": "d", "f": "e", "g": "f"}
+FIG3_PAPER = {  # step: (change, params delta, FLOPs delta, ImageNet FID)
+    "a": ("thin SDXL baseline", "-", "-", "3.76"),
+    "b": ("self-attention only in the lowest-resolution stage", "~0", "-17%", "3.12"),
+    "c1": ("separable convs, no expansion", "-24%", "-", "3.38"),
+    "c2": ("separable convs, expansion 2", "-15% (vs b)", "-27%", "lower than b"),
+    "d": ("FFN expansion 4 -> 3", "-12%", "-12%", "comparable"),
+    "e": ("MHSA -> MQA", "-16%", "-6%", "minimal impact"),
+    "f": ("condition injection in stage 1 (CA + FFN blocks)", "smaller", "lower", "better"),
+    "g": ("QK RMSNorm + 2D RoPE", "negligible", "negligible", "better"),
+}
+# SNAPGEN.md section 2, Table 2 (decode a 128x128 latent to 1024x1024; PSNR on COCO 2017 val) [paper].
+TABLE2_PAPER = {"sdxl-decoder": (4, 24.89, 49.49, 4970), "sd3-decoder": (16, 27.92, 49.55, 4970),
+                "snapgen-decoder": (16, 27.85, 1.38, 224)}  # latent ch, PSNR, params (M), GFLOPs
+FIG3_STUDY = "paper-fig3"
+FIG3_DEFAULT_STORAGE = "sqlite:///runs/paper-fig3/study.db"
+
+
+class ResultsError(Exception):
+    """The storage or study cannot be read; the message says what is missing."""
+
+
+# --- storage ---------------------------------------------------------------------------------------------
+
+def readonly_url(url: str) -> str:
+    """The same storage, opened so that nothing can be written (SQLite read-only URI mode).
+
+    Raises ResultsError when a SQLite file does not exist (opening it normally would create an empty one).
+    """
+    url = url.strip()
+    if not url:
+        raise ResultsError("no storage URL given")
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///file:"):
+        path = Path(url[len("sqlite:///"):].split("?", 1)[0])
+        if not path.is_file():
+            raise ResultsError(f"no SQLite file at {path.resolve()} (run `pocketdiff study run FILE` first, "
+                               f"or give another --storage)")
+        return f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+    if "://" not in url:
+        raise ResultsError(f"{url!r} is not a storage URL (sqlite:///path.db, postgresql://user@host/db)")
+    return url
+
+
+def open_storage(url: str):
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(readonly_url(url), engine_kwargs={"pool_pre_ping": True})
+    except ResultsError:
+        raise
+    except Exception as e:  # sqlalchemy raises many kinds; the user needs the URL and the reason
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ResultsError(f"cannot open storage {url}: {reason}") from None
+
+
+def study_names(url: str) -> list[str]:
+    import optuna
+
+    storage = open_storage(url)
+    try:
+        return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    except Exception as e:
+        raise ResultsError(f"cannot list the studies in {url}: {str(e).splitlines()[0]}") from None
+
+
+def load_study(url: str, name: str):
+    import optuna
+
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ResultsError(f"storage {url} has no study {name!r}") from None
+
+
+# --- trials as a frame -------------------------------------------------------------------------------------
+
+@dataclass
+class StudyInfo:
+    name: str
+    storage: str
+    metric_names: list[str]
+    directions: list[str]  # "minimize" / "maximize", per metric name
+    constraint_names: list[str]
+    latent: int | None
+    device: str | None
+    study_file: str | None
+    knobs: list[str] = field(default_factory=list)  # flattened spec keys that vary between trials
+    quality_metrics: list[str] = field(default_factory=list)
+
+    def direction(self, metric: str) -> str:
+        if metric in self.metric_names:
+            return self.directions[self.metric_names.index(metric)]
+        return "maximize" if metric in MAXIMIZE_METRICS else "minimize"
+
+
+def flatten_spec(spec: dict, prefix: str = "") -> dict[str, Any]:
+    """{"stages": [{"channels": 256}]} -> {"stages.0.channels": 256} (the study files' knob paths)."""
+    out: dict[str, Any] = {}
+    for k, v in spec.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_spec(v, key + "."))
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                out.update(flatten_spec(x, f"{key}.{i}."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def trials_frame(study) -> tuple[pd.DataFrame, StudyInfo]:
+    """One row per trial: state, objectives, feasibility, every numeric metric, every knob of the spec."""
+    from optuna.trial import TrialState
+
+    attrs = study.user_attrs
+    names = list(attrs.get("metric_names") or study.metric_names or
+                 [f"objective_{i}" for i in range(len(study.directions))])
+    directions = [d.name.lower() for d in study.directions]
+    definition = attrs.get("definition") or {}
+    trials = study.get_trials(deepcopy=False)
+    rows, knob_rows, constraint_names = [], [], []
+    for t in trials:
+        a = t.user_attrs
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        for k in TEXT_ATTRS:
+            if k in a and not isinstance(a[k], (dict, list)):
+                row[k] = str(a[k])
+        for k, v in a.items():
+            if _is_number(v) and k not in TEXT_ATTRS:
+                row[k] = float(v)
+        if t.state == TrialState.COMPLETE and t.values is not None:
+            for n, v in zip(names, t.values):
+                row[n] = float(v)
+        constraints = t.constraints or {}
+        if isinstance(constraints, dict):
+            items = list(constraints.items())
+        else:  # older optuna: a plain sequence
+            items = [(f"constraint_{i}", v) for i, v in enumerate(constraints)]
+        for cname, v in items:
+            row[f"violation:{cname}"] = float(v)
+            if cname not in constraint_names:
+                constraint_names.append(cname)
+        row["violation"] = float(sum(max(0.0, float(v)) for _, v in items)) if items else 0.0
+        row["has_constraints"] = bool(items)
+        row["reason"] = next((str(a[k]) for k in REASON_ATTRS if a.get(k)), "")
+        row["duration_s"] = ((t.datetime_complete - t.datetime_start).total_seconds()
+                             if t.datetime_complete and t.datetime_start else np.nan)
+        row["datetime_complete"] = t.datetime_complete
+        spec = a.get("spec")
+        row["spec_json"] = json.dumps(spec, sort_keys=True) if isinstance(spec, dict) else ""
+        curve = a.get("curve")
+        row["curve_json"] = json.dumps(curve) if isinstance(curve, list) and curve else ""
+        if isinstance(a.get("proxy"), dict):
+            row["proxy_json"] = json.dumps(a["proxy"], sort_keys=True)
+        rows.append(row)
+        knob_rows.append(flatten_spec(spec) if isinstance(spec, dict) else {})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        frame = pd.DataFrame(columns=["number", "state", "violation", "reason", "spec_json", "curve_json"])
+    knobs = pd.DataFrame(knob_rows, index=frame.index)
+    varying = [c for c in knobs.columns if knobs[c].astype(str).nunique(dropna=False) > 1]
+    knobs = knobs.add_prefix("knob:")
+    frame = pd.concat([frame, knobs], axis=1)
+    # Feasible: every constraint <= 0 and not pruned as infeasible before training. In a study with
+    # constraints, a trial that recorded none (it failed before the cheap checks) is not known to be feasible.
+    if not frame.empty:
+        pruned_infeasible = frame.get("infeasible", pd.Series("", index=frame.index)).fillna("") != ""
+        known = frame["has_constraints"] | (not constraint_names)
+        frame["feasible"] = known & (frame["violation"] <= 0) & ~pruned_infeasible
+    else:
+        frame["feasible"] = pd.Series(dtype=bool)
+    from .config import QUALITY_METRICS
+    info = StudyInfo(
+        name=study.study_name, storage="", metric_names=names, directions=directions,
+        constraint_names=constraint_names, latent=definition.get("latent"), device=definition.get("device"),
+        study_file=attrs.get("study_file"), knobs=varying,
+        quality_metrics=[m for m in frame.columns if m in QUALITY_METRICS or m.endswith("_domain")])
+    return frame, info
+
+
+def load_frame(url: str, name: str) -> tuple[pd.DataFrame, StudyInfo]:
+    study = load_study(url, name)
+    frame, info = trials_frame(study)
+    info.storage = url
+    return frame, info
+
+
+def metric_columns(frame: pd.DataFrame, info: StudyInfo) -> list[str]:
+    """Objectives first, then every other numeric metric a trial recorded."""
+    skip = {"number", "violation", "duration_s", "evaluator_seconds"}
+    others = [c for c in frame.columns if c not in skip and c not in info.metric_names
+              and not c.startswith(("violation:", "knob:")) and pd.api.types.is_numeric_dtype(frame[c])
+              and not pd.api.types.is_bool_dtype(frame[c])]
+    return [m for m in info.metric_names if m in frame.columns] + sorted(others)
+
+
+def trial_label(row: pd.Series | dict) -> str:
+    name = row.get("preset") if isinstance(row.get("preset"), str) and row.get("preset") else ""
+    sid = row.get("spec_id") if isinstance(row.get("spec_id"), str) else "no spec"
+    return f"#{int(row['number'])} {row['state'].lower()} {name + ' ' if name else ''}{sid}"
+
+
+# --- Pareto fronts and hypervolume --------------------------------------------------------------------------
+
+def _as_minimized(values: np.ndarray, directions: list[str]) -> np.ndarray:
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    return values * signs
+
+
+def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
+    """True for the rows no other row dominates (ties: duplicates are all kept). O(n^2 / chunk) in numpy."""
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    v = _as_minimized(np.asarray(values, dtype=float), directions)
+    mask = np.ones(n, dtype=bool)
+    chunk = max(1, 4_000_000 // max(n, 1))
+    for start in range(0, n, chunk):
+        block = v[start:start + chunk]  # (b, d) against all (n, d)
+        le = (v[None, :, :] <= block[:, None, :]).all(-1)
+        lt = (v[None, :, :] < block[:, None, :]).any(-1)
+        mask[start:start + chunk] = ~(le & lt).any(1)
+    return mask
+
+
+def front(frame: pd.DataFrame, axes: list[str], info: StudyInfo) -> pd.DataFrame:
+    """Feasible trials with every axis value, marked `pareto` on those axes (the front of the plot)."""
+    have = frame.dropna(subset=axes) if all(a in frame.columns for a in axes) else frame.iloc[0:0]
+    feasible = have[have["feasible"] & (have["state"] == "COMPLETE")].copy()
+    feasible["pareto"] = pareto_mask(feasible[axes].to_numpy(float), [info.direction(a) for a in axes])
+    return feasible
+
+
+def least_violating(frame: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+    """When nothing is feasible: the trials closest to feasibility (smallest summed constraint violation)."""
+    cand = frame[frame["has_constraints"]] if "has_constraints" in frame else frame.iloc[0:0]
+    return cand.nsmallest(k, "violation")
+
+
+def hypervolume_history(frame: pd.DataFrame, info: StudyInfo, points: int = 200) -> pd.DataFrame:
+    """Hypervolume of the feasible front after each finished trial, over the study's objectives.
+
+    Objectives are normalised to [0, 1] by the range of feasible complete trials (maximised ones flipped), and
+    the reference point is 1.1 in every objective, so the number is comparable within one study only.
+    """
+    from optuna._hypervolume import compute_hypervolume
+
+    names = [m for m in info.metric_names if m in frame.columns]
+    done = frame[(frame["state"] == "COMPLETE") & frame["feasible"]].dropna(subset=names).sort_values("number")
+    if done.empty or len(names) != len(info.metric_names):
+        return pd.DataFrame(columns=["number", "hypervolume"])
+    v = _as_minimized(done[names].to_numpy(float), info.directions)
+    lo, hi = v.min(0), v.max(0)
+    v = (v - lo) / np.where(hi > lo, hi - lo, 1.0)
+    ref = np.full(v.shape[1], 1.1)
+    numbers = done["number"].to_numpy()
+    cut = sorted(set(np.linspace(1, len(v), min(points, len(v))).round().astype(int)))
+    rows = []
+    for i in cut:
+        sub = v[:i]
+        rows.append({"number": int(numbers[i - 1]),
+                     "hypervolume": float(compute_hypervolume(sub[pareto_mask(sub, ['minimize'] * v.shape[1])],
+                                                              ref))})
+    return pd.DataFrame(rows)
+
+
+def state_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    counts = frame.groupby("state").size().rename("trials").reset_index()
+    return counts.sort_values("trials", ascending=False)
+
+
+def failure_reasons(frame: pd.DataFrame) -> pd.DataFrame:
+    """Unfinished-business trials grouped by state and reason (first 160 characters)."""
+    bad = frame[frame["state"] != "COMPLETE"].copy()
+    if bad.empty:
+        return pd.DataFrame(columns=["state", "reason", "trials", "example trial"])
+    bad["reason"] = bad["reason"].fillna("").str.slice(0, 160).replace("", "(no reason recorded)")
+    out = bad.groupby(["state", "reason"]).agg(trials=("number", "size"), example=("number", "min")).reset_index()
+    return out.rename(columns={"example": "example trial"}).sort_values("trials", ascending=False)
+
+
+# --- one trial -------------------------------------------------------------------------------------------
+
+def spec_of(row: pd.Series | dict):
+    from search_space import spec_from_dict
+
+    text = row.get("spec_json") or ""
+    if not text:
+        return None
+    return spec_from_dict(json.loads(text))
+
+
+def knob_diff(a: pd.Series, b: pd.Series) -> pd.DataFrame:
+    """Spec fields that differ between two trials (flattened knob paths)."""
+    sa = flatten_spec(json.loads(a["spec_json"])) if a.get("spec_json") else {}
+    sb = flatten_spec(json.loads(b["spec_json"])) if b.get("spec_json") else {}
+    rows = [{"knob": k, "A": sa.get(k, "(absent)"), "B": sb.get(k, "(absent)")}
+            for k in sorted(set(sa) | set(sb)) if sa.get(k, "(absent)") != sb.get(k, "(absent)")]
+    return pd.DataFrame(rows, columns=["knob", "A", "B"]).astype(str)
+
+
+def metric_deltas(a: pd.Series, b: pd.Series, metrics: list[str]) -> pd.DataFrame:
+    rows = []
+    for m in metrics:
+        va, vb = a.get(m), b.get(m)
+        ok_a = va is not None and not pd.isna(va)
+        ok_b = vb is not None and not pd.isna(vb)
+        delta = float(vb) - float(va) if ok_a and ok_b else np.nan
+        rel = delta / abs(float(va)) * 100 if ok_a and ok_b and float(va) != 0 else np.nan
+        rows.append({"metric": m, "A": float(va) if ok_a else np.nan, "B": float(vb) if ok_b else np.nan,
+                     "B - A": delta, "B vs A (%)": rel})
+    return pd.DataFrame(rows)
+
+
+def stage_costs(spec, latent: int) -> dict:
+    """The cost evaluator's per-stage table and per-kind params (meta device: no weights)."""
+    from evaluators.cost import describe_cost
+
+    d = describe_cost(spec, latent, memory=False)
+    return {"stages": d["stages"], "params_per_kind": d["params_per_kind"], "macs_per_op": d["macs_per_op"],
+            "params": d["params"], "gmacs": d["gmacs"], "gmacs_no_attention": d["gmacs_no_attention"]}
+
+
+def latency_breakdown(spec, latent: int, device: str) -> dict:
+    """Predicted Neural Engine latency split by op class and by stage.
+
+    The predictor is linear in per-op features (latency_models/predictor.py), so each op's share is exact:
+    scale * (shared terms + its class's terms) for its FLOPs, activation/weight bytes and its op count; the
+    shares plus the protocol overhead sum to the prediction. Ops are assigned to the stage whose down/up/mid
+    module was running when the op ran (the stem: everything else).
+    """
+    from evaluators.cost import stage_of
+    from latency_models import predictor, profiles
+    from latency_models.export import model_for
+    from latency_models.features import FP16_WEIGHT_BITS, OP_CLASSES, _FeatureMode
+    from search_space.attention import attention_backend
+    import torch
+
+    chip = profiles.resolve_device(device)
+    profile = profiles.load_profile(chip)
+    model = profiles.model_from_profile(profile)
+    protocol = profile["model"]["default_protocol"]
+    scale = model.scales[chip]
+    th = dict(zip(predictor.COLUMNS, model.theta))
+
+    src = model_for(spec, latent=latent, batch=1, device="meta")
+    named = dict(src.module.named_parameters()) | dict(src.module.named_buffers())
+    mode = _FeatureMode(named.values(), FP16_WEIGHT_BITS)
+    spans: list[tuple[int, int, str]] = []
+    depth = [0]
+    hooks = []
+
+    def pre(label):
+        def f(_m, _inp):
+            depth[0] += 1
+            if depth[0] == 1:
+                spans.append((len(mode.ops), -1, label))
+        return f
+
+    def post(_m, _inp, _out):
+        depth[0] -= 1
+        if depth[0] == 0:
+            start, _, label = spans[-1]
+            spans[-1] = (start, len(mode.ops), label)
+
+    for name, mod in src.module.named_modules():
+        # every module under down.i / up.i / mid: the model may call a stage's blocks one by one
+        parts = name.split(".")
+        if name == "mid" or (parts[0] in ("down", "up", "mid") and len(parts) > 1):
+            hooks.append(mod.register_forward_pre_hook(pre(stage_of(name, spec))))
+            hooks.append(mod.register_forward_hook(post))
+    try:
+        with torch.no_grad(), attention_backend("math"), mode:
+            src.module(*src.inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    stage = ["stem"] * len(mode.ops)
+    for start, end, label in spans:
+        for i in range(start, end):
+            stage[i] = label
+
+    def op_ms(f) -> float:
+        c = f.op_class
+        cost = (th["flops"] + th[f"{c}.flops"]) * f.flops / 1e9 + th["act_bytes"] * f.act_bytes / 1e6 \
+            + th["weight_bytes"] * f.weight_bytes / 1e6 + th[f"{c}.bytes"] * (f.act_bytes + f.weight_bytes) / 1e6 \
+            + th["ops"] + th[f"{c}.ops"]
+        return scale * cost
+
+    per_class = {c: 0.0 for c in OP_CLASSES}
+    per_stage: dict[str, float] = {}
+    for f, s in zip(mode.ops, stage):
+        ms = op_ms(f)
+        per_class[f.op_class] += ms
+        per_stage[s] = per_stage.get(s, 0.0) + ms
+    overhead = float(model.overheads.get(protocol, 0.0))
+    total = sum(per_class.values()) + overhead
+    return {"chip": chip, "protocol": protocol, "overhead_ms": overhead, "total_ms": total,
+            "per_class_ms": {k: v for k, v in per_class.items() if v > 0}, "per_stage_ms": per_stage,
+            "ops": len(mode.ops)}
+
+
+def artifact_files(folder: str | None) -> dict[str, Any]:
+    """What the quality evaluator left in a trial's artifact folder (evaluators/quality.py writes
+    samples.png, record.json and checkpoint.pt); `missing` says why nothing can be shown."""
+    if not folder:
+        return {"missing": "this trial has no artifact folder (no quality run, or cached from another trial)"}
+    path = Path(folder)
+    if not path.is_dir():
+        return {"missing": f"artifact folder {path} was deleted or is not on this machine", "path": str(path)}
+    out: dict[str, Any] = {"path": str(path)}
+    samples = path / "samples.png"
+    out["samples"] = str(samples) if samples.is_file() else None
+    record = path / "record.json"
+    if record.is_file():
+        try:
+            out["record"] = json.loads(record.read_text())
+        except (json.JSONDecodeError, OSError) as e:
+            out["record_error"] = f"{record}: {e}"
+    out["files"] = sorted(p.name for p in path.iterdir())
+    return out
+
+
+# --- paper figures -------------------------------------------------------------------------------------------
+
+def fig3_steps() -> list[str]:
+    """Figure 3 chain steps, from the preset registry (`fig3-a`, ... in registration order)."""
+    from search_space import PRESETS
+    return [n.removeprefix("fig3-") for n in PRESETS if n.startswith("fig3-")]
+
+
+def _pct(new: float, old: float) -> float:
+    return (new - old) / old * 100 if old else np.nan
+
+
+def fig3_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per chain step the study evaluated: ours (params, GMACs, predicted latency, proxy FD) with the
+    change vs the parent step, beside the paper's published change and ImageNet FID."""
+    metrics = [m for m in ("params_m", "gmacs", "latency_ms", "fd_domain", "fid") if m in frame.columns]
+    rows = {}
+    preset_col = frame["preset"] if "preset" in frame.columns else pd.Series("", index=frame.index)
+    for step in fig3_steps():
+        sel = frame[(preset_col == f"fig3-{step}")]
+        if sel.empty:
+            continue
+        done = sel[sel["state"] == "COMPLETE"]
+        r = (done if not done.empty else sel).sort_values("number").iloc[-1]
+        rows[step] = {"step": step, "trial": int(r["number"]), "state": r["state"],
+                      **{m: (float(r[m]) if not pd.isna(r.get(m)) else np.nan) for m in metrics}}
+    out = []
+    for step, row in rows.items():
+        parent = FIG3_PARENT.get(step)
+        change, p_params, p_flops, p_fid = FIG3_PAPER.get(step, ("", "", "", ""))
+        row = {"step": step, "change": change, **{k: v for k, v in row.items() if k != "step"}}
+        for m, label in (("params_m", "params"), ("gmacs", "GMACs"), ("latency_ms", "latency"),
+                         ("fd_domain", "FD")):
+            if m not in metrics:
+                continue
+            row[f"{label} change (%)"] = (_pct(row[m], rows[parent][m])
+                                          if parent in rows and not pd.isna(row[m]) else np.nan)
+        row["relative to"] = parent or "-"
+        row["paper params change"] = p_params
+        row["paper FLOPs change"] = p_flops
+        row["paper ImageNet FID"] = p_fid
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def table2(latent: int = 128, device: str = "a17pro", psnr: dict[str, float] | None = None) -> pd.DataFrame:
+    """Table 2: the registry's decoder presets at `latent`, cost evaluator + predicted latency, with the
+    paper's numbers; PSNR where a decoder study measured it (`psnr`: preset -> dB)."""
+    from evaluators.cost import describe_cost
+    from latency_models.api import predict
+    from search_space import PRESETS
+
+    rows = []
+    for name, spec in PRESETS.items():
+        if spec.kind != "decoder" or name.startswith("tiny-"):
+            continue
+        d = describe_cost(spec, latent, memory=False)
+        p = predict(spec, None, device, latent=latent)
+        paper = TABLE2_PAPER.get(name)
+        rows.append({
+            "decoder": name, "latent ch": spec.latent_channels, "params (M)": d["params"] / 1e6,
+            "GMACs (no attention products)": d["gmacs_no_attention"], "GMACs (all)": d["gmacs"],
+            "predicted latency (ms)": p.ms, "latency band (ms)": f"{p.low_ms:.1f}-{p.high_ms:.1f}",
+            "PSNR (ours)": (psnr or {}).get(name, np.nan),
+            "paper params (M)": paper[2] if paper else np.nan, "paper GFLOPs": paper[3] if paper else np.nan,
+            "paper PSNR": paper[1] if paper else np.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def decoder_psnr(frame: pd.DataFrame) -> dict[str, float]:
+    """Best measured PSNR per decoder preset in a study's frame (empty when none was measured)."""
+    if "psnr" not in frame.columns or "preset" not in frame.columns:
+        return {}
+    done = frame[(frame["state"] == "COMPLETE") & frame["preset"].notna() & frame["psnr"].notna()]
+    return {str(k): float(v) for k, v in done.groupby("preset")["psnr"].max().items()}
