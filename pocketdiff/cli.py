@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "pocketdiff.cmd_study",
     "pocketdiff.cmd_export",
     "pocketdiff.cmd_latency",
+    "pocketdiff.cmd_app",
 )
 
 

@@ -19,6 +19,10 @@ import pandas as pd
 # User attributes that are bookkeeping, not metrics or knobs (kept out of the numeric metric columns).
 TEXT_ATTRS = ("spec_id", "compact", "kind", "preset", "enqueued_preset", "artifacts", "eval_key", "cached_from",
               "infeasible", "early_stopped", "fail_reason", "study_file", "samples", "record", "status")
+# Numeric user attributes that describe the run, not the design (kept in the table, left off the axes).
+BOOKKEEPING = {"number", "violation", "duration_s", "evaluator_seconds", "seed", "steps", "num_samples",
+               "sample_steps", "cfg_scale", "train_images", "train_images_per_s", "train_seconds", "train_share",
+               "params_proxy", "domain_classifier_val_accuracy"}
 REASON_ATTRS = ("infeasible", "early_stopped", "fail_reason")
 # Metrics where larger is better when a metric is plotted that is not one of the study's objectives.
 MAXIMIZE_METRICS = ("psnr", "precision", "recall", "precision_domain", "recall_domain")
@@ -38,8 +42,10 @@ FIG3_PAPER = {  # step: (change, params delta, FLOPs delta, ImageNet FID)
 # SNAPGEN.md section 2, Table 2 (decode a 128x128 latent to 1024x1024; PSNR on COCO 2017 val) [paper].
 TABLE2_PAPER = {"sdxl-decoder": (4, 24.89, 49.49, 4970), "sd3-decoder": (16, 27.92, 49.55, 4970),
                 "snapgen-decoder": (16, 27.85, 1.38, 224)}  # latent ch, PSNR, params (M), GFLOPs
+IMAGE_NAMES = ("samples.png", "reconstructions.png")
 FIG3_STUDY = "paper-fig3"
 FIG3_DEFAULT_STORAGE = "sqlite:///runs/paper-fig3/study.db"
+DECODER_STUDY, DECODER_DEFAULT_STORAGE = "decoder", "sqlite:///runs/decoder/study.db"  # studies/decoder.toml
 
 
 class ResultsError(Exception):
@@ -220,8 +226,8 @@ def load_frame(url: str, name: str) -> tuple[pd.DataFrame, StudyInfo]:
 
 def metric_columns(frame: pd.DataFrame, info: StudyInfo) -> list[str]:
     """Objectives first, then every other numeric metric a trial recorded."""
-    skip = {"number", "violation", "duration_s", "evaluator_seconds"}
-    others = [c for c in frame.columns if c not in skip and c not in info.metric_names
+    others = [c for c in frame.columns if c not in BOOKKEEPING and not c.startswith("seconds_")
+              and c not in info.metric_names
               and not c.startswith(("violation:", "knob:")) and pd.api.types.is_numeric_dtype(frame[c])
               and not pd.api.types.is_bool_dtype(frame[c])]
     return [m for m in info.metric_names if m in frame.columns] + sorted(others)
@@ -434,16 +440,19 @@ def latency_breakdown(spec, latent: int, device: str) -> dict:
 
 
 def artifact_files(folder: str | None) -> dict[str, Any]:
-    """What the quality evaluator left in a trial's artifact folder (evaluators/quality.py writes
-    samples.png, record.json and checkpoint.pt); `missing` says why nothing can be shown."""
+    """What the quality evaluator left in a trial's artifact folder (evaluators/quality.py writes samples.png,
+    record.json and checkpoint.pt; evaluators/decoder_quality.py reconstructions.png and record.json);
+    `missing` says why nothing can be shown."""
     if not folder:
         return {"missing": "this trial has no artifact folder (no quality run, or cached from another trial)"}
     path = Path(folder)
     if not path.is_dir():
         return {"missing": f"artifact folder {path} was deleted or is not on this machine", "path": str(path)}
     out: dict[str, Any] = {"path": str(path)}
-    samples = path / "samples.png"
-    out["samples"] = str(samples) if samples.is_file() else None
+    # samples.png (flow quality evaluator), reconstructions.png (decoder evaluator), then any other image
+    images = [path / n for n in IMAGE_NAMES if (path / n).is_file()]
+    images += sorted(p for p in path.glob("*.png") if p not in images)
+    out["images"] = [str(p) for p in images]
     record = path / "record.json"
     if record.is_file():
         try:
@@ -522,6 +531,14 @@ def table2(latent: int = 128, device: str = "a17pro", psnr: dict[str, float] | N
             "paper PSNR": paper[1] if paper else np.nan,
         })
     return pd.DataFrame(rows)
+
+
+def curve_frame(curve_json: str) -> pd.DataFrame:
+    """A trial's `curve` attr as a frame: points are [step, val_loss] or [step, val_loss, budget fraction]."""
+    points = json.loads(curve_json) if curve_json else []
+    rows = [{"step": p[0], "val_loss": p[1], "budget fraction": p[2] if len(p) > 2 else np.nan}
+            for p in points if isinstance(p, (list, tuple)) and len(p) >= 2]
+    return pd.DataFrame(rows, columns=["step", "val_loss", "budget fraction"])
 
 
 def decoder_psnr(frame: pd.DataFrame) -> dict[str, float]:

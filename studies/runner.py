@@ -12,7 +12,7 @@ One trial:
    works for any number of objectives): the trial ends PRUNED with the reason.
 Every trial stores spec JSON, spec_id, compact string, every metric, the proxy mapping and artifact paths
 as user attributes. Storage: SQLite by default, PostgreSQL/MySQL URLs for many workers; heartbeats mark a
-killed worker's trial FAIL and `RetryFailedTrialCallback` re-queues it with the same parameters.
+killed worker's trial FAIL and `RetryHeartbeatStaleTrialCallback` re-queues it with the same parameters.
 """
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from search_space import PRESETS, Spec
@@ -57,8 +58,11 @@ def open_storage(url: str, cfg: StudyConfig | None = None) -> RDBStorage:
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if cfg is not None:
+        with warnings.catch_warnings():  # the retry callback is marked experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry)
         kwargs = dict(heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
-                      failed_trial_callback=RetryFailedTrialCallback(max_retry=cfg.max_retry))
+                      heartbeat_stale_trial_callback=retry)
     engine_kwargs = {"pool_pre_ping": True}
     if url.startswith(("postgresql", "mysql")):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -171,7 +175,8 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except Exception as e:  # recorded on the trial; the study goes on (optimize(catch=...))
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
+            if "fail_reason" not in trial.user_attrs:
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
             raise
         finally:
             evaluator_seconds = trial.user_attrs.get("evaluator_seconds", 0.0) if hasattr(trial, "user_attrs") else 0.0
