@@ -88,6 +88,7 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
 def open_study(cfg: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
     """Create the study, or load it after checking that its definition did not change."""
     storage = storage or open_storage(cfg.storage, cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one-line summaries replace Optuna's logs
     fingerprint = cfg.fingerprint()
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions,
@@ -104,7 +105,9 @@ def open_study(cfg: StudyConfig, storage: RDBStorage | None = None) -> optuna.St
         study.set_user_attr("definition", fingerprint)
         study.set_user_attr("metric_names", cfg.metric_names)
         study.set_user_attr("study_file", cfg.path)
-        study.set_metric_names(cfg.metric_names)
+        with warnings.catch_warnings():  # experimental in Optuna 5, and what the dashboard labels axes with
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(cfg.metric_names)
         for preset in cfg.enqueue:
             study.enqueue_trial({"preset": preset} if cfg.space.preset_choices else {},
                                 user_attrs={"enqueued_preset": preset}, skip_if_exists=False)
@@ -194,7 +197,9 @@ class Objective:
         trial.set_user_attr("spec_id", spec.spec_id)
         trial.set_user_attr("compact", spec.compact)
         trial.set_user_attr("kind", spec.kind)
-        preset = next((n for n, s in PRESETS.items() if s == spec), None)
+        enqueued = trial.user_attrs.get("enqueued_preset")
+        preset = enqueued if enqueued and PRESETS[enqueued] == spec else next(
+            (n for n, s in PRESETS.items() if s == spec), None)
         if preset:
             trial.set_user_attr("preset", preset)
 
@@ -311,7 +316,9 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     """
     storage = open_storage(cfg.storage, cfg)
     study = open_study(cfg, storage)
-    optuna.storages.fail_stale_trials(study)  # a killed earlier run's RUNNING trials (heartbeat expired)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a killed earlier run's RUNNING trials (heartbeat expired)
     stats = RunStats()
     objective = Objective(cfg, study, stats, artifact_dir(cfg))
     timeout = timeout if timeout is not None else cfg.timeout
@@ -363,12 +370,14 @@ def resolve_study(storage_url: str, name: str | None) -> optuna.Study:
 
 
 def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """Feasible Pareto-optimal trials as flat rows (metrics + spec identity)."""
+    """Feasible Pareto-optimal trials as flat rows (metrics + spec identity), one row per spec."""
     names = study.user_attrs.get("metric_names") or [f"objective_{i}" for i in range(len(study.directions))]
     rows = []
-    for t in study.best_trials:
-        if any(v > 0 for v in t.constraints.values()):
-            continue
+    seen: set[str] = set()
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        if any(v > 0 for v in t.constraints.values()) or t.user_attrs.get("spec_id") in seen:
+            continue  # a re-proposed spec (served from the evaluation cache) is the same design
+        seen.add(t.user_attrs.get("spec_id"))
         row = {"number": t.number, **dict(zip(names, t.values)),
                "spec_id": t.user_attrs.get("spec_id"), "preset": t.user_attrs.get("preset", ""),
                "compact": t.user_attrs.get("compact")}
