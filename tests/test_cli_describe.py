@@ -1,0 +1,53 @@
+"""`pocketdiff presets list` and `pocketdiff describe`: what a researcher types to check a design step."""
+import json
+
+import pytest
+
+from pocketdiff.cli import main
+from search_space import PRESETS
+
+
+def test_presets_list_comes_from_the_registry(capsys):
+    assert main(["presets", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(PRESETS)
+    assert {r["spec_id"] for r in rows} >= {PRESETS["snapgen-unet"].spec_id}
+
+
+def test_describe_prints_spec_id_compact_and_counts(capsys):
+    assert main(["describe", "sdxl-unet", "--latent", "128", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert PRESETS["sdxl-unet"].spec_id in out and PRESETS["sdxl-unet"].compact in out
+    assert "params 2,567,463,684" in out
+    assert "stage3   1280" in out
+
+
+def test_describe_json_round_trips_into_a_spec_file(tmp_path, capsys):
+    assert main(["describe", "fig3-a", "--set", "attention=mqa", "--latent", "32", "--json", "--no-memory"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(d["spec"]))
+    assert main(["describe", str(path), "--latent", "32", "--json", "--no-memory"]) == 0
+    d2 = json.loads(capsys.readouterr().out)
+    assert d2["spec_id"] == d["spec_id"] and d2["params"] == d["params"]
+    assert sum(r["params"] for r in d["stages"]) == d["params"]
+
+
+def test_compare_shows_the_design_step(capsys):
+    assert main(["describe", "--compare", "fig3-b", "fig3-c2", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "changed fields: conv: regular -> separable; conv_expansion: 1.0 -> 2.0" in out
+    assert "-16.4%" in out and "-27.7%" in out  # params and MACs at a 128x128 latent
+
+
+@pytest.mark.parametrize("args,message", [
+    (["describe", "nope"], "unknown preset 'nope'"),
+    (["describe", "fig3-a", "--set", "heads=3"], "unknown key 'heads'"),
+    (["describe", "fig3-a", "--set", "stages.0.channels=500"], "stages[0].channels=500 is not divisible by the 32"),
+    (["describe", "fig3-a", "--latent", "30"], "latent size 30 is not a multiple of 4"),
+    (["describe"], "describe needs a preset name"),
+])
+def test_bad_input_exits_2_with_one_line(args, message, capsys):
+    assert main(args + ["--no-memory"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
