@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "pocketdiff.cmd_study",
     "pocketdiff.cmd_export",
     "pocketdiff.cmd_latency",
+    "pocketdiff.cmd_data",
+    "pocketdiff.cmd_eval",
     "pocketdiff.cmd_app",
 )
 
