@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "pocketdiff.cmd_latency",
     "pocketdiff.cmd_data",
     "pocketdiff.cmd_eval",
+    "pocketdiff.cmd_train",
     "pocketdiff.cmd_app",
 )
 

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("-o", "--out", help="where to write the .mlpackage (default: only the cache)")
     c.add_argument("--no-cache", action="store_true", help="convert again even if a cached package exists")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument("--checkpoint", metavar="RUN", help="export a trained run's EMA weights (`pocketdiff train` "
+                   "folder or checkpoint); the spec comes from the checkpoint")
     c.set_defaults(func=cmd_export_coreml)
 
 
@@ -53,12 +55,15 @@ def cmd_export_coreml(args) -> int:
     from latency_models.export import ExportError, export_coreml, model_for
     from pocketdiff.cli import UsageError
 
-    target, shape = model_target(args)
-    kind, _, name = target.partition(":")
-    if shape is None:
-        src = model_for(target, latent=args.latent, batch=args.batch)
+    if args.checkpoint:
+        src = checkpoint_source(args)
     else:
-        src = model_for(**{kind: name}, input_shape=shape)
+        target, shape = model_target(args)
+        kind, _, name = target.partition(":")
+        if shape is None:
+            src = model_for(target, latent=args.latent, batch=args.batch)
+        else:
+            src = model_for(**{kind: name}, input_shape=shape)
     if not args.json:
         print(f"exporting {src.label} (model id {src.model_id}) for {args.target}, inputs "
               + ", ".join("x".join(map(str, x.shape)) for x in src.inputs if x is not None), flush=True)
@@ -75,3 +80,23 @@ def cmd_export_coreml(args) -> int:
         how = "reused the cached conversion" if result.cached else "converted"
         print(f"{how} in {result.seconds:.1f} s -> {result.path}")
     return 0
+
+
+def checkpoint_source(args):
+    """A trained checkpoint as an export source: its spec, its EMA weights, a model id that names the weights."""
+    import dataclasses
+
+    from latency_models.export import model_for
+    from pocketdiff.cli import UsageError
+    from training.full import CheckpointError, load_trained
+
+    if args.spec or args.torchvision or args.timm:
+        raise UsageError("--checkpoint takes the spec from the checkpoint; do not name a model as well")
+    try:
+        model, spec, manifest = load_trained(args.checkpoint)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    src = model_for(spec, latent=args.latent, batch=args.batch)
+    src.module.load_state_dict(model.state_dict())
+    weights = manifest["files"]["model.safetensors"][:8]  # the Core ML cache must not reuse another run's weights
+    return dataclasses.replace(src, model_id=f"{spec.spec_id}-w{weights}", label=f"{spec.spec_id}@step{manifest['step']}")
