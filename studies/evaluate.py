@@ -4,8 +4,9 @@
   full-size candidate; no weights are allocated.
 - `quality_metrics(spec, cfg, out_dir, on_report)`: the quality evaluator (proxy flow-matching run + FD).
 - `evaluation_key` names an evaluation by (spec_id, evaluator, evaluator version, data, budget, seed): a
-  duplicate spec is never trained twice, within a study (looked up in the storage) or across studies on
-  one machine (the JSON cache under $POCKETDIFF_CACHE/evaluations).
+  duplicate spec is never trained twice within a study (looked up in the storage), and with a step budget not
+  across studies on one machine either (the JSON cache under $POCKETDIFF_CACHE/evaluations). Results of
+  wall-clock budgets depend on the machine's speed and load, so they are not shared across studies.
 """
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ def evaluation_key(spec: Spec, cfg: StudyConfig) -> str:
              "data": q.get("data", "mnist5k"), "budget": str(q.get("budget", "60s")), "seed": cfg.seed,
              "options": {k: v for k, v in sorted(q.items()) if k not in ("evaluator", "data", "budget")}}
     return json.dumps(parts, sort_keys=True)
+
+
+def portable(cfg: StudyConfig) -> bool:
+    """Whether a result may be reused across studies: only step budgets give the same training on any machine
+    and under any load; a wall-clock budget's result is reused only within its own study."""
+    from training.trainer import Budget
+    return Budget.parse(cfg.quality.get("budget", "60s")).steps is not None
 
 
 def _cache_file(key: str) -> Path:

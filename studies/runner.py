@@ -279,7 +279,8 @@ class Objective:
         user_attrs["artifacts"] = str(out_dir)
         for k, v in {**user_attrs, **result}.items():
             trial.set_user_attr(k, v)
-        ev.store_cache(key, result, user_attrs)
+        if ev.portable(cfg):
+            ev.store_cache(key, result, user_attrs)
         return result
 
     def _cached(self, key: str) -> dict | None:
@@ -288,7 +289,7 @@ class Objective:
                 metrics = {m: t.user_attrs[m] for m in QUALITY_METRICS if m in t.user_attrs}
                 attrs = {k: t.user_attrs[k] for k in ("curve", "artifacts", "proxy") if k in t.user_attrs}
                 return {"metrics": metrics, "user_attrs": attrs, "source": f"trial {t.number}"}
-        return ev.load_cache(key)
+        return ev.load_cache(key) if ev.portable(self.cfg) else None
 
 
 # --- running ----------------------------------------------------------------------------------------------

@@ -231,3 +231,16 @@ def test_objective_stops_a_clearly_worse_run(tmp_path, monkeypatch):
     assert t.state == TrialState.PRUNED
     # finished curves start at 50% of the budget, so the first comparison is at 60%
     assert t.user_attrs["early_stopped"].startswith("stopped early at step 60 (60% of the budget): val_loss 0.9000")
+
+
+def test_only_step_budgets_share_results_across_studies():
+    from studies.config import parse_study
+    from studies.evaluate import load_cache, portable, store_cache
+
+    def cfg(budget):
+        return parse_study({"study": {"name": "c"}, "space": {"base": "tiny-debug"},
+                            "quality": {"evaluator": "flow", "budget": budget}, "objectives": {"val_loss": "minimize"}})
+    assert portable(cfg("500steps")) and not portable(cfg("60s"))
+    store_cache("k1", {"val_loss": 0.5}, {"curve": []})
+    assert load_cache("k1")["metrics"] == {"val_loss": 0.5}
+    assert load_cache("k2") is None
