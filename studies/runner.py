@@ -174,9 +174,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         t_start = time.perf_counter()
-        evaluator_seconds = 0.0
         try:
-            return self._run(trial, t_start)
+            return self._run(trial)
         except optuna.TrialPruned:
             raise
         except Exception as e:  # recorded on the trial; the study goes on (optimize(catch=...))
@@ -184,11 +183,10 @@ class Objective:
                 trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
             raise
         finally:
-            evaluator_seconds = trial.user_attrs.get("evaluator_seconds", 0.0) if hasattr(trial, "user_attrs") else 0.0
             self.stats.trial_seconds += time.perf_counter() - t_start
-            self.stats.evaluator_seconds += evaluator_seconds
+            self.stats.evaluator_seconds += trial.user_attrs.get("evaluator_seconds", 0.0)
 
-    def _run(self, trial: optuna.Trial, t_start: float) -> tuple[float, ...]:
+    def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
         cfg = self.cfg
         try:
             spec = _spec_for_trial(cfg, trial)

@@ -102,7 +102,8 @@ class Teacher(nn.Module):
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor | None,
                 time_ids: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        """The teacher's velocity; each adapter (our specs, SD3 transformers, diffusers UNets) defines it."""
+        raise NotImplementedError(f"{type(self).__name__} is a teacher base class; use one of its adapters")
 
     def forward(self, x, t, tokens, pooled=None, time_ids=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(velocity (B, C, H, W) float32, features) for x_t at t in [0, 1]."""

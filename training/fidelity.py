@@ -117,8 +117,8 @@ def _domain_extractor_class(weights: Path, record: dict):
             return False
 
         @staticmethod
-        def get_dummy_input_for_compile():
-            raise NotImplementedError
+        def get_dummy_input_for_compile():  # only asked for when can_be_compiled() is True, which it never is
+            raise NotImplementedError("the domain feature extractor is not compiled (can_be_compiled() is False)")
 
         def forward(self, x):
             feats = self.net.embed(x.float())

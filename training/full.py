@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from search_space import UNetSpec, build_model
 from search_space.spec import spec_from_dict
 
-from .data import FlowData
+from .data import FlowData, file_sha256
 from .flow import flow_loss, interpolate, sample_timesteps
 from .text import PromptEmbeddings
 from .trainer import Conditioner, ema_update, sample, validation_loss, velocity
@@ -289,13 +289,6 @@ def lr_lambda(config: FullConfig):
 
 # --- checkpoints --------------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _rng_state(gen: torch.Generator) -> dict:
     state = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
@@ -328,7 +321,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: nn.Module, ema: nn.Module,
     save_file(tensors, tmp / "model.safetensors", metadata=metadata)
     torch.save(state, tmp / "state.pt")
     manifest = {"format": CHECKPOINT_FORMAT, "step": step, "spec_id": spec.spec_id, "spec": json.loads(spec.to_json()),
-                "meta": meta, "files": {name: _sha256(tmp / name) for name in ("model.safetensors", "state.pt")}}
+                "meta": meta, "files": {name: file_sha256(tmp / name) for name in ("model.safetensors", "state.pt")}}
     (tmp / "checkpoint.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -373,7 +366,7 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, dict]:
             f = path / name
             if not f.is_file():
                 raise CheckpointError(f"checkpoint {path} is missing {name}")
-            if _sha256(f) != digest:
+            if file_sha256(f) != digest:
                 raise CheckpointError(f"checkpoint file {f} is corrupt: its sha256 does not match checkpoint.json "
                                       f"(truncated or altered); resume from an older checkpoint")
     try:
