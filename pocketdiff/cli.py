@@ -66,4 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    # `python -m pocketdiff.cli` (torchrun's form) runs this file as __main__; the commands import
+    # `pocketdiff.cli.UsageError`, a second copy of the class, so run the imported module's main to catch it.
+    from pocketdiff.cli import main as _main
+    sys.exit(_main())

@@ -55,6 +55,7 @@ def cmd_export_coreml(args) -> int:
     from latency_models.export import ExportError, export_coreml, model_for
     from pocketdiff.cli import UsageError
 
+    check_out_path(args.out)
     if args.checkpoint:
         src = checkpoint_source(args)
     else:
@@ -80,6 +81,23 @@ def cmd_export_coreml(args) -> int:
         how = "reused the cached conversion" if result.cached else "converted"
         print(f"{how} in {result.seconds:.1f} s -> {result.path}")
     return 0
+
+
+def check_out_path(out: str | None) -> None:
+    """Refuse, before any work, an output the export would have to delete: only an earlier .mlpackage is replaced."""
+    from pathlib import Path
+
+    from pocketdiff.cli import UsageError
+
+    if out is None:
+        return
+    path = Path(out)
+    if path.suffix != ".mlpackage":
+        raise UsageError(f"-o {out}: a Core ML mlprogram is a folder named *.mlpackage; write e.g. -o "
+                         f"{path.with_suffix('.mlpackage')}")
+    if path.exists() and not (path.is_dir() and (path / "Manifest.json").is_file()):
+        raise UsageError(f"-o {out} exists and is not a Core ML package (no Manifest.json); it is not replaced: "
+                         f"remove it or choose another path")
 
 
 def checkpoint_source(args):

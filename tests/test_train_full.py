@@ -125,6 +125,38 @@ def test_resume_refuses_corrupt_or_mismatched_checkpoints(setup, tmp_path):
         train_full(spec, data, prompts, run, _config(steps=4), resume=True, progress=False)
 
 
+class _Payload:
+    """Unpickling this runs a shell command: what a hostile state.pt would carry."""
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_never_runs_code_from_a_state_file(setup, tmp_path):
+    """A crafted state.pt whose checksum matches its manifest (so only the loader stands in the way) is refused
+    and its command never runs; a manifest without a files table is refused by name."""
+    import hashlib
+
+    spec, data, prompts = setup
+    run = tmp_path / "run"
+    assert train_full(spec, data, prompts, run, _config(steps=2), progress=False).status == "ok"
+    ckpt = run / "checkpoints" / "step_0000002"
+    marker = tmp_path / "pwned"
+    torch.save({"step": 2, "evil": _Payload(marker)}, ckpt / "state.pt")
+    manifest = json.loads((ckpt / "checkpoint.json").read_text())
+    manifest["files"]["state.pt"] = hashlib.sha256((ckpt / "state.pt").read_bytes()).hexdigest()
+    (ckpt / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="refused"):
+        train_full(spec, data, prompts, run, _config(steps=4), resume=True, progress=False)
+    assert not marker.exists()
+    del manifest["files"]
+    (ckpt / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="no valid 'files' table"):
+        read_checkpoint(ckpt)
+
+
 def test_nan_stops_and_keeps_last_good_checkpoint(setup, tmp_path, monkeypatch):
     spec, data, prompts = setup
     calls = {"n": 0}

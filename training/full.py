@@ -361,8 +361,12 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, dict]:
         raise CheckpointError(f"checkpoint {manifest_path} is corrupt: {e}") from None
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {manifest.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise CheckpointError(f"checkpoint {manifest_path} has no valid 'files' table (name -> sha256); it was not "
+                              f"written by `pocketdiff train`, or was edited")
     if verify:
-        for name, digest in manifest["files"].items():
+        for name, digest in files.items():
             f = path / name
             if not f.is_file():
                 raise CheckpointError(f"checkpoint {path} is missing {name}")
@@ -592,31 +596,34 @@ def _train(spec, data, prompts, out, config, objective, resume, meta, init, ctx,
                 record["world_size"] = ctx.world
             bar.set_postfix(loss=f"{loss_avg if loss_avg is not None else logs_sum.get('loss_task', 0):.4f}")
         final = step == config.steps or step == stop_at
-        if step == 1 or step % config.checkpoint_every == 0 or final:
+        checkpoint_now = step % config.checkpoint_every == 0 or final
+        if step == 1 or checkpoint_now:
             digests = ctx.gather(weights_digest(model))
             if len(set(digests)) != 1:
                 raise TrainError(f"ranks disagree on the weights after step {step}: {digests}")
-            rng = ctx.gather(_rng_state(gen))
-            if record is None:
-                record = {"step": step}
-            record["rank_digests"] = digests
-            if step % config.checkpoint_every == 0 or final:
-                if ctx.main:
-                    state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "rng": rng, "objective": objective.state_dict(),
-                             "extra": [m.state_dict() for m in extra], "identity": identity,
-                             "config": asdict(config), "world_size": ctx.world}
-                    last_ckpt = save_checkpoint(ckpt_dir, step, model, ema, spec, run_meta, state,
-                                                config.keep_checkpoints)
-                ctx.barrier()
-                last_ckpt = ckpt_dir / f"step_{step:07d}"
-        if ctx.main and config.sample_every and step % config.sample_every == 0 and step < config.steps:
             record = record or {"step": step}
-            record.update(_evaluate(ema, spec, data, prompts, config, out, step, device, autocast))
+            record["rank_digests"] = digests
+        # The step's log line is written before the checkpoint that covers it: a kill in between leaves a line
+        # past the last checkpoint, which the resumed run truncates and writes again; the other order could lose it.
         if record is not None:
             history.append(record)
             if ctx.main:
                 _log(writer, metrics_path, record)
+        if checkpoint_now:
+            rng = ctx.gather(_rng_state(gen))
+            if ctx.main:
+                state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "rng": rng, "objective": objective.state_dict(),
+                         "extra": [m.state_dict() for m in extra], "identity": identity,
+                         "config": asdict(config), "world_size": ctx.world}
+                last_ckpt = save_checkpoint(ckpt_dir, step, model, ema, spec, run_meta, state,
+                                            config.keep_checkpoints)
+            ctx.barrier()
+            last_ckpt = ckpt_dir / f"step_{step:07d}"
+        if ctx.main and config.sample_every and step % config.sample_every == 0 and step < config.steps:
+            evaluation = {"step": step, **_evaluate(ema, spec, data, prompts, config, out, step, device, autocast)}
+            history.append(evaluation)
+            _log(writer, metrics_path, evaluation)
     bar.close()
     metrics = {}
     if status == "ok" and step < config.steps:
@@ -644,9 +651,12 @@ def _restore(path: Path, identity: dict, model, ema, opt, sched, objective, gen,
             raise CheckpointError(f"checkpoint {path} does not match this run: {key} is {saved.get(key)!r} there "
                                   f"and {identity[key]!r} here; use the same {key} or another --out")
     try:
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise CheckpointError(f"checkpoint file {path / 'state.pt'} is corrupt: {e}") from None
+        # weights_only: tensors, numbers, strings and containers only. A state file from elsewhere cannot run
+        # code on load (a full unpickler would execute whatever the file names before any check of ours).
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt or unsafe file
+        raise CheckpointError(f"checkpoint file {path / 'state.pt'} is corrupt or holds more than tensors and "
+                              f"plain data (refused): {str(e).splitlines()[0]}") from None
     if state["world_size"] != ctx.world:
         raise CheckpointError(f"checkpoint {path} was written by {state['world_size']} process(es), this run has "
                               f"{ctx.world}: the data order and RNG streams would differ; resume with "
