@@ -88,6 +88,11 @@ def _rename(key: str, rules) -> str:
     return key
 
 
+def unet_key_from_diffusers(key: str) -> str:
+    """One UNet2DConditionModel (or DreamLiteUNetModel) parameter or module path -> ours."""
+    return _rename(_rename(key + ".", _UNET_RULES), _DREAMLITE_RES_RULES).rstrip(".")
+
+
 def unet_state_dict_from_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {_rename(k, _UNET_RULES): v for k, v in sd.items()}
 
@@ -108,7 +113,7 @@ def dreamlite_res_blocks_from_unet(sd: Mapping[str, torch.Tensor], model: torch.
     ours = model.state_dict()
     picked = {}
     for k, v in sd.items():
-        name = _rename(_rename(k, _UNET_RULES), _DREAMLITE_RES_RULES)
+        name = unet_key_from_diffusers(k)
         if re.search(r"\.(res|res_in|res_out)\.", name) and name in ours and ours[name].shape == v.shape:
             picked[name] = v
     missing = [k for k in ours if re.search(r"\.(res|res_in|res_out)\.", k) and k not in picked]
