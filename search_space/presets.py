@@ -166,7 +166,7 @@ def fig3_f_1to1() -> UNetSpec:
     """SnapGen step f read one-for-one: every stage-1 res block becomes one CA+FFN block (2 down / 3 up layers).
 
     The other stage-1 layer count, kept so studies can sweep it (studies/paper-fig3.toml): against fig3-e it
-    grows the model (+0.1% params, +4.0% MACs at a 128 latent; +0.1% / +8.3% under sep_block="uib"), the
+    grows the model (+0.1% params, +4.0% MACs at a 128 latent; +0.1% / +8.2% under sep_block="uib"), the
     opposite of the published sign, which is why fig3-f keeps 1 down / 2 up layers (see its docstring).
     """
     spec = fig3_f()

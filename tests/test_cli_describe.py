@@ -49,7 +49,9 @@ def test_compare_under_the_uib_reading(capsys):
     assert PRESETS["fig3-b"].spec_id in out  # fig3-b has no separable block: the override leaves it as it is
 
 
-def test_old_field_name_in_set_gives_one_notice(capsys, caplog):
+def test_old_field_name_in_set_gives_one_notice(capsys, caplog, monkeypatch):
+    import search_space.spec
+    monkeypatch.setattr(search_space.spec, "_noticed", set())  # notices are once per process
     with caplog.at_level("WARNING", logger="pocketdiff.spec"):
         assert main(["describe", "fig3-e", "--set", "mqa_in_cross_attention=false", "--latent", "32", "--json",
                      "--no-memory"]) == 0

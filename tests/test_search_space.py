@@ -51,7 +51,9 @@ SCHEMA1_SNAPGEN = (
     '"up_transformer_depth": 4}], "text_dim": 768, "time_embed_ratio": 4}')
 
 
-def test_schema1_json_loads_maps_the_old_field_and_keeps_its_id(caplog):
+def test_schema1_json_loads_maps_the_old_field_and_keeps_its_id(caplog, monkeypatch):
+    import search_space.spec
+    monkeypatch.setattr(search_space.spec, "_noticed", set())  # notices are once per process
     old = json.loads(SCHEMA1_SNAPGEN)
     with caplog.at_level("WARNING", logger="pocketdiff.spec"):
         spec = spec_from_dict(old)
@@ -85,6 +87,9 @@ def test_old_field_name_still_works_in_code_and_overrides():
     assert spec == PRESETS["fig3-e"] and spec.mqa_in_cross_attention is True
     off = apply_overrides(PRESETS["fig3-e"], ["mqa_in_cross_attention=false"])
     assert off.share_kv_in_cross_attention is False
+    from search_space.sampling import parse_space
+    space = parse_space({"base": "fig3-d", "attention": "mqa", "mqa_in_cross_attention": True})
+    assert [k.path for k in space.knobs] == ["attention", "share_kv_in_cross_attention"]
 
 
 def test_ids_of_schema1_specs_do_not_depend_on_the_new_fields():
