@@ -76,3 +76,20 @@ def test_dreamlite_unet_res_blocks_load_where_the_layout_matches():
             torch.testing.assert_close(mine(x, temb), block(x, temb), atol=1e-5, rtol=1e-5)
     out = ours(*example_inputs(spec, latent=8, text_tokens=3))
     assert torch.isfinite(out).all()
+
+
+def test_cost_walker_counts_the_uib_block_as_built():
+    """Counting follows the built module: MACs of one uib block against the block's formula."""
+    from evaluators.cost import count_macs_torch
+
+    c_in, c, hw, temb = 16, 32, 8 * 8, 24
+    block = ResBlock(in_ch=c_in, out_ch=c, temb_dim=temb, conv="separable", expansion=2.0, sep_block="uib", groups=8)
+    hidden = 2 * c
+    expected = (9 * c_in * hw + c_in * hidden * hw  # conv1: DW(C_in), PW(C_in -> 2C)
+                + temb * hidden  # time embedding projected to the expanded width
+                + 9 * hidden * hw + hidden * c * hw  # conv2: DW(2C), PW(2C -> C)
+                + c_in * c * hw)  # 1x1 shortcut
+    assert count_macs_torch(block, (torch.randn(1, c_in, 8, 8), torch.randn(1, temb))).total == expected
+    assert sum(p.numel() for p in block.parameters()) == (
+        2 * c_in + 9 * c_in + c_in * hidden + temb * hidden + hidden + 2 * hidden + 9 * hidden + hidden * c
+        + c_in * c + c)  # norms, DW/PW without bias, time projection with bias, shortcut with bias
