@@ -75,13 +75,13 @@ class ResBlock(nn.Module):
         mid_ch = int(round(expansion * out_ch)) if uib else out_ch  # width between conv1 and conv2
         self.norm1 = make_norm(groups, in_ch, eps, norm)
         if uib:
-            self.conv1 = SepConv(in_ch, mid_ch, bias=False)  # (B, in, H, W) -> (B, e*out, H, W)
+            self.conv1 = SepConv(in_ch=in_ch, out_ch=mid_ch, bias=False)  # (B, in, H, W) -> (B, e*out, H, W)
         else:
             self.conv1 = make_conv(conv, in_ch, out_ch, expansion)
         self.time_emb_proj = nn.Linear(temb_dim, mid_ch) if temb_dim else None
         self.norm2 = make_norm(groups, mid_ch, eps, norm)
         if uib:
-            self.conv2 = SepConv(mid_ch, out_ch, bias=False)  # (B, e*out, H, W) -> (B, out, H, W)
+            self.conv2 = SepConv(in_ch=mid_ch, out_ch=out_ch, bias=False)  # (B, e*out, H, W) -> (B, out, H, W)
         else:
             self.conv2 = make_conv(conv, out_ch, out_ch, expansion)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
