@@ -3,7 +3,9 @@
 Numerics mirror diffusers' SDXL modules (ResnetBlock2D, Transformer2DModel with linear projections,
 BasicTransformerBlock with GEGLU) so that diffusers weights load through `diffusers_compat.py` and give the
 same outputs. The separable conv is SNAPGEN.md section 1, steps c1 (depthwise 3x3 + pointwise) and c2
-(pointwise expansion C -> eC -> C, as MobileNetV4's Universal Inverted Bottleneck).
+(pointwise expansion C -> eC -> C, as MobileNetV4's Universal Inverted Bottleneck). Step c2 has two readings
+(`UNetSpec.sep_block`): the expansion inside each conv ("per_conv"), or across the res block's two convs
+("uib", as diffusers' `ResnetBlock2DDreamLite`, whose weights load into `ResBlock` with `sep_block="uib"`).
 """
 from __future__ import annotations
 
@@ -23,15 +25,15 @@ class SepConv(nn.Module):
     UNet's activation; with e = 1 there is a single pointwise conv and no inner activation (step c1).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, expansion: float = 1.0, stride: int = 1):
+    def __init__(self, in_ch: int, out_ch: int, expansion: float = 1.0, stride: int = 1, bias: bool = True):
         super().__init__()
-        self.dw = nn.Conv2d(in_ch, in_ch, 3, stride=stride, padding=1, groups=in_ch)
+        self.dw = nn.Conv2d(in_ch, in_ch, 3, stride=stride, padding=1, groups=in_ch, bias=bias)
         if expansion == 1:
-            self.pw = nn.Conv2d(in_ch, out_ch, 1)
+            self.pw = nn.Conv2d(in_ch, out_ch, 1, bias=bias)
         else:
             hidden = int(round(expansion * out_ch))
-            self.pw_expand = nn.Conv2d(in_ch, hidden, 1)
-            self.pw_reduce = nn.Conv2d(hidden, out_ch, 1)
+            self.pw_expand = nn.Conv2d(in_ch, hidden, 1, bias=bias)
+            self.pw_reduce = nn.Conv2d(hidden, out_ch, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dw(x)
@@ -56,19 +58,32 @@ class ResBlock(nn.Module):
     As diffusers' ResnetBlock2D (output_scale_factor 1, "default" time-embedding shift). `temb_dim=None`
     drops the time projection (decoder). `shortcut=False` forbids a channel change (SnapGen decoder: the
     upsampler does the channel transition instead).
+
+    Separable convs with `sep_block="per_conv"`: each conv is a `SepConv` with its own expansion.
+    `sep_block="uib"`: the block is one inverted bottleneck, as diffusers' `ResnetBlock2DDreamLite`:
+    conv1 = DW(in) -> PW(in -> hidden), time embedding and norm2 at hidden = round(e * out), conv2 =
+    DW(hidden) -> PW(hidden -> out); no biases in these convs (DreamLite's, so its weights load as they are).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int | None, conv: str = "regular",
-                 expansion: float = 1.0, groups: int = 32, eps: float = 1e-5, norm: bool = True,
-                 shortcut: bool = True):
+    def __init__(self, *, in_ch: int, out_ch: int, temb_dim: int | None, conv: str = "regular",
+                 expansion: float = 1.0, sep_block: str = "per_conv", groups: int = 32, eps: float = 1e-5,
+                 norm: bool = True, shortcut: bool = True):
         super().__init__()
         if in_ch != out_ch and not shortcut:
             raise ValueError(f"ResBlock {in_ch}->{out_ch} changes width but has no shortcut conv")
+        uib = conv == "separable" and sep_block == "uib"
+        mid_ch = int(round(expansion * out_ch)) if uib else out_ch  # width between conv1 and conv2
         self.norm1 = make_norm(groups, in_ch, eps, norm)
-        self.conv1 = make_conv(conv, in_ch, out_ch, expansion)
-        self.time_emb_proj = nn.Linear(temb_dim, out_ch) if temb_dim else None
-        self.norm2 = make_norm(groups, out_ch, eps, norm)
-        self.conv2 = make_conv(conv, out_ch, out_ch, expansion)
+        if uib:
+            self.conv1 = SepConv(in_ch=in_ch, out_ch=mid_ch, bias=False)  # (B, in, H, W) -> (B, e*out, H, W)
+        else:
+            self.conv1 = make_conv(conv, in_ch, out_ch, expansion)
+        self.time_emb_proj = nn.Linear(temb_dim, mid_ch) if temb_dim else None
+        self.norm2 = make_norm(groups, mid_ch, eps, norm)
+        if uib:
+            self.conv2 = SepConv(in_ch=mid_ch, out_ch=out_ch, bias=False)  # (B, e*out, H, W) -> (B, out, H, W)
+        else:
+            self.conv2 = make_conv(conv, out_ch, out_ch, expansion)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,11 +1,12 @@
 """Compact string form of a spec (timm's block strings): a view for logs, tables and the CLI.
 
-UNet:    unet_lat16_c256d2u3t1.1x!r-c512d2u3t2.2x-c896d2u3t4.4sx_mid4_sep2_ffn3_mqa_xkv_hd64_qkrms_rope_txt768_pool0_g32_te4
+UNet:    unet_lat16_c256d1u2t1.1x!r-c512d2u3t2.2x-c896d2u3t4.4sx_mid4_sep2_ffn3_mqa_xkv_hd64_qkrms_rope_txt768_pool0_g32_te4
 Decoder: dec_lat16_out3_c92r1-c128r2n-c128r2n-c128r2n_mid2n_sep2_scnone_g32
 
 Stage tokens (joined by '-'): c<channels> d<down layers> u<up layers> t<down depth>.<up depth>, then flags:
 s = self-attention, x = cross-attention, !r = no res block (UNet); r<res blocks>, n = GroupNorm (decoder).
-Global tokens (joined by '_'): see `_UNET_TOKENS` / `_DECODER_TOKENS`. `decode(encode(spec)) == spec` and
+Conv token: reg (regular), sep<e> (separable, sep_block "per_conv"), uib<e> (separable, sep_block "uib").
+`xkv` = share_kv_in_cross_attention. Global tokens (joined by '_'): see `_UNET_TOKENS` / `_DECODER_TOKENS`. `decode(encode(spec)) == spec` and
 `encode(decode(s)) == s`; an unknown or malformed token raises SpecError.
 """
 from __future__ import annotations
@@ -20,6 +21,24 @@ _DEC_STAGE_RE = re.compile(r"^c(\d+)r(\d+)(n?)$")
 
 def _num(x: float) -> str:
     return f"{x:g}"
+
+
+def _conv_token(spec: Spec) -> str:
+    if spec.conv == "regular":
+        return "reg"
+    return f"{'uib' if spec.sep_block == 'uib' else 'sep'}{_num(spec.conv_expansion)}"
+
+
+def _read_conv_token(tok: str, d: dict, s: str) -> bool:
+    """Fill conv / conv_expansion / sep_block from a conv token; False if `tok` is not one."""
+    if tok == "reg":
+        d["conv"] = "regular"
+    elif tok.startswith("sep") or tok.startswith("uib"):
+        d["conv"], d["conv_expansion"] = "separable", _float(tok[3:], tok, s)
+        d["sep_block"] = "uib" if tok.startswith("uib") else "per_conv"
+    else:
+        return False
+    return True
 
 
 def encode(spec: Spec) -> str:
@@ -43,14 +62,14 @@ def _encode_unet(spec: UNetSpec) -> str:
         f"{'s' if st.self_attention else ''}{'x' if st.cross_attention else ''}{'' if st.res_block else '!r'}"
         for st in spec.stages
     )
-    conv = "reg" if spec.conv == "regular" else f"sep{_num(spec.conv_expansion)}"
+    conv = _conv_token(spec)
     att = spec.attention if spec.attention != "gqa" else f"gqa{spec.kv_heads}"
     tokens = [
         "unet", f"lat{spec.latent_channels}", stages,
         f"mid{spec.mid_transformer_depth}" if spec.mid_block else "nomid",
         conv, f"ffn{_num(spec.ffn_ratio)}", att,
     ]
-    if spec.mqa_in_cross_attention:
+    if spec.share_kv_in_cross_attention:
         tokens.append("xkv")
     tokens += [
         f"hd{spec.head_dim}", {"none": "qknone", "rmsnorm": "qkrms", "layernorm": "qkln"}[spec.qk_norm],
@@ -80,10 +99,8 @@ def _decode_unet(s: str) -> UNetSpec:
             d["mid_block"] = False
         elif tok.startswith("mid"):
             d["mid_transformer_depth"] = _int(tok[3:], tok, s)
-        elif tok == "reg":
-            d["conv"] = "regular"
-        elif tok.startswith("sep"):
-            d["conv"], d["conv_expansion"] = "separable", _float(tok[3:], tok, s)
+        elif _read_conv_token(tok, d, s):
+            pass
         elif tok.startswith("ffn"):
             d["ffn_ratio"] = _float(tok[3:], tok, s)
         elif tok in ("mhsa", "mqa"):
@@ -91,7 +108,7 @@ def _decode_unet(s: str) -> UNetSpec:
         elif tok.startswith("gqa"):
             d["attention"], d["kv_heads"] = "gqa", _int(tok[3:], tok, s)
         elif tok == "xkv":
-            d["mqa_in_cross_attention"] = True
+            d["share_kv_in_cross_attention"] = True
         elif tok.startswith("hd"):
             d["head_dim"] = _int(tok[2:], tok, s)
         elif tok in ("qknone", "qkrms", "qkln"):
@@ -117,7 +134,7 @@ def _encode_decoder(spec: DecoderSpec) -> str:
     stages = "-".join(f"c{c}r{r}{'n' if n else ''}"
                       for c, r, n in zip(spec.channels, spec.res_blocks, spec.norm_stages))
     mid = f"mid{spec.mid_res_blocks}{'a' if spec.mid_attention else ''}{'n' if spec.norm_mid else ''}"
-    conv = "reg" if spec.conv == "regular" else f"sep{_num(spec.conv_expansion)}"
+    conv = _conv_token(spec)
     tokens = ["dec", f"lat{spec.latent_channels}", f"out{spec.out_channels}{'n' if spec.norm_out else ''}",
               stages, mid, conv, f"sc{spec.shortcut.replace('conv', '')}"]
     if spec.post_quant_conv:
@@ -147,10 +164,8 @@ def _decode_decoder(s: str) -> DecoderSpec:
         m = re.match(r"^mid(\d+)(a?)(n?)$", tok)
         if m:
             d["mid_res_blocks"], d["mid_attention"], d["norm_mid"] = int(m.group(1)), bool(m.group(2)), bool(m.group(3))
-        elif tok == "reg":
-            d["conv"] = "regular"
-        elif tok.startswith("sep"):
-            d["conv"], d["conv_expansion"] = "separable", _float(tok[3:], tok, s)
+        elif _read_conv_token(tok, d, s):
+            pass
         elif tok in ("sc1x1", "scnone"):
             d["shortcut"] = "conv1x1" if tok == "sc1x1" else "none"
         elif tok == "pq":

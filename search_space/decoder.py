@@ -47,7 +47,8 @@ class DecoderMid(nn.Module):
 
     @staticmethod
     def _res(spec: DecoderSpec, c: int) -> ResBlock:
-        return ResBlock(c, c, None, spec.conv, spec.conv_expansion, spec.norm_groups, NORM_EPS, spec.norm_mid)
+        return ResBlock(in_ch=c, out_ch=c, temb_dim=None, conv=spec.conv, expansion=spec.conv_expansion,
+                        sep_block=spec.sep_block, groups=spec.norm_groups, eps=NORM_EPS, norm=spec.norm_mid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, res in enumerate(self.res):
@@ -65,12 +66,15 @@ class DecoderStage(nn.Module):
         shortcut = spec.shortcut == "conv1x1"
         self.res = nn.ModuleList()
         for _ in range(spec.res_blocks[index]):
-            self.res.append(ResBlock(in_ch, c, None, spec.conv, spec.conv_expansion, spec.norm_groups, NORM_EPS,
-                                     norm, shortcut=shortcut))
+            self.res.append(ResBlock(in_ch=in_ch, out_ch=c, temb_dim=None, conv=spec.conv,
+                                     expansion=spec.conv_expansion, sep_block=spec.sep_block,
+                                     groups=spec.norm_groups, eps=NORM_EPS, norm=norm, shortcut=shortcut))
             in_ch = c
         self.upsample = None
         if out_next is not None:  # diffusers keeps the width here; without shortcuts the upsampler changes it
-            self.upsample = Upsample(c, c if shortcut else out_next, spec.conv, spec.conv_expansion)
+            # under sep_block="uib" the expansion lives between a res block's two convs; one conv gets none
+            expansion = spec.conv_expansion if spec.sep_block == "per_conv" else 1.0
+            self.upsample = Upsample(c, c if shortcut else out_next, spec.conv, expansion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for res in self.res:

@@ -25,6 +25,13 @@ Decoder (keys of AutoencoderKL, only `decoder.*` and `post_quant_conv.*` are use
     decoder.up_blocks.i.resnets.j       -> up.i.res.j
     decoder.up_blocks.i.upsamplers.0    -> up.i.upsample
     decoder.conv_norm_out               -> norm_out
+DreamLite (diffusers' DreamLiteUNetModel, `use_sep_conv=True`), on top of the UNet rules:
+    *.conv1.depthwise / .pointwise      -> *.conv1.dw / .pw    (same for conv2)
+Its res blocks (`ResnetBlock2DDreamLite`) are our `ResBlock` with conv="separable", conv_expansion=2,
+sep_block="uib", and load exactly (`resblock_state_dict_from_dreamlite`, parity-tested). A whole
+DreamLiteUNetModel does not map to a UNetSpec: its down/upsamplers are regular 3x3 convs where ours are
+separable, it has no 2D RoPE and its FFN multiplier is an int; `dreamlite_res_blocks_from_unet` picks the
+res-block weights out of its state dict under our module paths, for the layers where the layouts match.
 """
 from __future__ import annotations
 
@@ -67,14 +74,50 @@ _DECODER_RULES = [
 ]
 
 
+# Applied to a single ResnetBlock2DDreamLite's keys (no prefix) or, after _UNET_RULES, to a whole UNet's.
+_DREAMLITE_RES_RULES = [
+    (r"(^|\.)conv([12])\.depthwise\.", r"\1conv\2.dw."),
+    (r"(^|\.)conv([12])\.pointwise\.", r"\1conv\2.pw."),
+    (r"^conv_shortcut\.", "shortcut."),
+]
+
+
 def _rename(key: str, rules) -> str:
     for pattern, repl in rules:
         key = re.sub(pattern, repl, key)
     return key
 
 
+def unet_key_from_diffusers(key: str) -> str:
+    """One UNet2DConditionModel (or DreamLiteUNetModel) parameter or module path -> ours."""
+    return _rename(_rename(key + ".", _UNET_RULES), _DREAMLITE_RES_RULES).rstrip(".")
+
+
 def unet_state_dict_from_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {_rename(k, _UNET_RULES): v for k, v in sd.items()}
+
+
+def resblock_state_dict_from_dreamlite(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A `ResnetBlock2DDreamLite` state dict -> our `ResBlock(conv="separable", sep_block="uib")` keys."""
+    return {_rename(k, _DREAMLITE_RES_RULES): v for k, v in sd.items()}
+
+
+def dreamlite_res_blocks_from_unet(sd: Mapping[str, torch.Tensor], model: torch.nn.Module
+                                   ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The res-block weights of a DreamLiteUNetModel state dict, renamed to `model`'s module paths.
+
+    Returns (weights to `model.load_state_dict(weights, strict=False)`, our res-block keys left unfilled
+    because DreamLite has no tensor of that name and shape there). Only `.res`, `.res_in`, `.res_out` keys are
+    taken: the rest of the two models differ (see the module docstring).
+    """
+    ours = model.state_dict()
+    picked = {}
+    for k, v in sd.items():
+        name = unet_key_from_diffusers(k)
+        if re.search(r"\.(res|res_in|res_out)\.", name) and name in ours and ours[name].shape == v.shape:
+            picked[name] = v
+    missing = [k for k in ours if re.search(r"\.(res|res_in|res_out)\.", k) and k not in picked]
+    return picked, missing
 
 
 def decoder_state_dict_from_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -110,14 +110,19 @@ def fig3_c1() -> UNetSpec:
 
 @register_preset("fig3-c2")
 def fig3_c2() -> UNetSpec:
-    """SnapGen step c2: separable conv with expansion 2 (PW C -> 2C, SiLU, PW 2C -> C), as MobileNetV4's UIB.
+    """SnapGen step c2: separable convs with expansion 2, as MobileNetV4's UIB (reading: sep_block="per_conv").
 
-    [choose] the hidden width is 2x the conv's output width; SiLU between the two pointwise convs.
-    [choose] the expansion applies to the res-block convs (the UIB is a block); the down/upsampler convs stay
-    plain separable. With it the preset chain lands at 38.6 GFLOPs (published 38) and 383M params
-    (published 372M, +2.9%); expanding the resamplers too gives 387M (+4.0%).
+    [paper] "PW expands C -> 2C, the second PW reduces back". Two readings, one knob (`sep_block`):
+    "per_conv" (this preset): each of the res block's two separable convs is DW -> PW(C -> 2C) -> SiLU ->
+    PW(2C -> C); "uib" (`--set sep_block=uib`): the block is one inverted bottleneck, DW(C) -> PW(C -> 2C),
+    time embedding + norm + SiLU at 2C, DW(2C) -> PW(2C -> C), as diffusers' ResnetBlock2DDreamLite. Against
+    step b: per_conv -16.4% params / -27.7% MACs (published -15% / -27%), uib -19.4% / -34.0%; per_conv is
+    the default because it is the nearer reading here and at the end of the chain (see snapgen-unet).
+    [choose] the expansion applies to the res-block convs (the UIB is a block); the down/upsampler convs
+    stay plain separable: expanding them too gives the final model 384.9M params (+3.5%) instead of
+    380.7M (+2.3%).
     """
-    return fig3_b().replace(conv="separable", conv_expansion=2.0)
+    return fig3_b().replace(conv="separable", conv_expansion=2.0, sep_block="per_conv")
 
 
 @register_preset("fig3-d")
@@ -133,22 +138,41 @@ def fig3_e() -> UNetSpec:
     [choose] MQA in self-attention and in cross-attention: the paper's -16% params at this step is only
     reached when the cross-attention K/V projections shrink too.
     """
-    return fig3_d().replace(attention="mqa", mqa_in_cross_attention=True)
+    return fig3_d().replace(attention="mqa", share_kv_in_cross_attention=True)
 
 
 @register_preset("fig3-f")
 def fig3_f() -> UNetSpec:
-    """SnapGen step f: conditions injected in the first stage.
+    """SnapGen step f: conditions injected in the first stage, with the published sign (smaller and cheaper).
 
     [paper] the first stage's res blocks are replaced by transformer blocks with cross-attention + FFN and no
-    self-attention. [choose] one transformer block per layer (2 down, 3 up), so each replaced res block
-    becomes one CA+FFN block; the width change where skips are concatenated goes through the transformer's
-    proj_in and a 1x1 residual conv.
+    self-attention, and the model gets smaller with lower FLOPs. [choose] stage 1 keeps one layer down and
+    two up (instead of 2 / 3), one CA+FFN transformer block per layer. Why: a CA+FFN block at width C costs
+    about 13 C^2 MACs per token (gated FFN x3: 9 C^2, CA query/output projections 2 C^2, the transformer's
+    proj_in/out 2 C^2) against 8 C^2 for the per_conv separable res block it replaces, so a one-for-one
+    replacement (2 / 3 layers) grows the model: +0.1% params, +4.0% MACs at a 128 latent. With 1 / 2
+    layers it shrinks: -0.4% params, -1.1% MACs, the published direction. Under sep_block="uib" a res block
+    is only about 4 C^2, and even 1 / 2 layers (the fewest the skip layout allows in this stage) give -0.4%
+    params but +2.5% MACs: there the published FLOP sign is not reproduced. The width change where skips
+    are concatenated goes through the transformer's proj_in and a 1x1 residual conv.
     """
     spec = fig3_e()
-    stage0 = _stage_replace(spec.stages[0], res_block=False, down_transformer_depth=1, up_transformer_depth=1,
-                            self_attention=False, cross_attention=True)
+    stage0 = _stage_replace(spec.stages[0], res_block=False, down_layers=1, up_layers=2, down_transformer_depth=1,
+                            up_transformer_depth=1, self_attention=False, cross_attention=True)
     return spec.replace(stages=(stage0,) + spec.stages[1:])
+
+
+@register_preset("fig3-f-1to1")
+def fig3_f_1to1() -> UNetSpec:
+    """SnapGen step f read one-for-one: every stage-1 res block becomes one CA+FFN block (2 down / 3 up layers).
+
+    The other stage-1 layer count, kept so studies can sweep it (studies/paper-fig3.toml): against fig3-e it
+    grows the model (+0.1% params, +4.0% MACs at a 128 latent; +0.1% / +8.2% under sep_block="uib"), the
+    opposite of the published sign, which is why fig3-f keeps 1 down / 2 up layers (see its docstring).
+    """
+    spec = fig3_f()
+    return _with_stages(spec, down_layers=(2,) + tuple(s.down_layers for s in spec.stages[1:]),
+                        up_layers=(3,) + tuple(s.up_layers for s in spec.stages[1:]))
 
 
 @register_preset("fig3-g")
@@ -162,8 +186,11 @@ def snapgen_unet() -> UNetSpec:
     """SnapGen efficient UNet, ImageNet class-conditional model (372M published; 38 GFLOPs at a 32x32 latent).
 
     Identical to fig3-g: channels [256, 512, 896]; SA only in stage 3; CA in all stages (stage 1 as
-    transformer-only CA+FFN layers); separable res blocks with expansion 2; GEGLU FFN x3; MQA in self- and
-    cross-attention; QK RMSNorm; 2D RoPE. The [choose] values are listed on fig3-a ... fig3-g.
+    transformer-only CA+FFN layers, one down and two up); separable res blocks with expansion 2; GEGLU FFN
+    x3; MQA in self- and cross-attention; QK RMSNorm; 2D RoPE. The [choose] values are listed on fig3-a ...
+    fig3-g. Of the two readings of the separable block (`sep_block`), this is the one closer to the
+    published params and GFLOPs together: "per_conv" gives 380.7M / 36.6 GMACs (+2.3% / -3.8%, largest
+    gap 3.8%), "uib" 362.0M / 33.8 GMACs (-2.7% / -11.1%, largest gap 11.1%).
     """
     return fig3_g()
 
@@ -173,9 +200,10 @@ def snapgen_unet_t2i() -> UNetSpec:
     """SnapGen text-to-image UNet (379M published): snapgen-unet with text-to-image conditioning.
 
     [choose] text_dim 2048 (CLIP-L 768 + CLIP-G 1280 concatenated, the SDXL habit; the reported Gemma-2-2B
-    encoder is unverified). The wider single-head cross-attention K/V add 6.4M, close to the published
-    difference of 7M. [choose] no pooled vector and no size/crop conditioning: a 1280-d pooled vector with
-    SDXL's micro-conditioning would add another 3.9M (+3.7% over the published count).
+    encoder is unverified). The wider single-head cross-attention K/V add 6.1M (386.7M in all, +2.1%),
+    close to the published difference of 7M. [choose] no pooled vector and no size/crop conditioning: a
+    1280-d pooled vector with SDXL's micro-conditioning would add another 3.9M (+3.1% over the published
+    count).
     """
     return snapgen_unet().replace(text_dim=2048)
 
@@ -230,7 +258,7 @@ def tiny_debug() -> UNetSpec:
             StageSpec(64, 1, 2, 1, 1, self_attention=True, cross_attention=True),
         ),
         latent_channels=4, mid_transformer_depth=1, conv="separable", conv_expansion=2.0, ffn_ratio=3.0,
-        attention="mqa", mqa_in_cross_attention=True, head_dim=16, qk_norm="rmsnorm", pos_embed="rope2d",
+        attention="mqa", share_kv_in_cross_attention=True, head_dim=16, qk_norm="rmsnorm", pos_embed="rope2d",
         text_dim=32, pooled_dim=0, norm_groups=8,
     )
 

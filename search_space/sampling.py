@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .presets import PRESETS
-from .spec import Spec, SpecError, spec_from_dict
+from .spec import RENAMED_FIELDS, Spec, SpecError, _renamed_notice, spec_from_dict
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,8 @@ def parse_space(table: dict[str, Any], where: str = "space") -> SearchSpace:
     base_dict = PRESETS[base].to_dict()
     knobs: list[Knob] = []
     for key, value in table.items():
+        if key in RENAMED_FIELDS:  # a study file written for an older schema
+            key = _renamed_notice(key, f"[{where}]")
         for path in _expand(key, base_dict, where):
             knobs.append(_knob(path, value, base_dict, where))
     paths = {k.path for k in knobs}

@@ -3,12 +3,18 @@
 A spec is a frozen dataclass holding JSON-native values only (ints, floats, bools, strings, tuples of
 those, nested stage specs), so specs hash, compare, serialise and name caches through `spec_id`.
 Everything a builder needs is here; everything derived (heads, time-embedding width) is a property.
+
+Versioning: every serialised spec carries `schema` (SCHEMA_VERSION). `from_dict` reads older JSON through
+`migrate_spec_dict` (schema 1 = no `schema` key: `mqa_in_cross_attention` was renamed, `sep_block` did not
+exist). `spec_id` hashes the oldest spelling a spec has, so the ids of every stored cache, trial and
+checkpoint written before a migration stay valid: see `_SpecBase.spec_id`.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,6 +23,31 @@ ATTENTION_TYPES = ("mhsa", "mqa", "gqa")
 QK_NORMS = ("none", "rmsnorm", "layernorm")
 POS_EMBEDS = ("none", "rope2d")
 SHORTCUTS = ("conv1x1", "none")
+SEP_BLOCKS = ("per_conv", "uib")
+
+SCHEMA_VERSION = 2
+# Schema history. Each entry: what changed, as data, so that migration and spec_id derive from one table.
+# 1 -> 2: `mqa_in_cross_attention` renamed (it also governs GQA: it says whether the K/V sharing of
+#         `attention` applies to cross-attention); `sep_block` added, "per_conv" is what schema 1 built.
+RENAMED_FIELDS = {"mqa_in_cross_attention": "share_kv_in_cross_attention"}  # old name -> new name
+ADDED_FIELDS = {"sep_block": "per_conv"}  # new field -> the value that builds what the older schema built
+
+_log = logging.getLogger("pocketdiff.spec")
+_noticed: set[str] = set()
+
+
+def _notice_once(msg: str) -> None:
+    """One line on stderr (logging's last-resort handler), once per process: old studies hold many specs."""
+    if msg not in _noticed:
+        _noticed.add(msg)
+        _log.warning(msg)
+
+
+def _renamed_notice(old: str, where: str) -> str:
+    new = RENAMED_FIELDS[old]
+    msg = f"notice: {where} uses the old spec field name {old!r}; read as {new!r} (rename it to silence this)"
+    _notice_once(msg)
+    return new
 
 
 class SpecError(ValueError):
@@ -87,15 +118,29 @@ class _SpecBase:
                 object.__setattr__(self, f.name, tuple(v))
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_jsonable(dataclasses.asdict(self))
+        return {"schema": SCHEMA_VERSION, **_to_jsonable(dataclasses.asdict(self))}
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps({"kind": self.kind, **self.to_dict()}, sort_keys=True, indent=indent)
 
     @property
     def spec_id(self) -> str:
-        """Short hash of the canonical JSON: names caches, artifacts, checkpoints and trials."""
-        canonical = json.dumps({"kind": self.kind, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        """Short hash of the canonical JSON: names caches, artifacts, checkpoints and trials.
+
+        The hashed JSON is the spec in the oldest schema that can express it: `schema` is left out, a field
+        added later (ADDED_FIELDS) is left out while it holds the value the older schema built, and a renamed
+        field (RENAMED_FIELDS) hashes under its first name. So a spec stored before a schema change keeps its
+        id, and a spec only a newer schema can express (sep_block="uib") hashes the new field as well and can
+        never collide with an older one.
+        """
+        d = _to_jsonable(dataclasses.asdict(self))
+        for name, legacy in ADDED_FIELDS.items():
+            if name in d and d[name] == legacy:
+                del d[name]
+        for old, new in RENAMED_FIELDS.items():
+            if new in d:
+                d[old] = d.pop(new)
+        canonical = json.dumps({"kind": self.kind, **d}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @property
@@ -105,6 +150,8 @@ class _SpecBase:
         return encode(self)
 
     def replace(self, **changes: Any):
+        for old in [k for k in changes if k in RENAMED_FIELDS]:
+            changes[_renamed_notice(old, "replace()")] = changes.pop(old)
         return dataclasses.replace(self, **changes)
 
 
@@ -120,10 +167,26 @@ class UNetSpec(_SpecBase):
     mid_transformer_depth: int = 1
     conv: str = "regular"
     conv_expansion: float = 1.0
+    sep_block: str = "per_conv"
+    """How a separable residual block realises `conv_expansion` e (SnapGen step c2 reads both ways).
+
+    "per_conv": each of the block's two convs is DW(C) -> PW(C -> eC) -> SiLU -> PW(eC -> C), four pointwise
+    layers per block (the schema-1 build). "uib": the block is one inverted bottleneck, MobileNetV4's UIB
+    "ExtraDW" as diffusers' `ResnetBlock2DDreamLite` does it: DW(C_in) -> PW(C_in -> eC), time embedding +
+    GroupNorm + SiLU at eC, DW(eC) -> PW(eC -> C); its separable convs have no bias, like DreamLite's.
+    Where the expansion applies: UNet res blocks (down, mid, up) in both readings; UNet down/upsamplers
+    never (plain DW + PW); decoder res blocks in both readings; decoder upsamplers only under "per_conv"
+    (a single conv has no pair for an inverted bottleneck to span, so under "uib" they are plain DW + PW).
+    With conv="regular" there is no separable block and the field is set to "per_conv", so one model
+    has one spec_id.
+    """
     ffn_ratio: float = 4.0
     attention: str = "mhsa"
     kv_heads: int | None = None
-    mqa_in_cross_attention: bool = False
+    share_kv_in_cross_attention: bool = False
+    """Whether the K/V sharing of `attention` (MQA: one K/V head, GQA: `kv_heads`) also applies to
+    cross-attention; false keeps one K/V head per query head there. Named `mqa_in_cross_attention` in
+    schema 1 (still read, with a notice)."""
     head_dim: int = 64
     qk_norm: str = "none"
     pos_embed: str = "none"
@@ -135,7 +198,15 @@ class UNetSpec(_SpecBase):
 
     def __post_init__(self) -> None:
         self._normalize()
+        if self.conv == "regular":  # the reading of a separable block means nothing without one
+            object.__setattr__(self, "sep_block", "per_conv")
         self.validate()
+
+    @property
+    def mqa_in_cross_attention(self) -> bool:
+        """Schema-1 name of `share_kv_in_cross_attention`, kept so older callers keep working."""
+        _renamed_notice("mqa_in_cross_attention", "code")
+        return self.share_kv_in_cross_attention
 
     def validate(self) -> None:
         _check(isinstance(self.stages, tuple) and len(self.stages) >= 1,
@@ -149,6 +220,12 @@ class UNetSpec(_SpecBase):
         _check(self.conv_expansion >= 1, f"conv_expansion={self.conv_expansion} must be >= 1 (1 = no expansion)")
         _check(self.conv == "separable" or self.conv_expansion == 1,
                f"conv_expansion={self.conv_expansion} only applies to conv='separable'; set it to 1")
+        _choice("sep_block", self.sep_block, SEP_BLOCKS)
+        if self.sep_block == "uib":
+            widths = [(f"stages[{i}]", s.channels) for i, s in enumerate(self.stages) if s.res_block]
+            if self.mid_block:
+                widths.append(("the mid block", self.stages[-1].channels))
+            _check_uib_groups(widths, self.conv_expansion, self.norm_groups)
         _check(self.ffn_ratio >= 1, f"ffn_ratio={self.ffn_ratio} must be >= 1")
         _choice("attention", self.attention, ATTENTION_TYPES)
         if self.attention == "gqa":
@@ -199,13 +276,13 @@ class UNetSpec(_SpecBase):
 
     def kv_heads_for(self, channels: int, cross: bool = False) -> int:
         heads = self.heads(channels)
-        if cross and not self.mqa_in_cross_attention:
+        if cross and not self.share_kv_in_cross_attention:
             return heads
         return {"mhsa": heads, "mqa": 1, "gqa": self.kv_heads or heads}[self.attention]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UNetSpec":
-        d = _strip_kind(d, cls.kind)
+        d = migrate_spec_dict(_strip_kind(d, cls.kind))
         _reject_unknown(cls, d, "UNetSpec")
         _check("stages" in d, "UNetSpec needs 'stages'")
         stages = []
@@ -239,6 +316,9 @@ class DecoderSpec(_SpecBase):
     norm_out: bool = True
     conv: str = "regular"
     conv_expansion: float = 1.0
+    sep_block: str = "per_conv"
+    """Reading of a separable res block, as `UNetSpec.sep_block` (which states where the expansion applies:
+    here res blocks in both readings, the upsamplers' conv only under "per_conv")."""
     shortcut: str = "conv1x1"
     post_quant_conv: bool = False
     norm_groups: int = 32
@@ -247,6 +327,8 @@ class DecoderSpec(_SpecBase):
         self._normalize()
         if not self.norm_stages:  # default: GroupNorm everywhere, like diffusers
             object.__setattr__(self, "norm_stages", tuple(True for _ in self.channels))
+        if self.conv == "regular":  # as UNetSpec: no separable block, nothing to read two ways
+            object.__setattr__(self, "sep_block", "per_conv")
         self.validate()
 
     def validate(self) -> None:
@@ -276,6 +358,12 @@ class DecoderSpec(_SpecBase):
         _check(self.conv_expansion >= 1, f"conv_expansion={self.conv_expansion} must be >= 1 (1 = no expansion)")
         _check(self.conv == "separable" or self.conv_expansion == 1,
                f"conv_expansion={self.conv_expansion} only applies to conv='separable'; set it to 1")
+        _choice("sep_block", self.sep_block, SEP_BLOCKS)
+        if self.sep_block == "uib":
+            widths = [(f"channels[{i}]", c) for i, c in enumerate(self.channels) if self.norm_stages[i]]
+            if self.mid_res_blocks and self.norm_mid:
+                widths.append(("the mid block", self.channels[-1]))
+            _check_uib_groups(widths, self.conv_expansion, self.norm_groups)
         _choice("shortcut", self.shortcut, SHORTCUTS)
         _check(self.latent_channels >= 1, f"latent_channels={self.latent_channels} must be >= 1")
 
@@ -285,7 +373,7 @@ class DecoderSpec(_SpecBase):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DecoderSpec":
-        d = _strip_kind(d, cls.kind)
+        d = migrate_spec_dict(_strip_kind(d, cls.kind))
         _reject_unknown(cls, d, "DecoderSpec")
         return cls(**_typed(cls, d, "DecoderSpec"))
 
@@ -300,7 +388,36 @@ def spec_from_dict(d: dict[str, Any]) -> Spec:
     return UNetSpec.from_dict(d) if kind == "unet" else DecoderSpec.from_dict(d)
 
 
+def migrate_spec_dict(d: dict[str, Any], where: str = "spec JSON") -> dict[str, Any]:
+    """A spec dict of any schema (no `schema` key = 1) -> the current schema's dict, without `schema`.
+
+    Renamed fields are read under their new name with a one-line notice; fields added since then are
+    absent and take their defaults, which are the values that build what the older schema built
+    (ADDED_FIELDS). `spec_id` is unchanged by the migration (see `_SpecBase.spec_id`).
+    """
+    d = dict(d)
+    schema = d.pop("schema", 1)
+    _check(isinstance(schema, int) and not isinstance(schema, bool) and schema >= 1,
+           f"{where}: schema={schema!r} must be a whole number >= 1")
+    _check(schema <= SCHEMA_VERSION,
+           f"{where}: schema {schema} is newer than this pocketdiff reads ({SCHEMA_VERSION}); update pocketdiff")
+    for old in [k for k in d if k in RENAMED_FIELDS]:
+        new = RENAMED_FIELDS[old]
+        _check(new not in d, f"{where}: both {old!r} (schema 1) and {new!r} are given; keep only {new!r}")
+        d[_renamed_notice(old, where)] = d.pop(old)
+    return d
+
+
 # --- helpers -------------------------------------------------------------------------------------------
+
+def _check_uib_groups(widths: list[tuple[str, int]], expansion: float, groups: int) -> None:
+    """sep_block="uib" normalises the expanded width round(e * C): it must split into the norm groups."""
+    for where, c in widths:
+        hidden = int(round(expansion * c))
+        _check(hidden % groups == 0,
+               f"sep_block='uib': {where} expands {c} -> {hidden} channels (conv_expansion={expansion:g}), "
+               f"not divisible by the {groups} norm groups; pick an expansion with e * {c} a multiple of {groups}")
+
 
 def _to_jsonable(x: Any) -> Any:
     if isinstance(x, dict):
@@ -386,6 +503,8 @@ def apply_overrides(spec: Spec, overrides: list[str] | tuple[str, ...]) -> Spec:
                 _check(isinstance(node, dict) and p in node, f"--set {key}: unknown key {p!r}")
                 node = node[p]
         last = parts[-1]
+        if node is d and last in RENAMED_FIELDS and RENAMED_FIELDS[last] in d:
+            last = _renamed_notice(last, f"--set {key}")
         if isinstance(node, list):
             _check(last.isdigit() and int(last) < len(node),
                    f"--set {key}: index {last!r} is out of range (there are {len(node)} entries)")

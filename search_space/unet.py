@@ -26,7 +26,7 @@ class UNetLayer(nn.Module):
         out_ch = stage.channels
         self.res = None
         if stage.res_block:
-            self.res = ResBlock(in_ch, out_ch, spec.time_embed_dim, spec.conv, spec.conv_expansion, spec.norm_groups)
+            self.res = _res_block(spec, in_ch, out_ch)
             in_ch = out_ch
         self.attn = None
         if depth > 0:
@@ -39,6 +39,11 @@ class UNetLayer(nn.Module):
         if self.attn is not None:
             x = self.attn(x, context)
         return x
+
+
+def _res_block(spec: UNetSpec, in_ch: int, out_ch: int) -> ResBlock:
+    return ResBlock(in_ch=in_ch, out_ch=out_ch, temb_dim=spec.time_embed_dim, conv=spec.conv,
+                    expansion=spec.conv_expansion, sep_block=spec.sep_block, groups=spec.norm_groups)
 
 
 def _transformer_block(spec: UNetSpec, stage: StageSpec) -> TransformerBlock:
@@ -76,13 +81,12 @@ class MidBlock(nn.Module):
     def __init__(self, spec: UNetSpec, stage: StageSpec):
         super().__init__()
         c = stage.channels
-        make_res = lambda: ResBlock(c, c, spec.time_embed_dim, spec.conv, spec.conv_expansion, spec.norm_groups)
-        self.res_in = make_res()
+        self.res_in = _res_block(spec, c, c)
         self.attn = None
         if spec.mid_transformer_depth > 0:
             self.attn = SpatialTransformer(c, c, spec.mid_transformer_depth, lambda: _transformer_block(spec, stage),
                                            spec.norm_groups)
-        self.res_out = make_res()
+        self.res_out = _res_block(spec, c, c)
 
     def forward(self, x, temb, context):
         x = self.res_in(x, temb)

@@ -40,12 +40,33 @@ def test_compare_shows_the_design_step(capsys):
     assert "-16.4%" in out and "-27.7%" in out  # params and MACs at a 128x128 latent
 
 
+def test_compare_under_the_uib_reading(capsys):
+    """Issue 14 acceptance: --set sep_block=uib shows step c2 read as one inverted bottleneck per res block."""
+    assert main(["describe", "--compare", "fig3-b", "fig3-c2", "--set", "sep_block=uib", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "sep_block: per_conv -> uib" in out and "_uib2_" in out
+    assert "-19.4%" in out and "-34.0%" in out  # vs -16.4% / -27.7% under per_conv
+    assert PRESETS["fig3-b"].spec_id in out  # fig3-b has no separable block: the override leaves it as it is
+
+
+def test_old_field_name_in_set_gives_one_notice(capsys, caplog, monkeypatch):
+    import search_space.spec
+    monkeypatch.setattr(search_space.spec, "_noticed", set())  # notices are once per process
+    with caplog.at_level("WARNING", logger="pocketdiff.spec"):
+        assert main(["describe", "fig3-e", "--set", "mqa_in_cross_attention=false", "--latent", "32", "--json",
+                     "--no-memory"]) == 0
+    assert json.loads(capsys.readouterr().out)["spec"]["share_kv_in_cross_attention"] is False
+    notices = [r.getMessage() for r in caplog.records if "mqa_in_cross_attention" in r.getMessage()]
+    assert len(notices) == 1 and "share_kv_in_cross_attention" in notices[0] and "\n" not in notices[0]
+
+
 @pytest.mark.parametrize("args,message", [
     (["describe", "nope"], "unknown preset 'nope'"),
     (["describe", "fig3-a", "--set", "heads=3"], "unknown key 'heads'"),
     (["describe", "fig3-a", "--set", "stages.0.channels=500"], "stages[0].channels=500 is not divisible by the 32"),
     (["describe", "fig3-a", "--latent", "30"], "latent size 30 is not a multiple of 4"),
     (["describe"], "describe needs a preset name"),
+    (["describe", "fig3-c2", "--set", "sep_block=mb"], "sep_block='mb' is not one of per_conv, uib"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, capsys):
     assert main(args + ["--no-memory"]) == 2
