@@ -62,7 +62,7 @@ def breakdown(target, device: str, latent: int = 128, batch: int = 1, input_shap
     if kind == "roofline":
         model = profiles.roofline_from_profile(profile)
         terms = model.op_terms(feats.fused, chip)
-        ms, modules = terms["ms"], feats.fused.module
+        ms, modules = terms["ms"] * model.protocol_scale.get(protocol, 1.0), feats.fused.module
         kinds = [roofline.KINDS[k] for k in feats.fused.kind]
         overhead = model.overheads.get(protocol, 0.0)
     else:

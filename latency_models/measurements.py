@@ -154,16 +154,17 @@ def read_measurements(path: str | Path) -> list[Measurement]:
                                f"(needs {', '.join(required)})")
     _check_latencies(rows, path)
     out = []
+    large = path.name == LARGE_MODELS_CSV.name  # the large-model schema: descriptive source_arch, protocols
     for i, row in enumerate(rows):
         try:
-            out.append(_from_calibration(row) if schema == "calibration" else _from_measurement(row))
+            out.append(_from_calibration(row, large) if schema == "calibration" else _from_measurement(row))
         except (ValueError, SpecError) as e:
             raise MeasurementError(f"{path}: line {i + 2}: {e}") from None
     return out
 
 
-def _from_calibration(row: dict) -> Measurement:
-    if "large_models" in row.get("_file", "") or _is_large_row(row):
+def _from_calibration(row: dict, large: bool = False) -> Measurement:
+    if large:
         return _from_large(row)
     arch_text = row["source_arch"].strip()
     batch = int(row["batch"] or 1)
@@ -177,12 +178,6 @@ def _from_calibration(row: dict) -> Measurement:
         shape, bits = (batch, 3, hw, hw), 16
     return Measurement(row["model"], arch, shape, chip_key(row["chip"]), row["device"], float(row["latency_ms"]),
                        _protocol(row), f"{row['source_url']} | {row['source_table']}", bits)
-
-
-def _is_large_row(row: dict) -> bool:
-    return not any(key in row["source_url"] for key in ("coremltools", "coreml-model-zoo", "ml-fastvit",
-                                                           "ml-mobileone", "coreml-FastViT")) and \
-        not (row["source_url"].rstrip("/").endswith("apple/ml-stable-diffusion") and "SD 2.1" in row["model"])
 
 
 # Large-model rows (data/large_models.csv): model text -> (arch, input shape, weight bits); first match wins.

@@ -106,7 +106,7 @@ def roofline_from_profile(profile: dict) -> roofline.RooflineModel:
     r = profile["model"]["roofline"]
     chip = profile["chip"]
     return roofline.RooflineModel(r["shared"], {chip: r["peak_factor"]}, {chip: r["bandwidth_factor"]},
-                                  r["overheads_ms"])
+                                  r["overheads_ms"], r["protocol_scale"])
 
 
 def model_from_profile(profile: dict) -> predictor.FittedModel:
@@ -187,7 +187,8 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
                     "shared": roof.shared, "peak_factor": roof.chip_peak.get(chip, 1.0),
                     "bandwidth_factor": roof.chip_bw.get(chip, 1.0),
                     "published": None if facts is None else dict(vars(facts)),
-                    "overheads_ms": {p: roof.overheads.get(p, 0.0) for p in sorted(set(protocols))}},
+                    "overheads_ms": {p: roof.overheads.get(p, 0.0) for p in sorted(set(protocols))},
+                    "protocol_scale": {p: roof.protocol_scale.get(p, 1.0) for p in sorted(set(protocols))}},
                 "linear": {
                     "form": "scale * sum_c(a_c*GFLOPs_c + b_c*MB_c + g_c*ops_c) + overhead[protocol]",
                     "scale": linear.scales[chip],

@@ -13,14 +13,17 @@ Each fused op i then costs, on chip c:
     compute_i = 2 * MACs_i / (peak_c * eff_kind * rows_i / (rows_i + rows_half) * k_i / (k_i + k_half))
                 (vector ops: elements_i / (peak_c * eff_vector); layout ops: 0)
     memory_i  = (weight_bytes_i + spill_i * act_bytes_i) / bw_c + (1 - spill_i) * act_bytes_i / (l2x * bw_c)
-    spill_i   = max(0, 1 - sram_c / working_set_i)      (working set: the op's activation bytes in and out)
+    spill_i   = max(0, 1 - sram_c / working_set_i)
 
-`rows` is the number of output positions (pixels or tokens; the published sp64 -> sp2048 doubling of ANE
-throughput), `k` the reduction length (Cin*kh*kw/groups: a depthwise 3x3 reduces over 9). softmax_p is a
+The working set is the op's activation bytes in and out per slice, and `rows` the output positions (pixels or
+tokens; the published sp64 -> sp2048 doubling of ANE throughput) per slice: the engine runs the batch of a
+conv, and each (batch, head) of an attention matmul or softmax, one slice after another (batch is not tiled,
+eiln/ane; SPLIT_EINSUM runs attention per head), so a slice that fits on-chip memory does not spill even when
+the whole tensor would. `k` is the reduction length (Cin*kh*kw/groups: a depthwise 3x3 reduces over 9). softmax_p is a
 smooth maximum (p = 4). Priors: peak_c, bw_c and sram_c are the published figures of chips.py, scaled by a
 fitted per-chip factor each (log-normal priors); the efficiencies, half-saturation sizes, the L2/DRAM ratio
-and the dispatch cost are shared by all chips; every measuring protocol adds an overhead, capped as in
-predictor.py. Fitted on log errors by scipy's bounded least squares. `validate_roofline` holds out each
+and the dispatch cost are shared by all chips; every measuring protocol scales the sum (log-normal prior
+around 1) and adds an overhead, capped as in predictor.py. Fitted on log errors by scipy's bounded least squares. `validate_roofline` holds out each
 model and each family in turn, exactly as predictor.validate does for the linear model.
 """
 from __future__ import annotations
@@ -58,6 +61,7 @@ class Fused:
     act_bytes: np.ndarray
     weight_bytes: np.ndarray
     elements: np.ndarray  # vector ops: elements processed
+    slices: np.ndarray  # independent slices the engine runs one after another (batch, and heads of attention)
     module: list[str]
     members: np.ndarray  # ops of the trace fused into this one
 
@@ -102,7 +106,7 @@ def fuse(table: FeatureTable) -> Fused:
     def new_group(kind, f, ins):
         groups.append({"kind": KINDS.index(kind), "macs": f.macs, "rows": 0.0, "k": 0.0, "read": float(sum(f.in_bytes)),
                        "out": _out_bytes(f), "written": 0.0, "w": f.weight_bytes, "el": 0.0, "module": f.module,
-                       "members": 1})
+                       "members": 1, "slices": _slices(kind, f.out_shape)})
         g = len(groups) - 1
         read_intermediates(ins, f.in_bytes, g)
         open_out[f.out_id] = g
@@ -148,8 +152,20 @@ def fuse(table: FeatureTable) -> Fused:
                  rows=np.array([g["rows"] for g in groups], float), k=np.array([g["k"] for g in groups], float),
                  act_bytes=np.array([g["read"] + g["out"] + g["written"] for g in groups], float),
                  weight_bytes=np.array([g["w"] for g in groups], float),
-                 elements=np.array([g["el"] for g in groups], float), module=[g["module"] for g in groups],
+                 elements=np.array([g["el"] for g in groups], float),
+                 slices=np.array([g["slices"] for g in groups], float), module=[g["module"] for g in groups],
                  members=np.array([g["members"] for g in groups], dtype=int))
+
+
+def _slices(kind: str, shape: tuple[int, ...]) -> float:
+    """Independent slices of an op's output: the batch of a conv (batch is not tiled: eiln/ane), every
+    (batch, head) of a batched matmul or of a softmax over its scores (SPLIT_EINSUM's per-head form); other
+    ops run as one. Working sets and output rows are per slice."""
+    if kind in ("conv", "dwconv") and len(shape) == 4:
+        return float(shape[0])
+    if kind in ("attn", "vector") and len(shape) >= 4:
+        return float(np.prod(shape[:-2]))
+    return 1.0
 
 
 def _out_bytes(f) -> float:
@@ -174,6 +190,10 @@ SHARED = (
 SHARED_NAMES = tuple(s[0] for s in SHARED)
 CHIP_PEAK_SIGMA = 0.35  # log-units: published ratings are marketing figures, int8 vs fp16 ambiguity
 CHIP_BW_SIGMA = 0.7  # the ANE's share of DRAM bandwidth is not published
+# Measuring protocols differ in runtime (Core ML in Xcode, MPSGraph, the private ANE client, 2020 neuralnetwork
+# models, apps whose compute unit is not stated), so each protocol scales the model too, not only adds an
+# overhead; a protocol without training rows keeps factor 1.
+PROTOCOL_SCALE_SIGMA = 0.35
 
 
 @dataclasses.dataclass
@@ -182,6 +202,7 @@ class RooflineModel:
     chip_peak: dict[str, float]  # factor on the published fp16 peak
     chip_bw: dict[str, float]  # factor on the published DRAM bandwidth
     overheads: dict[str, float]  # protocol -> ms
+    protocol_scale: dict[str, float] = dataclasses.field(default_factory=dict)  # protocol -> factor
 
     def chip_terms(self, chip: str) -> tuple[float, float, float] | None:
         """(peak FLOP/s, DRAM bytes/s, on-chip bytes) of a chip, or None for a chip with no published facts."""
@@ -202,27 +223,29 @@ class RooflineModel:
         t = self.op_terms(fused, chip)
         if t is None:
             return math.nan
-        return float(t["ms"].sum()) + self.overheads.get(protocol, 0.0)
+        return self.protocol_scale.get(protocol, 1.0) * float(t["ms"].sum()) + self.overheads.get(protocol, 0.0)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "RooflineModel":
-        return cls(dict(d["shared"]), dict(d["chip_peak"]), dict(d["chip_bw"]), dict(d["overheads"]))
+        return cls(dict(d["shared"]), dict(d["chip_peak"]), dict(d["chip_bw"]), dict(d["overheads"]),
+                   dict(d.get("protocol_scale", {})))
 
 
 def op_terms(fused: Fused, chip_terms: tuple[float, float, float], p: dict[str, float]) -> dict[str, np.ndarray]:
     peak, bw, sram = chip_terms
     kind = fused.kind
     eff = np.array([p["eff_conv"], p["eff_dwconv"], p["eff_linear"], p["eff_attn"], 1.0, 1.0])[kind]
-    rows = np.maximum(fused.rows, 1.0)
+    slices = np.maximum(fused.slices, 1.0)
+    rows = np.maximum(fused.rows / slices, 1.0)
     k = np.maximum(fused.k, 1.0)
     util = rows / (rows + p["rows_half"]) * k / (k + p["k_half"])
     is_mac = kind < len(MAC_KINDS)
     compute = np.where(is_mac, 2.0 * fused.macs / (peak * eff * util), 0.0)
     compute = compute + np.where(kind == KINDS.index("vector"), fused.elements / (peak * p["eff_vector"]), 0.0)
-    ws = np.maximum(fused.act_bytes, 1.0)
+    ws = np.maximum(fused.act_bytes / slices, 1.0)
     spill = np.clip(1.0 - sram / ws, 0.0, 1.0)
     memory = (fused.weight_bytes + spill * fused.act_bytes) / bw + (1.0 - spill) * fused.act_bytes / (
         p["l2_ratio"] * bw)
@@ -271,9 +294,12 @@ def fit_roofline(measurements, fused: list[Fused], max_nfev: int = 200) -> Roofl
     sram = np.array([CHIPS[c].sram_mb * 1e6 for c in chips])[elem_chip]
     proto_idx = np.array([protos.index(m.protocol) for m in measurements])
     n_s, n_c, n_p = len(SHARED), len(chips), len(protos)
-    lo = np.concatenate([[math.log(s[2]) for s in SHARED], np.full(2 * n_c, -3.0), np.zeros(n_p)])
-    hi = np.concatenate([[math.log(s[3]) for s in SHARED], np.full(2 * n_c, 3.0), cap + 1e-12])
-    x0 = np.clip(np.concatenate([[math.log(s[1]) for s in SHARED], np.zeros(2 * n_c), cap * 0.1]), lo, hi)
+    lo = np.concatenate([[math.log(s[2]) for s in SHARED], np.full(2 * n_c, -3.0), np.zeros(n_p),
+                         np.full(n_p, -3.0)])
+    hi = np.concatenate([[math.log(s[3]) for s in SHARED], np.full(2 * n_c, 3.0), cap + 1e-12, np.full(n_p, 3.0)])
+    x0 = np.clip(np.concatenate([[math.log(s[1]) for s in SHARED], np.zeros(2 * n_c), cap * 0.1, np.zeros(n_p)]),
+                 lo, hi)
+    o = n_s + 2 * n_c  # offsets of the protocol overheads, then the protocol log-scales
     prior_mu = np.array([math.log(s[1]) for s in SHARED])
     prior_sd = np.array([s[4] for s in SHARED])
     # Rows weigh by 1/sqrt(rows of their model and chip): repeated rows of one model do not dominate.
@@ -288,18 +314,19 @@ def fit_roofline(measurements, fused: list[Fused], max_nfev: int = 200) -> Roofl
         bw = (base_bw * np.exp(x[n_s + n_c:n_s + 2 * n_c]))[elem_chip]
         ms = op_terms(cat, (peak, bw, sram), shared)["ms"]
         sums = np.add.reduceat(ms, starts) if len(ms) else np.zeros(len(starts))
-        pred = sums[pair_of] + x[n_s + 2 * n_c:][proto_idx]
+        pred = np.exp(x[o + n_p:][proto_idx]) * sums[pair_of] + x[o:o + n_p][proto_idx]
         res = np.where(ok_rows, (np.log(pred) - np.log(y)) * w, 0.0)
         prior = np.concatenate([(x[:n_s] - prior_mu) / prior_sd, x[n_s:n_s + n_c] / CHIP_PEAK_SIGMA,
-                                x[n_s + n_c:n_s + 2 * n_c] / CHIP_BW_SIGMA])
+                                x[n_s + n_c:o] / CHIP_BW_SIGMA, x[o + n_p:] / PROTOCOL_SCALE_SIGMA])
         return np.concatenate([res, prior])
 
     sol = least_squares(residuals, x0, bounds=(lo, hi), method="trf", max_nfev=max_nfev)
     x = sol.x
     return RooflineModel({k: float(v) for k, v in zip(SHARED_NAMES, np.exp(x[:n_s]))},
                          {c: float(v) for c, v in zip(chips, np.exp(x[n_s:n_s + n_c]))},
-                         {c: float(v) for c, v in zip(chips, np.exp(x[n_s + n_c:n_s + 2 * n_c]))},
-                         dict(zip(protos, map(float, x[n_s + 2 * n_c:]))))
+                         {c: float(v) for c, v in zip(chips, np.exp(x[n_s + n_c:o]))},
+                         dict(zip(protos, map(float, x[o:o + n_p]))),
+                         dict(zip(protos, map(float, np.exp(x[o + n_p:])))))
 
 
 def held_out_roofline(measurements, fused: list[Fused], group_of) -> np.ndarray:

@@ -22,7 +22,7 @@ PRIOR = {name: value for name, value, *_ in roofline.SHARED}
 def _fused(n, **arrays):
     base = {"kind": np.zeros(n, int), "macs": np.zeros(n), "rows": np.ones(n), "k": np.ones(n),
             "act_bytes": np.zeros(n), "weight_bytes": np.zeros(n), "elements": np.zeros(n),
-            "module": [""] * n, "members": np.ones(n, int)}
+            "slices": np.ones(n), "module": [""] * n, "members": np.ones(n, int)}
     base.update(arrays)
     return roofline.Fused(**base)
 
@@ -93,7 +93,9 @@ def test_mqa_attention_moves_fewer_bytes_than_mhsa_at_equal_width():
     m = Attention(256, None, 4, 1, 64).to("meta")
     with attention_backend("math"):
         table = features_from_torch(m, (torch.randn(2, 256, 256, device="meta"),))
-    assert not any(op.op in ("expand", "repeat", "repeat_interleave") for op in table.ops)
+    copies = [op for op in table.ops if op.op in ("expand", "repeat", "repeat_interleave", "tile")]
+    # matmul's decomposition expands operands to their own shape (no growth); a per-head K/V copy would grow
+    assert all(math.prod(op.out_shape) * 2 == sum(op.in_bytes) for op in copies)
 
 
 def _reference_expand(q, k, v):
@@ -146,7 +148,11 @@ def test_fit_recovers_synthetic_rows_and_predicts_an_unseen_chip_from_priors():
             fused.append(f)
     model = roofline.fit_roofline(ms, fused)
     rel = [abs(model.predict(f, m.chip, m.protocol) / m.latency_ms - 1) for m, f in zip(ms, fused)]
-    assert np.median(rel) < 0.05
+    prior_only = roofline.RooflineModel(dict(PRIOR), {}, {}, {})
+    rel0 = [abs(prior_only.predict(f, m.chip, m.protocol) / m.latency_ms - 1) for m, f in zip(ms, fused)]
+    # The priors pull a little (that is their job), but the fit must recover most of the structure.
+    assert np.median(rel) < 0.10 and np.median(rel) < 0.5 * np.median(rel0)
+    assert model.chip_peak["a14"] / model.chip_peak["m4"] == pytest.approx(1.2 / 0.9, rel=0.15)
     # a16 has no rows: its published figures (chips.py) still give a finite, positive prediction.
     p = model.predict(fused[0], "a16", None)
     assert math.isfinite(p) and p > 0
