@@ -18,6 +18,7 @@ from search_space.spec import Spec
 
 from . import predictor, profiles
 from .export import ModelSource, model_for
+from .validation import regime_of
 
 # A prediction this far outside the model costs measured on the chip is flagged as an extrapolation.
 EXTRAPOLATION_FACTOR = 3.0
@@ -36,7 +37,7 @@ class Prediction:
     feature_note: str
     band_note: str
     protocol: str
-    cost_model: str  # "roofline" or "op-class-linear"
+    cost_model: str  # "roofline" or "op-class-linear" (the chip's choice for this model's size regime)
     profile_fit_id: str
     cached_features: bool
     seconds: float
@@ -86,9 +87,10 @@ def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: in
         batch, latent = input_shape[0], input_shape[-1]
     feats, cached, key, shape = model_features(target, input_shape, latent, batch, weight_bits)
     protocol = profile["model"]["default_protocol"]
-    kind = profiles.adopted(profile)
+    kind = profiles.adopted(profile, feats.totals)
+    regime = regime_of(feats.totals)
     ms = predict_ms(profile, feats, protocol)
-    low, high = profiles.band(profile, ms)
+    low, high = profiles.band(profile, ms, regime)
     warnings = []
     lo_cost, hi_cost = profile["model"]["measured_cost_range_ms"]
     if ms > EXTRAPOLATION_FACTOR * hi_cost or ms < lo_cost / EXTRAPOLATION_FACTOR:
@@ -99,7 +101,7 @@ def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: in
         model_id=key.split("|")[0], input_shape=shape, feature_source=profile["feature_source"],
         feature_note="torch graph walked on the meta device (the source this profile was fitted on; Core ML "
                      "program features are available with `pocketdiff latency features --source coreml`)",
-        band_note=f"{int(profile['band']['coverage'] * 100)}% band from {profile['band']['from']}",
+        band_note=f"{int(profile['band']['coverage'] * 100)}% band from {profile['band'][regime]['from']}",
         protocol=protocol, cost_model=kind, profile_fit_id=profile["fit_id"], cached_features=cached,
         seconds=time.perf_counter() - t0, warnings=warnings)
 
@@ -124,7 +126,7 @@ def model_features(target, input_shape, latent: int = 128, batch: int = 1, weigh
 def predict_ms(profile: dict, feats, protocol: str | None) -> float:
     """The chip's adopted model on one model's features."""
     chip = profile["chip"]
-    if profiles.adopted(profile) == "roofline":
+    if profiles.adopted(profile, feats.totals) == "roofline":
         return profiles.roofline_from_profile(profile).predict(feats.fused, chip, protocol)
     return profiles.model_from_profile(profile).predict(feats.totals, chip, protocol)
 

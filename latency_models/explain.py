@@ -51,7 +51,7 @@ def breakdown(target, device: str, latent: int = 128, batch: int = 1, input_shap
         batch, latent = input_shape[0], input_shape[-1]
     feats, cached, key, shape = api.model_features(target, input_shape, latent, batch, weight_bits)
     protocol = profile["model"]["default_protocol"]
-    kind = profiles.adopted(profile)
+    kind = profiles.adopted(profile, feats.totals)
     spec = target if isinstance(target, Spec) else None
     if spec is None and not str(target).startswith(("timm:", "torchvision:")):
         try:

@@ -98,8 +98,9 @@ def load_profile(chip: str, profile_dir: Path | None = None) -> dict:
     return data
 
 
-def adopted(profile: dict) -> str:
-    return profile["model"]["adopted"]
+def adopted(profile: dict, totals: dict) -> str:
+    """The model this chip predicts `totals` (a model's op-class totals) with: per size regime."""
+    return profile["model"]["adopted"][validation.regime_of(totals)]
 
 
 def roofline_from_profile(profile: dict) -> roofline.RooflineModel:
@@ -157,20 +158,25 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
     out_dir = Path(out_dir or PROFILE_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     profiles = {}
+    regime = [validation.regime_of(t) for t in totals]
     for chip in sorted({m.chip for m in measurements}):
         mine = [i for i, m in enumerate(measurements) if m.chip == chip]
         chosen = report["chips"][chip]["adopted"]
-        method = "roofline" if chosen == "roofline" else "predictor"
-        pooled = list(residuals[method].values())
-        own = [v for k, v in residuals[method].items() if k.startswith(chip + "|")]
-        use_own = len(own) >= predictor.MIN_ROWS_FOR_OWN_BAND
-        lo, hi = predictor.band_quantiles(own if use_own else pooled)
+        bands = {"coverage": predictor.BAND_COVERAGE}
+        for reg in validation.REGIMES:
+            method = "roofline" if chosen[reg] == "roofline" else "predictor"
+            pooled = [v for k, v in residuals[method].items() if k.startswith(reg + "|")]
+            own = [v for k, v in residuals[method].items() if k.startswith(f"{reg}|{chip}|")]
+            use_own = len(own) >= predictor.MIN_ROWS_FOR_OWN_BAND
+            lo, hi = predictor.band_quantiles(own if use_own else pooled)
+            bands[reg] = {"log_low": lo, "log_high": hi, "model": chosen[reg],
+                          "from": (f"leave-one-family-out {reg}-model residuals of {chip} ({len(own)} rows)"
+                                   if use_own else f"leave-one-family-out {reg}-model residuals pooled over all "
+                                   f"chips ({len(pooled)} rows; {chip} has {len(own)})")}
         protocols = [measurements[i].protocol for i in mine]
         default_protocol = max(sorted(set(protocols)), key=protocols.count)
-        if chosen == "roofline":
-            costs = [roof.predict(features[i].fused, chip, None) for i in mine]
-        else:
-            costs = [linear.scales[chip] * linear.cost(totals[i]) for i in mine]
+        costs = [roof.predict(features[i].fused, chip, None) if chosen[regime[i]] == "roofline"
+                 else linear.scales[chip] * linear.cost(totals[i]) for i in mine]
         facts = CHIPS.get(chip)
         profile = {
             "format": PROFILE_FORMAT, "version": PROFILE_VERSION, "chip": chip, "fit_id": fit_id,
@@ -180,7 +186,7 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
             "feature_source": predictor.FEATURE_SOURCE, "feature_version": predictor.FEATURE_VERSION,
             "model": {
                 "adopted": chosen, "adopted_because": report["chips"][chip]["adopted_because"],
-                "default_protocol": default_protocol,
+                "regime_gmacs": validation.LARGE_GMACS, "default_protocol": default_protocol,
                 "measured_cost_range_ms": [min(costs), max(costs)],
                 "roofline": {
                     "form": "sum over fused ops of smoothmax(compute, memory) + dispatch, + overhead[protocol]",
@@ -198,10 +204,7 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
                                   "class_ridge": predictor.CLASS_RIDGE, "op_classes": list(OP_CLASSES),
                                   "effective_class_terms": linear.class_coefficients()}},
             },
-            "band": {"coverage": predictor.BAND_COVERAGE, "log_low": lo, "log_high": hi, "model": chosen,
-                     "from": (f"leave-one-family-out residuals of {chip} ({len(own)} rows)" if use_own else
-                              f"leave-one-family-out residuals pooled over all chips ({len(pooled)} rows; "
-                              f"{chip} has {len(own)})")},
+            "band": bands,
             "measurements": [measurements[i].to_dict() | {"features": totals[i]} for i in mine],
             "validation": report["chips"][chip],
         }
@@ -211,6 +214,6 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
     return profiles
 
 
-def band(profile: dict, ms: float) -> tuple[float, float]:
-    b = profile["band"]
+def band(profile: dict, ms: float, regime: str) -> tuple[float, float]:
+    b = profile["band"][regime]
     return ms * math.exp(b["log_low"]), ms * math.exp(b["log_high"])

@@ -31,16 +31,15 @@ def verdict(validation: dict) -> str:
                 f"{len(validation['families'])} famil{'y' if len(validation['families']) == 1 else 'ies'} "
                 f"({', '.join(validation['families'])}); the chip's scale is fitted, the structure is shared")
     lofo = validation["leave_one_family_out"]
-    key = "roofline" if validation.get("adopted") == "roofline" else "predictor"
-    p, f = lofo[key]["spearman"], lofo["flops_linear"]["spearman"]
+    p, f = lofo["roofline"]["spearman"], lofo["flops_linear"]["spearman"]
     if p is None or f is None:
         return "rank metrics undefined (constant predictions or too few predicted rows)"
     if p > f:
-        return f"predictor beats FLOPs-only on leave-one-family-out Spearman ({p:.3f} vs {f:.3f})"
+        return f"roofline beats FLOPs-only on leave-one-family-out Spearman ({p:.3f} vs {f:.3f})"
     if p == f:
-        return (f"predictor ties FLOPs-only on leave-one-family-out Spearman ({p:.3f}): with "
+        return (f"roofline ties FLOPs-only on leave-one-family-out Spearman ({p:.3f}): with "
                 f"{validation['rows']} rows both rank every held-out family the same")
-    return (f"predictor does NOT beat FLOPs-only on leave-one-family-out Spearman ({p:.3f} vs {f:.3f}); "
+    return (f"roofline does NOT beat FLOPs-only on leave-one-family-out Spearman ({p:.3f} vs {f:.3f}); "
             f"see reports/README.md for why")
 
 
@@ -59,10 +58,11 @@ def format_report(profile: dict) -> str:
                          f"{_f(r['kendall_tau']):>8} {_f(r['mape'], True):>7} {_f(r['within_10'], True):>5} "
                          f"{_f(r['within_25'], True):>5}")
     b = profile["band"]
-    lines += ["", f"adopted: {v.get('adopted', 'op-class-linear')} ({v.get('adopted_because', '')})",
-              f"verdict: {verdict(v)}",
-              f"band: {int(b['coverage'] * 100)}% of held-out errors within x{math.exp(b['log_low']):.2f} .. "
-              f"x{math.exp(b['log_high']):.2f} ({b['from']})"]
+    lines += ["", f"verdict: {verdict(v)}"]
+    for reg, what in (("small", "small models"), ("large", f"from {profile['model']['regime_gmacs']:g} GMACs")):
+        lines += [f"{what}: predicts with {v['adopted'][reg]} ({v['adopted_because'][reg]})",
+                  f"  band: {int(b['coverage'] * 100)}% of held-out errors within x{math.exp(b[reg]['log_low']):.2f} .. "
+                  f"x{math.exp(b[reg]['log_high']):.2f} ({b[reg]['from']})"]
     return "\n".join(lines)
 
 
@@ -90,6 +90,7 @@ def write_reports(profiles: dict[str, dict], report: dict, out_dir: Path) -> lis
         paths.append(path)
     path = out_dir / "validation.json"
     path.write_text(json.dumps({"fit_id": report["fit_id"], "roofline_shared": report.get("roofline_shared"),
-                                "chips": report["chips"], "rows": report["rows"]}, indent=1) + "\n")
+                                "regimes": report.get("regimes"), "chips": report["chips"], "rows": report["rows"]},
+                               indent=1) + "\n")
     paths.append(path)
     return paths

@@ -104,7 +104,7 @@ def cmd_predict(args) -> int:
           f"[{_fmt_ms(p.low_ms)} .. {_fmt_ms(p.high_ms)}]")
     print(f"  band: {p.band_note}")
     print(f"  features: {p.feature_source} - {p.feature_note}" + (" (cached)" if p.cached_features else ""))
-    print(f"  protocol: {p.protocol}; profile fit {p.profile_fit_id}; {p.seconds:.2f} s")
+    print(f"  cost model: {p.cost_model}; protocol: {p.protocol}; profile fit {p.profile_fit_id}; {p.seconds:.2f} s")
     for w in p.warnings:
         print(f"  warning: {w}")
     return 0
@@ -219,7 +219,7 @@ def cmd_fit(args) -> int:
               f"{_num(lofo['roofline']['spearman'])} today {_num(lofo['predictor']['spearman'])} FLOPs "
               f"{_num(lofo['flops_linear']['spearman'])}  MAPE {_pct(lofo['roofline']['mape'])} / "
               f"{_pct(lofo['predictor']['mape'])} / {_pct(lofo['flops_linear']['mape'])}  -> "
-              f"{prof['model']['adopted']}")
+              f"small: {prof['model']['adopted']['small']}, large: {prof['model']['adopted']['large']}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

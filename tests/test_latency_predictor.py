@@ -130,8 +130,10 @@ def test_committed_profiles_are_complete_and_from_one_fit():
     for p in loaded:
         assert p["measurements"] and all(m["source"] for m in p["measurements"])
         assert "leave_one_family_out" in p["validation"] and p["feature_source"] == predictor.FEATURE_SOURCE
-        assert p["band"]["log_low"] <= 0 <= p["band"]["log_high"]
-        assert p["model"]["adopted"] in ("roofline", "op-class-linear") and p["model"]["adopted_because"]
+        for regime in ("small", "large"):
+            assert p["band"][regime]["log_low"] <= 0 <= p["band"][regime]["log_high"]
+            assert p["model"]["adopted"][regime] in ("roofline", "op-class-linear")
+            assert p["model"]["adopted_because"][regime]
         lofo = p["validation"]["leave_one_family_out"]
         assert {"roofline", "predictor", "flops_linear", "params_linear"} <= set(lofo)
     assert sum(len(p["measurements"]) for p in loaded) == len(load_published())
