@@ -53,8 +53,7 @@ def compare(measurements, features) -> dict:
         report["regimes"][reg] = {"rows": int(len(idx)), "pooled_leave_one_family_out": {
             k: predictor.metrics(y[idx], lofo_all[k][idx]) for k in METHODS} if len(idx) else {}}
         report["regimes"][reg]["adopted"], report["regimes"][reg]["adopted_because"] = (
-            _adopt(report["regimes"][reg]["pooled_leave_one_family_out"], "pooled over all chips")
-            if len(idx) else ("op-class-linear", "no rows"))
+            _adopt(_common(y, lofo_all, idx), "pooled over all chips") if len(idx) else ("op-class-linear", "no rows"))
     for chip in sorted({m.chip for m in measurements}):
         idx = np.array([i for i, m in enumerate(measurements) if m.chip == chip])
         families = sorted({measurements[i].family for i in idx})
@@ -67,8 +66,8 @@ def compare(measurements, features) -> dict:
             own = np.array([i for i in idx if regime[i] == reg])
             fams = {measurements[i].family for i in own}
             if len(own) >= predictor.MIN_ROWS_FOR_RANKS and len(fams) >= predictor.MIN_FAMILIES_FOR_RANKS:
-                mets = {k: predictor.metrics(y[own], lofo_all[k][own]) for k in ADOPTABLE}
-                entry["adopted"][reg], entry["adopted_because"][reg] = _adopt(mets, f"{chip}'s {len(own)} rows")
+                entry["adopted"][reg], entry["adopted_because"][reg] = _adopt(_common(y, lofo_all, own),
+                                                                              f"{chip}'s {len(own)} rows")
             else:
                 entry["adopted"][reg] = report["regimes"][reg]["adopted"]
                 entry["adopted_because"][reg] = (f"{chip} has {len(own)} {reg} rows: "
@@ -90,6 +89,17 @@ def compare(measurements, features) -> dict:
     return report
 
 
+def _common(y, lofo: dict, idx) -> dict:
+    """Metrics of both adoptable models on the rows both predict (today's model cannot predict a chip whose
+    rows are all held out), plus the roofline's count of all rows, so the two are compared like for like."""
+    idx = np.asarray(idx, int)
+    both = idx[np.isfinite(lofo["roofline"][idx]) & np.isfinite(lofo["predictor"][idx])]
+    out = {k: predictor.metrics(y[both], lofo[k][both]) for k in ADOPTABLE}
+    if not len(both):
+        out["roofline"] = predictor.metrics(y[idx], lofo["roofline"][idx])
+    return out
+
+
 def _adopt(mets: dict, where: str) -> tuple[str, str]:
     """Roofline if its leave-one-family-out MAPE is lower (or today's model has no prediction)."""
     r, p = mets["roofline"], mets["predictor"]
@@ -99,7 +109,8 @@ def _adopt(mets: dict, where: str) -> tuple[str, str]:
         return "roofline", f"today's model cannot predict these rows once their family is held out ({where})"
     if not r["n"]:
         return "op-class-linear", f"the roofline has no prediction here ({where})"
-    text = f"leave-one-family-out MAPE {100 * r['mape']:.0f}% roofline vs {100 * p['mape']:.0f}% today{rho} ({where})"
+    text = (f"leave-one-family-out MAPE {100 * r['mape']:.0f}% roofline vs {100 * p['mape']:.0f}% today{rho} on the "
+            f"{r['n']} rows both predict ({where})")
     return ("roofline", text) if r["mape"] < p["mape"] else ("op-class-linear", "the roofline does not win: " + text)
 
 
