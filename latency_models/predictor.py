@@ -10,8 +10,8 @@ compute, activation memory, weight memory, per-op overhead) plus a per-class inc
 pulls to zero, because 51 published rows cannot pin ~30 free class terms. The op-class structure is shared by
 all chips; a chip adds one scale (and its protocols one overhead each), so a new device needs only a few
 measurements. Scales and structure are fitted by alternating non-negative least squares on relative errors
-(rows weighted by 1 / latency: latencies span 0.1 ms to 700 ms). The held-out validation and the band come
-from `validate`; profiles.py stores the result per chip.
+(rows weighted by 1 / latency: latencies span 0.1 ms to 700 ms). `held_out_predictions` gives the held-out
+predictions that validation.py compares with the roofline's (roofline.py); profiles.py stores the result.
 
 Features come from `features.features_from_torch` on the meta device (fast, memory-free; see features.py);
 the profile records the feature source it was fitted on and prediction uses the same one.
@@ -283,38 +283,6 @@ def metrics(measured: np.ndarray, predicted: np.ndarray) -> dict:
         out["spearman"] = float(spearmanr(y, p).statistic)
         out["kendall_tau"] = float(kendalltau(y, p).statistic)
     return out
-
-
-def validate(measurements: list[Measurement], totals: list[dict], ridge: float = CLASS_RIDGE) -> dict:
-    """Leave-one-model-out and leave-one-family-out metrics per chip, predictor vs the two baselines,
-    plus the held-out log residuals the uncertainty bands are built from."""
-    y = np.array([m.latency_ms for m in measurements])
-    schemes = {"leave_one_model_out": lambda m: m.model_key, "leave_one_family_out": lambda m: m.family}
-    held = {k: held_out_predictions(measurements, totals, g, ridge) for k, g in schemes.items()}
-    chips = sorted({m.chip for m in measurements})
-    report: dict = {"chips": {}, "residuals": {}}
-    for chip in chips:
-        idx = np.array([i for i, m in enumerate(measurements) if m.chip == chip])
-        families = sorted({measurements[i].family for i in idx})
-        enough = len(idx) >= MIN_ROWS_FOR_RANKS and len(families) >= MIN_FAMILIES_FOR_RANKS
-        entry = {"rows": int(len(idx)), "families": families, "enough_data_for_ranks": enough}
-        for scheme, (pred, fl, pa) in held.items():
-            entry[scheme] = {"predictor": metrics(y[idx], pred[idx]), "flops_linear": metrics(y[idx], fl[idx]),
-                             "params_linear": metrics(y[idx], pa[idx])}
-        report["chips"][chip] = entry
-    pred_f = held["leave_one_family_out"][0]
-    report["residuals"] = {m.chip + "|" + m.model + "|" + m.protocol: float(math.log(y[i] / pred_f[i]))
-                           for i, m in enumerate(measurements) if np.isfinite(pred_f[i]) and pred_f[i] > 0}
-    report["rows"] = [{"model": m.model, "chip": m.chip, "family": m.family, "protocol": m.protocol,
-                       "measured_ms": m.latency_ms,
-                       "lomo_ms": _num(held["leave_one_model_out"][0][i]),
-                       "lofo_ms": _num(pred_f[i]), "lofo_flops_ms": _num(held["leave_one_family_out"][1][i])}
-                      for i, m in enumerate(measurements)]
-    return report
-
-
-def _num(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def band_quantiles(log_residuals: list[float], coverage: float = BAND_COVERAGE) -> tuple[float, float]:

@@ -1,11 +1,12 @@
 """Device profiles: versioned JSON files in profiles/, one per chip, and the names phones go by.
 
 A profile holds both fitted models (the roofline of roofline.py and today's op-class linear model of
-predictor.py), which one the chip predicts with (`model.adopted`, chosen by validation.compare: the roofline
-only where it wins on held-out families), the uncertainty band of the adopted model, the measurements of that
-chip it was fitted on (with sources and op-class totals) and its validation report. All profiles of one fit share `fit_id`; refitting (`build_profiles`,
-`pocketdiff latency fit`) pools every profile's measurements plus any imported ones, because the structure
-is shared across chips.
+predictor.py), which one the chip predicts with per size regime (`model.adopted`, chosen by
+validation.compare: the roofline only where it wins on held-out families), the uncertainty band of each
+regime's model, the measurements of that chip it was fitted on (with sources and op-class totals) and its
+validation report. All profiles of one fit share `fit_id`; refitting (`build_profiles`, `pocketdiff latency
+fit`) pools the published rows plus any imported ones, because both models share their structure across
+chips.
 """
 from __future__ import annotations
 

@@ -61,8 +61,8 @@ def format_report(profile: dict) -> str:
     lines += ["", f"verdict: {verdict(v)}"]
     for reg, what in (("small", "small models"), ("large", f"from {profile['model']['regime_gmacs']:g} GMACs")):
         lines += [f"{what}: predicts with {v['adopted'][reg]} ({v['adopted_because'][reg]})",
-                  f"  band: {int(b['coverage'] * 100)}% of held-out errors within x{math.exp(b[reg]['log_low']):.2f} .. "
-                  f"x{math.exp(b[reg]['log_high']):.2f} ({b[reg]['from']})"]
+                  f"  band: {int(b['coverage'] * 100)}% of held-out errors within "
+                  f"x{math.exp(b[reg]['log_low']):.2f} .. x{math.exp(b[reg]['log_high']):.2f} ({b[reg]['from']})"]
     return "\n".join(lines)
 
 

@@ -23,8 +23,9 @@ the whole tensor would. `k` is the reduction length (Cin*kh*kw/groups: a depthwi
 smooth maximum (p = 4). Priors: peak_c, bw_c and sram_c are the published figures of chips.py, scaled by a
 fitted per-chip factor each (log-normal priors); the efficiencies, half-saturation sizes, the L2/DRAM ratio
 and the dispatch cost are shared by all chips; every measuring protocol scales the sum (log-normal prior
-around 1) and adds an overhead, capped as in predictor.py. Fitted on log errors by scipy's bounded least squares. `validate_roofline` holds out each
-model and each family in turn, exactly as predictor.validate does for the linear model.
+around 1) and adds an overhead, capped as in predictor.py. Fitted on log errors by scipy's bounded least
+squares. `held_out_roofline` holds out each model or family in turn (validation.py compares it with the
+linear model).
 """
 from __future__ import annotations
 
