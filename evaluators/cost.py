@@ -5,7 +5,8 @@ pass is walked op by op, so the full SDXL UNet at a 128x128 latent costs about a
 - Parameters: total, per stage and per block kind, from the module tree.
 - MACs: one multiply-accumulate per conv/linear/matmul/attention product, the convention of fvcore and of
   the paper's tables (SNAPGEN.md: "38 GFLOPs" for SnapGen is 38 G multiply-accumulates). Two engines:
-  "torch" walks aten ops with torch.utils.flop_counter (works on meta tensors); "fvcore" traces with
+  "torch" is a view of the op trace that the latency models also use (latency_models/features.py: aten ops
+  with torch.utils.flop_counter's formulas, on meta tensors); "fvcore" traces with
   fvcore's FlopCountAnalysis plus our handler for scaled_dot_product_attention (fvcore has none) and
   needs real weights, so it is for small models and for cross-checking. Norms, activations and
   element-wise ops are not counted by either.
@@ -24,9 +25,9 @@ from collections import defaultdict
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
 
 from search_space import DecoderSpec, Spec, UNetSpec, build_model, example_inputs
+from latency_models.features import block_kind, stage_of as trace_stage_of  # noqa: F401 (block_kind: API)
 from search_space.attention import attention_backend
 
 EVALUATOR_VERSION = "cost-1"
@@ -39,33 +40,7 @@ BLOCK_KINDS = ("res", "self_attn", "cross_attn", "ffn", "transformer_io", "resam
 
 def stage_of(name: str, spec: Spec) -> str:
     """Map a module path to its stage label: 'stage1'..'stageN', 'mid', 'stem' (in/out convs, embeddings)."""
-    parts = name.split(".")
-    n = len(spec.stages) if isinstance(spec, UNetSpec) else len(spec.channels)
-    if parts[0] == "down":
-        return f"stage{int(parts[1]) + 1}"
-    if parts[0] == "up":  # both models list up stages from the lowest resolution to the highest
-        return f"stage{n - int(parts[1])}"
-    if parts[0] == "mid":
-        return "mid"
-    return "stem"
-
-
-def block_kind(name: str) -> str:
-    if ".attn1." in name or name.endswith(".attn1"):
-        return "self_attn"
-    if ".attn2." in name or name.endswith(".attn2"):
-        return "cross_attn"
-    if ".ff." in name:
-        return "ffn"
-    if ".attn." in name:  # SpatialTransformer norm / proj_in / proj_out / shortcut, or the VAE mid attention
-        return "transformer_io"
-    if ".res." in name or ".res_in." in name or ".res_out." in name:
-        return "res"
-    if "downsample" in name or "upsample" in name:
-        return "resample"
-    if "embedding" in name:
-        return "embed"
-    return "stem_head"
+    return trace_stage_of(name, len(spec.stages) if isinstance(spec, UNetSpec) else len(spec.channels))
 
 
 def count_params(model: nn.Module, spec: Spec) -> dict:
@@ -101,23 +76,29 @@ class MacReport:
 
 
 def count_macs_torch(model: nn.Module, inputs: tuple) -> MacReport:
-    """Walk one forward pass with torch.utils.flop_counter; works on the meta device.
+    """MACs as a view of the project's one op trace (latency_models.features.features_from_torch), so the
+    cost evaluator, the latency features and the latency breakdown all count the same walk; meta device.
 
     Attention runs through the explicit-matmul backend so that its products are counted the same on every
-    device (the fused CPU/CUDA kernels have no flop formula in torch's counter).
+    device (the fused CPU/CUDA kernels have no flop formula in torch's counter). Each op's MACs go to the
+    module that ran it and to every module above it, as torch's FlopCounterMode attributes them.
     """
-    with torch.no_grad(), attention_backend("math"), FlopCounterMode(display=False) as counter:
-        model(*inputs)
-    counts = counter.get_flop_counts()
-    root = type(model).__name__
-    per_module = {}
-    for key, ops in counts.items():
-        if key == "Global":
+    from latency_models.features import features_from_torch
+
+    with attention_backend("math"):
+        table = features_from_torch(model, inputs)
+    per_module: dict[str, int] = defaultdict(int)
+    per_op: dict[str, int] = defaultdict(int)
+    for f in table.ops:
+        if not f.macs:
             continue
-        path = key[len(root) + 1:] if key.startswith(root + ".") else ("" if key == root else key)
-        per_module[path] = sum(ops.values()) // 2
-    per_op = {str(op).split(".")[-1]: v // 2 for op, v in counts.get("Global", {}).items()}
-    return MacReport(total=sum(per_op.values()), per_module=per_module, per_op=per_op)
+        macs = int(f.macs)
+        per_op[f.op] += macs
+        per_module[""] += macs
+        parts = f.module.split(".") if f.module else []
+        for i in range(1, len(parts) + 1):
+            per_module[".".join(parts[:i])] += macs
+    return MacReport(total=sum(per_op.values()), per_module=dict(per_module), per_op=dict(per_op))
 
 
 def _sdpa_handle(inputs, outputs) -> int:

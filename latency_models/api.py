@@ -1,9 +1,10 @@
 """Prediction API: `predict_latency(spec_or_module, input_shape, device) -> (ms, (low, high))`.
 
 `predict` returns the full record (chip, feature source, band provenance, extrapolation warning, timing).
+The chip's profile says which model predicts (`adopted`: the roofline or today's op-class linear model).
 Features come from the torch graph on the meta device (the source the profiles were fitted on), computed once
-per model id + input shape + weight precision and cached on disk, so a repeat prediction reads one small
-JSON file. No weights are allocated for specs and library models; a module passed in with real weights is
+per model id + input shape + weight precision + code fingerprint and cached on disk, so a repeat prediction
+reads one JSON file. No weights are allocated for specs and library models; a module passed in with real weights is
 walked with meta stand-ins (features.features_from_torch), never copied.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from search_space.spec import Spec
 
 from . import predictor, profiles
 from .export import ModelSource, model_for
+from .validation import regime_of
 
 # A prediction this far outside the model costs measured on the chip is flagged as an extrapolation.
 EXTRAPOLATION_FACTOR = 3.0
@@ -35,6 +37,7 @@ class Prediction:
     feature_note: str
     band_note: str
     protocol: str
+    cost_model: str  # "roofline" or "op-class-linear" (the chip's choice for this model's size regime)
     profile_fit_id: str
     cached_features: bool
     seconds: float
@@ -82,24 +85,12 @@ def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: in
     if input_shape is not None and not isinstance(target, nn.Module) and \
             not str(target).startswith(("timm:", "torchvision:")):
         batch, latent = input_shape[0], input_shape[-1]
-    key, shape = _cache_key(target, input_shape, latent, batch)
-    built: dict = {}
-
-    def compute():
-        src = built.setdefault("src", _source_for(target, input_shape, latent, batch))
-        params = sum(p.numel() for p in src.module.parameters())
-        return predictor.totals_of(predictor.source_features(src, weight_bits), params)
-
-    if key is None:
-        src = built["src"] = _source_for(target, input_shape, latent, batch)
-        key = f"{src.model_id}|{shape}"
-    totals, cached = predictor.cached_totals(f"{key}|w{weight_bits}", compute)
-    built.clear()  # the meta module holds no weights, but nothing needs it past this point
-
-    model = profiles.model_from_profile(profile)
+    feats, cached, key, shape = model_features(target, input_shape, latent, batch, weight_bits)
     protocol = profile["model"]["default_protocol"]
-    ms = model.predict(totals, chip, protocol)
-    low, high = profiles.band(profile, ms)
+    kind = profiles.adopted(profile, feats.totals)
+    regime = regime_of(feats.totals)
+    ms = predict_ms(profile, feats, protocol)
+    low, high = profiles.band(profile, ms, regime)
     warnings = []
     lo_cost, hi_cost = profile["model"]["measured_cost_range_ms"]
     if ms > EXTRAPOLATION_FACTOR * hi_cost or ms < lo_cost / EXTRAPOLATION_FACTOR:
@@ -110,9 +101,34 @@ def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: in
         model_id=key.split("|")[0], input_shape=shape, feature_source=profile["feature_source"],
         feature_note="torch graph walked on the meta device (the source this profile was fitted on; Core ML "
                      "program features are available with `pocketdiff latency features --source coreml`)",
-        band_note=f"{int(profile['band']['coverage'] * 100)}% band from {profile['band']['from']}",
-        protocol=protocol, profile_fit_id=profile["fit_id"], cached_features=cached,
+        band_note=f"{int(profile['band']['coverage'] * 100)}% band from {profile['band'][regime]['from']}",
+        protocol=protocol, cost_model=kind, profile_fit_id=profile["fit_id"], cached_features=cached,
         seconds=time.perf_counter() - t0, warnings=warnings)
+
+
+def model_features(target, input_shape, latent: int = 128, batch: int = 1, weight_bits: int = 16):
+    """(ModelFeatures, from cache?, model id, input shape text) of a prediction target: one walk, cached."""
+    key, shape = _cache_key(target, input_shape, latent, batch)
+    built: dict = {}
+
+    def compute():
+        src = built.setdefault("src", _source_for(target, input_shape, latent, batch))
+        return predictor.source_model_features(src, weight_bits)
+
+    if key is None:
+        src = built["src"] = _source_for(target, input_shape, latent, batch)
+        key = f"{src.model_id}|{shape}"
+    feats, cached = predictor.cached_features(f"{key}|w{weight_bits}", compute)
+    built.clear()  # the meta module holds no weights, but nothing needs it past this point
+    return feats, cached, key, shape
+
+
+def predict_ms(profile: dict, feats, protocol: str | None) -> float:
+    """The chip's adopted model on one model's features."""
+    chip = profile["chip"]
+    if profiles.adopted(profile, feats.totals) == "roofline":
+        return profiles.roofline_from_profile(profile).predict(feats.fused, chip, protocol)
+    return profiles.model_from_profile(profile).predict(feats.totals, chip, protocol)
 
 
 def _label(target) -> str:

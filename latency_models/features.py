@@ -1,5 +1,11 @@
 """Per-op feature tables: one row per op with its class, FLOPs, activation bytes and weight bytes.
 
+This is the project's one op trace: `features_from_torch` walks a forward pass once and records, per op, the
+module that ran it, its multiply-accumulates, its data inputs and output (by tensor identity, so a later pass
+can fuse ops as the Neural Engine compiler does: roofline.py), and its shapes. Parameter-free views of that
+trace give the cost evaluator's MACs (evaluators/cost.py), the op-class totals of the linear predictor
+(predictor.py), the fused roofline ops (roofline.py) and the per-stage / per-op breakdown (explain.py).
+
 Two sources give the same table, so the predictor (predictor.py) fits and predicts on either:
 - `features_from_mil`: the ops of a converted Core ML program (what the Neural Engine actually runs).
 - `features_from_torch`: a TorchDispatchMode walk of one forward pass on the meta device. No weights are
@@ -12,6 +18,7 @@ reshape / transpose as real ops.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter
 from typing import Iterable
@@ -38,13 +45,19 @@ NORM_FLOPS_PER_ELEMENT = 7
 
 @dataclasses.dataclass(frozen=True)
 class OpFeature:
-    """One op: its source-specific name, its class, and the cost terms the predictor uses."""
+    """One op: its source-specific name, its class, and the cost terms the predictors use."""
     op: str
     op_class: str
     flops: float
     act_bytes: float  # input activations read + output written
     weight_bytes: float
     out_shape: tuple[int, ...]
+    # Trace fields (torch walk; the Core ML walk leaves the defaults):
+    macs: float = 0.0  # multiply-accumulates of conv / matmul / attention products (fvcore's convention)
+    module: str = ""  # path of the innermost module that ran the op ("" = the root's own code)
+    in_ids: tuple[int, ...] = ()  # data inputs, numbered in order of first appearance in the trace
+    out_id: int = -1  # the first output, same numbering
+    in_bytes: tuple[float, ...] = ()  # bytes of each data input (aligned with in_ids)
 
 
 @dataclasses.dataclass
@@ -84,6 +97,43 @@ class FeatureTable:
 
     def to_rows(self) -> list[dict]:
         return [dataclasses.asdict(f) for f in self.ops]
+
+
+# --- module paths -> stages and block kinds (views of the trace's `module` field) ------------------------
+
+def stage_of(name: str, n_stages: int | None) -> str:
+    """Stage label of a module path: 'stage1'..'stageN', 'mid', 'stem' (in/out convs, embeddings).
+
+    For the workbench's UNet and decoder (`n_stages` given; both list up stages from the lowest resolution
+    to the highest); any other model is labelled by its top-level module.
+    """
+    parts = name.split(".")
+    if n_stages is None:
+        return parts[0] or "root"
+    if parts[0] == "down" and len(parts) > 1:
+        return f"stage{int(parts[1]) + 1}"
+    if parts[0] == "up" and len(parts) > 1:
+        return f"stage{n_stages - int(parts[1])}"
+    if parts[0] == "mid":
+        return "mid"
+    return "stem"
+
+
+def block_kind(name: str) -> str:
+    """Block kind of a module or parameter path: res, self_attn, cross_attn, ffn, transformer_io, resample,
+    embed, stem_head (by path segment, so the ops a block runs in its own forward count as that block)."""
+    parts = name.split(".")
+    for segment, kind in (("attn1", "self_attn"), ("attn2", "cross_attn"), ("ff", "ffn"),
+                          ("attn", "transformer_io")):  # attn: SpatialTransformer norm / proj, VAE attention
+        if segment in parts:
+            return kind
+    if any(p in ("res", "res_in", "res_out") for p in parts):
+        return "res"
+    if any("downsample" in p or "upsample" in p for p in parts):
+        return "resample"
+    if "embedding" in name:
+        return "embed"
+    return "stem_head"
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -138,6 +188,15 @@ class _FeatureMode(TorchDispatchMode):
             self._mark(w, self._weight_ids)
         self.weight_bytes_per_element = weight_bits / 8
         self.ops: list[OpFeature] = []
+        self.module_stack: list[str] = []  # maintained by the walk's module hooks
+        self._tensor_no: dict[int, int] = {}  # id -> trace number (ids are unique while _keep holds them)
+
+    def _number(self, t: torch.Tensor) -> int:
+        key = id(t)
+        if key not in self._tensor_no:
+            self._keep.append(t)
+            self._tensor_no[key] = len(self._tensor_no)
+        return self._tensor_no[key]
 
     def _mark(self, t: torch.Tensor, ids: set[int]) -> None:
         self._keep.append(t)
@@ -173,6 +232,7 @@ class _FeatureMode(TorchDispatchMode):
         packet = getattr(func, "overloadpacket", None)
         if packet in flop_registry:
             flops = float(flop_registry[packet](*args, out_val=out, **kwargs))
+        macs = flops / 2  # torch's counter: 2 FLOPs per multiply-accumulate, products only
         if name in ("convolution", "_convolution"):
             groups = int(args[8]) if len(args) > 8 else 1
             op_class = "dwconv" if groups > 1 else "conv"
@@ -183,6 +243,7 @@ class _FeatureMode(TorchDispatchMode):
             q, k = args[0], args[1]
             # QK^T and PV: 2 matmuls of (N x d) by (d x M), 2 FLOPs per MAC
             flops = flops or 4.0 * _numel(q.shape[:-1]) * k.shape[-2] * q.shape[-1]
+            macs = flops / 2
         elif name in _SOFTMAX_OPS:
             op_class, flops = "softmax", float(SOFTMAX_FLOPS_PER_ELEMENT * out_elems)
         elif name in _NORM_OPS:
@@ -194,7 +255,10 @@ class _FeatureMode(TorchDispatchMode):
         else:
             op_class, flops = "elementwise", float(out_elems)
         return OpFeature(name, op_class, flops, float(act_bytes), float(weight_bytes),
-                         tuple(int(s) for s in out_tensors[0].shape))
+                         tuple(int(s) for s in out_tensors[0].shape), macs=macs,
+                         module=self.module_stack[-1] if self.module_stack else "",
+                         in_ids=tuple(self._number(a) for a in data_in), out_id=self._number(out_tensors[0]),
+                         in_bytes=tuple(float(a.numel() * ACTIVATION_BYTES) for a in data_in))
 
 
 def features_from_torch(module: nn.Module, inputs: tuple, weight_bits: int = FP16_WEIGHT_BITS,
@@ -210,12 +274,39 @@ def features_from_torch(module: nn.Module, inputs: tuple, weight_bits: int = FP1
     # A module with real weights runs with meta stand-ins swapped in: no arithmetic, no weight copies.
     swapped = named if on_meta else {k: torch.empty_like(v, device="meta") for k, v in named.items()}
     mode = _FeatureMode(swapped.values(), weight_bits)
-    with torch.no_grad(), mode:
+    with torch.no_grad(), _module_paths(module, mode.module_stack), mode:
         if on_meta:
             module(*inputs)
         else:
             torch.func.functional_call(module, swapped, inputs, tie_weights=True, strict=False)
     return FeatureTable(mode.ops, "torch-meta", note)
+
+
+@contextlib.contextmanager
+def _module_paths(root: nn.Module, stack: list[str]):
+    """Keep `stack` equal to the paths of the modules running now (innermost last), for `root`'s submodules.
+
+    Hooks on every submodule rather than global hooks: another model running meanwhile is not attributed.
+    """
+    hooks = []
+
+    def pre(path):
+        def f(_m, _inp):
+            stack.append(path)
+        return f
+
+    def post(_m, _inp, _out):
+        stack.pop()
+
+    for path, mod in root.named_modules():
+        if path:
+            hooks.append(mod.register_forward_pre_hook(pre(path)))
+            hooks.append(mod.register_forward_hook(post, always_call=True))
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 # --- Core ML program (MIL) ---------------------------------------------------------------------------------

@@ -2,14 +2,20 @@
 
 Two schemas are read:
 - `calibration`: published Core ML latencies as collected in data/calibration.csv (copied from the shared
-  calibration set; every row carries its source_url and source_table). Columns: CALIBRATION_COLUMNS.
+  calibration set; every row carries its source_url and source_table) and data/large_models.csv (published
+  latencies of diffusion-scale and other large models, same columns; data/README.md). Columns:
+  CALIBRATION_COLUMNS.
 - `measurement`: what `pocketdiff latency measure` writes and what other tools can be converted to.
   Columns: MEASUREMENT_COLUMNS (required) + MEASUREMENT_OPTIONAL.
 Both become `Measurement` records; `arch` says how to rebuild the architecture for features
-("torchvision:resnet50", "timm:fastvit_t8", "preset:snapgen-unet", "spec:path.json", "diffusers:sd21-unet").
+("torchvision:resnet50", "timm:fastvit_t8", "preset:snapgen-unet", "spec:path.json", "diffusers:sd21-unet",
+"transformers:distilbert", "microbench:conv3x3-c128-l20"; archs.py rebuilds them).
 
-Protocols differ between sources (data/README.md): each record has a `protocol` key and the predictor fits
-an overhead per protocol and a scale per chip, never pooling raw numbers across sources.
+Protocols differ between sources (data/README.md): each record has a `protocol` key and the predictors fit
+an overhead per protocol and a scale per chip, never pooling raw numbers across sources. Rows that do not
+measure one Neural Engine inference (end-to-end pipelines, GPU rows, W8A8 rows, a low-power state, video
+steps whose memory modules are not rebuilt) keep a protocol that says so (`gpu:...`, `end-to-end:...`,
+`excluded:...`) and stay out of every fit (`Measurement.in_fit`).
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from search_space import SpecError
 
 DATA_DIR = Path(__file__).parent / "data"
 CALIBRATION_CSV = DATA_DIR / "calibration.csv"
+LARGE_MODELS_CSV = DATA_DIR / "large_models.csv"
+NOT_FITTED_PREFIXES = ("gpu:", "end-to-end:", "excluded:")
 
 CALIBRATION_COLUMNS = ("model", "variant_note", "source_arch", "input_hw", "batch", "device", "chip", "runtime",
                        "latency_ms", "source_url", "source_table")
@@ -37,7 +45,12 @@ SD21_BATCH, SD21_LATENT, SD21_TOKENS, SD21_TEXT_DIM = 2, 64, 77, 1024
 
 # Architecture families for leave-one-family-out validation: first pattern that matches the arch wins.
 FAMILIES = (
-    ("sd-unet", r"sd21|unet|snapgen|fig3|preset:|spec:"),
+    ("sd-unet", r"sd21|sd14|sd15|sd2-base|small-sd|unet|snapgen|fig3|preset:|spec:"),
+    ("segment-anything", r"sam2|edgetam"),
+    ("depth-anything", r"depth-anything"),
+    ("distilbert", r"distilbert"),
+    ("detr", r"detr"),
+    ("conv-microbench", r"microbench:"),
     ("mobilevit", r"mobilevit"),
     ("fastvit", r"fastvit"),
     ("mobileone", r"mobileone"),
@@ -54,8 +67,9 @@ _CHIP_NAMES = {"a13 bionic": "a13", "a14 bionic": "a14", "a15 bionic": "a15", "a
 
 
 def chip_key(chip: str) -> str:
-    """"A17 Pro" -> "a17pro"; unknown chips keep a lower-case, space-free name so imports can add devices."""
-    c = chip.strip().lower()
+    """"A17 Pro" -> "a17pro", "M1 Max (8P CPU / ...)" -> "m1max"; unknown chips keep a lower-case, space-free
+    name so imports can add devices."""
+    c = re.sub(r"\(.*\)", "", chip).strip().lower()
     return _CHIP_NAMES.get(c, re.sub(r"[^a-z0-9]+", "", c.replace(" bionic", "")))
 
 
@@ -74,6 +88,11 @@ class Measurement:
     @property
     def family(self) -> str:
         return family_of(self.arch)
+
+    @property
+    def in_fit(self) -> bool:
+        """One Neural Engine inference, as the predictors model it (not GPU, end-to-end or excluded)."""
+        return not self.protocol.startswith(NOT_FITTED_PREFIXES)
 
     @property
     def model_key(self) -> str:
@@ -135,15 +154,18 @@ def read_measurements(path: str | Path) -> list[Measurement]:
                                f"(needs {', '.join(required)})")
     _check_latencies(rows, path)
     out = []
+    large = path.name == LARGE_MODELS_CSV.name  # the large-model schema: descriptive source_arch, protocols
     for i, row in enumerate(rows):
         try:
-            out.append(_from_calibration(row) if schema == "calibration" else _from_measurement(row))
+            out.append(_from_calibration(row, large) if schema == "calibration" else _from_measurement(row))
         except (ValueError, SpecError) as e:
             raise MeasurementError(f"{path}: line {i + 2}: {e}") from None
     return out
 
 
-def _from_calibration(row: dict) -> Measurement:
+def _from_calibration(row: dict, large: bool = False) -> Measurement:
+    if large:
+        return _from_large(row)
     arch_text = row["source_arch"].strip()
     batch = int(row["batch"] or 1)
     if not arch_text:
@@ -156,6 +178,70 @@ def _from_calibration(row: dict) -> Measurement:
         shape, bits = (batch, 3, hw, hw), 16
     return Measurement(row["model"], arch, shape, chip_key(row["chip"]), row["device"], float(row["latency_ms"]),
                        _protocol(row), f"{row['source_url']} | {row['source_table']}", bits)
+
+
+# Large-model rows (data/large_models.csv): model text -> (arch, input shape, weight bits); first match wins.
+_LARGE_ARCHS = (
+    (r"^SD 2\.1-base UNet", "diffusers:sd21-unet", (SD21_BATCH, 4, SD21_LATENT, SD21_LATENT), SD21_WEIGHT_BITS),
+    (r"^SDXL-base", "preset:sdxl-unet", (2, 4, 128, 128), 16),
+    (r"^SD v1\.4", "pipeline:sd14", (2, 4, 64, 64), 16),
+    (r"^Stable Diffusion 1\.5", "pipeline:sd15", (2, 4, 64, 64), 16),
+    (r"^(SD 2-base|Stable Diffusion 2 Base)", "pipeline:sd2-base", (2, 4, 64, 64), 16),
+    (r"^Stable Diffusion 2\.1 Base", "pipeline:sd21-base", (2, 4, 64, 64), 16),
+    (r"small-stable-diffusion", "pipeline:small-sd-v0", (2, 4, 64, 64), 16),
+    (r"^Depth Anything", "transformers:depth-anything-small", (1, 3, 392, 518), 16),
+    (r"^DETR", "transformers:detr-r50-panoptic", (1, 3, 448, 448), 16),
+    (r"^SAM 2", "transformers:sam2-hiera-b+", (1, 3, 1024, 1024), 16),
+    (r"^EdgeTAM", "transformers:edgetam", (1, 3, 1024, 1024), 16),
+    (r"^DistilBERT", "transformers:distilbert", (1, 128), 16),
+    (r"20x dense 3x3 conv", "microbench:conv3x3-c128-l20", (1, 128, 256, 256), 16),
+    (r"64x pointwise 1x1", "microbench:conv1x1-c512-l64", (1, 512, 64, 64), 16),
+    (r"128x pointwise 1x1", "microbench:conv1x1-c512-l128", (1, 512, 64, 64), 16),
+)
+
+
+def _large_protocol(row: dict) -> str:
+    """Protocol of a large-model row; rows the predictors do not model get a not-fitted prefix and the why."""
+    note, runtime, model, url = row["variant_note"], row["runtime"], row["model"], row["source_url"]
+    if "APPLE GPU ROW" in note or "CPU_AND_GPU" in runtime or "Metal GPU" in runtime:
+        return "gpu:" + _slug(url)
+    if "END-TO-END" in note:
+        return "end-to-end:" + _slug(url)
+    if "INT8" in model:
+        return "excluded:int8-w8a8"  # the features are fp16; W8A8 compute is another regime
+    if "0.072 W" in note:
+        return "excluded:low-power-state"  # the article's second operating point of the same model
+    if "video object segmentation" in model:
+        return "excluded:video-step"  # memory attention / encoder of the video step are not rebuilt
+    if model.startswith("DETR"):
+        return "excluded:not-rebuildable"  # transformers' DETR calls .item() in forward: no meta walk
+    if "ml-stable-diffusion/blob/7f9c58a" in url:
+        return "ml-stable-diffusion-per-step-2023-06"
+    if "huggingface.co/apple" in url:
+        return "hf-model-card-macos"
+    if "EdgeTAM" in url:
+        return "edgetam-readme"
+    if "machinelearning.apple.com" in url:
+        return "apple-ane-transformers-article"
+    if "MPSGraph" in runtime:
+        return "mpsgraph-ane"
+    if "_ANEClient" in runtime:
+        return "private-ane-client"
+    return _slug(url)
+
+
+def _slug(url: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", url.lower().replace("https://", ""))[:48].strip("-")
+
+
+def _from_large(row: dict) -> Measurement:
+    for pattern, arch, shape, bits in _LARGE_ARCHS:
+        if re.search(pattern, row["model"]):
+            break
+    else:
+        raise ValueError(f"no architecture known for large-model row {row['model']!r}")
+    return Measurement(row["model"], arch, shape, chip_key(row["chip"]), row["device"], float(row["latency_ms"]),
+                       _large_protocol(row), f"{row['source_url']} | {row['source_table']}", bits)
 
 
 def _library_arch(text: str) -> str:
@@ -202,7 +288,20 @@ def _from_measurement(row: dict) -> Measurement:
 
 
 def load_calibration() -> list[Measurement]:
+    """The 51 published rows of small models and the SD 2.1-base UNet (data/calibration.csv)."""
     return read_measurements(CALIBRATION_CSV)
+
+
+def load_large_models(fitted_only: bool = False) -> list[Measurement]:
+    """The 74 published rows of large models (data/large_models.csv); `fitted_only` keeps the rows that
+    measure one Neural Engine inference (`Measurement.in_fit`)."""
+    rows = read_measurements(LARGE_MODELS_CSV)
+    return [m for m in rows if m.in_fit] if fitted_only else rows
+
+
+def load_published() -> list[Measurement]:
+    """Every published row the predictors are fitted on: calibration plus the in-fit large-model rows."""
+    return load_calibration() + load_large_models(fitted_only=True)
 
 
 def import_measurements(path: str | Path, into: str | Path) -> tuple[int, Path]:

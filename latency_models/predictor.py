@@ -10,8 +10,8 @@ compute, activation memory, weight memory, per-op overhead) plus a per-class inc
 pulls to zero, because 51 published rows cannot pin ~30 free class terms. The op-class structure is shared by
 all chips; a chip adds one scale (and its protocols one overhead each), so a new device needs only a few
 measurements. Scales and structure are fitted by alternating non-negative least squares on relative errors
-(rows weighted by 1 / latency: latencies span 0.1 ms to 700 ms). The held-out validation and the band come
-from `validate`; profiles.py stores the result per chip.
+(rows weighted by 1 / latency: latencies span 0.1 ms to 700 ms). `held_out_predictions` gives the held-out
+predictions that validation.py compares with the roofline's (roofline.py); profiles.py stores the result.
 
 Features come from `features.features_from_torch` on the meta device (fast, memory-free; see features.py);
 the profile records the feature source it was fitted on and prediction uses the same one.
@@ -22,17 +22,20 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import lsq_linear, nnls
 from scipy.stats import kendalltau, spearmanr
 
+from . import roofline
 from .features import OP_CLASSES, FeatureTable, features_from_torch
-from .measurements import (SD21_BATCH, SD21_LATENT, SD21_TEXT_DIM, SD21_TOKENS, Measurement)
+from .fingerprint import current_fingerprint
+from .measurements import Measurement
 
 FEATURE_SOURCE = "torch-meta"
-FEATURE_VERSION = 1  # bump when features.py changes what it counts: cached feature totals are then stale
+FEATURE_VERSION = 2  # the cache layout (ModelFeatures); code changes are caught by the fingerprint
 
 # Units the coefficients are stored in (ms per GFLOP, ms per MB, ms per op).
 UNITS = {"flops": 1e9, "act_bytes": 1e6, "weight_bytes": 1e6, "ops": 1.0, "bytes": 1e6}
@@ -59,64 +62,8 @@ MIN_ROWS_FOR_RANKS, MIN_FAMILIES_FOR_RANKS = 4, 2  # "enough data" for rank metr
 
 # --- features of measured architectures -------------------------------------------------------------------
 
-SD21_UNET_CONFIG = {
-    # stabilityai/stable-diffusion-2-1-base, unet/config.json (diffusers); architecture only, no weights.
-    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    "attention_head_dim": (5, 10, 20, 20), "cross_attention_dim": 1024, "use_linear_projection": True,
-    "norm_num_groups": 32, "act_fn": "silu", "upcast_attention": False,
-}
-
-
-def sd21_unet_source(batch: int = SD21_BATCH, latent: int = SD21_LATENT, device: str = "meta"):
-    """The SD 2.1-base UNet built from its diffusers config (never downloaded), with explicit attention math
-    (ml-stable-diffusion converts it with SPLIT_EINSUM_V2 attention: matmul + softmax, not a fused kernel)."""
-    import torch
-    from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor
-
-    from .export import ModelSource
-
-    with torch.device(device):
-        unet = UNet2DConditionModel(**SD21_UNET_CONFIG).eval()
-    unet.set_attn_processor(AttnProcessor())
-
-    class _Unet(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x, t, ctx):
-            return self.m(x, t, ctx, return_dict=False)[0]
-
-    x = torch.randn(batch, 4, latent, latent, device=device)
-    t = torch.full((batch,), 500.0, device=device)
-    ctx = torch.randn(batch, SD21_TOKENS, SD21_TEXT_DIM, device=device)
-    return ModelSource(_Unet(unet), (x, t, ctx), "diffusers:sd21-unet", "SD 2.1-base UNet")
-
-
-def arch_source(arch: str, input_shape: tuple[int, ...], device: str = "meta"):
-    """Rebuild a measured architecture (measurements.Measurement.arch) on `device`."""
-    from search_space import SpecError
-
-    from .export import model_for
-
-    kind, _, name = arch.partition(":")
-    if kind == "torchvision":
-        return model_for(torchvision=name, input_shape=input_shape, device=device)
-    if kind == "timm":
-        return model_for(timm=name, input_shape=input_shape, device=device)
-    if kind in ("preset", "spec"):
-        return model_for(name, latent=input_shape[-1], batch=input_shape[0], device=device)
-    if arch == "diffusers:sd21-unet":
-        return sd21_unet_source(input_shape[0], input_shape[-1], device)
-    raise SpecError(f"cannot rebuild architecture {arch!r}; use torchvision:NAME, timm:NAME, preset:NAME, "
-                    f"spec:PATH or diffusers:sd21-unet")
-
-
 def source_features(src, weight_bits: int = 16) -> FeatureTable:
+    """The one op trace of a model source (features.features_from_torch on the math attention backend)."""
     from search_space.attention import attention_backend
 
     # The math backend is the form export.py converts, so the op list matches what Core ML receives.
@@ -130,33 +77,84 @@ def totals_of(table: FeatureTable, params: int) -> dict[str, float]:
     return t
 
 
+@dataclasses.dataclass
+class ModelFeatures:
+    """Every view of one op trace that prediction needs, small enough to cache as JSON.
+
+    totals: op-class sums of the linear model; fused: the roofline's fused ops; ops: per-op arrays of the
+    linear model (class index, FLOPs, activation and weight bytes, module path) for its breakdown.
+    """
+    totals: dict[str, float]
+    fused: "roofline.Fused"
+    ops: dict[str, list]
+
+    def to_json(self) -> dict:
+        return {"totals": self.totals, "fused": self.fused.to_json(), "ops": self.ops}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelFeatures":
+        return cls(d["totals"], roofline.Fused.from_json(d["fused"]), d["ops"])
+
+
+def features_of(table: FeatureTable, params: int) -> ModelFeatures:
+    ops = {"op_class": [OP_CLASSES.index(f.op_class) for f in table.ops],
+           "flops": [f.flops for f in table.ops], "act_bytes": [f.act_bytes for f in table.ops],
+           "weight_bytes": [f.weight_bytes for f in table.ops], "module": [f.module for f in table.ops]}
+    return ModelFeatures(totals_of(table, params), roofline.fuse(table), ops)
+
+
+def source_model_features(src, weight_bits: int = 16) -> ModelFeatures:
+    params = sum(p.numel() for p in src.module.parameters())
+    return features_of(source_features(src, weight_bits), params)
+
+
 def _feature_cache_path(key: str) -> Path:
     from .export import cache_root
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return cache_root() / "features" / f"{digest}.json"
 
 
-def cached_totals(key: str, compute) -> tuple[dict[str, float], bool]:
-    """Feature totals for `key` from the disk cache, else `compute()` (-> totals) stored there."""
-    path = _feature_cache_path(f"v{FEATURE_VERSION}|{key}")
+def feature_cache_key(key: str) -> str:
+    """The cache key of a model: the code fingerprint of the builders and feature code, then `key`."""
+    return f"v{FEATURE_VERSION}|{current_fingerprint()}|{key}"
+
+
+def cached_features(key: str, compute) -> tuple[ModelFeatures, bool]:
+    """Features for `key` (model id, shape, weight bits) from the disk cache, else `compute()` stored there.
+    Keyed by the code fingerprint too (fingerprint.py), so edits to the builders or the walk recompute."""
+    full = feature_cache_key(key)
+    path = _feature_cache_path(full)
     if path.exists():
-        return json.loads(path.read_text())["totals"], True
-    totals = compute()
+        try:
+            data = json.loads(path.read_text())
+            if data.get("key") == full:
+                return ModelFeatures.from_json(data["features"]), True
+        except (ValueError, KeyError):
+            pass  # a torn or foreign file: recompute and overwrite it
+    feats = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{id(totals)}")
-    tmp.write_text(json.dumps({"key": key, "totals": totals}))
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"key": full, "features": feats.to_json()}))
     tmp.replace(path)
-    return totals, False
+    return feats, False
+
+
+def cached_totals(key: str, compute) -> tuple[dict[str, float], bool]:
+    """Op-class totals only (kept for callers of the linear model); `compute()` returns ModelFeatures."""
+    feats, hit = cached_features(key, compute)
+    return feats.totals, hit
+
+
+def measurement_features(m: Measurement) -> ModelFeatures:
+    from .archs import arch_source
+
+    shape = "x".join(map(str, m.input_shape))
+    return cached_features(f"{m.arch}|{shape}|w{m.weight_bits}",
+                           lambda: source_model_features(arch_source(m.arch, m.input_shape), m.weight_bits))[0]
 
 
 def measurement_totals(m: Measurement) -> dict[str, float]:
-    def compute():
-        src = arch_source(m.arch, m.input_shape)
-        params = sum(p.numel() for p in src.module.parameters())
-        return totals_of(source_features(src, m.weight_bits), params)
-
-    shape = "x".join(map(str, m.input_shape))
-    return cached_totals(f"{m.arch}|{shape}|w{m.weight_bits}", compute)[0]
+    return measurement_features(m).totals
 
 
 # --- the fitted model -------------------------------------------------------------------------------------
@@ -285,38 +283,6 @@ def metrics(measured: np.ndarray, predicted: np.ndarray) -> dict:
         out["spearman"] = float(spearmanr(y, p).statistic)
         out["kendall_tau"] = float(kendalltau(y, p).statistic)
     return out
-
-
-def validate(measurements: list[Measurement], totals: list[dict], ridge: float = CLASS_RIDGE) -> dict:
-    """Leave-one-model-out and leave-one-family-out metrics per chip, predictor vs the two baselines,
-    plus the held-out log residuals the uncertainty bands are built from."""
-    y = np.array([m.latency_ms for m in measurements])
-    schemes = {"leave_one_model_out": lambda m: m.model_key, "leave_one_family_out": lambda m: m.family}
-    held = {k: held_out_predictions(measurements, totals, g, ridge) for k, g in schemes.items()}
-    chips = sorted({m.chip for m in measurements})
-    report: dict = {"chips": {}, "residuals": {}}
-    for chip in chips:
-        idx = np.array([i for i, m in enumerate(measurements) if m.chip == chip])
-        families = sorted({measurements[i].family for i in idx})
-        enough = len(idx) >= MIN_ROWS_FOR_RANKS and len(families) >= MIN_FAMILIES_FOR_RANKS
-        entry = {"rows": int(len(idx)), "families": families, "enough_data_for_ranks": enough}
-        for scheme, (pred, fl, pa) in held.items():
-            entry[scheme] = {"predictor": metrics(y[idx], pred[idx]), "flops_linear": metrics(y[idx], fl[idx]),
-                             "params_linear": metrics(y[idx], pa[idx])}
-        report["chips"][chip] = entry
-    pred_f = held["leave_one_family_out"][0]
-    report["residuals"] = {m.chip + "|" + m.model + "|" + m.protocol: float(math.log(y[i] / pred_f[i]))
-                           for i, m in enumerate(measurements) if np.isfinite(pred_f[i]) and pred_f[i] > 0}
-    report["rows"] = [{"model": m.model, "chip": m.chip, "family": m.family, "protocol": m.protocol,
-                       "measured_ms": m.latency_ms,
-                       "lomo_ms": _num(held["leave_one_model_out"][0][i]),
-                       "lofo_ms": _num(pred_f[i]), "lofo_flops_ms": _num(held["leave_one_family_out"][1][i])}
-                      for i, m in enumerate(measurements)]
-    return report
-
-
-def _num(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def band_quantiles(log_residuals: list[float], coverage: float = BAND_COVERAGE) -> tuple[float, float]:

@@ -1,9 +1,11 @@
 """Validation reports: the per-chip tables of `pocketdiff latency report` and the committed files in reports/.
 
-Each chip's table puts the predictor next to two baselines, each fitted per chip on that chip's training rows:
-latency linear in FLOPs, and latency linear in parameter count. Two held-out schemes: leave-one-model-out
-(every row of an architecture, on every chip, leaves the fit together) and leave-one-family-out (every row of
-a family: resnet, vgg, densenet, mobilenet, mobilevit, fastvit, mobileone, sd-unet).
+Each chip's table puts the roofline model (roofline.py) and today's op-class linear model (predictor.py) next
+to two baselines, each fitted per chip on that chip's training rows: latency linear in FLOPs, and latency
+linear in parameter count. Two held-out schemes: leave-one-model-out (every row of an architecture, on every
+chip, leaves the fit together) and leave-one-family-out (every row of a family: resnet, vgg, densenet,
+mobilenet, mobilevit, fastvit, mobileone, sd-unet, segment-anything, depth-anything, distilbert,
+conv-microbench). The chip's profile predicts with the model named by `adopted` (validation.py).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import math
 from pathlib import Path
 
 SCHEMES = (("leave_one_model_out", "leave-one-model-out"), ("leave_one_family_out", "leave-one-family-out"))
-METHODS = (("predictor", "predictor"), ("flops_linear", "FLOPs linear"), ("params_linear", "params linear"))
+METHODS = (("roofline", "roofline"), ("predictor", "today (linear)"), ("flops_linear", "FLOPs linear"),
+           ("params_linear", "params linear"))
 
 
 def _f(x, pct: bool = False) -> str:
@@ -22,21 +25,21 @@ def _f(x, pct: bool = False) -> str:
 
 
 def verdict(validation: dict) -> str:
-    """One line: does the predictor beat FLOPs-only on leave-one-family-out Spearman, and if not, why."""
+    """One line: does the adopted model beat FLOPs-only on leave-one-family-out Spearman, and if not, why."""
     if not validation["enough_data_for_ranks"]:
         return (f"not enough data for rank metrics: {validation['rows']} rows from "
                 f"{len(validation['families'])} famil{'y' if len(validation['families']) == 1 else 'ies'} "
                 f"({', '.join(validation['families'])}); the chip's scale is fitted, the structure is shared")
     lofo = validation["leave_one_family_out"]
-    p, f = lofo["predictor"]["spearman"], lofo["flops_linear"]["spearman"]
+    p, f = lofo["roofline"]["spearman"], lofo["flops_linear"]["spearman"]
     if p is None or f is None:
         return "rank metrics undefined (constant predictions or too few predicted rows)"
     if p > f:
-        return f"predictor beats FLOPs-only on leave-one-family-out Spearman ({p:.3f} vs {f:.3f})"
+        return f"roofline beats FLOPs-only on leave-one-family-out Spearman ({p:.3f} vs {f:.3f})"
     if p == f:
-        return (f"predictor ties FLOPs-only on leave-one-family-out Spearman ({p:.3f}): with "
+        return (f"roofline ties FLOPs-only on leave-one-family-out Spearman ({p:.3f}): with "
                 f"{validation['rows']} rows both rank every held-out family the same")
-    return (f"predictor does NOT beat FLOPs-only on leave-one-family-out Spearman ({p:.3f} vs {f:.3f}); "
+    return (f"roofline does NOT beat FLOPs-only on leave-one-family-out Spearman ({p:.3f} vs {f:.3f}); "
             f"see reports/README.md for why")
 
 
@@ -51,23 +54,26 @@ def format_report(profile: dict) -> str:
     for key, name in SCHEMES:
         for mkey, mname in METHODS:
             r = v[key][mkey]
-            lines.append(f"{name if mkey == 'predictor' else '':<22} {mname:<14} {r['n']:>3} {_f(r['spearman']):>9} "
+            lines.append(f"{name if mkey == 'roofline' else '':<22} {mname:<14} {r['n']:>3} {_f(r['spearman']):>9} "
                          f"{_f(r['kendall_tau']):>8} {_f(r['mape'], True):>7} {_f(r['within_10'], True):>5} "
                          f"{_f(r['within_25'], True):>5}")
     b = profile["band"]
-    lines += ["", f"verdict: {verdict(v)}",
-              f"band: {int(b['coverage'] * 100)}% of held-out errors within x{math.exp(b['log_low']):.2f} .. "
-              f"x{math.exp(b['log_high']):.2f} ({b['from']})"]
+    lines += ["", f"verdict: {verdict(v)}"]
+    for reg, what in (("small", "small models"), ("large", f"from {profile['model']['regime_gmacs']:g} GMACs")):
+        lines += [f"{what}: predicts with {v['adopted'][reg]} ({v['adopted_because'][reg]})",
+                  f"  band: {int(b['coverage'] * 100)}% of held-out errors within "
+                  f"x{math.exp(b[reg]['log_low']):.2f} .. x{math.exp(b[reg]['log_high']):.2f} ({b[reg]['from']})"]
     return "\n".join(lines)
 
 
 def _rows_table(report: dict, chip: str) -> list[str]:
-    out = ["| model | family | protocol | measured ms | LOMO ms | LOFO ms | LOFO FLOPs-linear ms |",
-           "|---|---|---|---:|---:|---:|---:|"]
+    keys = ("lomo_roofline_ms", "lofo_roofline_ms", "lomo_predictor_ms", "lofo_predictor_ms", "lofo_flops_linear_ms")
+    out = ["| model | family | protocol | measured ms | roofline LOMO | roofline LOFO | today LOMO | today LOFO "
+           "| FLOPs-linear LOFO |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         if r["chip"] == chip:
             cells = [r["model"], r["family"], r["protocol"], f"{r['measured_ms']:g}"] + \
-                    ["n/a" if r[k] is None else f"{r[k]:.3g}" for k in ("lomo_ms", "lofo_ms", "lofo_flops_ms")]
+                    ["n/a" if r[k] is None else f"{r[k]:.3g}" for k in keys]
             out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -83,7 +89,8 @@ def write_reports(profiles: dict[str, dict], report: dict, out_dir: Path) -> lis
         path.write_text("\n".join(text) + "\n")
         paths.append(path)
     path = out_dir / "validation.json"
-    path.write_text(json.dumps({"fit_id": report["fit_id"], "chips": report["chips"], "rows": report["rows"]},
+    path.write_text(json.dumps({"fit_id": report["fit_id"], "roofline_shared": report.get("roofline_shared"),
+                                "regimes": report.get("regimes"), "chips": report["chips"], "rows": report["rows"]},
                                indent=1) + "\n")
     paths.append(path)
     return paths

@@ -29,6 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
+    e = lsub.add_parser("explain", help="predicted ms per stage, op kind and block; --compare: where a change "
+                                        "comes from")
+    add_model_arguments(e)
+    e.add_argument("--device", required=True, help="chip (a14, a17pro, m2, ...) or phone (iphone15pro)")
+    e.add_argument("--compare", metavar="B", help="a second preset or spec JSON (same latent and batch): "
+                                                  "explain B minus the first model")
+    e.add_argument("--weight-bits", type=int, default=16, help="stored weight precision (6 = palettized)")
+    e.add_argument("--top", type=int, default=8, help="largest (stage, block, op kind) changes to list")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    e.set_defaults(func=cmd_explain)
+
     m = lsub.add_parser("measure", help="time a .mlpackage with Core ML (needs macOS)")
     m.add_argument("package", help="the .mlpackage to time")
     m.add_argument("--compute-units", default="cpu_and_ne", help="all, cpu_and_ne, cpu_and_gpu or cpu_only")
@@ -93,9 +104,57 @@ def cmd_predict(args) -> int:
           f"[{_fmt_ms(p.low_ms)} .. {_fmt_ms(p.high_ms)}]")
     print(f"  band: {p.band_note}")
     print(f"  features: {p.feature_source} - {p.feature_note}" + (" (cached)" if p.cached_features else ""))
-    print(f"  protocol: {p.protocol}; profile fit {p.profile_fit_id}; {p.seconds:.2f} s")
+    print(f"  cost model: {p.cost_model}; protocol: {p.protocol}; profile fit {p.profile_fit_id}; {p.seconds:.2f} s")
     for w in p.warnings:
         print(f"  warning: {w}")
+    return 0
+
+
+def _split(d: dict, total: float) -> str:
+    items = sorted(((k, v) for k, v in d.items() if abs(v) >= 0.005), key=lambda kv: -abs(kv[1]))
+    return ", ".join(f"{k} {v:+.1f}" if total is None else f"{k} {v:.1f} ({100 * v / total:.0f}%)"
+                     for k, v in items)
+
+
+def cmd_explain(args) -> int:
+    from latency_models.explain import breakdown, compare
+
+    target, shape = model_target(args)
+    if args.top < 1:
+        from pocketdiff.cli import UsageError
+        raise UsageError("--top must be at least 1")
+    a = breakdown(target, args.device, latent=args.latent, batch=args.batch, input_shape=shape,
+                  weight_bits=args.weight_bits)
+    b = None if args.compare is None else breakdown(args.compare, args.device, latent=args.latent,
+                                                    batch=args.batch, weight_bits=args.weight_bits)
+    if args.json:
+        print(json.dumps({"a": a, "b": b, "compare": None if b is None else compare(a, b, args.top)}, indent=2))
+        return 0
+    for x in (a, b) if b else (a,):
+        body = x["total_ms"] - x["overhead_ms"]
+        print(f"{x['model']} ({x['model_id']}) input {x['input_shape']} on {x['chip']}: {_fmt_ms(x['total_ms'])} "
+              f"[{x['cost_model']} model; protocol {x['protocol']} overhead {x['overhead_ms']:.2f} ms; "
+              f"{x['ops']} ops]")
+        print(f"  per stage:   {_split(x['per_stage_ms'], body)}")
+        print(f"  per op kind: {_split(x['per_kind_ms'], body)}")
+        print(f"  per block:   {_split(x['per_block_ms'], body)}")
+        if x["per_term_ms"]:
+            print(f"  per term:    {_split(x['per_term_ms'], body)}"
+                  + (f"; ops spilling on-chip memory: {100 * x['spill_share']:.0f}% of the time"
+                     if x["spill_share"] is not None else ""))
+    if b is None:
+        return 0
+    c = compare(a, b, args.top)
+    print(f"{c['b']} vs {c['a']} on {c['chip']}: {c['delta_ms']:+.1f} ms ({c['delta_pct']:+.1f}%)")
+    print(f"  per stage:   {_split(c['per_stage_ms'], None)}")
+    print(f"  per op kind: {_split(c['per_kind_ms'], None)}")
+    print(f"  per block:   {_split(c['per_block_ms'], None)}")
+    if c["per_term_ms"]:
+        print(f"  per term:    {_split(c['per_term_ms'], None)}")
+    print("  largest changes (stage / block / op kind: A ms -> B ms):")
+    for r in c["largest_changes"]:
+        print(f"    {r['stage']:<7} {r['block']:<15} {r['kind']:<12} {r['a_ms']:8.2f} -> {r['b_ms']:8.2f}  "
+              f"({r['delta_ms']:+.2f})")
     return 0
 
 
@@ -141,11 +200,11 @@ REPORT_DIR = Path(__file__).resolve().parent.parent / "latency_models" / "report
 
 
 def cmd_fit(args) -> int:
-    from latency_models.measurements import load_calibration, read_measurements
+    from latency_models.measurements import load_published, read_measurements
     from latency_models.profiles import build_profiles
     from latency_models.report import write_reports
 
-    ms = load_calibration()
+    ms = load_published()
     for path in args.measurements:
         ms += read_measurements(path)
     print(f"fitting on {len(ms)} measurements ({len({m.chip for m in ms})} chips); features are cached "
@@ -156,14 +215,21 @@ def cmd_fit(args) -> int:
     paths = write_reports(result, report, Path(args.reports) if args.reports else REPORT_DIR)
     for chip, prof in result.items():
         lofo = prof["validation"]["leave_one_family_out"]
-        print(f"  {chip:<7} rows {prof['validation']['rows']:>2}  LOFO Spearman predictor "
-              f"{_num(lofo['predictor']['spearman'])} vs FLOPs {_num(lofo['flops_linear']['spearman'])}")
+        print(f"  {chip:<7} rows {prof['validation']['rows']:>2}  LOFO Spearman roofline "
+              f"{_num(lofo['roofline']['spearman'])} today {_num(lofo['predictor']['spearman'])} FLOPs "
+              f"{_num(lofo['flops_linear']['spearman'])}  MAPE {_pct(lofo['roofline']['mape'])} / "
+              f"{_pct(lofo['predictor']['mape'])} / {_pct(lofo['flops_linear']['mape'])}  -> "
+              f"small: {prof['model']['adopted']['small']}, large: {prof['model']['adopted']['large']}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
 def _num(x) -> str:
     return "  n/a" if x is None else f"{x:5.3f}"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
 def cmd_report(args) -> int:

@@ -42,14 +42,28 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if kv_heads == heads:
             return F.scaled_dot_product_attention(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    if kv_heads != heads:  # (B, Hkv, M, d) -> (B, H, M, d); MQA (Hkv=1) broadcasts without a copy
-        if kv_heads == 1:
-            k, v = k.expand(-1, heads, -1, -1), v.expand(-1, heads, -1, -1)
-        else:
-            k = k.repeat_interleave(heads // kv_heads, dim=1)
-            v = v.repeat_interleave(heads // kv_heads, dim=1)
+    if kv_heads != heads:
+        return _attend_folded(q, k, v)
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     return torch.matmul(scores.softmax(dim=-1), v)
+
+
+def _attend_folded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Shared K/V (MQA, GQA) without per-head copies: the query heads that share a K/V head become extra
+    query rows of one matmul against that K/V head.
+
+    Expanding K/V to every head instead would make Core ML materialize H copies (`tile`) and read them, so the
+    graph would move as many attention bytes as MHSA; the published reason MQA is faster on a phone is that it
+    moves fewer. Query head h uses K/V head h // (H / Hkv), the grouping of `repeat_interleave` and of SDPA's
+    `enable_gqa`.
+    """
+    b, heads, n, d = q.shape
+    kv_heads, m = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    rows = q.reshape(b, kv_heads, group * n, d)  # (B, H, N, d) -> (B, Hkv, G*N, d): heads h*G..h*G+G-1 share
+    scores = torch.matmul(rows, k.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, Hkv, G*N, M)
+    out = torch.matmul(scores.softmax(dim=-1), v)  # (B, Hkv, G*N, d)
+    return out.reshape(b, heads, n, d)  # (B, Hkv, G*N, d) -> (B, H, N, d)
 
 
 class RMSNorm(nn.Module):

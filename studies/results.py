@@ -361,82 +361,13 @@ def stage_costs(spec, latent: int) -> dict:
 
 
 def latency_breakdown(spec, latent: int, device: str) -> dict:
-    """Predicted Neural Engine latency split by op class and by stage.
+    """Predicted Neural Engine latency split by op kind and by stage: latency_models.explain.breakdown, the
+    predictor's own formula on its cached features (the shares plus the protocol overhead sum to the
+    prediction). `per_class_ms` is the op-kind split under its older name."""
+    from latency_models.explain import breakdown
 
-    The predictor is linear in per-op features (latency_models/predictor.py), so each op's share is exact:
-    scale * (shared terms + its class's terms) for its FLOPs, activation/weight bytes and its op count; the
-    shares plus the protocol overhead sum to the prediction. Ops are assigned to the stage whose down/up/mid
-    module was running when the op ran (the stem: everything else).
-    """
-    from evaluators.cost import stage_of
-    from latency_models import predictor, profiles
-    from latency_models.export import model_for
-    from latency_models.features import FP16_WEIGHT_BITS, OP_CLASSES, _FeatureMode
-    from search_space.attention import attention_backend
-    import torch
-
-    chip = profiles.resolve_device(device)
-    profile = profiles.load_profile(chip)
-    model = profiles.model_from_profile(profile)
-    protocol = profile["model"]["default_protocol"]
-    scale = model.scales[chip]
-    th = dict(zip(predictor.COLUMNS, model.theta))
-
-    src = model_for(spec, latent=latent, batch=1, device="meta")
-    named = dict(src.module.named_parameters()) | dict(src.module.named_buffers())
-    mode = _FeatureMode(named.values(), FP16_WEIGHT_BITS)
-    spans: list[tuple[int, int, str]] = []
-    depth = [0]
-    hooks = []
-
-    def pre(label):
-        def f(_m, _inp):
-            depth[0] += 1
-            if depth[0] == 1:
-                spans.append((len(mode.ops), -1, label))
-        return f
-
-    def post(_m, _inp, _out):
-        depth[0] -= 1
-        if depth[0] == 0:
-            start, _, label = spans[-1]
-            spans[-1] = (start, len(mode.ops), label)
-
-    for name, mod in src.module.named_modules():
-        # every module under down.i / up.i / mid: the model may call a stage's blocks one by one
-        parts = name.split(".")
-        if name == "mid" or (parts[0] in ("down", "up", "mid") and len(parts) > 1):
-            hooks.append(mod.register_forward_pre_hook(pre(stage_of(name, spec))))
-            hooks.append(mod.register_forward_hook(post))
-    try:
-        with torch.no_grad(), attention_backend("math"), mode:
-            src.module(*src.inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    stage = ["stem"] * len(mode.ops)
-    for start, end, label in spans:
-        for i in range(start, end):
-            stage[i] = label
-
-    def op_ms(f) -> float:
-        c = f.op_class
-        cost = (th["flops"] + th[f"{c}.flops"]) * f.flops / 1e9 + th["act_bytes"] * f.act_bytes / 1e6 \
-            + th["weight_bytes"] * f.weight_bytes / 1e6 + th[f"{c}.bytes"] * (f.act_bytes + f.weight_bytes) / 1e6 \
-            + th["ops"] + th[f"{c}.ops"]
-        return scale * cost
-
-    per_class = {c: 0.0 for c in OP_CLASSES}
-    per_stage: dict[str, float] = {}
-    for f, s in zip(mode.ops, stage):
-        ms = op_ms(f)
-        per_class[f.op_class] += ms
-        per_stage[s] = per_stage.get(s, 0.0) + ms
-    overhead = float(model.overheads.get(protocol, 0.0))
-    total = sum(per_class.values()) + overhead
-    return {"chip": chip, "protocol": protocol, "overhead_ms": overhead, "total_ms": total,
-            "per_class_ms": {k: v for k, v in per_class.items() if v > 0}, "per_stage_ms": per_stage,
-            "ops": len(mode.ops)}
+    b = breakdown(spec, device, latent=latent, batch=1)
+    return b | {"per_class_ms": {k: v for k, v in b["per_kind_ms"].items() if v > 0}}
 
 
 def artifact_files(folder: str | None) -> dict[str, Any]:

@@ -69,7 +69,8 @@ def test_import_reports_bad_rows_and_accepts_good_ones(tmp_path, capsys):
 def test_report_shows_both_schemes_and_baselines(capsys):
     assert main(["latency", "report", "--device", "a13"]) == 0
     out = capsys.readouterr().out
-    for word in ("leave-one-model-out", "leave-one-family-out", "FLOPs linear", "params linear", "verdict:"):
+    for word in ("leave-one-model-out", "leave-one-family-out", "roofline", "today (linear)", "FLOPs linear",
+                 "params linear", "verdict:", "small models: predicts with", "GMACs: predicts with"):
         assert word in out
 
 

@@ -16,7 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from latency_models import export, predictor, profiles  # noqa: E402
 from latency_models.api import predict, predict_latency  # noqa: E402
 from latency_models.measurements import (MEASUREMENT_COLUMNS, Measurement, MeasurementError,  # noqa: E402
-                                         import_measurements, load_calibration, read_measurements)
+                                         import_measurements, load_calibration, load_published,
+                                         read_measurements)
 
 
 @pytest.fixture(autouse=True)
@@ -129,16 +130,21 @@ def test_committed_profiles_are_complete_and_from_one_fit():
     for p in loaded:
         assert p["measurements"] and all(m["source"] for m in p["measurements"])
         assert "leave_one_family_out" in p["validation"] and p["feature_source"] == predictor.FEATURE_SOURCE
-        assert p["band"]["log_low"] <= 0 <= p["band"]["log_high"]
-    assert sum(len(p["measurements"]) for p in loaded) == 51
+        for regime in ("small", "large"):
+            assert p["band"][regime]["log_low"] <= 0 <= p["band"][regime]["log_high"]
+            assert p["model"]["adopted"][regime] in ("roofline", "op-class-linear")
+            assert p["model"]["adopted_because"][regime]
+        lofo = p["validation"]["leave_one_family_out"]
+        assert {"roofline", "predictor", "flops_linear", "params_linear"} <= set(lofo)
+    assert sum(len(p["measurements"]) for p in loaded) == len(load_published())
 
 
 def test_refit_from_profiles_reproduces_the_stored_structure():
     ms, totals = profiles.measurements_from_profiles()
     model = predictor.fit(ms, totals)
-    stored = profiles.load_profile("a14")
-    assert np.allclose(model.theta, stored["model"]["structure"]["theta"], rtol=1e-6, atol=1e-12)
-    assert model.scales["a14"] == pytest.approx(stored["model"]["scale"], rel=1e-6)
+    stored = profiles.load_profile("a14")["model"]["linear"]
+    assert np.allclose(model.theta, stored["structure"]["theta"], rtol=1e-6, atol=1e-12)
+    assert model.scales["a14"] == pytest.approx(stored["scale"], rel=1e-6)
 
 
 def test_device_names_aliases_and_unknown_devices():
@@ -146,8 +152,10 @@ def test_device_names_aliases_and_unknown_devices():
     assert profiles.resolve_device("A14 Bionic") == "a14"
     with pytest.raises(profiles.UnknownDevice, match="devices with a profile: a13, a14"):
         profiles.resolve_device("pixel9")
-    with pytest.raises(profiles.UnknownDevice, match="a18pro, which has no profile"):
+    with pytest.raises(profiles.UnknownDevice, match="a18pro, which has no profile") as err:
         profiles.resolve_device("iphone16pro")
+    # says what to measure, not only that data is missing
+    assert "resnet50" in str(err.value) and "fig3-a" in str(err.value) and "latency import" in str(err.value)
 
 
 # --- prediction API ---------------------------------------------------------------------------------------------

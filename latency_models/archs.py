@@ -1,0 +1,194 @@
+"""Architectures of the published latency rows, rebuilt on the meta device from configs written out here.
+
+Nothing is downloaded: every diffusers / transformers config below is copied by hand from the named
+checkpoint's config file (architecture fields only; no weights are ever loaded), and the microbenchmarks are
+built from the exact description their authors publish (data/large_models.md). `arch_source(arch, shape)`
+maps an `arch` string of measurements.py to a `ModelSource`:
+
+    torchvision:NAME  timm:NAME  preset:NAME  spec:PATH        (export.model_for)
+    diffusers:sd21-unet                                         SD 2.1-base UNet (also SD 2-base: same config)
+    transformers:distilbert | depth-anything-small | detr-r50-panoptic | sam2-hiera-b+ | edgetam
+    microbench:conv3x3-c128-l20 | microbench:conv1x1-c512-l64 | microbench:conv1x1-c512-l128
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from search_space import SpecError
+
+# stabilityai/stable-diffusion-2-1-base, unet/config.json (diffusers); SD 2-base has the same UNet config.
+SD21_UNET_CONFIG = {
+    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "attention_head_dim": (5, 10, 20, 20), "cross_attention_dim": 1024, "use_linear_projection": True,
+    "norm_num_groups": 32, "act_fn": "silu", "upcast_attention": False,
+}
+SD_TOKENS, SD21_TEXT_DIM = 77, 1024
+
+# distilbert-base-uncased(-finetuned-sst-2-english) config.json: the DistilBertConfig defaults, 2 labels.
+DISTILBERT_CONFIG = {"vocab_size": 30522, "dim": 768, "n_layers": 6, "n_heads": 12, "hidden_dim": 3072,
+                     "max_position_embeddings": 512, "num_labels": 2}
+
+# LiheYoung/depth-anything-small-hf config.json: DINOv2-S backbone (patch 14), DPT neck and relative-depth head.
+DEPTH_ANYTHING_SMALL_CONFIG = {
+    "backbone": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "mlp_ratio": 4,
+                 "patch_size": 14, "image_size": 518, "out_indices": [9, 10, 11, 12],
+                 "reshape_hidden_states": False, "apply_layernorm": True},
+    "reassemble_hidden_size": 384, "reassemble_factors": [4, 2, 1, 0.5], "neck_hidden_sizes": [48, 96, 192, 384],
+    "fusion_hidden_size": 64, "head_hidden_size": 32, "patch_size": 14, "depth_estimation_type": "relative",
+}
+
+# facebook/detr-resnet-50-panoptic config.json: ResNet-50 backbone, 6+6 layers of width 256, 100 queries.
+DETR_R50_PANOPTIC_CONFIG = {"d_model": 256, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 8,
+                            "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048,
+                            "num_queries": 100, "num_labels": 250}
+
+# facebookresearch/sam2 sam2_hiera_b+.yaml: Hiera-B+ trunk (embed 112, 2 heads, stages 2-3-16-3, global
+# attention in blocks 12, 16, 20, windows 8-4-14-7) and an FPN neck over [896, 448, 224, 112] channels.
+SAM2_HIERA_B_PLUS = {"hidden_size": 112, "num_attention_heads": 2, "blocks_per_stage": [2, 3, 16, 3],
+                     "embed_dim_per_stage": [112, 224, 448, 896], "num_attention_heads_per_stage": [2, 4, 8, 16],
+                     "window_size_per_stage": [8, 4, 14, 7], "global_attention_blocks": [12, 16, 20],
+                     "window_positional_embedding_background_size": [14, 14]}
+SAM2_B_PLUS_CHANNELS = [896, 448, 224, 112]
+
+# Microbenchmarks (data/large_models.md): chains of identical convs, exactly as published.
+MICROBENCHES = {
+    "conv3x3-c128-l20": (3, 128, 20),  # freedomtan/measure_ane_capacity: 20 x Conv2d(128, 128, 3), no bias
+    "conv1x1-c512-l64": (1, 512, 64),  # maderix/ANE: 64 x Conv2d(512, 512, 1)
+    "conv1x1-c512-l128": (1, 512, 128),  # maderix/ANE: 128 x Conv2d(512, 512, 1)
+}
+
+
+class ConvChain(nn.Module):
+    """`layers` identical stride-1 convs (kernel k, `channels` in and out, same padding, no bias)."""
+
+    def __init__(self, kernel: int, channels: int, layers: int):
+        super().__init__()
+        self.convs = nn.Sequential(*[nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False)
+                                     for _ in range(layers)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(x)
+
+
+class _FirstOutput(nn.Module):
+    """Calls a library model with keyword inputs and returns one tensor (what a Core ML export returns)."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...], pick):
+        super().__init__()
+        self.m, self.names, self.pick = model, names, pick
+
+    def forward(self, *xs):
+        return self.pick(self.m(**dict(zip(self.names, xs))))
+
+
+def sd21_unet_source(batch: int, latent: int, device: str = "meta"):
+    """The SD 2.1-base UNet from its diffusers config, with explicit attention math (ml-stable-diffusion
+    converts it with SPLIT_EINSUM(_V2) attention: matmul + softmax, not a fused kernel)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from .export import ModelSource
+
+    with torch.device(device):
+        unet = UNet2DConditionModel(**SD21_UNET_CONFIG).eval()
+    unet.set_attn_processor(AttnProcessor())
+    x = torch.randn(batch, 4, latent, latent, device=device)
+    t = torch.full((batch,), 500.0, device=device)
+    ctx = torch.randn(batch, SD_TOKENS, SD21_TEXT_DIM, device=device)
+    wrapped = _FirstOutput(unet, ("sample", "timestep", "encoder_hidden_states"), lambda o: o.sample)
+    return ModelSource(wrapped.eval(), (x, t, ctx), "diffusers:sd21-unet", "SD 2.1-base UNet",
+                       arch="diffusers:sd21-unet")
+
+
+def _transformers_source(name: str, shape: tuple[int, ...], device: str):
+    import transformers as tf
+
+    from .export import ModelSource
+
+    with torch.device(device):
+        if name == "distilbert":
+            model = tf.DistilBertForSequenceClassification(tf.DistilBertConfig(**DISTILBERT_CONFIG))
+            inputs = (torch.zeros(shape, dtype=torch.long, device=device),)
+            wrapped = _FirstOutput(model, ("input_ids",), lambda o: o.logits)
+        elif name == "depth-anything-small":
+            cfg = dict(DEPTH_ANYTHING_SMALL_CONFIG)
+            backbone = tf.Dinov2Config(**cfg.pop("backbone"))
+            model = tf.DepthAnythingForDepthEstimation(tf.DepthAnythingConfig(backbone_config=backbone, **cfg))
+            inputs = (torch.randn(shape, device=device),)
+            wrapped = _FirstOutput(model, ("pixel_values",), lambda o: o.predicted_depth)
+        elif name == "detr-r50-panoptic":
+            cfg = tf.DetrConfig(use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=False,
+                                **DETR_R50_PANOPTIC_CONFIG)
+            model = tf.DetrForSegmentation(cfg)
+            inputs = (torch.randn(shape, device=device),)
+            wrapped = _FirstOutput(model, ("pixel_values",), lambda o: o.pred_masks)
+        elif name in ("sam2-hiera-b+", "edgetam"):
+            model, inputs = _sam_family(name, shape, device)
+            wrapped = _FirstOutput(model, ("pixel_values", "input_points", "input_labels"), lambda o: o.pred_masks)
+        else:
+            raise SpecError(f"no transformers architecture {name!r}; known: distilbert, depth-anything-small, "
+                            f"detr-r50-panoptic, sam2-hiera-b+, edgetam")
+    return ModelSource(wrapped.eval(), inputs, f"transformers:{name}", name, arch=f"transformers:{name}")
+
+
+def _sam_family(name: str, shape: tuple[int, ...], device: str):
+    """Promptable image segmentation: image encoder + one point prompt + mask decoder (the 'image' rows)."""
+    import transformers as tf
+
+    if name == "sam2-hiera-b+":
+        vision = tf.Sam2VisionConfig(backbone_config=tf.Sam2HieraDetConfig(**SAM2_HIERA_B_PLUS),
+                                     backbone_channel_list=SAM2_B_PLUS_CHANNELS)
+        model = tf.Sam2Model(tf.Sam2Config(vision_config=vision))
+    else:
+        # EdgeTAM (facebookresearch/EdgeTAM edgetam.yaml): RepViT-M1 trunk (timm repvit_m1), SAM 2 neck / decoder.
+        backbone = tf.TimmWrapperConfig(architecture="repvit_m1", model_args={"features_only": True,
+                                                                                "out_indices": [0, 1, 2, 3]})
+        vision = tf.EdgeTamVisionConfig(backbone_config=backbone)
+        model = tf.EdgeTamModel(tf.EdgeTamConfig(vision_config=vision))
+    pixels = torch.randn(shape, device=device)
+    points = torch.full((shape[0], 1, 1, 2), 512.0, device=device)
+    labels = torch.ones((shape[0], 1, 1), dtype=torch.long, device=device)
+    return model.eval(), (pixels, points, labels)
+
+
+def microbench_source(name: str, shape: tuple[int, ...], device: str):
+    from .export import ModelSource
+
+    if name not in MICROBENCHES:
+        raise SpecError(f"no microbenchmark {name!r}; known: {', '.join(MICROBENCHES)}")
+    kernel, channels, layers = MICROBENCHES[name]
+    with torch.device(device):
+        module = ConvChain(kernel, channels, layers).eval()
+    return ModelSource(module, (torch.randn(shape, device=device),), f"microbench:{name}", name,
+                       arch=f"microbench:{name}")
+
+
+def arch_source(arch: str, input_shape: tuple[int, ...], device: str = "meta"):
+    """Rebuild a measured architecture (measurements.Measurement.arch) on `device`."""
+    from .export import model_for
+
+    kind, _, name = arch.partition(":")
+    if kind == "torchvision":
+        return model_for(torchvision=name, input_shape=input_shape, device=device)
+    if kind == "timm":
+        return model_for(timm=name, input_shape=input_shape, device=device)
+    if kind in ("preset", "spec"):
+        return model_for(name, latent=input_shape[-1], batch=input_shape[0], device=device)
+    if arch == "diffusers:sd21-unet":
+        return sd21_unet_source(input_shape[0], input_shape[-1], device)
+    if kind == "transformers":
+        return _transformers_source(name, input_shape, device)
+    if kind == "microbench":
+        return microbench_source(name, input_shape, device)
+    raise SpecError(f"cannot rebuild architecture {arch!r}; use torchvision:NAME, timm:NAME, preset:NAME, "
+                    f"spec:PATH, diffusers:sd21-unet, transformers:NAME or microbench:NAME")
+
+
+def is_rebuildable(arch: str) -> bool:
+    return bool(re.match(r"^(torchvision|timm|preset|spec|diffusers|transformers|microbench):", arch))

@@ -1,0 +1,116 @@
+"""Where predicted latency goes: per stage, per op kind, per block kind and per roofline term, and what changes
+between two models (`pocketdiff latency explain NAME --device D [--compare B]`).
+
+Computed from the same cached features and by the same formula as the prediction (api.predict_ms): the
+roofline's per-op terms (roofline.op_terms) or the linear model's per-op shares (`linear_op_ms`). Every split
+sums, with the protocol overhead, to the predicted total. Ops are placed by the module that ran them (the
+trace's `module` field): stages via features.stage_of, blocks via features.block_kind.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from . import api, predictor, profiles, roofline
+from .features import OP_CLASSES, block_kind, stage_of
+
+TERMS = ("compute_ms", "memory_ms", "dispatch_ms")
+
+
+def linear_op_ms(model: predictor.FittedModel, chip: str, ops: dict) -> np.ndarray:
+    """Per-op milliseconds of the op-class linear model: its formula applied op by op (it is linear, so the
+    shares sum exactly to `model.predict` minus the protocol overhead)."""
+    th = dict(zip(predictor.COLUMNS, model.theta))
+    cls = [OP_CLASSES[i] for i in ops["op_class"]]
+    flops, act, w = (np.asarray(ops[k], float) for k in ("flops", "act_bytes", "weight_bytes"))
+    per_flop = np.array([th["flops"] + th[f"{c}.flops"] for c in cls]) / 1e9
+    per_byte = np.array([th[f"{c}.bytes"] for c in cls]) / 1e6
+    per_op = np.array([th["ops"] + th[f"{c}.ops"] for c in cls])
+    cost = per_flop * flops + th["act_bytes"] * act / 1e6 + th["weight_bytes"] * w / 1e6 + per_byte * (act + w) + per_op
+    return model.scales[chip] * cost
+
+
+def _n_stages(target) -> int | None:
+    spec = getattr(target, "stages", None)
+    if spec is not None:
+        return len(spec)
+    channels = getattr(target, "channels", None)
+    return len(channels) if channels is not None else None
+
+
+def breakdown(target, device: str, latent: int = 128, batch: int = 1, input_shape=None,
+              weight_bits: int = 16, profile_dir=None) -> dict:
+    """Predicted ms of `target` (as api.predict takes it) split every way; see the module docstring."""
+    from search_space import load_spec
+    from search_space.spec import Spec
+
+    chip = profiles.resolve_device(device, profile_dir)
+    profile = profiles.load_profile(chip, profile_dir)
+    if input_shape is not None and not str(target).startswith(("timm:", "torchvision:")):
+        batch, latent = input_shape[0], input_shape[-1]
+    feats, cached, key, shape = api.model_features(target, input_shape, latent, batch, weight_bits)
+    protocol = profile["model"]["default_protocol"]
+    kind = profiles.adopted(profile, feats.totals)
+    spec = target if isinstance(target, Spec) else None
+    if spec is None and not str(target).startswith(("timm:", "torchvision:")):
+        try:
+            spec = load_spec(str(target))
+        except Exception:  # a library model or module: stages are its top-level modules
+            spec = None
+    n_stages = _n_stages(spec) if spec is not None else None
+    if kind == "roofline":
+        model = profiles.roofline_from_profile(profile)
+        terms = model.op_terms(feats.fused, chip)
+        ms, modules = terms["ms"] * model.protocol_scale.get(protocol, 1.0), feats.fused.module
+        kinds = [roofline.KINDS[k] for k in feats.fused.kind]
+        overhead = model.overheads.get(protocol, 0.0)
+    else:
+        model = profiles.model_from_profile(profile)
+        ms, modules = linear_op_ms(model, chip, feats.ops), feats.ops["module"]
+        kinds = [OP_CLASSES[i] for i in feats.ops["op_class"]]
+        terms = None
+        overhead = model.overheads.get(protocol, 0.0)
+    per_stage, per_kind, per_block = defaultdict(float), defaultdict(float), defaultdict(float)
+    cells = defaultdict(float)
+    per_term = {t: 0.0 for t in TERMS} if terms is not None else {}
+    for i, (t, mod, k) in enumerate(zip(ms, modules, kinds)):
+        st, bk = stage_of(mod, n_stages), block_kind(mod)
+        per_stage[st] += t
+        per_kind[k] += t
+        per_block[bk] += t
+        cells[(st, bk, k)] += t
+    if terms is not None:
+        # Split each op's time into its terms in proportion, so the terms sum to the total too.
+        raw = np.stack([terms[t] for t in TERMS])
+        share = raw / np.maximum(raw.sum(axis=0), 1e-30)
+        for j, t in enumerate(TERMS):
+            per_term[t] = float((share[j] * ms).sum())
+    total = float(np.sum(ms)) + overhead
+    return {"model": api._label(target), "model_id": key.split("|")[0], "input_shape": shape, "chip": chip,
+            "cost_model": kind, "protocol": protocol, "overhead_ms": overhead, "total_ms": total,
+            "ops": int(len(ms)), "cached_features": cached,
+            "per_stage_ms": dict(per_stage), "per_kind_ms": dict(per_kind), "per_block_ms": dict(per_block),
+            "per_term_ms": per_term,
+            "cells": [{"stage": s, "block": b, "kind": k, "ms": v} for (s, b, k), v in sorted(cells.items())],
+            "spill_share": (float(np.sum(ms[terms["spill"] > 0]) / max(np.sum(ms), 1e-30))
+                            if terms is not None else None)}
+
+
+def compare(a: dict, b: dict, top: int = 8) -> dict:
+    """B minus A, per stage / op kind / block kind / term, and the (stage, block, kind) cells that move most."""
+    def diff(key):
+        keys = sorted(set(a[key]) | set(b[key]))
+        return {k: b[key].get(k, 0.0) - a[key].get(k, 0.0) for k in keys}
+
+    ca = {(c["stage"], c["block"], c["kind"]): c["ms"] for c in a["cells"]}
+    cb = {(c["stage"], c["block"], c["kind"]): c["ms"] for c in b["cells"]}
+    moves = sorted(((k, cb.get(k, 0.0) - ca.get(k, 0.0), ca.get(k, 0.0), cb.get(k, 0.0)) for k in set(ca) | set(cb)),
+                   key=lambda x: -abs(x[1]))
+    delta = b["total_ms"] - a["total_ms"]
+    return {"a": a["model"], "b": b["model"], "chip": a["chip"], "a_ms": a["total_ms"], "b_ms": b["total_ms"],
+            "delta_ms": delta, "delta_pct": 100 * delta / a["total_ms"] if a["total_ms"] else None,
+            "per_stage_ms": diff("per_stage_ms"), "per_kind_ms": diff("per_kind_ms"),
+            "per_block_ms": diff("per_block_ms"), "per_term_ms": diff("per_term_ms") if a["per_term_ms"] else {},
+            "largest_changes": [{"stage": k[0], "block": k[1], "kind": k[2], "delta_ms": d, "a_ms": x, "b_ms": y}
+                                for k, d, x, y in moves[:top]]}

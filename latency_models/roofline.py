@@ -1,0 +1,342 @@
+"""Roofline cost model of the Neural Engine: per-op compute, memory traffic and dispatch, with few fitted terms.
+
+Why a second model: the op-class linear model (predictor.py) is fitted where dispatch and small tensors
+dominate (224 px classifiers of 0.1-10 ms) and cannot extrapolate to 128x128-latent UNets, whose dense 3x3
+convs run near the engine's peak and whose activations (8-29 MB in fp16) outgrow on-chip memory.
+
+Ops first go through `fuse`, as the Neural Engine compiler does: normalization, activation and add ops join
+the op before them (the conv / matmul whose output they read); pure views cost nothing; data-moving layout
+ops (transpose, concat, pad, upsample) and unfused vector ops (softmax, reductions) are ops of their own.
+Each fused op i then costs, on chip c:
+
+    t_i = softmax_p(compute_i, memory_i) + dispatch
+    compute_i = 2 * MACs_i / (peak_c * eff_kind * rows_i / (rows_i + rows_half) * k_i / (k_i + k_half))
+                (vector ops: elements_i / (peak_c * eff_vector); layout ops: 0)
+    memory_i  = (weight_bytes_i + spill_i * act_bytes_i) / bw_c + (1 - spill_i) * act_bytes_i / (l2x * bw_c)
+    spill_i   = max(0, 1 - sram_c / working_set_i)
+
+The working set is the op's activation bytes in and out per slice, and `rows` the output positions (pixels or
+tokens; the published sp64 -> sp2048 doubling of ANE throughput) per slice: the engine runs the batch of a
+conv, and each (batch, head) of an attention matmul or softmax, one slice after another (batch is not tiled,
+eiln/ane; SPLIT_EINSUM runs attention per head), so a slice that fits on-chip memory does not spill even when
+the whole tensor would. `k` is the reduction length (Cin*kh*kw/groups: a depthwise 3x3 reduces over 9). softmax_p is a
+smooth maximum (p = 4). Priors: peak_c, bw_c and sram_c are the published figures of chips.py, scaled by a
+fitted per-chip factor each (log-normal priors); the efficiencies, half-saturation sizes, the L2/DRAM ratio
+and the dispatch cost are shared by all chips; every measuring protocol scales the sum (log-normal prior
+around 1) and adds an overhead, capped as in predictor.py. Fitted on log errors by scipy's bounded least
+squares. `held_out_roofline` holds out each model or family in turn (validation.py compares it with the
+linear model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from .chips import CHIPS
+from .features import FeatureTable
+
+KINDS = ("conv", "dwconv", "linear", "attn", "vector", "layout")
+MAC_KINDS = ("conv", "dwconv", "linear", "attn")
+_CLASS_TO_KIND = {"conv": "conv", "dwconv": "dwconv", "linear": "linear", "attn_matmul": "attn"}
+# Views: no data moves (Core ML reshapes are free on the engine; clones and casts come from torch's
+# decompositions and have no Core ML counterpart).
+_ALIAS_OPS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "unsqueeze", "squeeze", "expand", "expand_as",
+              "alias", "detach", "select", "slice", "narrow", "split", "split_with_sizes", "chunk", "unbind",
+              "flatten", "unflatten", "as_strided", "lift_fresh", "lift_fresh_copy", "_to_copy", "clone",
+              "contiguous", "copy_", "new_empty", "empty_like", "t"}
+_FUSIBLE_CLASSES = {"norm", "elementwise"}  # join the op before them (the issue's and the compiler's rule)
+SMOOTH_MAX_P = 4.0
+MAX_OVERHEAD_MS = 5.0
+
+
+@dataclasses.dataclass
+class Fused:
+    """Fused ops of one model as arrays (one entry per fused op)."""
+    kind: np.ndarray  # index into KINDS
+    macs: np.ndarray
+    rows: np.ndarray
+    k: np.ndarray
+    act_bytes: np.ndarray
+    weight_bytes: np.ndarray
+    elements: np.ndarray  # vector ops: elements processed
+    slices: np.ndarray  # independent slices the engine runs one after another (batch, and heads of attention)
+    module: list[str]
+    members: np.ndarray  # ops of the trace fused into this one
+
+    def to_json(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Fused":
+        kw = {}
+        for f in dataclasses.fields(cls):
+            v = d[f.name]
+            kw[f.name] = v if f.name == "module" else np.asarray(v, dtype=int if f.name in ("kind", "members")
+                                                                   else float)
+        return cls(**kw)
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+
+def fuse(table: FeatureTable) -> Fused:
+    """Group the trace's ops into what the engine dispatches (see the module docstring)."""
+    root: dict[int, int] = {}  # tensor number -> the tensor it is a view of
+    open_out: dict[int, int] = {}  # current output tensor of a group -> group index
+    inner: dict[int, int] = {}  # superseded output of a group (fused past it) -> group index
+    stored: set[tuple[int, int]] = set()
+    groups: list[dict] = []
+
+    def r(t: int) -> int:
+        while t in root:
+            t = root[t]
+        return t
+
+    def read_intermediates(ins, in_bytes, g_now):
+        # A tensor that a group fused past is still read here: that group must also write it out.
+        for t, b in zip(ins, in_bytes):
+            g = inner.get(t)
+            if g is not None and g != g_now and (g, t) not in stored:
+                stored.add((g, t))
+                groups[g]["written"] += b
+
+    def new_group(kind, f, ins):
+        groups.append({"kind": KINDS.index(kind), "macs": f.macs, "rows": 0.0, "k": 0.0, "read": float(sum(f.in_bytes)),
+                       "out": _out_bytes(f), "written": 0.0, "w": f.weight_bytes, "el": 0.0, "module": f.module,
+                       "members": 1, "slices": _slices(kind, f.out_shape)})
+        g = len(groups) - 1
+        read_intermediates(ins, f.in_bytes, g)
+        open_out[f.out_id] = g
+        return g
+
+    for f in table.ops:
+        ins = [r(t) for t in f.in_ids]
+        if f.op_class == "layout" and f.op in _ALIAS_OPS:
+            if ins:
+                root[f.out_id] = ins[0]
+            continue
+        if f.op_class in _CLASS_TO_KIND:
+            g = new_group(_CLASS_TO_KIND[f.op_class], f, ins)
+            out = f.out_shape
+            channels = out[1] if f.op_class in ("conv", "dwconv") and len(out) > 1 else (out[-1] if out else 1)
+            n_out = float(np.prod(out)) if out else 1.0
+            groups[g]["rows"] = n_out / max(1, channels)
+            groups[g]["k"] = f.macs / max(1.0, n_out)
+            continue
+        if f.op_class in _FUSIBLE_CLASSES:
+            cands = [(b, open_out[t]) for t, b in zip(ins, f.in_bytes)
+                     if t in open_out and groups[open_out[t]]["kind"] != KINDS.index("layout")]
+            if cands:
+                g = max(cands)[1]
+                grp = groups[g]
+                own = {t for t in ins if open_out.get(t) == g}
+                others = [(t, b) for t, b in zip(ins, f.in_bytes) if t not in own]
+                grp["read"] += sum(b for _, b in others)  # a second operand (residual, time embedding)
+                read_intermediates([t for t, _ in others], [b for _, b in others], g)
+                for t in own:  # the group now ends in this op's output; its previous output stays inside
+                    open_out.pop(t, None)
+                    inner[t] = g
+                grp["out"] = _out_bytes(f)
+                grp["members"] += 1
+                open_out[f.out_id] = g
+                continue
+        kind = "layout" if f.op_class == "layout" else "vector"
+        g = new_group(kind, f, ins)
+        if kind == "vector":
+            groups[g]["el"] = max(_out_bytes(f), float(sum(f.in_bytes))) / 2  # fp16 elements
+    return Fused(kind=np.array([g["kind"] for g in groups], dtype=int),
+                 macs=np.array([g["macs"] for g in groups], float),
+                 rows=np.array([g["rows"] for g in groups], float), k=np.array([g["k"] for g in groups], float),
+                 act_bytes=np.array([g["read"] + g["out"] + g["written"] for g in groups], float),
+                 weight_bytes=np.array([g["w"] for g in groups], float),
+                 elements=np.array([g["el"] for g in groups], float),
+                 slices=np.array([g["slices"] for g in groups], float), module=[g["module"] for g in groups],
+                 members=np.array([g["members"] for g in groups], dtype=int))
+
+
+def _slices(kind: str, shape: tuple[int, ...]) -> float:
+    """Independent slices of an op's output: the batch of a conv (batch is not tiled: eiln/ane), every
+    (batch, head) of a batched matmul or of a softmax over its scores (SPLIT_EINSUM's per-head form); other
+    ops run as one. Working sets and output rows are per slice."""
+    if kind in ("conv", "dwconv") and len(shape) == 4:
+        return float(shape[0])
+    if kind in ("attn", "vector") and len(shape) >= 4:
+        return float(np.prod(shape[:-2]))
+    return 1.0
+
+
+def _out_bytes(f) -> float:
+    return max(0.0, f.act_bytes - float(sum(f.in_bytes)))
+
+
+# --- parameters ---------------------------------------------------------------------------------------------
+
+# Shared parameters: (name, prior value, lower, upper, prior sigma in log units). Efficiencies are fractions
+# of the chip's peak; a weak prior keeps a parameter the data do not pin at a physical value.
+SHARED = (
+    ("eff_conv", 0.8, 0.02, 1.0, 1.0),  # dense convs reach ~peak on M1/M4 microbenchmarks (data/README.md)
+    ("eff_dwconv", 0.5, 0.005, 1.0, 2.0),  # no published depthwise microbenchmark: weak prior
+    ("eff_linear", 0.8, 0.02, 1.0, 1.0),  # 1x1 convs reach peak (maderix); linears are 1x1 convs on the ANE
+    ("eff_attn", 0.5, 0.005, 1.0, 2.0),
+    ("eff_vector", 0.02, 1e-4, 1.0, 2.0),  # elements per FLOP of peak for softmax / reductions
+    ("rows_half", 64.0, 1.0, 1e5, 2.0),  # sp64 -> sp2048 doubles throughput (maderix community report)
+    ("k_half", 16.0, 1.0, 1e4, 2.0),
+    ("dispatch_us", 20.0, 0.5, 500.0, 2.0),
+    ("l2_ratio", 8.0, 1.0, 100.0, 2.0),  # on-chip vs DRAM bandwidth
+)
+SHARED_NAMES = tuple(s[0] for s in SHARED)
+CHIP_PEAK_SIGMA = 0.35  # log-units: published ratings are marketing figures, int8 vs fp16 ambiguity
+CHIP_BW_SIGMA = 0.7  # the ANE's share of DRAM bandwidth is not published
+# Measuring protocols differ in runtime (Core ML in Xcode, MPSGraph, the private ANE client, 2020 neuralnetwork
+# models, apps whose compute unit is not stated), so each protocol scales the model too, not only adds an
+# overhead; a protocol without training rows keeps factor 1.
+PROTOCOL_SCALE_SIGMA = 0.35
+
+
+@dataclasses.dataclass
+class RooflineModel:
+    shared: dict[str, float]
+    chip_peak: dict[str, float]  # factor on the published fp16 peak
+    chip_bw: dict[str, float]  # factor on the published DRAM bandwidth
+    overheads: dict[str, float]  # protocol -> ms
+    protocol_scale: dict[str, float] = dataclasses.field(default_factory=dict)  # protocol -> factor
+
+    def chip_terms(self, chip: str) -> tuple[float, float, float] | None:
+        """(peak FLOP/s, DRAM bytes/s, on-chip bytes) of a chip, or None for a chip with no published facts."""
+        f = CHIPS.get(chip)
+        if f is None:
+            return None
+        return (f.peak_tflops_fp16 * 1e12 * self.chip_peak.get(chip, 1.0),
+                f.dram_gbps * 1e9 * self.chip_bw.get(chip, 1.0), f.sram_mb * 1e6)
+
+    def op_terms(self, fused: Fused, chip: str) -> dict[str, np.ndarray] | None:
+        """Per fused op: compute, memory, dispatch and total milliseconds on `chip`."""
+        terms = self.chip_terms(chip)
+        if terms is None:
+            return None
+        return op_terms(fused, terms, self.shared)
+
+    def predict(self, fused: Fused, chip: str, protocol: str | None) -> float:
+        t = self.op_terms(fused, chip)
+        if t is None:
+            return math.nan
+        return self.protocol_scale.get(protocol, 1.0) * float(t["ms"].sum()) + self.overheads.get(protocol, 0.0)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RooflineModel":
+        return cls(dict(d["shared"]), dict(d["chip_peak"]), dict(d["chip_bw"]), dict(d["overheads"]),
+                   dict(d.get("protocol_scale", {})))
+
+
+def op_terms(fused: Fused, chip_terms: tuple[float, float, float], p: dict[str, float]) -> dict[str, np.ndarray]:
+    peak, bw, sram = chip_terms
+    kind = fused.kind
+    eff = np.array([p["eff_conv"], p["eff_dwconv"], p["eff_linear"], p["eff_attn"], 1.0, 1.0])[kind]
+    slices = np.maximum(fused.slices, 1.0)
+    rows = np.maximum(fused.rows / slices, 1.0)
+    k = np.maximum(fused.k, 1.0)
+    util = rows / (rows + p["rows_half"]) * k / (k + p["k_half"])
+    is_mac = kind < len(MAC_KINDS)
+    compute = np.where(is_mac, 2.0 * fused.macs / (peak * eff * util), 0.0)
+    compute = compute + np.where(kind == KINDS.index("vector"), fused.elements / (peak * p["eff_vector"]), 0.0)
+    ws = np.maximum(fused.act_bytes / slices, 1.0)
+    spill = np.clip(1.0 - sram / ws, 0.0, 1.0)
+    memory = (fused.weight_bytes + spill * fused.act_bytes) / bw + (1.0 - spill) * fused.act_bytes / (
+        p["l2_ratio"] * bw)
+    q = SMOOTH_MAX_P
+    body = (compute ** q + memory ** q) ** (1.0 / q)
+    dispatch = np.full(len(kind), p["dispatch_us"] * 1e-6)
+    return {"compute_ms": compute * 1e3, "memory_ms": memory * 1e3, "dispatch_ms": dispatch * 1e3,
+            "ms": (body + dispatch) * 1e3, "spill": spill}
+
+
+# --- fitting ------------------------------------------------------------------------------------------------
+
+def _concat(fused: list[Fused]) -> tuple[Fused, np.ndarray]:
+    """One Fused holding all of `fused` back to back, and the start index of each."""
+    starts = np.cumsum([0] + [len(f) for f in fused[:-1]])
+    cat = Fused(*(np.concatenate([getattr(f, n) for f in fused]) if n != "module" else []
+                  for n in (fl.name for fl in dataclasses.fields(Fused))))
+    return cat, starts
+
+
+def fit_roofline(measurements, fused: list[Fused], max_nfev: int = 200) -> RooflineModel:
+    """Fit shared terms, per-chip factors and protocol overheads on log errors with priors as extra residuals.
+
+    Chips without training rows keep their published figures (factor 1): the model still predicts them.
+    """
+    y = np.array([m.latency_ms for m in measurements], float)
+    chips = sorted({m.chip for m in measurements if m.chip in CHIPS})
+    protos = sorted({m.protocol for m in measurements})
+    cap = np.array([min(MAX_OVERHEAD_MS, 0.5 * min(m.latency_ms for m in measurements if m.protocol == p))
+                    for p in protos])
+    # Each distinct (model features, chip) pair is evaluated once per step, all pairs in one array.
+    keys: dict[tuple, int] = {}
+    pair_of, pair_fused, pair_chip = [], [], []
+    for m, f in zip(measurements, fused):
+        key = (id(f), m.chip)
+        if key not in keys:
+            keys[key] = len(keys)
+            pair_fused.append(f)
+            pair_chip.append(m.chip)
+        pair_of.append(keys[key])
+    ok_rows = np.array([m.chip in CHIPS for m in measurements])
+    cat, starts = _concat(pair_fused)
+    elem_chip = np.repeat([chips.index(c) if c in chips else 0 for c in pair_chip], [len(f) for f in pair_fused])
+    base_peak = np.array([CHIPS[c].peak_tflops_fp16 * 1e12 for c in chips])
+    base_bw = np.array([CHIPS[c].dram_gbps * 1e9 for c in chips])
+    sram = np.array([CHIPS[c].sram_mb * 1e6 for c in chips])[elem_chip]
+    proto_idx = np.array([protos.index(m.protocol) for m in measurements])
+    n_s, n_c, n_p = len(SHARED), len(chips), len(protos)
+    lo = np.concatenate([[math.log(s[2]) for s in SHARED], np.full(2 * n_c, -3.0), np.zeros(n_p),
+                         np.full(n_p, -3.0)])
+    hi = np.concatenate([[math.log(s[3]) for s in SHARED], np.full(2 * n_c, 3.0), cap + 1e-12, np.full(n_p, 3.0)])
+    x0 = np.clip(np.concatenate([[math.log(s[1]) for s in SHARED], np.zeros(2 * n_c), cap * 0.1, np.zeros(n_p)]),
+                 lo, hi)
+    o = n_s + 2 * n_c  # offsets of the protocol overheads, then the protocol log-scales
+    prior_mu = np.array([math.log(s[1]) for s in SHARED])
+    prior_sd = np.array([s[4] for s in SHARED])
+    # Rows weigh by 1/sqrt(rows of their model and chip): repeated rows of one model do not dominate.
+    counts: dict[tuple, int] = {}
+    for m in measurements:
+        counts[(m.arch, m.chip)] = counts.get((m.arch, m.chip), 0) + 1
+    w = np.array([1.0 / math.sqrt(counts[(m.arch, m.chip)]) for m in measurements])
+
+    def residuals(x):
+        shared = dict(zip(SHARED_NAMES, np.exp(x[:n_s])))
+        peak = (base_peak * np.exp(x[n_s:n_s + n_c]))[elem_chip]
+        bw = (base_bw * np.exp(x[n_s + n_c:n_s + 2 * n_c]))[elem_chip]
+        ms = op_terms(cat, (peak, bw, sram), shared)["ms"]
+        sums = np.add.reduceat(ms, starts) if len(ms) else np.zeros(len(starts))
+        pred = np.exp(x[o + n_p:][proto_idx]) * sums[pair_of] + x[o:o + n_p][proto_idx]
+        res = np.where(ok_rows, (np.log(pred) - np.log(y)) * w, 0.0)
+        prior = np.concatenate([(x[:n_s] - prior_mu) / prior_sd, x[n_s:n_s + n_c] / CHIP_PEAK_SIGMA,
+                                x[n_s + n_c:o] / CHIP_BW_SIGMA, x[o + n_p:] / PROTOCOL_SCALE_SIGMA])
+        return np.concatenate([res, prior])
+
+    sol = least_squares(residuals, x0, bounds=(lo, hi), method="trf", max_nfev=max_nfev)
+    x = sol.x
+    return RooflineModel({k: float(v) for k, v in zip(SHARED_NAMES, np.exp(x[:n_s]))},
+                         {c: float(v) for c, v in zip(chips, np.exp(x[n_s:n_s + n_c]))},
+                         {c: float(v) for c, v in zip(chips, np.exp(x[n_s + n_c:o]))},
+                         dict(zip(protos, map(float, x[o:o + n_p]))),
+                         dict(zip(protos, map(float, np.exp(x[o + n_p:])))))
+
+
+def held_out_roofline(measurements, fused: list[Fused], group_of) -> np.ndarray:
+    """Refit without each group (model or family) and predict its rows (chips then fall back to priors)."""
+    pred = np.full(len(measurements), math.nan)
+    for g in sorted({group_of(m) for m in measurements}):
+        test = [i for i, m in enumerate(measurements) if group_of(m) == g]
+        train = [i for i in range(len(measurements)) if i not in set(test)]
+        model = fit_roofline([measurements[i] for i in train], [fused[i] for i in train])
+        for i in test:
+            pred[i] = model.predict(fused[i], measurements[i].chip, measurements[i].protocol)
+    return pred

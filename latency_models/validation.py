@@ -1,0 +1,118 @@
+"""Held-out comparison of the roofline model, today's op-class linear model and the FLOPs / params baselines.
+
+Both schemes refit every model without the held-out rows: leave-one-model-out (every row of one architecture,
+on every chip) and leave-one-family-out (every row of a family, large families included: sd-unet,
+segment-anything, depth-anything, distilbert, conv-microbench). Per chip the report gives Spearman, Kendall,
+MAPE and the share within 10% / 25% for each method.
+
+Which model a chip predicts with is decided per size regime, because the two models are built for different
+regimes and the data of each chip are thin: `small` (under LARGE_GMACS multiply-accumulates per inference:
+the 224 px classifiers) and `large` (diffusion UNets and decoders, SAM 2, the conv microbenchmarks). In each
+regime the roofline is adopted where its leave-one-family-out MAPE is lower than today's model's (or today's
+model cannot predict the rows at all); Spearman is reported beside it, not used to decide. The decision uses
+the chip's own rows of that regime when it has at least MIN_ROWS_FOR_RANKS of them from two families, else
+the rows of that regime pooled over all chips (the structure of both models is shared across chips).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import predictor, roofline
+
+METHODS = ("roofline", "predictor", "flops_linear", "params_linear")
+ADOPTABLE = {"roofline": "roofline", "predictor": "op-class-linear"}
+REGIMES = ("small", "large")
+# Diffusion scale: the smallest workbench UNet or decoder at a 64x64 latent is above it, VGG-19 (19.6 G) below.
+LARGE_GMACS = 20.0
+
+
+def regime_of(totals: dict) -> str:
+    """'large' from LARGE_GMACS multiply-accumulates per inference (conv, linear, attention products) up."""
+    macs = sum(totals.get(f"{c}.flops", 0.0) for c in ("conv", "dwconv", "linear", "attn_matmul")) / 2
+    return "large" if macs >= LARGE_GMACS * 1e9 else "small"
+
+
+def compare(measurements, features) -> dict:
+    """Held-out predictions and per-chip metrics of every method; `features` are predictor.ModelFeatures."""
+    y = np.array([m.latency_ms for m in measurements])
+    totals = [f.totals for f in features]
+    fused = [f.fused for f in features]
+    schemes = {"leave_one_model_out": lambda m: m.model_key, "leave_one_family_out": lambda m: m.family}
+    held = {}
+    for name, group in schemes.items():
+        lin, fl, pa = predictor.held_out_predictions(measurements, totals, group)
+        held[name] = {"roofline": roofline.held_out_roofline(measurements, fused, group), "predictor": lin,
+                      "flops_linear": fl, "params_linear": pa}
+    report: dict = {"chips": {}, "rows": [], "regimes": {}}
+    regime = [regime_of(t) for t in totals]
+    lofo_all = held["leave_one_family_out"]
+    for reg in REGIMES:
+        idx = np.array([i for i in range(len(measurements)) if regime[i] == reg])
+        report["regimes"][reg] = {"rows": int(len(idx)), "pooled_leave_one_family_out": {
+            k: predictor.metrics(y[idx], lofo_all[k][idx]) for k in METHODS} if len(idx) else {}}
+        report["regimes"][reg]["adopted"], report["regimes"][reg]["adopted_because"] = (
+            _adopt(_common(y, lofo_all, idx), "pooled over all chips") if len(idx) else ("op-class-linear", "no rows"))
+    for chip in sorted({m.chip for m in measurements}):
+        idx = np.array([i for i, m in enumerate(measurements) if m.chip == chip])
+        families = sorted({measurements[i].family for i in idx})
+        enough = len(idx) >= predictor.MIN_ROWS_FOR_RANKS and len(families) >= predictor.MIN_FAMILIES_FOR_RANKS
+        entry = {"rows": int(len(idx)), "families": families, "enough_data_for_ranks": enough}
+        for scheme in schemes:
+            entry[scheme] = {k: predictor.metrics(y[idx], held[scheme][k][idx]) for k in METHODS}
+        entry["adopted"], entry["adopted_because"] = {}, {}
+        for reg in REGIMES:
+            own = np.array([i for i in idx if regime[i] == reg])
+            fams = {measurements[i].family for i in own}
+            if len(own) >= predictor.MIN_ROWS_FOR_RANKS and len(fams) >= predictor.MIN_FAMILIES_FOR_RANKS:
+                entry["adopted"][reg], entry["adopted_because"][reg] = _adopt(_common(y, lofo_all, own),
+                                                                              f"{chip}'s {len(own)} rows")
+            else:
+                entry["adopted"][reg] = report["regimes"][reg]["adopted"]
+                entry["adopted_because"][reg] = (f"{chip} has {len(own)} {reg} rows: "
+                                                 + report["regimes"][reg]["adopted_because"])
+        report["chips"][chip] = entry
+    lofo = held["leave_one_family_out"]
+    for i, m in enumerate(measurements):
+        row = {"model": m.model, "arch": m.arch, "chip": m.chip, "family": m.family, "protocol": m.protocol,
+               "regime": regime[i], "measured_ms": m.latency_ms}
+        for k in METHODS:
+            row[f"lofo_{k}_ms"] = _num(lofo[k][i])
+        row["lomo_roofline_ms"] = _num(held["leave_one_model_out"]["roofline"][i])
+        row["lomo_predictor_ms"] = _num(held["leave_one_model_out"]["predictor"][i])
+        report["rows"].append(row)
+    # log(measured / predicted) of the leave-one-family-out predictions, per method, for the bands
+    report["residuals"] = {k: {f"{regime[i]}|{m.chip}|{m.model}|{m.protocol}": float(math.log(y[i] / lofo[k][i]))
+                               for i, m in enumerate(measurements) if np.isfinite(lofo[k][i]) and lofo[k][i] > 0}
+                           for k in ADOPTABLE}
+    return report
+
+
+def _common(y, lofo: dict, idx) -> dict:
+    """Metrics of both adoptable models on the rows both predict (today's model cannot predict a chip whose
+    rows are all held out), plus the roofline's count of all rows, so the two are compared like for like."""
+    idx = np.asarray(idx, int)
+    both = idx[np.isfinite(lofo["roofline"][idx]) & np.isfinite(lofo["predictor"][idx])]
+    out = {k: predictor.metrics(y[both], lofo[k][both]) for k in ADOPTABLE}
+    if not len(both):
+        out["roofline"] = predictor.metrics(y[idx], lofo["roofline"][idx])
+    return out
+
+
+def _adopt(mets: dict, where: str) -> tuple[str, str]:
+    """Roofline if its leave-one-family-out MAPE is lower (or today's model has no prediction)."""
+    r, p = mets["roofline"], mets["predictor"]
+    rho = ("" if r.get("spearman") is None or p.get("spearman") is None else
+           f"; Spearman {r['spearman']:.3f} vs {p['spearman']:.3f}")
+    if r["n"] and not p["n"]:
+        return "roofline", f"today's model cannot predict these rows once their family is held out ({where})"
+    if not r["n"]:
+        return "op-class-linear", f"the roofline has no prediction here ({where})"
+    text = (f"leave-one-family-out MAPE {100 * r['mape']:.0f}% roofline vs {100 * p['mape']:.0f}% today{rho} on the "
+            f"{r['n']} rows both predict ({where})")
+    return ("roofline", text) if r["mape"] < p["mape"] else ("op-class-linear", "the roofline does not win: " + text)
+
+
+def _num(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
