@@ -91,6 +91,8 @@ def cmd_run(args) -> int:
     if cfg.rungs:
         print(f"successive halving: rungs {' -> '.join(cfg.rungs)}, the best 1/{cfg.reduction} of each rung "
               f"promoted, {cfg.n_trials} candidates at the first rung")
+        if "budget" in cfg.quality:
+            print(f"  [quality] budget = {cfg.quality['budget']!r} is not used: each rung sets its trials' budget")
     study, stats = run_study(cfg, n_trials=n_trials, timeout=args.timeout, progress=not args.no_progress)
     _print_summary(study)
     if stats.trial_seconds > 0:
@@ -235,7 +237,8 @@ def cmd_best(args) -> int:
     record = {"spec": t.user_attrs["spec"], "spec_id": t.user_attrs["spec_id"], "compact": t.user_attrs["compact"],
               "study": study.study_name, "trial": t.number, "rung": rung_of(t),
               "budget": t.user_attrs.get("budget", ""), "metrics": {metric: value, **{
-                  k: t.user_attrs[k] for k in ("latency_ms", "params_m", "gmacs") if k in t.user_attrs}}}
+                  k: t.user_attrs[k] for k in ("latency_ms", "params_m", "gmacs", f"{metric}_ci_low",
+                                               f"{metric}_ci_high") if k in t.user_attrs}}}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))

@@ -6,8 +6,9 @@ Sections:
     [target]      latent (full-size latent the cheap objectives are measured at), device (latency profile)
     [space]       base preset + knobs (search_space/sampling.py)
     [quality]     evaluator (flow | none), data, budget, proxy options, n_samples; early_stop options;
-                  rungs = ["200steps", "800steps"] and reduction = 3 instead of budget: successive halving
-                  (studies/halving.py)
+                  rungs = ["200steps", "800steps"] and reduction = 3: successive halving, the rungs set each
+                  trial's budget (a `budget` beside them is not used, and `study run` says so)
+                  (studies/halving.py); rung_seeds = [1, 3]: seeds per rung (default: `seeds` at every rung)
     [objectives]  metric = "minimize" | "maximize", in order
     [constraints] max_latency_ms, max_params_m (hard: a candidate over them is never trained)
     [enqueue]     presets = [...] evaluated first
@@ -66,6 +67,7 @@ class StudyConfig:
     enqueue: tuple[str, ...] = ()
     rungs: tuple[str, ...] = ()  # successive-halving budgets, lowest first; () = one budget ([quality] budget)
     reduction: int = 3
+    rung_seeds: tuple[int, ...] = ()  # seeds per rung; () = [quality] seeds at every rung
 
     @property
     def halving(self) -> "Rungs | None":
@@ -92,6 +94,8 @@ class StudyConfig:
                "device": self.device}
         if self.rungs:  # only then, so single-budget studies stored before rungs existed still match
             out["rungs"] = {"budgets": list(self.rungs), "reduction": self.reduction}
+            if self.rung_seeds:
+                out["rungs"]["seeds"] = list(self.rung_seeds)
         return out
 
 
@@ -100,7 +104,7 @@ _KNOWN = {
               "max_retry"},
     "target": {"latent", "device"},
     "quality": {"evaluator", "data", "budget", "n_samples", "proxy", "early_stop", "guidance", "sample_steps",
-                "encoder", "rungs", "reduction"},
+                "encoder", "seeds", "rungs", "reduction", "rung_seeds"},
     "constraints": {"max_latency_ms", "max_params_m"},
     "enqueue": {"presets"},
 }
@@ -166,7 +170,7 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
     needs_quality = [m for m, _ in objectives if m in QUALITY_METRICS]
     if needs_quality and evaluator == "none":
         raise _err(path, f"[objectives] {needs_quality[0]} needs a quality evaluator: set [quality] evaluator")
-    rungs, reduction = _parse_rungs(path, quality, st, evaluator)
+    rungs, reduction, rung_seeds = _parse_rungs(path, quality, st, evaluator)
     es = quality.pop("early_stop", {})
     try:
         early_stop = EarlyStop(**es)
@@ -197,7 +201,7 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
         heartbeat_interval=st.get("heartbeat_interval", 30), grace_period=st.get("grace_period", 90),
         max_retry=st.get("max_retry", 1), latent=latent, device=target.get("device", "a17pro"),
         quality=quality, early_stop=early_stop, objectives=objectives, constraints=constraints, enqueue=presets,
-        rungs=rungs, reduction=reduction,
+        rungs=rungs, reduction=reduction, rung_seeds=rung_seeds,
     )
 
 
@@ -208,17 +212,18 @@ def _budget_size(budget: Any) -> tuple[tuple[str, ...], float]:
     return set_fields, float(getattr(budget, set_fields[0])) if set_fields else 0.0
 
 
-def _parse_rungs(path: str, quality: dict[str, Any], st: dict[str, Any], evaluator: str) -> tuple[tuple[str, ...], int]:
-    """Pop and check `rungs` / `reduction` from [quality]; a study that could never promote is refused here,
-    before anything is stored."""
+def _parse_rungs(path: str, quality: dict[str, Any], st: dict[str, Any],
+                 evaluator: str) -> tuple[tuple[str, ...], int, tuple[int, ...]]:
+    """Pop and check `rungs` / `reduction` / `rung_seeds` from [quality]; a study that could never promote is
+    refused here, before anything is stored."""
     if "rungs" not in quality:
-        if "reduction" in quality:
-            raise _err(path, "[quality] reduction is set without rungs: add rungs = [\"<low budget>\", "
-                             "\"<high budget>\"] or remove reduction")
-        return (), 3
+        for key in ("reduction", "rung_seeds"):
+            if key in quality:
+                raise _err(path, f"[quality] {key} is set without rungs: add rungs = [\"<low budget>\", "
+                                 f"\"<high budget>\"] or remove {key}")
+        return (), 3, ()
     rungs, reduction = quality.pop("rungs"), quality.pop("reduction", 3)
-    if "budget" in quality:
-        raise _err(path, "[quality] give either budget (one fidelity) or rungs (successive halving), not both")
+    rung_seeds = quality.pop("rung_seeds", None)
     if evaluator == "none":
         raise _err(path, "[quality] rungs need a quality evaluator: set [quality] evaluator")
     if not isinstance(rungs, list) or len(rungs) < 2 or not all(isinstance(r, str) for r in rungs):
@@ -244,4 +249,11 @@ def _parse_rungs(path: str, quality: dict[str, Any], st: dict[str, Any], evaluat
         raise _err(path, f"[study] n_trials = {n_trials!r} cannot promote: {len(rungs)} rungs with reduction "
                          f"{reduction} need at least {need} candidates at the first rung for one to reach the top; "
                          f"set n_trials >= {need}, or use fewer rungs or a smaller reduction")
-    return tuple(rungs), reduction
+    if rung_seeds is not None:
+        if (not isinstance(rung_seeds, list) or len(rung_seeds) != len(rungs)
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in rung_seeds)):
+            raise _err(path, f"[quality] rung_seeds = {rung_seeds!r} must give one whole number >= 1 per rung "
+                             f"({len(rungs)} rungs), e.g. {[1] * (len(rungs) - 1) + [3]}")
+        if "seeds" in quality:
+            raise _err(path, "[quality] give either seeds (every rung) or rung_seeds (per rung), not both")
+    return tuple(rungs), reduction, tuple(rung_seeds or ())

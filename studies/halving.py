@@ -219,7 +219,10 @@ def promote(study: optuna.Study, rungs: Rungs) -> list[Promotion]:
             study.enqueue_trial(src.params, user_attrs={
                 "rung": p.rung, "budget": rungs.budgets[p.rung], "promoted_from": src.number,
                 "candidate": p.candidate, "promoted_spec": src.user_attrs.get("spec"),
-                "params_fixed": bool(src.params)}, skip_if_exists=False)
+                "params_fixed": bool(src.params),
+                # the source's preset name: two presets may share a spec (snapgen-unet and fig3-g)
+                **({"enqueued_preset": src.user_attrs["preset"]} if src.user_attrs.get("preset") else {})},
+                skip_if_exists=False)
     return due
 
 

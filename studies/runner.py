@@ -166,11 +166,14 @@ def rung_budget(cfg: StudyConfig, rung: int) -> str:
     return cfg.rungs[rung] if cfg.rungs else str(cfg.quality.get("budget", "60s"))
 
 
-def at_budget(cfg: StudyConfig, budget: str) -> StudyConfig:
-    """The study config with this rung's budget in [quality], the path every budget takes to the evaluator
-    and to the evaluation key (studies/evaluate.py reads it from there)."""
+def at_rung(cfg: StudyConfig, rung: int) -> StudyConfig:
+    """The study config with this rung's budget (and seeds, with `rung_seeds`) in [quality]: the path every
+    budget takes to the evaluator and into the evaluation key (studies/evaluate.py reads them from there)."""
     import dataclasses
-    return dataclasses.replace(cfg, quality={**cfg.quality, "budget": budget})
+    quality = {**cfg.quality, "budget": rung_budget(cfg, rung)}
+    if cfg.rung_seeds:
+        quality["seeds"] = cfg.rung_seeds[rung]
+    return dataclasses.replace(cfg, quality=quality)
 
 
 def _curve_threshold(study: optuna.Study, fraction: float, quantile: float,
@@ -264,7 +267,7 @@ class Objective:
         return tuple(values)
 
     def _quality(self, trial: optuna.Trial, spec: Spec, rung: int) -> dict[str, float]:
-        cfg = at_budget(self.cfg, rung_budget(self.cfg, rung))
+        cfg = at_rung(self.cfg, rung)
         key = ev.evaluation_key(spec, cfg)
         trial.set_user_attr("eval_key", key)
         cached = self._cached(key, cfg)

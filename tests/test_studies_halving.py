@@ -144,8 +144,11 @@ def test_due_promotions_pick_the_best_share_once():
 
 # --- a whole study -------------------------------------------------------------------------------------------
 
-def test_halving_study_promotes_and_builds_the_front_from_the_top_rung(tmp_path, fake_evaluators):
-    cfg = load_study_file(_write(tmp_path), storage=f"sqlite:///{tmp_path}/s.db")
+def test_halving_study_promotes_and_builds_the_front_from_the_top_rung(tmp_path, fake_evaluators, capsys):
+    from pocketdiff.cli import main
+
+    path, storage = _write(tmp_path, extra_objectives='params_m = "minimize"'), f"sqlite:///{tmp_path}/s.db"
+    cfg = load_study_file(path, storage=storage)
     lines: list[str] = []
     study, _ = run_study(cfg, progress=False, echo=lines.append)
     trials = study.get_trials()
@@ -153,7 +156,7 @@ def test_halving_study_promotes_and_builds_the_front_from_the_top_rung(tmp_path,
     candidates0 = {t.user_attrs["candidate"] for t in by_rung[0]}
     assert len(by_rung[0]) == 9 and set(by_rung) == {0, 1, 2}
     assert len({t.user_attrs["candidate"] for t in by_rung[1]}) >= len(candidates0) // 3
-    # the best candidate of rung 0 (one objective: the lowest score) went all the way up
+    # the best candidate of rung 0 (params_m is constant: the lowest score) went all the way up
     best0 = min((t for t in by_rung[0] if t.state == TrialState.COMPLETE), key=lambda t: t.values[0])
     assert best0.user_attrs["candidate"] in {t.user_attrs["candidate"] for t in by_rung[2]}
     assert any("[rung 2 90steps]" in line for line in lines)
@@ -167,40 +170,24 @@ def test_halving_study_promotes_and_builds_the_front_from_the_top_rung(tmp_path,
     study2, _ = run_study(cfg, progress=False, echo=lambda s: None)
     assert len(study2.get_trials()) == len(trials)
 
-
-def test_status_export_and_best_say_the_front_is_from_the_top_rung(tmp_path, fake_evaluators):
-    from pocketdiff.cli import main
-
-    path = _write(tmp_path, extra_objectives='params_m = "minimize"')
-    storage = f"sqlite:///{tmp_path}/s.db"
-    run_study(load_study_file(path, storage=storage), progress=False, echo=lambda s: None)
-    study = optuna.load_study(study_name="halving", storage=storage)
-    top = {t.number for t in study.get_trials() if rung_of(t) == 2 and t.state == TrialState.COMPLETE}
-    assert top
+    # status, export and best: the same front, said to come from the top rung
+    top = {t.number for t in trials if rung_of(t) == 2 and t.state == TrialState.COMPLETE}
+    capsys.readouterr()
+    assert main(["study", "status", str(path), "--storage", storage]) == 0
+    out = capsys.readouterr().out
+    assert "rung 0 (10steps)" in out and "rung 2 (90steps)" in out
+    assert "Pareto front from the top rung only" in out and "fd_domain=" in out and "[" in out.split("fd_domain=")[1]
     assert main(["study", "status", str(path), "--storage", storage, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["rungs"] == ["10steps", "30steps", "90steps"] and data["front_rung"] == 2
+    assert data["pareto"] and {r["number"] for r in data["pareto"]} <= top
     assert main(["study", "export", str(path), "--storage", storage, "--pareto", "-o", str(tmp_path / "p.csv")]) == 0
     import csv
     exported = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert exported and {int(r["number"]) for r in exported} <= top
     assert main(["study", "best", str(path), "--storage", storage, "-o", str(tmp_path / "w.json")]) == 0
+    assert "top rung only" in capsys.readouterr().out
     assert json.loads((tmp_path / "w.json").read_text())["trial"] in top
-
-
-def test_status_prints_rungs_and_front_note(tmp_path, fake_evaluators, capsys):
-    from pocketdiff.cli import main
-
-    path = _write(tmp_path)
-    storage = f"sqlite:///{tmp_path}/s.db"
-    run_study(load_study_file(path, storage=storage), progress=False, echo=lambda s: None)
-    capsys.readouterr()
-    assert main(["study", "status", str(path), "--storage", storage]) == 0
-    out = capsys.readouterr().out
-    assert "rung 0 (10steps)" in out and "rung 2 (90steps)" in out
-    assert "Pareto front from the top rung only" in out
-    assert main(["study", "status", str(path), "--storage", storage, "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert data["rungs"] == ["10steps", "30steps", "90steps"] and data["front_rung"] == 2
-    assert all(r["rung"] == 2 for r in data["pareto"])
 
 
 # --- many workers and kills -------------------------------------------------------------------------------
@@ -229,6 +216,7 @@ def _check_two_workers(path, storage, outs):
     assert all(any(l.startswith("trial ") for l in out.splitlines()) for out, _ in outs), "a worker did nothing"
 
 
+@pytest.mark.slow  # the PostgreSQL twin below runs in CI; this one needs no server
 def test_two_workers_promote_from_one_sqlite_storage(tmp_path):
     path, storage = _write(tmp_path), f"sqlite:///{tmp_path}/s.db"
     open_study(load_study_file(path, storage=storage))
@@ -321,7 +309,8 @@ def _cfg(**quality):
     ({"rungs": ["10steps"]}, {}, "must list at least two budget strings"),
     ({"rungs": "10steps"}, {}, "must list at least two budget strings"),
     ({"rungs": ["10steps", "30steps"], "reduction": 1}, {}, "reduction = 1 must be an integer >= 2"),
-    ({"rungs": ["10steps", "30steps"], "budget": "10steps"}, {}, "either budget .* or rungs"),
+    ({"rungs": ["10steps", "30steps"], "rung_seeds": [1]}, {}, "rung_seeds = \\[1\\] must give one whole number"),
+    ({"rungs": ["10steps", "30steps"], "rung_seeds": [1, 2], "seeds": 2}, {}, "either seeds .* or rung_seeds"),
     ({"reduction": 3, "budget": "10steps"}, {}, "reduction is set without rungs"),
 ])
 def test_bad_rung_configs_name_the_key(quality, study, match):
