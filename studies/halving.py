@@ -174,7 +174,10 @@ def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequ
 @contextlib.contextmanager
 def promotion_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
     """Serialise promotion decisions of every worker on this storage (see the module docstring)."""
+    storage = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache layer
     url = str(getattr(storage, "url", ""))
+    if not url and isinstance(storage, optuna.storages.RDBStorage):
+        raise RuntimeError("an RDB storage without a URL: cannot lock promotions")
     key = int.from_bytes(hashlib.sha256(f"pocketdiff-promote:{study_name}".encode()).digest()[:8], "big",
                          signed=True)
     if url.startswith("postgresql"):
@@ -201,7 +204,9 @@ def promotion_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Ite
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-    else:
+    else:  # in-memory storage: one process, threads only
+        if isinstance(storage, optuna.storages.RDBStorage):
+            raise RuntimeError(f"no cross-process lock for storage {url}: use SQLite, PostgreSQL or MySQL")
         with _LOCAL_LOCK:
             yield
 

@@ -393,6 +393,9 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     return study, stats
 
 
+REPROPOSAL_LIMIT = 3  # first-rung trials per asked-for candidate before a stuck sampler ends the run
+
+
 def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_trials: int | None,
                  timeout: float | None, summary: Callable) -> None:
     """One trial at a time: first enqueue what is due for promotion (studies/halving.py), then run a waiting
@@ -408,8 +411,14 @@ def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_
             if ran >= n_trials:
                 break
         elif not waiting:
-            candidates = sum(rung_of(t) == 0 and t.state != TrialState.FAIL for t in trials)
+            first = [t for t in trials if rung_of(t) == 0 and t.state != TrialState.FAIL]
+            # distinct designs: a re-proposed spec (served from the cache) is no new candidate to promote
+            candidates = len({t.user_attrs.get("candidate") or t.number for t in first})
             if candidates >= (cfg.n_trials or 0):
+                break
+            if len(first) >= REPROPOSAL_LIMIT * (cfg.n_trials or 0):
+                log.warning("the sampler keeps proposing designs already evaluated: stopping with %d distinct "
+                            "candidates of the %d asked for", candidates, cfg.n_trials)
                 break
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[summary], gc_after_trial=True)
         ran += 1
