@@ -632,9 +632,13 @@ def fig3_orderings(frame: pd.DataFrame, metric: str | None = None, level: float 
 
 
 def fig3_orderings_of(study) -> pd.DataFrame | None:
-    """`fig3_orderings` of a study that evaluated Figure 3 presets; None for any other study."""
+    """`fig3_orderings` of a study that evaluated a Figure 3 step and the step before it (both COMPLETE);
+    None for any other study (a search that met one fig3 preset on its way has no ordering to report)."""
     frame, _ = trials_frame(study)
-    if "preset" not in frame.columns or not frame["preset"].fillna("").str.startswith("fig3-").any():
+    if "preset" not in frame.columns:
+        return None
+    if not any(_step_row(frame, step) is not None and _step_row(frame, parent) is not None
+               for step, parent in FIG3_PARENT.items()):
         return None
     return fig3_orderings(frame)
 

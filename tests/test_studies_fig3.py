@@ -62,3 +62,33 @@ def test_unpaired_intervals_and_one_seed():
     # a missing step: its row and the next one's say "not measured"
     gap = fig3_orderings(_frame({k: v for k, v in CHAIN.items() if k != "d"})).set_index("step")
     assert gap.loc["d", "verdict"] == gap.loc["e", "verdict"] == "not measured"
+
+
+def test_study_status_reports_the_orderings(tmp_path, capsys):
+    """`study status` of a stored Figure 3 study prints each ordering with its paired interval and verdict;
+    a study that met a single fig3 preset on its way prints none."""
+    import optuna
+    from pocketdiff.cli import main
+
+    url = f"sqlite:///{tmp_path}/fig3.db"
+    study = optuna.create_study(study_name="paper-fig3", storage=url, directions=["minimize"])
+    study.set_user_attr("metric_names", ["fd_domain"])
+    for step in ("a", "b"):
+        seeds = CHAIN[step]
+        study.add_trial(optuna.trial.create_trial(values=[float(np.mean(seeds))], user_attrs={
+            "preset": f"fig3-{step}", "spec_id": step, "fd_domain": float(np.mean(seeds)),
+            "per_seed": {"fd_domain": seeds}}))
+    assert main(["study", "status", "--storage", url, "--study", "paper-fig3"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.strip().startswith("b vs a"))
+    assert "paired over 3 seeds, 95%" in line and line.endswith("-> reproduced")
+    assert "c1 vs b" in out and "-> not measured" in out
+    assert main(["study", "status", "--storage", url, "--study", "paper-fig3", "--json"]) == 0
+    import json as _json
+    rows = {r["step"]: r for r in _json.loads(capsys.readouterr().out)["fig3_orderings"]}
+    assert rows["b"]["verdict"] == "reproduced" and rows["b"]["ci_high"] < 0
+
+    other = optuna.create_study(study_name="search", storage=url, directions=["minimize"])
+    other.add_trial(optuna.trial.create_trial(values=[1.0], user_attrs={"preset": "fig3-a", "fd_domain": 1.0}))
+    assert main(["study", "status", "--storage", url, "--study", "search"]) == 0
+    assert "Figure 3" not in capsys.readouterr().out
