@@ -46,7 +46,6 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-RUNG_ATTRS = ("rung", "budget", "promoted_from", "candidate")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -204,9 +203,7 @@ def promotion_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Ite
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-    else:  # in-memory storage: one process, threads only
-        if isinstance(storage, optuna.storages.RDBStorage):
-            raise RuntimeError(f"no cross-process lock for storage {url}: use SQLite, PostgreSQL or MySQL")
+    else:  # in-memory storages live in one process: a thread lock is enough
         with _LOCAL_LOCK:
             yield
 
