@@ -88,7 +88,12 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GPSampler(seed=cfg.seed)
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=min(10, max(2, (cfg.n_trials or 20) // 3)))
+    startup = min(10, max(2, (cfg.n_trials or 20) // 3))
+    if cfg.halving is not None:
+        # TPE would model first-rung and promoted (longer-budget, better-scoring) trials as one population
+        # and keep re-proposing the promoted designs; the first n_trials candidates are drawn at random
+        startup = max(startup, cfg.n_trials or 0)
+    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=startup)
 
 
 def open_study(cfg: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
