@@ -226,6 +226,9 @@ def page_pareto(frame: pd.DataFrame, info: R.StudyInfo) -> None:
     rest = feas[~feas["pareto"]]
     infeasible = plotted[~plotted["feasible"]]
     unfinished = plotted[plotted["feasible"] & (plotted["state"] != "COMPLETE")]
+    # successive halving: complete trials of lower rungs were scored on shorter budgets; shown, never on the front
+    lower = plotted[plotted["feasible"] & (plotted["state"] == "COMPLETE") & ~plotted["number"].isin(feas["number"])]
+    st.caption(R.front_caption(frame, info))
     closest = pd.DataFrame()
     if feas.empty:
         closest = R.least_violating(plotted)
@@ -234,9 +237,11 @@ def page_pareto(frame: pd.DataFrame, info: R.StudyInfo) -> None:
                    if not closest.empty else "no trial is feasible and none records constraints")
     hover_metrics = list(dict.fromkeys(axes + objectives))
     groups = [("infeasible", infeasible, "x", 6), ("not finished (pruned / failed)", unfinished, "diamond-open", 7),
+              ("lower rung (shorter budget)", lower, "circle-open", 6),
               ("feasible", rest, "circle", 7), ("Pareto front", on_front, "circle", 11),
               ("least violating", closest, "circle-open", 13)]
     color = {"infeasible": COLORS["infeasible"], "not finished (pruned / failed)": COLORS["unfinished"],
+             "lower rung (shorter budget)": COLORS["infeasible"],
              "feasible": COLORS["feasible"], "Pareto front": COLORS["front"], "least violating": COLORS["closest"]}
     fig = go.Figure()
     for name, df, symbol, size in groups:
@@ -276,7 +281,8 @@ def page_pareto(frame: pd.DataFrame, info: R.StudyInfo) -> None:
                           margin=dict(t=30))
         st.plotly_chart(fig, key="pareto_plot_3d")
         st.caption("3D front over " + ", ".join(f"{a} ({info.direction(a)})" for a in axes))
-    cols = ["number", "preset", "spec_id"] + hover_metrics + ["compact"]
+    intervals = [f"{m}{b}" for m in hover_metrics for b in ("_ci_low", "_ci_high") if f"{m}{b}" in on_front.columns]
+    cols = ["number", "preset", "spec_id", "rung", "budget"] + hover_metrics + intervals + ["compact"]
     table = on_front[[c for c in cols if c in on_front.columns]]
     st.subheader(f"Front: {len(table)} trial(s)")
     st.dataframe(table, hide_index=True)
@@ -542,6 +548,15 @@ def page_paper(storage: str, names: list[str], refresh: int) -> None:
         st.plotly_chart(fig, key="fig3_plot")
         st.dataframe(table, hide_index=True)
         export_buttons(fig, table, "figure3")
+        st.markdown("**Does the proxy reproduce the paper's quality ordering?** Each step against the step "
+                    "before it: the paper's ImageNet FIDs beside our difference (step minus parent, lower is "
+                    "better) with its interval across seeds.")
+        orderings = R.fig3_orderings(frame)
+        st.dataframe(orderings, hide_index=True)
+        counts = orderings["verdict"].value_counts()
+        st.caption("; ".join(f"{v}: {n}" for v, n in counts.items())
+                   + ". Seeds share data order, noise and timesteps (common random numbers), so the paired "
+                     "interval is the tight one; one seed gives no verdict.")
 
     st.subheader("Table 2: decoders")
     device = (info.device if info and info.device else None) or "a17pro"

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--no-progress", action="store_true")
     w.set_defaults(func=cmd_run, worker=True)
 
-    st = s.add_parser("status", help="trial counts by state, failures and the current Pareto set")
+    st = s.add_parser("status", help="trial counts by state and rung, failures, the Pareto set of the top rung")
     st.add_argument("file", nargs="?", help="study file (its storage and name)")
     _storage_flag(st)
     st.add_argument("--study", help="study name (not needed when the storage holds one study)")
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("-o", "--output", required=True, help="CSV path")
     ex.set_defaults(func=cmd_export)
 
-    b = s.add_parser("best", help="the winning spec under a latency budget, as JSON ready for training")
+    b = s.add_parser("best", help="the winning spec of the top rung under a latency budget, as JSON for training")
     b.add_argument("file", nargs="?")
     _storage_flag(b)
     b.add_argument("--study")
@@ -88,6 +88,11 @@ def cmd_run(args) -> int:
     n_trials = args.n_trials
     print(f"study {cfg.name}  storage {cfg.storage}  sampler {cfg.sampler}  objectives "
           f"{', '.join(f'{m} ({d})' for m, d in cfg.objectives)}")
+    if cfg.rungs:
+        print(f"successive halving: rungs {' -> '.join(cfg.rungs)}, the best 1/{cfg.reduction} of each rung "
+              f"promoted, {cfg.n_trials} candidates at the first rung")
+        if "budget" in cfg.quality:
+            print(f"  [quality] budget = {cfg.quality['budget']!r} is not used: each rung sets its trials' budget")
     study, stats = run_study(cfg, n_trials=n_trials, timeout=args.timeout, progress=not args.no_progress)
     _print_summary(study)
     if stats.trial_seconds > 0:
@@ -98,22 +103,38 @@ def cmd_run(args) -> int:
 
 def _print_summary(study) -> None:
     from optuna.trial import TrialState
-    from studies.runner import pareto_rows
+    from studies.halving import rung_counts
+    from studies.runner import front_note, pareto_rows, study_rungs
 
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    rungs = study_rungs(study)
+    if len(rungs) > 1:
+        for r, c in enumerate(rung_counts(trials, len(rungs))):
+            budget = rungs[r] if r < len(rungs) else "?"
+            print(f"  rung {r} ({budget}): " + (", ".join(f"{k} {v}" for k, v in c.items()) or "no trial yet"))
     rows = pareto_rows(study)
     names = study.user_attrs.get("metric_names") or []
-    print(f"Pareto set ({len(rows)} feasible trials):")
+    print(f"Pareto set ({len(rows)} feasible trials) -- {front_note(study)}:")
     for r in rows:
-        vals = "  ".join(f"{n}={r[n]:.4g}" for n in names)
+        vals = "  ".join(_with_interval(r, n) for n in names)
         print(f"  #{r['number']:<4} {vals}  {r['preset'] or r['spec_id']}  {r['compact']}")
+
+
+def _with_interval(row: dict, name: str) -> str:
+    """`fd_domain=12.3 [10.1, 14.5]` when the evaluator gave a seed interval, else `fd_domain=12.3`."""
+    text = f"{name}={row[name]:.4g}"
+    if f"{name}_ci_low" in row and f"{name}_ci_high" in row:
+        text += f" [{row[name + '_ci_low']:.4g}, {row[name + '_ci_high']:.4g}]"
+    return text
 
 
 def cmd_status(args) -> int:
     from optuna.trial import TrialState
-    from studies.runner import pareto_rows
+    from studies.halving import front_rung, rung_counts
+    from studies.results import fig3_orderings_of, fig3_orderings_text
+    from studies.runner import front_note, pareto_rows, study_rungs
 
     study = _study(args)
     trials = study.get_trials(deepcopy=False)
@@ -122,14 +143,22 @@ def cmd_status(args) -> int:
                  "reason": t.user_attrs.get("infeasible") or t.user_attrs.get("early_stopped")
                  or t.user_attrs.get("fail_reason") or ""}
                 for t in trials if t.state in (TrialState.FAIL, TrialState.PRUNED)]
+    rungs = study_rungs(study)
+    fig3 = fig3_orderings_of(study)
     if args.json:
         print(json.dumps({"study": study.study_name, "counts": counts, "failures": failures,
-                          "pareto": pareto_rows(study)}, indent=2, default=str))
+                          "rungs": rungs, "rung_counts": rung_counts(trials, len(rungs)),
+                          "front_rung": front_rung(trials, len(rungs)), "front": front_note(study),
+                          "pareto": pareto_rows(study),
+                          **({"fig3_orderings": fig3.to_dict("records")} if fig3 is not None else {})},
+                         indent=2, default=str))
         return 0
     print(f"study {study.study_name}: {len(trials)} trials")
     _print_summary(study)
     for f in failures:
         print(f"  #{f['number']:<4} {f['state']:<7} {f['reason']}")
+    if fig3 is not None:
+        print(fig3_orderings_text(fig3))
     return 0
 
 
@@ -157,8 +186,12 @@ def _flat_rows(study, pareto: bool) -> list[dict]:
 
 
 def cmd_export(args) -> int:
+    from studies.runner import front_note
+
     study = _study(args)
     rows = _flat_rows(study, args.pareto)
+    if args.pareto:
+        print(front_note(study))
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -176,15 +209,21 @@ def cmd_best(args) -> int:
     from optuna.trial import TrialState
     from pocketdiff.cli import UsageError
     from studies.config import QUALITY_METRICS
+    from studies.halving import front_rung, rung_of
+    from studies.runner import front_note, study_rungs
 
     study = _study(args)
     names = study.user_attrs.get("metric_names") or []
+    # only the front rung competes: a lower rung's score is over a shorter budget, not comparable
+    rung = front_rung(study.get_trials(deepcopy=False), len(study_rungs(study)))
     metric = args.metric or next((n for n in names if n in QUALITY_METRICS), None)
     if metric is None:
         raise UsageError(f"the study has no quality objective ({', '.join(names)}); pick one with --metric")
     candidates = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if any(v > 0 for v in t.constraints.values()) or metric not in t.user_attrs and metric not in names:
+            continue
+        if rung_of(t) != rung:
             continue
         value = dict(zip(names, t.values)).get(metric, t.user_attrs.get(metric))
         latency = t.user_attrs.get("latency_ms")
@@ -196,11 +235,14 @@ def cmd_best(args) -> int:
                          + (f" at or under {args.max_latency_ms} ms" if args.max_latency_ms else ""))
     value, t = min(candidates, key=lambda c: c[0])
     record = {"spec": t.user_attrs["spec"], "spec_id": t.user_attrs["spec_id"], "compact": t.user_attrs["compact"],
-              "study": study.study_name, "trial": t.number, "metrics": {metric: value, **{
-                  k: t.user_attrs[k] for k in ("latency_ms", "params_m", "gmacs") if k in t.user_attrs}}}
+              "study": study.study_name, "trial": t.number, "rung": rung_of(t),
+              "budget": t.user_attrs.get("budget", ""), "metrics": {metric: value, **{
+                  k: t.user_attrs[k] for k in ("latency_ms", "params_m", "gmacs", f"{metric}_ci_low",
+                                               f"{metric}_ci_high") if k in t.user_attrs}}}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
+    print(front_note(study))
     print(f"trial {t.number}: {metric}={value:.4g}, latency {t.user_attrs.get('latency_ms', float('nan')):.2f} ms, "
           f"spec_id {record['spec_id']} -> {out}")
     return 0

@@ -5,7 +5,10 @@ Sections:
                   heartbeat_interval, grace_period, max_retry
     [target]      latent (full-size latent the cheap objectives are measured at), device (latency profile)
     [space]       base preset + knobs (search_space/sampling.py)
-    [quality]     evaluator (flow | none), data, budget, proxy options, n_samples; early_stop options
+    [quality]     evaluator (flow | none), data, budget, proxy options, n_samples; early_stop options;
+                  rungs = ["200steps", "800steps"] and reduction = 3: successive halving, the rungs set each
+                  trial's budget (a `budget` beside them is not used, and `study run` says so)
+                  (studies/halving.py); rung_seeds = [1, 3]: seeds per rung (default: `seeds` at every rung)
     [objectives]  metric = "minimize" | "maximize", in order
     [constraints] max_latency_ms, max_params_m (hard: a candidate over them is never trained)
     [enqueue]     presets = [...] evaluated first
@@ -62,6 +65,15 @@ class StudyConfig:
     objectives: tuple[tuple[str, str], ...] = (("latency_ms", "minimize"),)
     constraints: dict[str, float] = field(default_factory=dict)
     enqueue: tuple[str, ...] = ()
+    rungs: tuple[str, ...] = ()  # successive-halving budgets, lowest first; () = one budget ([quality] budget)
+    reduction: int = 3
+    rung_seeds: tuple[int, ...] = ()  # seeds per rung; () = [quality] seeds at every rung
+
+    @property
+    def halving(self) -> "Rungs | None":
+        """The rung schedule, or None for a single-budget study."""
+        from .halving import Rungs
+        return Rungs(self.rungs, self.reduction) if self.rungs else None
 
     @property
     def directions(self) -> list[str]:
@@ -77,9 +89,14 @@ class StudyConfig:
 
     def fingerprint(self) -> dict:
         """What must match when a study of this name already exists in the storage."""
-        return {"space": self.space.to_jsonable(), "objectives": [list(o) for o in self.objectives],
-                "quality": {k: v for k, v in sorted(self.quality.items())}, "latent": self.latent,
-                "device": self.device}
+        out = {"space": self.space.to_jsonable(), "objectives": [list(o) for o in self.objectives],
+               "quality": {k: v for k, v in sorted(self.quality.items())}, "latent": self.latent,
+               "device": self.device}
+        if self.rungs:  # only then, so single-budget studies stored before rungs existed still match
+            out["rungs"] = {"budgets": list(self.rungs), "reduction": self.reduction}
+            if self.rung_seeds:
+                out["rungs"]["seeds"] = list(self.rung_seeds)
+        return out
 
 
 _KNOWN = {
@@ -87,7 +104,7 @@ _KNOWN = {
               "max_retry"},
     "target": {"latent", "device"},
     "quality": {"evaluator", "data", "budget", "n_samples", "proxy", "early_stop", "guidance", "sample_steps",
-                "encoder"},
+                "encoder", "seeds", "rungs", "reduction", "rung_seeds"},
     "constraints": {"max_latency_ms", "max_params_m"},
     "enqueue": {"presets"},
 }
@@ -153,6 +170,7 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
     needs_quality = [m for m, _ in objectives if m in QUALITY_METRICS]
     if needs_quality and evaluator == "none":
         raise _err(path, f"[objectives] {needs_quality[0]} needs a quality evaluator: set [quality] evaluator")
+    rungs, reduction, rung_seeds = _parse_rungs(path, quality, st, evaluator)
     es = quality.pop("early_stop", {})
     try:
         early_stop = EarlyStop(**es)
@@ -183,4 +201,59 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
         heartbeat_interval=st.get("heartbeat_interval", 30), grace_period=st.get("grace_period", 90),
         max_retry=st.get("max_retry", 1), latent=latent, device=target.get("device", "a17pro"),
         quality=quality, early_stop=early_stop, objectives=objectives, constraints=constraints, enqueue=presets,
+        rungs=rungs, reduction=reduction, rung_seeds=rung_seeds,
     )
+
+
+def _budget_size(budget: Any) -> tuple[tuple[str, ...], float]:
+    """(kind, amount) of a parsed budget: the fields it sets, and the first one's value; budgets of one kind
+    compare by amount (works for any budget kind training/trainer.py's Budget grows)."""
+    set_fields = tuple(f.name for f in dataclasses.fields(budget) if getattr(budget, f.name) is not None)
+    return set_fields, float(getattr(budget, set_fields[0])) if set_fields else 0.0
+
+
+def _parse_rungs(path: str, quality: dict[str, Any], st: dict[str, Any],
+                 evaluator: str) -> tuple[tuple[str, ...], int, tuple[int, ...]]:
+    """Pop and check `rungs` / `reduction` / `rung_seeds` from [quality]; a study that could never promote is
+    refused here, before anything is stored."""
+    if "rungs" not in quality:
+        for key in ("reduction", "rung_seeds"):
+            if key in quality:
+                raise _err(path, f"[quality] {key} is set without rungs: add rungs = [\"<low budget>\", "
+                                 f"\"<high budget>\"] or remove {key}")
+        return (), 3, ()
+    rungs, reduction = quality.pop("rungs"), quality.pop("reduction", 3)
+    rung_seeds = quality.pop("rung_seeds", None)
+    if evaluator == "none":
+        raise _err(path, "[quality] rungs need a quality evaluator: set [quality] evaluator")
+    if not isinstance(rungs, list) or len(rungs) < 2 or not all(isinstance(r, str) for r in rungs):
+        raise _err(path, f"[quality] rungs = {rungs!r} must list at least two budget strings, lowest first, "
+                         f"e.g. [\"200steps\", \"800steps\"] (one budget: use budget = \"...\")")
+    if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction < 2:
+        raise _err(path, f"[quality] reduction = {reduction!r} must be an integer >= 2 (3 keeps the best third)")
+    from training.trainer import Budget
+    sizes = []
+    for r in rungs:
+        try:
+            sizes.append(_budget_size(Budget.parse(r)))
+        except ValueError as e:
+            raise _err(path, f"[quality] rungs: {e}") from None
+    for (k0, a0), (k1, a1), b0, b1 in zip(sizes, sizes[1:], rungs, rungs[1:]):
+        if k0 != k1:
+            raise _err(path, f"[quality] rungs: {b0!r} and {b1!r} are budgets of different kinds; use one kind")
+        if a1 <= a0:
+            raise _err(path, f"[quality] rungs: {b1!r} is not larger than {b0!r}; list budgets lowest first, "
+                             f"each larger than the one before")
+    n_trials, need = st.get("n_trials"), reduction ** (len(rungs) - 1)
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < need:
+        raise _err(path, f"[study] n_trials = {n_trials!r} cannot promote: {len(rungs)} rungs with reduction "
+                         f"{reduction} need at least {need} candidates at the first rung for one to reach the top; "
+                         f"set n_trials >= {need}, or use fewer rungs or a smaller reduction")
+    if rung_seeds is not None:
+        if (not isinstance(rung_seeds, list) or len(rung_seeds) != len(rungs)
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in rung_seeds)):
+            raise _err(path, f"[quality] rung_seeds = {rung_seeds!r} must give one whole number >= 1 per rung "
+                             f"({len(rungs)} rungs), e.g. {[1] * (len(rungs) - 1) + [3]}")
+        if "seeds" in quality:
+            raise _err(path, "[quality] give either seeds (every rung) or rung_seeds (per rung), not both")
+    return tuple(rungs), reduction, tuple(rung_seeds or ())

@@ -1,5 +1,6 @@
-"""Read-only views of a study for the explorer (app.py): trials as one pandas frame, Pareto fronts,
-hypervolume history, the per-stage / per-op-class cost of one trial, and the paper's Figure 3 / Table 2.
+"""Read-only views of a study for the explorer (app.py): trials as one pandas frame, Pareto fronts (from the
+top rung of a successive-halving study), hypervolume history, the per-stage / per-op-class cost of one trial,
+and the paper's Figure 3 (with the proxy's verdict on each published quality ordering) / Table 2.
 
 Nothing here writes to Optuna storage: SQLite files are opened with SQLite's read-only URI mode, so even a
 bug cannot change a study, and a missing file is reported instead of created. Paper numbers are quoted from
@@ -18,11 +19,12 @@ import pandas as pd
 
 # User attributes that are bookkeeping, not metrics or knobs (kept out of the numeric metric columns).
 TEXT_ATTRS = ("spec_id", "compact", "kind", "preset", "enqueued_preset", "artifacts", "eval_key", "cached_from",
-              "infeasible", "early_stopped", "fail_reason", "study_file", "samples", "record", "status")
+              "infeasible", "early_stopped", "fail_reason", "study_file", "samples", "record", "status", "budget",
+              "candidate")
 # Numeric user attributes that describe the run, not the design (kept in the table, left off the axes).
 BOOKKEEPING = {"number", "violation", "duration_s", "evaluator_seconds", "seed", "steps", "num_samples",
                "sample_steps", "cfg_scale", "train_images", "train_images_per_s", "train_seconds", "train_share",
-               "params_proxy", "domain_classifier_val_accuracy"}
+               "params_proxy", "domain_classifier_val_accuracy", "rung", "promoted_from"}
 REASON_ATTRS = ("infeasible", "early_stopped", "fail_reason")
 # Metrics where larger is better when a metric is plotted that is not one of the study's objectives.
 MAXIMIZE_METRICS = ("psnr", "precision", "recall", "precision_domain", "recall_domain")
@@ -119,6 +121,7 @@ class StudyInfo:
     study_file: str | None
     knobs: list[str] = field(default_factory=list)  # flattened spec keys that vary between trials
     quality_metrics: list[str] = field(default_factory=list)
+    rungs: list[str] = field(default_factory=list)  # successive-halving budgets, lowest first ([] = one budget)
 
     def direction(self, metric: str) -> str:
         if metric in self.metric_names:
@@ -191,6 +194,9 @@ def trials_frame(study) -> tuple[pd.DataFrame, StudyInfo]:
         row["curve_json"] = json.dumps(curve) if isinstance(curve, list) and curve else ""
         if isinstance(a.get("proxy"), dict):
             row["proxy_json"] = json.dumps(a["proxy"], sort_keys=True)
+        if isinstance(a.get("per_seed"), dict):  # per-seed metric values, for paired differences
+            row["per_seed_json"] = json.dumps(a["per_seed"], sort_keys=True)
+        row["rung"] = float(a["rung"]) if _is_number(a.get("rung")) else 0.0
         rows.append(row)
         knob_rows.append(flatten_spec(spec) if isinstance(spec, dict) else {})
     frame = pd.DataFrame(rows)
@@ -213,7 +219,8 @@ def trials_frame(study) -> tuple[pd.DataFrame, StudyInfo]:
         name=study.study_name, storage="", metric_names=names, directions=directions,
         constraint_names=constraint_names, latent=definition.get("latent"), device=definition.get("device"),
         study_file=attrs.get("study_file"), knobs=varying,
-        quality_metrics=[m for m in frame.columns if m in QUALITY_METRICS or m.endswith("_domain")])
+        quality_metrics=[m for m in frame.columns if m in QUALITY_METRICS or m.endswith("_domain")],
+        rungs=list(attrs.get("rungs") or []))
     return frame, info
 
 
@@ -262,9 +269,34 @@ def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
     return mask
 
 
+def front_rung(frame: pd.DataFrame) -> int | None:
+    """The rung fronts are built from: the highest rung with a COMPLETE trial (the top rung once one finished
+    there; studies/halving.py's rule), None when nothing completed. Single-budget studies: rung 0."""
+    done = frame[frame["state"] == "COMPLETE"] if "state" in frame.columns else frame.iloc[0:0]
+    if done.empty:
+        return None
+    return int(done["rung"].max()) if "rung" in done.columns else 0
+
+
+def front_caption(frame: pd.DataFrame, info: StudyInfo) -> str:
+    """Which rung the front comes from, in words."""
+    if len(info.rungs) < 2:
+        return "front over every finished trial (one training budget)"
+    r, top = front_rung(frame), len(info.rungs) - 1
+    if r is None:
+        return f"no trial finished yet; the front will come from the top rung ({info.rungs[top]})"
+    if r >= top:
+        return (f"front from the top rung only ({info.rungs[top]}); trials of lower rungs "
+                f"({', '.join(info.rungs[:top])}) were scored on shorter budgets and are shown apart")
+    return f"the top rung ({info.rungs[top]}) has no finished trial yet: provisional front from rung {r} ({info.rungs[r]})"
+
+
 def front(frame: pd.DataFrame, axes: list[str], info: StudyInfo) -> pd.DataFrame:
-    """Feasible trials with every axis value, marked `pareto` on those axes (the front of the plot)."""
+    """Feasible trials of the front rung with every axis value, marked `pareto` on those axes (the front of
+    the plot). A lower rung's quality is over a shorter budget, so it never competes with the top rung."""
     have = frame.dropna(subset=axes) if all(a in frame.columns for a in axes) else frame.iloc[0:0]
+    if "rung" in have.columns and len(have):
+        have = have[have["rung"] == front_rung(frame)]
     feasible = have[have["feasible"] & (have["state"] == "COMPLETE")].copy()
     feasible["pareto"] = pareto_mask(feasible[axes].to_numpy(float), [info.direction(a) for a in axes])
     return feasible
@@ -286,6 +318,8 @@ def hypervolume_history(frame: pd.DataFrame, info: StudyInfo, points: int = 200)
 
     names = [m for m in info.metric_names if m in frame.columns]
     done = frame[(frame["state"] == "COMPLETE") & frame["feasible"]].dropna(subset=names).sort_values("number")
+    if "rung" in done.columns and len(done):
+        done = done[done["rung"] == front_rung(frame)]
     if done.empty or len(names) != len(info.metric_names):
         return pd.DataFrame(columns=["number", "hypervolume"])
     v = _as_minimized(done[names].to_numpy(float), info.directions)
@@ -437,6 +471,121 @@ def fig3_table(frame: pd.DataFrame) -> pd.DataFrame:
         row["paper ImageNet FID"] = p_fid
         out.append(row)
     return pd.DataFrame(out)
+
+
+# SNAPGEN.md section 1, Figure 3: the published ImageNet FID of each step against its parent step [paper]:
+# "better" = lower FID than the parent, "worse" = higher, "comparable" = the paper claims no real change
+# (d: "comparable", e: "minimal impact").
+FIG3_PAPER_ORDER = {"b": "better", "c1": "worse", "c2": "better", "d": "comparable", "e": "comparable",
+                    "f": "better", "g": "better"}
+FIG3_LEVEL = 0.95  # confidence level of the difference intervals
+
+
+def _paired_interval(a: list[float], b: list[float], level: float) -> tuple[float, float, float, int] | None:
+    """Mean of the per-seed differences b_i - a_i (same seed i: common random numbers) with a t interval."""
+    from scipy import stats
+
+    n = min(len(a), len(b))
+    if n < 2:
+        return None
+    d = np.asarray(b[:n], dtype=float) - np.asarray(a[:n], dtype=float)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half), n
+
+
+def _step_row(frame: pd.DataFrame, step: str) -> pd.Series | None:
+    """The trial that stands for a chain step: COMPLETE, highest rung, latest."""
+    if "preset" not in frame.columns:
+        return None
+    sel = frame[(frame["preset"] == f"fig3-{step}") & (frame["state"] == "COMPLETE")]
+    if sel.empty:
+        return None
+    return sel.sort_values(["rung", "number"] if "rung" in sel.columns else ["number"]).iloc[-1]
+
+
+def fig3_orderings(frame: pd.DataFrame, metric: str | None = None, level: float = FIG3_LEVEL) -> pd.DataFrame:
+    """For each Figure 3 step: does the proxy reproduce the published FID ordering against the parent step?
+
+    The difference is ours(step) - ours(parent) of a lower-is-better quality metric (fd_domain by default).
+    Its interval is, in order of preference: paired over seeds (the trials' `per_seed` values: each seed
+    sees the same data, noise and timesteps for both specs, so seed-to-seed noise cancels); else combined
+    from the two trials' own seed intervals (`<metric>_ci_low/_high`, treated as independent: wider than the
+    paired interval, so a verdict from it errs towards "not resolved"); with one seed there is no interval
+    and no verdict. Verdicts: "reproduced" (the interval excludes 0 on the paper's side), "reversed"
+    (excludes 0 on the other side), "not resolved at proxy scale" (includes 0); for the paper's
+    "comparable" steps, "consistent" when the interval includes 0, else which way ours differs.
+    """
+    if metric is None:
+        metric = next((m for m in ("fd_domain", "fid", "val_loss") if m in frame.columns), "fd_domain")
+    rows = []
+    for step, parent in FIG3_PARENT.items():
+        paper = FIG3_PAPER_ORDER.get(step, "")
+        a, b = _step_row(frame, parent), _step_row(frame, step)
+        row: dict[str, Any] = {"step": step, "vs": parent, "paper FID": FIG3_PAPER[step][3],
+                               "paper FID (vs)": FIG3_PAPER[parent][3], "paper ordering": paper,
+                               "metric": metric, "ours": np.nan, "ours (vs)": np.nan, "difference": np.nan,
+                               "ci_low": np.nan, "ci_high": np.nan, "interval": "", "verdict": "not measured"}
+        if a is None or b is None or pd.isna(a.get(metric)) or pd.isna(b.get(metric)):
+            rows.append(row)
+            continue
+        row.update({"ours": float(b[metric]), "ours (vs)": float(a[metric]),
+                    "difference": float(b[metric]) - float(a[metric])})
+        seeds_a = json.loads(a["per_seed_json"]).get(metric) if isinstance(a.get("per_seed_json"), str) else None
+        seeds_b = json.loads(b["per_seed_json"]).get(metric) if isinstance(b.get("per_seed_json"), str) else None
+        paired = _paired_interval(seeds_a, seeds_b, level) if seeds_a and seeds_b else None
+        lo_k, hi_k = f"{metric}_ci_low", f"{metric}_ci_high"
+        if paired is not None:
+            row["difference"], row["ci_low"], row["ci_high"], n = paired
+            row["interval"] = f"paired over {n} seeds, {level:.0%}"
+        elif all(k in frame.columns and not pd.isna(r.get(k)) for k in (lo_k, hi_k) for r in (a, b)):
+            half = float(np.hypot((a[hi_k] - a[lo_k]) / 2, (b[hi_k] - b[lo_k]) / 2))
+            row["ci_low"], row["ci_high"] = row["difference"] - half, row["difference"] + half
+            row["interval"] = "from the two seed intervals (unpaired, wider)"
+        else:
+            row["interval"] = "one seed: no interval"
+            row["verdict"] = "no verdict (one seed)"
+            rows.append(row)
+            continue
+        lo, hi = row["ci_low"], row["ci_high"]
+        if paper == "comparable":
+            row["verdict"] = ("consistent (no difference resolved)" if lo <= 0 <= hi
+                              else f"differs: ours {'better' if hi < 0 else 'worse'}")
+        else:
+            want_lower = paper == "better"
+            if (hi < 0) if want_lower else (lo > 0):
+                row["verdict"] = "reproduced"
+            elif (lo > 0) if want_lower else (hi < 0):
+                row["verdict"] = "reversed"
+            else:
+                row["verdict"] = "not resolved at proxy scale"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fig3_orderings_of(study) -> pd.DataFrame | None:
+    """`fig3_orderings` of a study that evaluated a Figure 3 step and the step before it (both COMPLETE);
+    None for any other study (a search that met one fig3 preset on its way has no ordering to report)."""
+    frame, _ = trials_frame(study)
+    if "preset" not in frame.columns:
+        return None
+    if not any(_step_row(frame, step) is not None and _step_row(frame, parent) is not None
+               for step, parent in FIG3_PARENT.items()):
+        return None
+    return fig3_orderings(frame)
+
+
+def fig3_orderings_text(table: pd.DataFrame) -> str:
+    """The ordering table as text for `study status` (one line per step)."""
+    metric = table["metric"].iloc[0] if len(table) else "fd_domain"
+    lines = [f"Figure 3 quality orderings, paper (ImageNet FID) vs ours ({metric}, step minus the step before; "
+             f"lower is better):"]
+    for r in table.to_dict("records"):
+        ours = "not measured" if pd.isna(r["difference"]) else f"{r['difference']:+.4g}"
+        if not pd.isna(r["ci_low"]):
+            ours += f" [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}] ({r['interval']})"
+        lines.append(f"  {r['step']:>2} vs {r['vs']:<2}  paper {r['paper FID']} vs {r['paper FID (vs)']}: "
+                     f"{r['paper ordering']:<10}  ours {ours}  -> {r['verdict']}")
+    return "\n".join(lines)
 
 
 def table2(latent: int = 128, device: str = "a17pro", psnr: dict[str, float] | None = None) -> pd.DataFrame:

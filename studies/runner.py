@@ -7,9 +7,12 @@ One trial:
 3. a candidate over a hard budget is not trained: the trial ends PRUNED with user attr `infeasible`;
 4. the quality evaluator runs (proxy training + sampling + FD), unless the same evaluation
    (spec_id, evaluator, version, budget, seed) is already stored in this study or the local cache;
-5. during training, intermediate validation losses are compared with finished trials' curves and a
-   clearly worse run is stopped early (Optuna's pruners work on single-objective studies only; this rule
-   works for any number of objectives): the trial ends PRUNED with the reason.
+5. during training, intermediate validation losses are compared with finished trials' curves at the same
+   rung and a clearly worse run is stopped early (Optuna's pruners work on single-objective studies only; this
+   rule works for any number of objectives): the trial ends PRUNED with the reason.
+With `[quality] rungs` a study is multi-fidelity: sampled candidates train at the first rung's budget and
+studies/halving.py promotes the best share of each rung to the next (successive halving, decided from the
+storage); each trial stores its `rung` and `budget`, and the Pareto front is built from the top rung.
 Every trial stores spec JSON, spec_id, compact string, every metric, the proxy mapping and artifact paths
 as user attributes. Storage: SQLite by default, PostgreSQL/MySQL URLs for many workers; heartbeats mark a
 killed worker's trial FAIL and `RetryHeartbeatStaleTrialCallback` re-queues it with the same parameters.
@@ -36,6 +39,7 @@ from search_space.spec import SpecError
 
 from . import evaluate as ev
 from .config import QUALITY_METRICS, StudyConfig
+from .halving import front_rung, nondominated_ranks, promote, rung_of
 
 log = logging.getLogger("pocketdiff.study")
 
@@ -84,7 +88,12 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GPSampler(seed=cfg.seed)
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=min(10, max(2, (cfg.n_trials or 20) // 3)))
+    startup = min(10, max(2, (cfg.n_trials or 20) // 3))
+    if cfg.halving is not None:
+        # TPE would model first-rung and promoted (longer-budget, better-scoring) trials as one population
+        # and keep re-proposing the promoted designs; the first n_trials candidates are drawn at random
+        startup = max(startup, cfg.n_trials or 0)
+    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=startup)
 
 
 def open_study(cfg: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
@@ -110,6 +119,8 @@ def open_study(cfg: StudyConfig, storage: RDBStorage | None = None) -> optuna.St
         with warnings.catch_warnings():  # experimental in Optuna 5, and what the dashboard labels axes with
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(cfg.metric_names)
+        if cfg.rungs:
+            study.set_user_attr("rungs", list(cfg.rungs))
         for preset in cfg.enqueue:
             study.enqueue_trial({"preset": preset} if cfg.space.preset_choices else {},
                                 user_attrs={"enqueued_preset": preset}, skip_if_exists=False)
@@ -143,20 +154,45 @@ class RunStats:
 
 
 def _spec_for_trial(cfg: StudyConfig, trial: optuna.Trial) -> Spec:
+    promoted = trial.user_attrs.get("promoted_spec")
+    if promoted:  # a promotion trains exactly the candidate of the lower rung
+        from search_space import spec_from_dict
+        if trial.user_attrs.get("params_fixed"):
+            cfg.space.sample(trial)  # records the enqueued parameters, so the sampler sees them at every rung
+        return spec_from_dict(promoted)
     preset = trial.user_attrs.get("enqueued_preset")
     if preset and not cfg.space.preset_choices:
         return PRESETS[preset]
     return cfg.space.sample(trial)
 
 
-def _curve_threshold(study: optuna.Study, fraction: float, quantile: float) -> tuple[float, int] | None:
-    """Quantile of finished trials' validation loss at (or just before) the same share of the budget.
+def rung_budget(cfg: StudyConfig, rung: int) -> str:
+    """The training budget of a rung (the study's one budget when it has no rungs)."""
+    return cfg.rungs[rung] if cfg.rungs else str(cfg.quality.get("budget", "60s"))
+
+
+def at_rung(cfg: StudyConfig, rung: int) -> StudyConfig:
+    """The study config with this rung's budget (and seeds, with `rung_seeds`) in [quality]: the path every
+    budget takes to the evaluator and into the evaluation key (studies/evaluate.py reads them from there)."""
+    import dataclasses
+    quality = {**cfg.quality, "budget": rung_budget(cfg, rung)}
+    if cfg.rung_seeds:
+        quality["seeds"] = cfg.rung_seeds[rung]
+    return dataclasses.replace(cfg, quality=quality)
+
+
+def _curve_threshold(study: optuna.Study, fraction: float, quantile: float,
+                     rung: int = 0) -> tuple[float, int] | None:
+    """Quantile of finished trials' validation loss at (or just before) the same share of the budget, among
+    trials of the same rung (another rung's curve is over another budget).
 
     Curves are compared at equal budget fractions, not equal steps: the budget (wall seconds or steps) is the
     protocol, and a slower candidate has had fewer steps at the same point of it.
     """
     values = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if rung_of(t) != rung:
+            continue
         curve = t.user_attrs.get("curve")
         if not curve:
             continue
@@ -197,6 +233,10 @@ class Objective:
         trial.set_user_attr("spec_id", spec.spec_id)
         trial.set_user_attr("compact", spec.compact)
         trial.set_user_attr("kind", spec.kind)
+        rung = rung_of(trial)
+        trial.set_user_attr("rung", rung)
+        trial.set_user_attr("budget", rung_budget(cfg, rung))
+        trial.set_user_attr("candidate", trial.user_attrs.get("candidate") or spec.spec_id)
         enqueued = trial.user_attrs.get("enqueued_preset")
         preset = enqueued if enqueued and PRESETS[enqueued] == spec else next(
             (n for n, s in PRESETS.items() if s == spec), None)
@@ -221,7 +261,7 @@ class Objective:
             raise optuna.TrialPruned(reason)
 
         if cfg.quality_evaluator != "none" and any(m in QUALITY_METRICS for m in cfg.metric_names):
-            metrics.update(self._quality(trial, spec))
+            metrics.update(self._quality(trial, spec, rung))
 
         values = []
         for name in cfg.metric_names:
@@ -231,11 +271,11 @@ class Objective:
             values.append(float(v))
         return tuple(values)
 
-    def _quality(self, trial: optuna.Trial, spec: Spec) -> dict[str, float]:
-        cfg = self.cfg
+    def _quality(self, trial: optuna.Trial, spec: Spec, rung: int) -> dict[str, float]:
+        cfg = at_rung(self.cfg, rung)
         key = ev.evaluation_key(spec, cfg)
         trial.set_user_attr("eval_key", key)
-        cached = self._cached(key)
+        cached = self._cached(key, cfg)
         if cached is not None:
             trial.set_user_attr("cached_from", cached.get("source", "cache"))
             for k, v in cached["user_attrs"].items():
@@ -254,7 +294,7 @@ class Objective:
             trial.set_user_attr("curve", curve)
             if not es.enabled or fraction < es.warmup_fraction:
                 return
-            found = _curve_threshold(self.study, fraction, es.quantile)
+            found = _curve_threshold(self.study, fraction, es.quantile, rung)
             if found is None or found[1] < es.min_trials:
                 return
             threshold, n = found
@@ -281,13 +321,18 @@ class Objective:
             ev.store_cache(key, result, user_attrs)
         return result
 
-    def _cached(self, key: str) -> dict | None:
+    def _cached(self, key: str, cfg: StudyConfig) -> dict | None:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.user_attrs.get("eval_key") == key:
-                metrics = {m: t.user_attrs[m] for m in QUALITY_METRICS if m in t.user_attrs}
-                attrs = {k: t.user_attrs[k] for k in ("curve", "artifacts", "proxy") if k in t.user_attrs}
+                metrics = {m: v for m, v in t.user_attrs.items() if _is_quality_metric(m)}
+                attrs = {k: t.user_attrs[k] for k in ("curve", "artifacts", "proxy", "per_seed") if k in t.user_attrs}
                 return {"metrics": metrics, "user_attrs": attrs, "source": f"trial {t.number}"}
-        return ev.load_cache(key) if ev.portable(self.cfg) else None
+        return ev.load_cache(key) if ev.portable(cfg) else None
+
+
+def _is_quality_metric(name: str) -> bool:
+    """A quality metric or its interval bound (`fd_domain_ci_low`, ...: the evaluator's seed interval)."""
+    return name.removesuffix("_ci_low").removesuffix("_ci_high") in QUALITY_METRICS
 
 
 # --- running ----------------------------------------------------------------------------------------------
@@ -295,6 +340,8 @@ class Objective:
 def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     a = trial.user_attrs
     head = f"trial {trial.number:>3} {trial.state.name:<8} {a.get('preset') or a.get('spec_id', '?')}"
+    if study.user_attrs.get("rungs"):
+        head += f" [rung {rung_of(trial)} {a.get('budget', '')}]"
     if trial.state == TrialState.COMPLETE:
         names = study.user_attrs.get("metric_names") or [f"v{i}" for i in range(len(trial.values))]
         vals = "  ".join(f"{n}={v:.4g}" for n, v in zip(names, trial.values))
@@ -327,7 +374,9 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     if n_trials is None and cfg.n_trials is not None:
         done = len(study.get_trials(deepcopy=False, states=FINISHED))
         n_trials = max(0, cfg.n_trials - done)
-        callbacks.append(optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED))
+        if cfg.halving is None:
+            callbacks.append(optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED))
+        n_trials = None if cfg.halving is not None else n_trials  # rungs: `_run_halving` counts candidates
     if cfg.sampler == "grid" and n_trials is not None:
         grid = cfg.space.grid() or {}
         grid_size = int(np.prod([len(v) for v in grid.values()])) if grid else 1
@@ -340,11 +389,44 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
         echo(line)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if n_trials != 0:
+    if cfg.halving is not None:
+        _run_halving(cfg, study, objective, n_trials, timeout, summary)
+    elif n_trials != 0:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
                        callbacks=[summary, *callbacks], show_progress_bar=progress and n_trials is not None,
                        gc_after_trial=True)
     return study, stats
+
+
+REPROPOSAL_LIMIT = 3  # first-rung trials per asked-for candidate before a stuck sampler ends the run
+
+
+def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_trials: int | None,
+                 timeout: float | None, summary: Callable) -> None:
+    """One trial at a time: first enqueue what is due for promotion (studies/halving.py), then run a waiting
+    promotion or, while the study holds fewer than `n_trials` candidates at the first rung (any worker's,
+    failures aside), a newly sampled one. With `n_trials` given, runs that many trials of any rung."""
+    rungs = cfg.halving
+    t0, ran = time.monotonic(), 0
+    while timeout is None or time.monotonic() - t0 < timeout:
+        promote(study, rungs)
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if n_trials is not None:
+            if ran >= n_trials:
+                break
+        elif not waiting:
+            first = [t for t in trials if rung_of(t) == 0 and t.state != TrialState.FAIL]
+            # distinct designs: a re-proposed spec (served from the cache) is no new candidate to promote
+            candidates = len({t.user_attrs.get("candidate") or t.number for t in first})
+            if candidates >= (cfg.n_trials or 0):
+                break
+            if len(first) >= REPROPOSAL_LIMIT * (cfg.n_trials or 0):
+                log.warning("the sampler keeps proposing designs already evaluated: stopping with %d distinct "
+                            "candidates of the %d asked for", candidates, cfg.n_trials)
+                break
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[summary], gc_after_trial=True)
+        ran += 1
 
 
 def artifact_dir(cfg: StudyConfig) -> Path:
@@ -370,17 +452,57 @@ def resolve_study(storage_url: str, name: str | None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def study_rungs(study: optuna.Study) -> list[str]:
+    """The rung budgets of a stored study, lowest first (one entry for a single-budget study)."""
+    rungs = study.user_attrs.get("rungs")
+    if rungs:
+        return list(rungs)
+    quality = (study.user_attrs.get("definition") or {}).get("quality") or {}
+    return [str(quality["budget"])] if "budget" in quality else [""]
+
+
+def front_note(study: optuna.Study) -> str:
+    """Which rung the Pareto front comes from, in words (printed beside every front)."""
+    rungs = study_rungs(study)
+    r = front_rung(study.get_trials(deepcopy=False), len(rungs))
+    if len(rungs) < 2:
+        return "Pareto front over every finished trial (one budget" + (f": {rungs[0]})" if rungs[0] else ")")
+    top = len(rungs) - 1
+    if r is None:
+        return f"no trial finished yet; the front will come from the top rung ({rungs[top]})"
+    if r == top:
+        return f"Pareto front from the top rung only (rung {top}, {rungs[top]}); lower rungs rank, never enter"
+    return (f"the top rung ({rungs[top]}) has no finished trial yet: provisional front from rung {r} "
+            f"({rungs[r]})")
+
+
 def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """Feasible Pareto-optimal trials as flat rows (metrics + spec identity), one row per spec."""
+    """Feasible Pareto-optimal trials of the front rung (the top rung; see `front_note`) as flat rows: metrics,
+    their seed intervals where the evaluator gave them (`<metric>_ci_low/_high`), the rung, and the spec's
+    identity; one row per spec."""
     names = study.user_attrs.get("metric_names") or [f"objective_{i}" for i in range(len(study.directions))]
+    directions = [d.name.lower() for d in study.directions]
+    trials = study.get_trials(deepcopy=False)
+    r = front_rung(trials, len(study_rungs(study)))
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
+                   and rung_of(t) == r and not any(v > 0 for v in (t.constraints or {}).values())),
+                  key=lambda t: t.number)
+    if not done:
+        return []
+    on_front = nondominated_ranks(np.array([t.values for t in done]), directions) == 0
     rows = []
     seen: set[str] = set()
-    for t in sorted(study.best_trials, key=lambda t: t.number):
-        if any(v > 0 for v in t.constraints.values()) or t.user_attrs.get("spec_id") in seen:
+    for t, keep in zip(done, on_front):
+        if not keep or t.user_attrs.get("spec_id") in seen:
             continue  # a re-proposed spec (served from the evaluation cache) is the same design
         seen.add(t.user_attrs.get("spec_id"))
-        row = {"number": t.number, **dict(zip(names, t.values)),
-               "spec_id": t.user_attrs.get("spec_id"), "preset": t.user_attrs.get("preset", ""),
-               "compact": t.user_attrs.get("compact")}
+        row = {"number": t.number, **dict(zip(names, t.values))}
+        for n in names:
+            for bound in ("_ci_low", "_ci_high"):
+                if n + bound in t.user_attrs:
+                    row[n + bound] = t.user_attrs[n + bound]
+        row.update({"rung": rung_of(t), "budget": t.user_attrs.get("budget", ""),
+                    "spec_id": t.user_attrs.get("spec_id"), "preset": t.user_attrs.get("preset", ""),
+                    "compact": t.user_attrs.get("compact")})
         rows.append(row)
     return sorted(rows, key=lambda r: r[names[0]])

@@ -296,7 +296,12 @@ def test_paper_figures_page(store):
     assert row.loc["c1", "params change (%)"] == pytest.approx(-23.8, abs=1.0)
     assert row.loc["c1", "paper params change"] == "-24%"
     assert row.loc["a", "paper ImageNet FID"] == "3.76"
-    t2 = at.dataframe[1].value.set_index("decoder")
+    orderings = at.dataframe[1].value.set_index("step")
+    # the study ran without a quality evaluator: every ordering is listed with the paper's FIDs, none judged
+    assert list(orderings.index) == ["b", "c1", "c2", "d", "e", "f", "g"]
+    assert orderings.loc["c1", "paper ordering"] == "worse" and orderings.loc["c1", "paper FID"] == "3.38"
+    assert set(orderings["verdict"]) == {"not measured"}
+    t2 = at.dataframe[2].value.set_index("decoder")
     assert t2.loc["sd3-decoder", "params (M)"] == pytest.approx(49.545475)
     assert t2.loc["snapgen-decoder", "paper GFLOPs"] == 224
     assert "PSNR not measured" in _texts(at)
@@ -474,3 +479,30 @@ def test_browser_pareto_click_opens_detail(store, study, tmp_path):
 def test_app_never_wrote_the_storage(store):
     """Runs after every page test and the browser test of this module: the SQLite file is byte-identical."""
     assert _sha(store) == FINGERPRINT[store]
+
+
+def test_pareto_page_builds_the_front_from_the_top_rung(tmp_path):
+    """A successive-halving study: rung-0 scores are better (shorter budget, by construction) yet the front
+    holds top-rung trials only, and the page says so."""
+    url = f"sqlite:///{tmp_path}/rungs.db"
+    study = optuna.create_study(study_name="rungs", storage=url, directions=["minimize", "minimize"])
+    study.set_user_attr("metric_names", ["fd_domain", "latency_ms"])
+    study.set_user_attr("rungs", ["10steps", "30steps"])
+    for i in range(6):
+        study.add_trial(optuna.trial.create_trial(values=[1.0 + i, 10.0 - i], user_attrs={
+            "rung": 0, "budget": "10steps", "spec_id": f"s{i}", "fd_domain": 1.0 + i, "latency_ms": 10.0 - i}))
+    for i in (4, 5):
+        study.add_trial(optuna.trial.create_trial(values=[50.0 + i, 10.0 - i], user_attrs={
+            "rung": 1, "budget": "30steps", "spec_id": f"s{i}", "fd_domain": 50.0 + i, "latency_ms": 10.0 - i,
+            "fd_domain_ci_low": 49.0 + i, "fd_domain_ci_high": 51.0 + i}))
+    top = {t.number for t in study.trials if t.user_attrs["rung"] == 1}
+    at = _ok(_app(url, "Pareto front", study_name="rungs", axis_x="latency_ms", axis_y="fd_domain"))
+    assert "front from the top rung only (30steps)" in _texts(at)
+    fig = at.get("plotly_chart")[0].proto.spec
+    fig = json.loads(fig)
+    front_trace = next(t for t in fig["data"] if t["name"].startswith("Pareto front"))
+    assert {int(c[0]) for c in front_trace["customdata"]} == top
+    lower = next(t for t in fig["data"] if t["name"].startswith("lower rung"))
+    assert len(lower["customdata"]) == 6
+    table = at.dataframe[0].value
+    assert set(table["number"]) == top and "fd_domain_ci_low" in table.columns

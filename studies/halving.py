@@ -1,0 +1,246 @@
+"""Multi-fidelity multi-objective search: asynchronous successive halving decided from the Optuna storage.
+
+Issue 10, item 4. A study file may replace its single quality budget with rungs:
+
+    [quality]
+    rungs = ["200steps", "800steps"]   # increasing budgets of one kind
+    reduction = 3                      # promote the best 1/3 of each rung to the next
+
+Every sampled candidate starts at rung 0. Whenever a rung holds n finished candidates, the best
+floor(n / reduction) of them -- by non-dominated rank over the study's objectives, ties broken by crowding
+distance (larger first), then by the earlier trial -- are promoted: a new trial is enqueued with the same
+parameters, the next rung's budget and the user attributes `rung`, `budget`, `promoted_from` and
+`candidate` (the spec_id). This is the asynchronous rule of ASHA (Li et al. 2020) with MOASHA's
+multi-objective ranking (Schmucker et al. 2021): nothing waits for a rung to fill, so any number of workers
+stay busy and a run cut short by a timeout still has top-rung results. Each rung trains from scratch: the
+budget-aware schedule decays to zero at its own budget's end, so a lower rung's checkpoint is not a prefix of
+a longer run.
+
+Why not an existing scheduler: syne-tune's MOASHA and SMAC's SuccessiveHalving/Hyperband intensifiers keep
+their rung bookkeeping in the memory of one tuner process (syne-tune's Tuner with its trial backend; SMAC's
+intensifier tracker over its runhistory). Neither reads its state from, or writes its decisions to, an Optuna
+storage, so with several workers on one PostgreSQL study each would hold its own, diverging idea of the
+rungs, and a SIGKILL would lose it. Here the storage is the only state: promotions are recomputed from the
+stored trials each time, so the layer is a ranking function plus an idempotent "enqueue what is due".
+
+Idempotency and many workers: `promote` runs under a lock held in the storage's own database (a PostgreSQL
+advisory lock, MySQL GET_LOCK, a file lock beside a SQLite file): it re-reads the trials, enqueues each due
+promotion whose (candidate, rung) has no trial yet in any state, and releases. Two workers can therefore never
+enqueue one promotion twice, and Optuna hands a WAITING trial to exactly one worker (its WAITING -> RUNNING
+update is a row-locked compare-and-set). A SIGKILL mid-promotion leaves some promotions enqueued and others
+not; finished trials are never written to, and the next `promote` (every worker calls it before each trial
+and at start-up) enqueues the rest. A killed promotion trial is re-queued by Optuna's heartbeat retry with
+its user attributes, so its claim carries over and it is not enqueued a second time.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """Budgets of the rungs, lowest first, and the reduction factor between rungs."""
+    budgets: tuple[str, ...]
+    reduction: int = 3
+
+    @property
+    def top(self) -> int:
+        return len(self.budgets) - 1
+
+    def min_candidates(self) -> int:
+        """Candidates rung 0 needs so that at least one reaches the top rung."""
+        return self.reduction ** self.top
+
+
+# --- ranking ------------------------------------------------------------------------------------------
+
+def _minimized(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    return np.asarray(values, dtype=float).reshape(len(values), len(signs)) * signs
+
+
+def nondominated_ranks(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Front index of each row (0 = not dominated by any row); O(n^2) per front, fine for rung sizes."""
+    v = _minimized(values, directions)
+    n = len(v)
+    ranks = np.full(n, -1, dtype=int)
+    left = np.arange(n)
+    front = 0
+    while left.size:
+        sub = v[left]
+        le = (sub[None, :, :] <= sub[:, None, :]).all(-1)  # le[i, j]: row j is no worse than row i everywhere
+        lt = (sub[None, :, :] < sub[:, None, :]).any(-1)
+        dominated = (le & lt).any(1)
+        ranks[left[~dominated]] = front
+        left = left[dominated]
+        front += 1
+    return ranks
+
+
+def crowding_distance(values: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of rows on one front: boundary rows are infinitely far (kept first)."""
+    v = np.asarray(values, dtype=float)
+    n, d = v.shape
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for k in range(d):
+        order = np.argsort(v[:, k], kind="stable")
+        span = v[order[-1], k] - v[order[0], k]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span <= 0:
+            continue
+        gaps = (v[order[2:], k] - v[order[:-2], k]) / span
+        dist[order[1:-1]] += gaps
+    return dist
+
+
+def rank_order(values: np.ndarray, directions: Sequence[str]) -> list[int]:
+    """Row indices best first: non-dominated rank, then crowding distance within the front (larger first),
+    then row order (the earlier trial), so the order is deterministic."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return []
+    ranks = nondominated_ranks(values, directions)
+    crowd = np.zeros(len(values))
+    v = _minimized(values, directions)
+    for r in np.unique(ranks):
+        idx = np.flatnonzero(ranks == r)
+        crowd[idx] = crowding_distance(v[idx])
+    return sorted(range(len(values)), key=lambda i: (ranks[i], -crowd[i], i))
+
+
+# --- rungs in the storage -----------------------------------------------------------------------------
+
+def rung_of(trial: FrozenTrial) -> int:
+    """A trial's rung; trials stored before rungs existed (or of single-budget studies) are at rung 0."""
+    r = trial.user_attrs.get("rung", 0)
+    return int(r) if isinstance(r, (int, float)) and not isinstance(r, bool) else 0
+
+
+def candidate_of(trial: FrozenTrial) -> str | None:
+    return trial.user_attrs.get("candidate") or trial.user_attrs.get("spec_id")
+
+
+def _feasible(t: FrozenTrial) -> bool:
+    return not any(v > 0 for v in (t.constraints or {}).values()) if isinstance(t.constraints, dict) else True
+
+
+@dataclass(frozen=True)
+class Promotion:
+    source: FrozenTrial
+    rung: int  # the rung it is promoted to
+
+    @property
+    def candidate(self) -> str:
+        return str(candidate_of(self.source))
+
+
+def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequence[str]) -> list[Promotion]:
+    """Promotions the stored trials call for that no trial holds yet (any state), top rungs first."""
+    due: list[Promotion] = []
+    for r in range(rungs.top - 1, -1, -1):
+        at_rung = [t for t in trials if rung_of(t) == r and t.state in FINISHED and candidate_of(t)]
+        finished: dict[str, FrozenTrial] = {}
+        for t in sorted(at_rung, key=lambda t: (t.state != TrialState.COMPLETE, t.number)):
+            finished.setdefault(candidate_of(t), t)  # a re-proposed spec is one candidate
+        k = len(finished) // rungs.reduction
+        if k == 0:
+            continue
+        ranked = [t for t in finished.values()
+                  if t.state == TrialState.COMPLETE and t.values is not None and _feasible(t)]
+        ranked.sort(key=lambda t: t.number)
+        order = rank_order(np.array([t.values for t in ranked]), directions) if ranked else []
+        claimed = {candidate_of(t) for t in trials if rung_of(t) == r + 1}
+        for i in order[:k]:
+            if candidate_of(ranked[i]) not in claimed:
+                due.append(Promotion(ranked[i], r + 1))
+    return due
+
+
+@contextlib.contextmanager
+def promotion_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
+    """Serialise promotion decisions of every worker on this storage (see the module docstring)."""
+    storage = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache layer
+    url = str(getattr(storage, "url", ""))
+    if not url and isinstance(storage, optuna.storages.RDBStorage):
+        raise RuntimeError("an RDB storage without a URL: cannot lock promotions")
+    key = int.from_bytes(hashlib.sha256(f"pocketdiff-promote:{study_name}".encode()).digest()[:8], "big",
+                         signed=True)
+    if url.startswith("postgresql"):
+        import sqlalchemy
+        with storage.engine.connect() as conn:  # a session-level lock: a killed worker's connection frees it
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    elif url.startswith("mysql"):
+        import sqlalchemy
+        with storage.engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 600)"), {"k": f"pocketdiff-{key}"})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": f"pocketdiff-{key}"})
+    elif url.startswith("sqlite:///") and ":memory:" not in url:
+        db = Path(url[len("sqlite:///"):].split("?", 1)[0].removeprefix("file:"))
+        with open(db.with_name(db.name + ".promote.lock"), "a") as f:  # the kernel frees it when a process dies
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    else:  # in-memory storages live in one process: a thread lock is enough
+        with _LOCAL_LOCK:
+            yield
+
+
+_LOCAL_LOCK = threading.Lock()
+
+
+def promote(study: optuna.Study, rungs: Rungs) -> list[Promotion]:
+    """Enqueue every due promotion not yet held by a trial; returns what this call enqueued."""
+    directions = [d.name.lower() for d in study.directions]
+    with promotion_lock(study._storage, study.study_name):
+        due = due_promotions(study.get_trials(deepcopy=False), rungs, directions)
+        for p in due:
+            src = p.source
+            study.enqueue_trial(src.params, user_attrs={
+                "rung": p.rung, "budget": rungs.budgets[p.rung], "promoted_from": src.number,
+                "candidate": p.candidate, "promoted_spec": src.user_attrs.get("spec"),
+                "params_fixed": bool(src.params),
+                # the source's preset name: two presets may share a spec (snapgen-unet and fig3-g)
+                **({"enqueued_preset": src.user_attrs["preset"]} if src.user_attrs.get("preset") else {})},
+                skip_if_exists=False)
+    return due
+
+
+def front_rung(trials: Sequence[FrozenTrial], n_rungs: int) -> int | None:
+    """The rung the Pareto front is built from: the top rung, or while no trial finished there yet the
+    highest rung that has a COMPLETE trial (None when nothing completed)."""
+    done = [rung_of(t) for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    if not done:
+        return None
+    return max(done)
+
+
+def rung_counts(trials: Sequence[FrozenTrial], n_rungs: int) -> list[dict[str, int]]:
+    """Per rung: trials by state (for `study status`)."""
+    out = []
+    for r in range(max(n_rungs, 1 + max((rung_of(t) for t in trials), default=0))):
+        at = [t for t in trials if rung_of(t) == r]
+        out.append({s.name: sum(t.state == s for t in at) for s in TrialState if any(t.state == s for t in at)})
+    return out

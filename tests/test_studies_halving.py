@@ -1,0 +1,336 @@
+"""Successive halving in studies (studies/halving.py): ranking, promotion from the storage alone, the front
+from the top rung, many workers, SIGKILL mid-promotion, and bad rung configurations.
+
+The quality evaluator is replaced by a cheap deterministic stand-in (`FAKE_QUALITY`), in this process with
+monkeypatch and in worker subprocesses through a small driver script, so each test takes seconds.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from studies import halving
+from studies.config import StudyFileError, load_study_file, parse_study
+from studies.halving import Rungs, crowding_distance, due_promotions, nondominated_ranks, rank_order, rung_of
+from studies.runner import front_note, open_study, pareto_rows, run_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+STUDY = """
+[study]
+name = "{name}"
+sampler = "random"
+seed = {seed}
+n_trials = {n_trials}
+heartbeat_interval = 1
+grace_period = 3
+
+[target]
+latent = 64
+
+[space]
+base = "snapgen-unet"
+"stages.1.channels" = {{ choices = [384, 512, 640] }}
+"stages.2.channels" = {{ choices = [640, 768, 896] }}
+ffn_ratio = {{ choices = [2.0, 3.0, 4.0] }}
+attention = {{ choices = ["mqa", "mhsa"] }}
+
+[quality]
+evaluator = "flow"
+rungs = ["10steps", "30steps", "90steps"]
+reduction = 3
+early_stop = {{ enabled = false }}
+
+[objectives]
+fd_domain = "minimize"
+{extra_objectives}
+"""
+
+# The stand-in for the quality evaluator: a score from the spec alone, made *better* at lower rungs so that a
+# front mixing rungs would pick rung-0 trials (the front-from-the-top-rung test relies on it).
+FAKE_QUALITY = '''
+def fake_quality(spec, cfg, out_dir, on_report):
+    import time, os
+    from training.trainer import Budget
+    steps = Budget.parse(cfg.quality["budget"]).steps
+    time.sleep(float(os.environ.get("FAKE_QUALITY_SLEEP", "0")))
+    st = spec.stages
+    base = st[1].channels / 64 + st[2].channels / 128 + 3 * spec.ffn_ratio + (spec.attention == "mqa")
+    return {"fd_domain": base * (1 + steps / 30), "fd_domain_ci_low": base * (1 + steps / 30) - 1,
+            "fd_domain_ci_high": base * (1 + steps / 30) + 1, "_evaluator_seconds": 0.0, "_user_attrs": {}}
+'''
+_ns: dict = {}
+exec(FAKE_QUALITY, _ns)
+fake_quality = _ns["fake_quality"]
+
+# A worker subprocess: the CLI's `study worker` with the stand-in evaluator patched in.
+WORKER = FAKE_QUALITY + '''
+import sys
+from studies import evaluate
+evaluate.quality_metrics = fake_quality
+evaluate.cheap_metrics = lambda spec, latent, device: {"params_m": 1.0, "latency_ms": 1.0}
+from pocketdiff.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def _write(tmp_path, name="halving", n_trials=9, seed=0, extra_objectives="", text=None):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text or STUDY.format(name=name, n_trials=n_trials, seed=seed, extra_objectives=extra_objectives))
+    return path
+
+
+@pytest.fixture
+def fake_evaluators(monkeypatch):
+    from studies import evaluate as ev
+    monkeypatch.setattr(ev, "quality_metrics", fake_quality)
+    monkeypatch.setattr(ev, "cheap_metrics", lambda spec, latent, device: {"params_m": 1.0, "latency_ms": 1.0})
+
+
+def _worker(path, storage, *extra, env=None):
+    return subprocess.Popen([sys.executable, "-c", WORKER, "study", "worker", str(path), "--storage", storage,
+                             "--no-progress", *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+def _check_rung_invariants(trials, rungs: Rungs):
+    """What successive halving promises, read from the storage."""
+    by_rung: dict[int, list] = {}
+    for t in trials:
+        by_rung.setdefault(rung_of(t), []).append(t)
+        if t.state == TrialState.COMPLETE:
+            assert t.user_attrs["budget"] == rungs.budgets[rung_of(t)]
+    for r, ts in by_rung.items():
+        keys = [t.user_attrs["candidate"] for t in ts if t.state != TrialState.FAIL]
+        if r > 0:  # a candidate is evaluated at most once per rung
+            assert len(keys) == len(set(keys)), f"rung {r} evaluated a candidate twice: {keys}"
+            lower = {t.user_attrs["candidate"] for t in by_rung[r - 1] if t.state == TrialState.COMPLETE}
+            assert set(keys) <= lower, "promoted a candidate that did not complete the rung below"
+    return by_rung
+
+
+# --- ranking -------------------------------------------------------------------------------------------------
+
+def test_nondominated_ranks_and_crowding():
+    v = np.array([[1, 5], [2, 2], [5, 1], [3, 3], [6, 6], [2, 2]], dtype=float)
+    assert nondominated_ranks(v, ["minimize", "minimize"]).tolist() == [0, 0, 0, 1, 2, 0]
+    # maximising the second objective turns the order around on that axis
+    assert nondominated_ranks(v, ["minimize", "maximize"]).tolist()[4] == 0
+    d = crowding_distance(np.array([[0, 4], [1, 2], [3, 1], [4, 0]], dtype=float))
+    assert np.isinf(d[[0, 3]]).all() and d[1] == pytest.approx(3 / 4 + 3 / 4) and d[2] == pytest.approx(3 / 4 + 2 / 4)
+    # front 0 first; inside it the boundary points (infinite crowding) before the crowded middle one
+    order = rank_order(np.array([[1, 5], [2, 2.1], [5, 1], [3, 3], [1.9, 2.2]]), ["minimize", "minimize"])
+    assert order[:2] == [0, 2] and order[-1] == 3
+
+
+def test_due_promotions_pick_the_best_share_once():
+    study = optuna.create_study(directions=["minimize"])
+    for i, value in enumerate([5.0, 1.0, 4.0, 2.0, 3.0, 6.0]):
+        study.add_trial(optuna.trial.create_trial(values=[value], user_attrs={"rung": 0, "candidate": f"c{i}"}))
+    rungs = Rungs(("1steps", "3steps"), 3)
+    due = due_promotions(study.get_trials(), rungs, ["minimize"])
+    assert [(p.candidate, p.rung) for p in due] == [("c1", 1), ("c3", 1)]  # floor(6 / 3) = 2 best
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"rung": 1, "candidate": "c1"}))
+    assert [p.candidate for p in due_promotions(study.get_trials(), rungs, ["minimize"])] == ["c3"]
+
+
+# --- a whole study -------------------------------------------------------------------------------------------
+
+def test_halving_study_promotes_and_builds_the_front_from_the_top_rung(tmp_path, fake_evaluators, capsys):
+    from pocketdiff.cli import main
+
+    path, storage = _write(tmp_path, extra_objectives='params_m = "minimize"'), f"sqlite:///{tmp_path}/s.db"
+    cfg = load_study_file(path, storage=storage)
+    lines: list[str] = []
+    study, _ = run_study(cfg, progress=False, echo=lines.append)
+    trials = study.get_trials()
+    by_rung = _check_rung_invariants(trials, cfg.halving)
+    candidates0 = {t.user_attrs["candidate"] for t in by_rung[0]}
+    assert len(candidates0) == 9 and set(by_rung) == {0, 1, 2}  # n_trials counts distinct designs
+    assert len({t.user_attrs["candidate"] for t in by_rung[1]}) >= len(candidates0) // 3
+    # the best candidate of rung 0 (params_m is constant: the lowest score) went all the way up
+    best0 = min((t for t in by_rung[0] if t.state == TrialState.COMPLETE), key=lambda t: t.values[0])
+    assert best0.user_attrs["candidate"] in {t.user_attrs["candidate"] for t in by_rung[2]}
+    assert any("[rung 2 90steps]" in line for line in lines)
+    # the front holds top-rung trials only, although rung-0 scores are lower (better) by construction
+    rows = pareto_rows(study)
+    assert rows and all(r["rung"] == 2 and r["budget"] == "90steps" for r in rows)
+    assert min(t.values[0] for t in by_rung[0]) < min(r["fd_domain"] for r in rows)
+    assert rows[0]["fd_domain_ci_low"] < rows[0]["fd_domain"] < rows[0]["fd_domain_ci_high"]
+    assert "top rung only (rung 2, 90steps)" in front_note(study)
+    # a second run has nothing left to do: no candidate and no promotion is added
+    study2, _ = run_study(cfg, progress=False, echo=lambda s: None)
+    assert len(study2.get_trials()) == len(trials)
+
+    # status, export and best: the same front, said to come from the top rung
+    top = {t.number for t in trials if rung_of(t) == 2 and t.state == TrialState.COMPLETE}
+    capsys.readouterr()
+    assert main(["study", "status", str(path), "--storage", storage]) == 0
+    out = capsys.readouterr().out
+    assert "rung 0 (10steps)" in out and "rung 2 (90steps)" in out
+    assert "Pareto front from the top rung only" in out and "fd_domain=" in out and "[" in out.split("fd_domain=")[1]
+    assert main(["study", "status", str(path), "--storage", storage, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["rungs"] == ["10steps", "30steps", "90steps"] and data["front_rung"] == 2
+    assert data["pareto"] and {r["number"] for r in data["pareto"]} <= top
+    assert main(["study", "export", str(path), "--storage", storage, "--pareto", "-o", str(tmp_path / "p.csv")]) == 0
+    import csv
+    exported = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert exported and {int(r["number"]) for r in exported} <= top
+    assert main(["study", "best", str(path), "--storage", storage, "-o", str(tmp_path / "w.json")]) == 0
+    assert "top rung only" in capsys.readouterr().out
+    assert json.loads((tmp_path / "w.json").read_text())["trial"] in top
+
+
+# --- many workers and kills -------------------------------------------------------------------------------
+
+def _two_workers(path, storage):
+    procs = [_worker(path, storage, env={"FAKE_QUALITY_SLEEP": "0.3"}) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    return outs
+
+
+def _check_two_workers(path, storage, outs):
+    cfg = load_study_file(path, storage=storage)
+    study = optuna.load_study(study_name=cfg.name, storage=storage)
+    trials = study.get_trials()
+    by_rung = _check_rung_invariants(trials, cfg.halving)
+    assert len(by_rung[0]) >= 9 and 1 in by_rung  # both workers' samplers share a seed: duplicates are one candidate
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # nothing left to promote: the last worker to finish did every promotion the stored results call for
+    assert due_promotions(trials, cfg.halving, cfg.directions) == []
+    done = [int(l.split()[1]) for out, _ in outs for l in out.splitlines() if l.startswith("trial ")]
+    assert len(done) == len(set(done)) == len(trials)  # every trial ran in exactly one worker
+    promoted = [int(l.split()[1]) for out, _ in outs for l in out.splitlines() if "[rung 1" in l or "[rung 2" in l]
+    assert promoted, "no promotion ran"
+    assert all(any(l.startswith("trial ") for l in out.splitlines()) for out, _ in outs), "a worker did nothing"
+
+
+@pytest.mark.slow  # the PostgreSQL twin below runs in CI; this one needs no server
+def test_two_workers_promote_from_one_sqlite_storage(tmp_path):
+    path, storage = _write(tmp_path), f"sqlite:///{tmp_path}/s.db"
+    open_study(load_study_file(path, storage=storage))
+    _check_two_workers(path, storage, _two_workers(path, storage))
+
+
+@pytest.fixture
+def postgres_url():
+    base = os.environ.get("POCKETDIFF_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("POCKETDIFF_TEST_POSTGRES_URL is not set (.ci/run sets it to the local PostgreSQL server)")
+    import psycopg
+    name = f"pocketdiff_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield base.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_two_workers_promote_from_one_postgres_study(tmp_path, postgres_url):
+    path = _write(tmp_path, name="shared")
+    open_study(load_study_file(path, storage=postgres_url))  # create once: workers do not race on tables
+    _check_two_workers(path, postgres_url, _two_workers(path, postgres_url))
+
+
+KILL_MID_PROMOTION = '''
+import os, signal, optuna
+from studies.config import load_study_file
+from studies import halving
+cfg = load_study_file({path!r}, storage={storage!r})
+study = optuna.load_study(study_name=cfg.name, storage={storage!r})
+real = study.enqueue_trial
+def enqueue_then_die(*a, **k):
+    real(*a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)  # between the first and the second promotion, lock held
+study.enqueue_trial = enqueue_then_die
+halving.promote(study, cfg.halving)
+'''
+
+
+def _seed_rung0(study, n):
+    """n finished rung-0 candidates (as a run would have left them), scores 0..n-1 so the order is known."""
+    for i in range(n):
+        study.add_trial(optuna.trial.create_trial(
+            values=[float(i)], params={"ffn_ratio": [2.0, 3.0, 4.0][i % 3]},
+            distributions={"ffn_ratio": optuna.distributions.CategoricalDistribution([2.0, 3.0, 4.0])},
+            user_attrs={"rung": 0, "budget": "10steps", "candidate": f"c{i}", "spec_id": f"c{i}",
+                        "spec": None}))
+
+
+def test_sigkill_during_promotion_loses_no_finished_trial(tmp_path):
+    path, storage = _write(tmp_path), f"sqlite:///{tmp_path}/s.db"
+    cfg = load_study_file(path, storage=storage)
+    study = open_study(cfg)
+    _seed_rung0(study, 6)  # 6 finished at rung 0, reduction 3: two promotions due at once
+    before = {t.number: (t.state, t.values, t.user_attrs) for t in study.get_trials()}
+    r = subprocess.run([sys.executable, "-c", KILL_MID_PROMOTION.format(path=str(path), storage=storage)],
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert (tmp_path / "s.db.promote.lock").is_file()  # the promotion ran under the storage's lock
+    after = {t.number: t for t in study.get_trials()}
+    for number, (state, values, attrs) in before.items():  # nothing finished was lost or changed
+        assert after[number].state == state and after[number].values == values
+        assert after[number].user_attrs == attrs
+    waiting = [t for t in after.values() if t.state == TrialState.WAITING]
+    assert [t.user_attrs["candidate"] for t in waiting] == ["c0"]  # the kill came after the first enqueue
+    # the next promote (any worker, after the kill) takes the lock the dead process held and finishes the job
+    done = halving.promote(study, cfg.halving)
+    assert [p.candidate for p in done] == ["c1"]
+    assert halving.promote(study, cfg.halving) == []  # idempotent: nothing is enqueued twice
+    keys = [t.user_attrs["candidate"] for t in study.get_trials() if rung_of(t) == 1]
+    assert sorted(keys) == ["c0", "c1"]
+
+
+# --- bad configurations --------------------------------------------------------------------------------------
+
+def _cfg(**quality):
+    return {"study": {"name": "t", "n_trials": 9}, "space": {"base": "tiny-debug"},
+            "quality": {"evaluator": "flow", **quality}, "objectives": {"val_loss": "minimize"}}
+
+
+@pytest.mark.parametrize("quality,study,match", [
+    ({"rungs": ["10steps", "30steps", "90steps"]}, {"n_trials": 8},
+     "n_trials = 8 cannot promote: 3 rungs with reduction 3 need at least 9 candidates"),
+    ({"rungs": ["10steps", "30steps"], "reduction": 4}, {"n_trials": None}, "n_trials = None cannot promote"),
+    ({"rungs": ["30steps", "10steps"]}, {}, "'10steps' is not larger than '30steps'"),
+    ({"rungs": ["10steps", "60s"]}, {}, "budgets of different kinds"),
+    ({"rungs": ["10steps", "lots"]}, {}, "rungs: budget 'lots' is neither"),
+    ({"rungs": ["10steps"]}, {}, "must list at least two budget strings"),
+    ({"rungs": "10steps"}, {}, "must list at least two budget strings"),
+    ({"rungs": ["10steps", "30steps"], "reduction": 1}, {}, "reduction = 1 must be an integer >= 2"),
+    ({"rungs": ["10steps", "30steps"], "rung_seeds": [1]}, {}, "rung_seeds = \\[1\\] must give one whole number"),
+    ({"rungs": ["10steps", "30steps"], "rung_seeds": [1, 2], "seeds": 2}, {}, "either seeds .* or rung_seeds"),
+    ({"reduction": 3, "budget": "10steps"}, {}, "reduction is set without rungs"),
+])
+def test_bad_rung_configs_name_the_key(quality, study, match):
+    data = _cfg(**quality)
+    data["study"].update(study)
+    data["study"] = {k: v for k, v in data["study"].items() if v is not None}
+    with pytest.raises(StudyFileError, match=match):
+        parse_study(data)
+
+
+def test_bad_rung_config_on_the_cli_is_one_line_and_changes_nothing(tmp_path, fake_evaluators):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    good = _write(tmp_path)
+    run_study(load_study_file(good, storage=storage), n_trials=2, progress=False, echo=lambda s: None)
+    stamp = (tmp_path / "s.db").read_bytes()
+    bad = _write(tmp_path, name="halving", n_trials=4)  # same study, now too few candidates to promote twice
+    r = subprocess.run([sys.executable, "-m", "pocketdiff.cli", "study", "run", str(bad), "--storage", storage],
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "n_trials = 4 cannot promote" in r.stderr and "set n_trials >= 9" in r.stderr
+    assert (tmp_path / "s.db").read_bytes() == stamp
