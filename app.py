@@ -487,10 +487,10 @@ def fig3_figure(table: pd.DataFrame) -> go.Figure:
             if m in paper_col and r.get(paper_col[m]) not in ("", "-", None):
                 t += f"<br>({r[paper_col[m]].split(' ')[0]})"
             text.append(t)
-        fig.add_trace(go.Bar(x=table["step"], y=table[m], text=text, textposition="outside", textfont_size=11,
+        fig.add_trace(go.Bar(x=table["label"], y=table[m], text=text, textposition="outside", textfont_size=11,
                              marker_color=COLORS["feasible"], cliponaxis=False), 1, i)
         fig.update_yaxes(range=[0, float(table[m].max()) * 1.3], row=1, col=i)
-    fig.add_trace(go.Bar(x=table["step"], y=fids, text=[f"{v:.2f}" if not pd.isna(v) else "" for v in fids],
+    fig.add_trace(go.Bar(x=table["label"], y=fids, text=[f"{v:.2f}" if not pd.isna(v) else "" for v in fids],
                          textposition="outside", marker_color=COLORS["paper"], cliponaxis=False), 1, len(titles))
     fig.update_yaxes(range=[0, 4.5], row=1, col=len(titles))
     fig.update_layout(showlegend=False, height=520, margin=dict(t=80, b=40), uniformtext=dict(minsize=10, mode="show"),

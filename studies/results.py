@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 # User attributes that are bookkeeping, not metrics or knobs (kept out of the numeric metric columns).
-TEXT_ATTRS = ("spec_id", "compact", "kind", "preset", "enqueued_preset", "artifacts", "eval_key", "cached_from",
+TEXT_ATTRS = ("spec_id", "compact", "kind", "preset", "base_preset", "enqueued_preset", "artifacts", "eval_key", "cached_from",
               "infeasible", "early_stopped", "fail_reason", "study_file", "samples", "record", "status", "budget",
               "candidate")
 # Numeric user attributes that describe the run, not the design (kept in the table, left off the axes).
@@ -30,7 +30,7 @@ REASON_ATTRS = ("infeasible", "early_stopped", "fail_reason")
 MAXIMIZE_METRICS = ("psnr", "precision", "recall", "precision_domain", "recall_domain")
 
 # SNAPGEN.md section 1, Figure 3: change of each step relative to its parent step [paper].
-FIG3_PARENT = {"b": "a", "c1": "b", "c2": "b", "d": "c2", "e": "d", "f": "e", "g": "f"}
+FIG3_PARENT = {"b": "a", "c1": "b", "c2": "b", "d": "c2", "e": "d", "f": "e", "f-1to1": "e", "g": "f"}
 FIG3_PAPER = {  # step: (change, params delta, FLOPs delta, ImageNet FID)
     "a": ("thin SDXL baseline", "-", "-", "3.76"),
     "b": ("self-attention only in the lowest-resolution stage", "~0", "-17%", "3.12"),
@@ -39,6 +39,8 @@ FIG3_PAPER = {  # step: (change, params delta, FLOPs delta, ImageNet FID)
     "d": ("FFN expansion 4 -> 3", "-12%", "-12%", "comparable"),
     "e": ("MHSA -> MQA", "-16%", "-6%", "minimal impact"),
     "f": ("condition injection in stage 1 (CA + FFN blocks)", "smaller", "lower", "better"),
+    "f-1to1": ("step f, one CA + FFN block per replaced res block (our other reading)", "smaller", "lower",
+               "better"),
     "g": ("QK RMSNorm + 2D RoPE", "negligible", "negligible", "better"),
 }
 # SNAPGEN.md section 2, Table 2 (decode a 128x128 latent to 1024x1024; PSNR on COCO 2017 val) [paper].
@@ -440,36 +442,66 @@ def _pct(new: float, old: float) -> float:
     return (new - old) / old * 100 if old else np.nan
 
 
+def _readings(frame: pd.DataFrame) -> pd.Series:
+    """The separable-block reading of each trial's spec (`sep_block`; specs stored before it existed built
+    "per_conv"). Figure 3 steps are compared within one reading: a step's parent is the same reading's."""
+    col = frame["knob:sep_block"] if "knob:sep_block" in frame.columns else pd.Series(np.nan, index=frame.index)
+    return col.fillna("per_conv").astype(str)
+
+
+def _chain_presets(frame: pd.DataFrame) -> pd.Series:
+    """The Figure 3 preset each trial stands for: the grid's `preset` choice it started from (`base_preset`;
+    under the other block reading the spec equals no registered preset), else the preset its spec equals."""
+    exact = frame["preset"] if "preset" in frame.columns else pd.Series(np.nan, index=frame.index)
+    base = frame["base_preset"] if "base_preset" in frame.columns else pd.Series(np.nan, index=frame.index)
+    return base.where(base.notna() & (base != ""), exact).fillna("").astype(str)
+
+
+def fig3_readings(frame: pd.DataFrame) -> list[str]:
+    """Readings with at least one fig3-* trial, "per_conv" (the presets' reading) first."""
+    found = set(_readings(frame)[_chain_presets(frame).str.startswith("fig3-")])
+    return sorted(found, key=lambda r: (r != "per_conv", r))
+
+
 def fig3_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per chain step the study evaluated: ours (params, GMACs, predicted latency, proxy FD) with the
-    change vs the parent step, beside the paper's published change and ImageNet FID."""
+    """One row per chain step and separable-block reading the study evaluated: ours (params, GMACs, predicted
+    latency, proxy FD) with the change vs the parent step of the same reading, beside the paper's published
+    change and ImageNet FID. `label` names the bar: the step, with the reading when there are several."""
     metrics = [m for m in ("params_m", "gmacs", "latency_ms", "fd_domain", "fid") if m in frame.columns]
-    rows = {}
-    preset_col = frame["preset"] if "preset" in frame.columns else pd.Series("", index=frame.index)
-    for step in fig3_steps():
-        sel = frame[(preset_col == f"fig3-{step}")]
-        if sel.empty:
-            continue
-        done = sel[sel["state"] == "COMPLETE"]
-        r = (done if not done.empty else sel).sort_values("number").iloc[-1]
-        rows[step] = {"step": step, "trial": int(r["number"]), "state": r["state"],
-                      **{m: (float(r[m]) if not pd.isna(r.get(m)) else np.nan) for m in metrics}}
-    out = []
-    for step, row in rows.items():
-        parent = FIG3_PARENT.get(step)
-        change, p_params, p_flops, p_fid = FIG3_PAPER.get(step, ("", "", "", ""))
-        row = {"step": step, "change": change, **{k: v for k, v in row.items() if k != "step"}}
-        for m, label in (("params_m", "params"), ("gmacs", "GMACs"), ("latency_ms", "latency"),
-                         ("fd_domain", "FD")):
-            if m not in metrics:
+    preset_col = _chain_presets(frame)
+    readings = _readings(frame)
+    several = len(fig3_readings(frame)) > 1
+    by_reading: dict[str, dict[str, dict]] = {}
+    for reading in fig3_readings(frame):
+        rows = by_reading.setdefault(reading, {})
+        for step in fig3_steps():
+            sel = frame[(preset_col == f"fig3-{step}") & (readings == reading)]
+            if sel.empty:
                 continue
-            row[f"{label} change (%)"] = (_pct(row[m], rows[parent][m])
-                                          if parent in rows and not pd.isna(row[m]) else np.nan)
-        row["relative to"] = parent or "-"
-        row["paper params change"] = p_params
-        row["paper FLOPs change"] = p_flops
-        row["paper ImageNet FID"] = p_fid
-        out.append(row)
+            done = sel[sel["state"] == "COMPLETE"]
+            r = (done if not done.empty else sel).sort_values("number").iloc[-1]
+            rows[step] = {"step": step, "trial": int(r["number"]), "state": r["state"],
+                          **{m: (float(r[m]) if not pd.isna(r.get(m)) else np.nan) for m in metrics}}
+    out = []
+    for reading, rows in by_reading.items():
+        for step, row in rows.items():
+            parent = FIG3_PARENT.get(step)
+            # Steps without separable convs (a, b) are one model under every reading, stored as "per_conv".
+            parent_row = rows.get(parent) or by_reading.get("per_conv", {}).get(parent)
+            change, p_params, p_flops, p_fid = FIG3_PAPER.get(step, ("", "", "", ""))
+            row = {"step": step, "reading": reading, "label": f"{step} ({reading})" if several else step,
+                   "change": change, **{k: v for k, v in row.items() if k != "step"}}
+            for m, label in (("params_m", "params"), ("gmacs", "GMACs"), ("latency_ms", "latency"),
+                             ("fd_domain", "FD")):
+                if m not in metrics:
+                    continue
+                row[f"{label} change (%)"] = (_pct(row[m], parent_row[m])
+                                              if parent_row is not None and not pd.isna(row[m]) else np.nan)
+            row["relative to"] = parent or "-"
+            row["paper params change"] = p_params
+            row["paper FLOPs change"] = p_flops
+            row["paper ImageNet FID"] = p_fid
+            out.append(row)
     return pd.DataFrame(out)
 
 
@@ -477,7 +509,7 @@ def fig3_table(frame: pd.DataFrame) -> pd.DataFrame:
 # "better" = lower FID than the parent, "worse" = higher, "comparable" = the paper claims no real change
 # (d: "comparable", e: "minimal impact").
 FIG3_PAPER_ORDER = {"b": "better", "c1": "worse", "c2": "better", "d": "comparable", "e": "comparable",
-                    "f": "better", "g": "better"}
+                    "f": "better", "f-1to1": "better", "g": "better"}
 FIG3_LEVEL = 0.95  # confidence level of the difference intervals
 
 
@@ -493,11 +525,13 @@ def _paired_interval(a: list[float], b: list[float], level: float) -> tuple[floa
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half), n
 
 
-def _step_row(frame: pd.DataFrame, step: str) -> pd.Series | None:
-    """The trial that stands for a chain step: COMPLETE, highest rung, latest."""
-    if "preset" not in frame.columns:
-        return None
-    sel = frame[(frame["preset"] == f"fig3-{step}") & (frame["state"] == "COMPLETE")]
+def _step_row(frame: pd.DataFrame, step: str, reading: str = "per_conv") -> pd.Series | None:
+    """The trial that stands for a chain step under one separable-block reading: COMPLETE, highest rung,
+    latest."""
+    chain = (_chain_presets(frame) == f"fig3-{step}") & (frame["state"] == "COMPLETE")
+    sel = frame[chain & (_readings(frame) == reading)]
+    if sel.empty:  # a step without separable convs (a, b) is one model in every reading, stored as "per_conv"
+        sel = frame[chain & (_readings(frame) == "per_conv")]
     if sel.empty:
         return None
     return sel.sort_values(["rung", "number"] if "rung" in sel.columns else ["number"]).iloc[-1]
@@ -518,10 +552,11 @@ def fig3_orderings(frame: pd.DataFrame, metric: str | None = None, level: float 
     if metric is None:
         metric = next((m for m in ("fd_domain", "fid", "val_loss") if m in frame.columns), "fd_domain")
     rows = []
-    for step, parent in FIG3_PARENT.items():
+    for reading, step, parent in [(r, s, p) for r in (fig3_readings(frame) or ["per_conv"])
+                                  for s, p in FIG3_PARENT.items()]:
         paper = FIG3_PAPER_ORDER.get(step, "")
-        a, b = _step_row(frame, parent), _step_row(frame, step)
-        row: dict[str, Any] = {"step": step, "vs": parent, "paper FID": FIG3_PAPER[step][3],
+        a, b = _step_row(frame, parent, reading), _step_row(frame, step, reading)
+        row: dict[str, Any] = {"step": step, "vs": parent, "reading": reading, "paper FID": FIG3_PAPER[step][3],
                                "paper FID (vs)": FIG3_PAPER[parent][3], "paper ordering": paper,
                                "metric": metric, "ours": np.nan, "ours (vs)": np.nan, "difference": np.nan,
                                "ci_low": np.nan, "ci_high": np.nan, "interval": "", "verdict": "not measured"}
@@ -566,10 +601,8 @@ def fig3_orderings_of(study) -> pd.DataFrame | None:
     """`fig3_orderings` of a study that evaluated a Figure 3 step and the step before it (both COMPLETE);
     None for any other study (a search that met one fig3 preset on its way has no ordering to report)."""
     frame, _ = trials_frame(study)
-    if "preset" not in frame.columns:
-        return None
-    if not any(_step_row(frame, step) is not None and _step_row(frame, parent) is not None
-               for step, parent in FIG3_PARENT.items()):
+    if not any(_step_row(frame, step, r) is not None and _step_row(frame, parent, r) is not None
+               for step, parent in FIG3_PARENT.items() for r in fig3_readings(frame)):
         return None
     return fig3_orderings(frame)
 
@@ -579,7 +612,10 @@ def fig3_orderings_text(table: pd.DataFrame) -> str:
     metric = table["metric"].iloc[0] if len(table) else "fd_domain"
     lines = [f"Figure 3 quality orderings, paper (ImageNet FID) vs ours ({metric}, step minus the step before; "
              f"lower is better):"]
-    for r in table.to_dict("records"):
+    several = "reading" in table.columns and table["reading"].nunique() > 1
+    for i, r in enumerate(table.to_dict("records")):
+        if several and (i == 0 or r["reading"] != table["reading"].iloc[i - 1]):
+            lines.append(f" separable block {r['reading']}:")
         ours = "not measured" if pd.isna(r["difference"]) else f"{r['difference']:+.4g}"
         if not pd.isna(r["ci_low"]):
             ours += f" [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}] ({r['interval']})"

@@ -242,6 +242,8 @@ class Objective:
             (n for n, s in PRESETS.items() if s == spec), None)
         if preset:
             trial.set_user_attr("preset", preset)
+        if isinstance(trial.params.get("preset"), str):  # the preset a grid point starts from (paper-fig3's
+            trial.set_user_attr("base_preset", trial.params["preset"])  # step under another block reading)
 
         metrics = ev.cheap_metrics(spec, cfg.latent, cfg.device)
         for k, v in metrics.items():

@@ -290,15 +290,21 @@ def test_paper_figures_page(store):
 
     at = _ok(_app(store, "Paper figures"))
     fig3 = at.dataframe[0].value
-    assert list(fig3["step"]) == fig3_steps()
-    row = fig3.set_index("step")
+    # paper-fig3.toml sweeps both separable-block readings; a and b have no separable convs (one model each)
+    assert list(fig3[fig3["reading"] == "per_conv"]["step"]) == fig3_steps()
+    uib = fig3[fig3["reading"] == "uib"].set_index("step")
+    assert list(uib.index) == fig3_steps()[2:]
+    assert uib.loc["c2", "relative to"] == "b" and uib.loc["c2", "params change (%)"] == pytest.approx(-19.4, abs=0.5)
+    row = fig3[fig3["reading"] == "per_conv"].set_index("step")
     # the chain's published direction holds at any latent: separable convs cut params by about a quarter
     assert row.loc["c1", "params change (%)"] == pytest.approx(-23.8, abs=1.0)
     assert row.loc["c1", "paper params change"] == "-24%"
     assert row.loc["a", "paper ImageNet FID"] == "3.76"
-    orderings = at.dataframe[1].value.set_index("step")
+    orderings = at.dataframe[1].value
+    orderings = orderings[orderings["reading"] == "per_conv"].set_index("step")
     # the study ran without a quality evaluator: every ordering is listed with the paper's FIDs, none judged
-    assert list(orderings.index) == ["b", "c1", "c2", "d", "e", "f", "g"]
+    from studies.results import FIG3_PARENT
+    assert list(orderings.index) == list(FIG3_PARENT)  # b, c1, c2, d, e, f, f-1to1, g
     assert orderings.loc["c1", "paper ordering"] == "worse" and orderings.loc["c1", "paper FID"] == "3.38"
     assert set(orderings["verdict"]) == {"not measured"}
     t2 = at.dataframe[2].value.set_index("decoder")

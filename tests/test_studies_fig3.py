@@ -58,7 +58,8 @@ def test_unpaired_intervals_and_one_seed():
     # one seed: a difference, no interval, no verdict
     one = fig3_orderings(_frame({k: v[:1] for k, v in CHAIN.items()}, paired=False)).set_index("step")
     assert one.loc["b", "difference"] == pytest.approx(-2.0)
-    assert set(one["verdict"]) == {"no verdict (one seed)"}
+    assert set(one.drop(index="f-1to1")["verdict"]) == {"no verdict (one seed)"}  # f-1to1: no trial here
+    assert one.loc["f-1to1", "verdict"] == "not measured"
     # a missing step: its row and the next one's say "not measured"
     gap = fig3_orderings(_frame({k: v for k, v in CHAIN.items() if k != "d"})).set_index("step")
     assert gap.loc["d", "verdict"] == gap.loc["e", "verdict"] == "not measured"
@@ -92,3 +93,26 @@ def test_study_status_reports_the_orderings(tmp_path, capsys):
     other.add_trial(optuna.trial.create_trial(values=[1.0], user_attrs={"preset": "fig3-a", "fd_domain": 1.0}))
     assert main(["study", "status", "--storage", url, "--study", "search"]) == 0
     assert "Figure 3" not in capsys.readouterr().out
+
+
+def test_each_separable_block_reading_is_its_own_chain():
+    """paper-fig3.toml sweeps both readings of the separable block: a step is compared with its parent under
+    the same reading (uib's c2 against uib's b), never across readings, in the orderings and the table."""
+    per_conv = _frame(CHAIN)
+    per_conv["knob:sep_block"] = "per_conv"
+    uib_chain = {**CHAIN, "c2": [7.0, 8.9, 7.9]}  # under uib, c2 beats b on every seed
+    uib = _frame(uib_chain)
+    uib["number"] += len(per_conv)
+    uib["knob:sep_block"] = "uib"
+    frame = pd.concat([per_conv, uib], ignore_index=True)
+    t = fig3_orderings(frame)
+    assert set(t["reading"]) == {"per_conv", "uib"}
+    c2 = t[t["step"] == "c2"].set_index("reading")
+    assert c2.loc["per_conv", "verdict"] == "not resolved at proxy scale"
+    assert c2.loc["uib", "verdict"] == "reproduced"
+    assert c2.loc["uib", "difference"] == pytest.approx(np.mean(np.array(uib_chain["c2"]) - np.array(CHAIN["b"])))
+    text = fig3_orderings_text(t)
+    assert "separable block uib:" in text and text.index("separable block per_conv:") < text.index("separable block uib:")
+    from studies.results import fig3_table
+    table = fig3_table(frame.assign(params_m=1.0))
+    assert len(table) == 2 * len(CHAIN) and set(table["label"]) >= {"c2 (per_conv)", "c2 (uib)"}
