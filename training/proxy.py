@@ -6,7 +6,7 @@ or transformer-only layers, separable convs and their expansion, FFN ratio, MQA/
 every count (layers, transformer depths, heads, kv heads) and shrinks only widths, by ONE multiplier per study:
     width_mult = PROXY_MAX_CHANNELS / (the widest stage of any candidate of the study)
 so the map is monotone in every size knob and two candidates of one study never merge on a size. Heads are
-kept, so the head width scales (head_dim * width_mult, rounded to a multiple of 4 for RoPE); a stage with
+kept, so the head width scales (head_dim * width_mult, rounded down to a multiple of 4 for RoPE); a stage with
 attention gets heads * proxy_head_dim channels, a stage without gets its width times the same effective
 multiplier, rounded to the proxy's norm groups.
 
@@ -97,7 +97,8 @@ def study_width_mult(space, config: ProxyConfig = ProxyConfig()) -> float:
 def _head_dim(head_dim: int, width: float) -> int:
     if width >= 1.0:
         return head_dim
-    scaled = HEAD_DIM_MULTIPLE * round(head_dim * width / HEAD_DIM_MULTIPLE)
+    # Rounded down, so no proxy stage is wider than the study's cap (the cap bounds the cost of every trial).
+    scaled = HEAD_DIM_MULTIPLE * math.floor(head_dim * width / HEAD_DIM_MULTIPLE + 1e-9)
     return max(MIN_HEAD_DIM, scaled)
 
 

@@ -51,6 +51,7 @@ COND_DROPOUT = 0.1
 BATCH_SIZE = 32  # more, smaller steps: a 60 s CPU budget sees ~100 of them
 VAL_MAX = 500  # held-out images in the validation loss (all of MNIST-5k's held-out split)
 VAL_CHUNK = 250
+VAL_REPORT = 200  # held-out images in the loss reported DURING a run (pruning); the final loss uses VAL_MAX
 # [choose] 8 timesteps: the midpoints of 8 equal-probability bins of the logit-normal training density, so the
 # validation loss estimates the training objective's expectation with stratified (not random) timesteps.
 VAL_TIMESTEPS = 8
@@ -362,9 +363,11 @@ def train(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, budget: Bud
         fraction = budget.fraction(step, elapsed)
         if fraction >= next_report:
             next_report = round(next_report + REPORT_FRACTION, 6)  # no float drift past the final 1.0
+            final = budget.steps is not None and step >= budget.steps
             report = {"step": step, "images": images, "seconds": round(elapsed, 3), "fraction": min(1.0, fraction),
                       "lr": config.lr * factor, "train_loss": running,
-                      "val_loss": validation_loss(ema, cond, data, device, autocast)}
+                      "val_loss": validation_loss(ema, cond, data, device, autocast,
+                                                  VAL_MAX if final else VAL_REPORT)}
             history.append(report)
             bar.set_postfix(loss=f"{running:.4f}", val=f"{report['val_loss']:.4f}")
             if callback is not None and callback(report):
@@ -372,8 +375,8 @@ def train(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, budget: Bud
                 break
     seconds = time.perf_counter() - start
     bar.close()
-    if history and history[-1]["step"] == step:  # the last report already holds the final weights' loss
-        val = history[-1]["val_loss"]
+    if history and history[-1]["step"] == step and budget.steps is not None and step >= budget.steps:
+        val = history[-1]["val_loss"]  # the final report already holds the final weights' full loss
     else:
         val = validation_loss(ema, cond, data, device, autocast) if status == "ok" or step == 0 else None
     if val is not None and not math.isfinite(val):
