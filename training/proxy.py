@@ -42,6 +42,12 @@ NOT_REPRESENTED = {
 }
 
 
+# The default proxy inputs (MNIST-5k through 2x2 space-to-depth, MiniLM prompts), for views such as
+# `pocketdiff describe --proxy` that show a mapping without loading data.
+DEFAULT_LATENT_CHANNELS = 4
+DEFAULT_TEXT_DIM = 384
+
+
 class ProxyError(ValueError):
     """A proxy option is invalid (e.g. width_mult outside (0, 1]); the message says how to fix it."""
 
