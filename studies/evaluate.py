@@ -148,6 +148,9 @@ def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,
     status = str(result.get("status", "ok"))
     if status.startswith("diverged"):
         metrics["diverged_at_step"] = float(status.split("step")[1].split()[0])
+    withheld = [m for m in cfg.metric_names if m not in metrics and "metrics_invalid" in result]
+    if withheld:  # the trial fails with the reason instead of "missing objective"
+        raise RuntimeError(f"no {withheld[0]} for this data: {result['metrics_invalid']}")
     metrics["_user_attrs"] = {k: result[k] for k in ("proxy", "status", "out_dir", "samples", "record",
                                                      "metrics_invalid", "seed_list") if k in result}
     return metrics
