@@ -32,6 +32,7 @@ from training.trainer import (WALL_CLOCK_NOTICE, Budget, MetricsCallback, TrainC
 
 # Bump when a change makes old records incomparable (studies key their evaluation cache on it).
 EVALUATOR_VERSION = "quality-2"  # 2: study-wide proxy width, budget schedule, CRN, stratified val loss
+DEFAULT_BUDGET = "500steps"  # [choose] tiny-debug on MNIST-5k: ~1 min on 2 quiet cores, fd_domain near its floor
 NUM_SAMPLES = 500  # the issue's proxy protocol: at least 500 generated images where the data allow
 # [choose] 8 Euler steps: rectified-flow paths are near straight, and at 8 steps sampling 500 images with CFG
 # stays under half of a 60 s training budget on 2 CPU cores.
@@ -58,7 +59,8 @@ def sample_count(requested: int | None, data: FlowData) -> int:
     compares like-sized sets only up to the reference's size)."""
     return requested if requested is not None else max(1, min(NUM_SAMPLES, len(data.ref_y)))
 
-def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k", budget: Budget | str = "60s",
+def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
+                     budget: Budget | str = DEFAULT_BUDGET,
                      seed: int = 0, *, out_dir: str | Path | None = None, num_samples: int | None = None,
                      sample_steps: int = SAMPLE_STEPS, cfg_scale: float = CFG_SCALE, fid: str = "auto",
                      fid_weights: str | None = None, vae: str | None = None, encoder: str = DEFAULT_ENCODER,
@@ -188,7 +190,8 @@ def _seed_list(seeds: int, seed: int) -> list[int]:
     return [seed + i for i in range(seeds)]
 
 
-def evaluate_quality_seeds(spec: UNetSpec | str, data: FlowData | str = "mnist5k", budget: Budget | str = "60s",
+def evaluate_quality_seeds(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
+                           budget: Budget | str = DEFAULT_BUDGET,
                            seed: int = 0, seeds: int = 1, *, out_dir: str | Path | None = None, **kwargs) -> dict:
     """`evaluate_quality` over seeds seed .. seed+seeds-1. Each numeric metric m becomes the seed mean, with
     m_ci_low / m_ci_high (95% t-interval over seeds) when seeds > 1; `per_seed` keeps every run's record."""

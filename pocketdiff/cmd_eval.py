@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="preset name or spec JSON file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a spec field, e.g. --set stages.1.channels=96 (repeatable)")
-    _common(p, "60s", 1)
+    _common(p, "500steps", 1)
     p.add_argument("--out", default=None, help="folder for samples.png, record.json and checkpoint.pt")
     p.set_defaults(func=cmd_quality)
     c = sub.add_parser("compare", help="paired comparison of two specs over seeds: difference per metric with "

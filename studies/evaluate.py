@@ -24,6 +24,9 @@ from search_space import Spec
 from .config import StudyConfig
 
 
+DEFAULT_BUDGET = "500steps"  # a [quality] section without a budget: reproducible steps, not wall clock
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("POCKETDIFF_CACHE", Path.home() / ".cache" / "pocketdiff")) / "evaluations"
 
@@ -49,7 +52,7 @@ def quality_version(evaluator: str) -> str:
 def evaluation_key(spec: Spec, cfg: StudyConfig) -> str:
     q = cfg.quality
     parts = {"spec_id": spec.spec_id, "evaluator": cfg.quality_evaluator, "version": quality_version(cfg.quality_evaluator),
-             "data": q.get("data", "mnist5k"), "budget": str(q.get("budget", "60s")), "seed": cfg.seed,
+             "data": q.get("data", "mnist5k"), "budget": str(q.get("budget", DEFAULT_BUDGET)), "seed": cfg.seed,
              "seeds": q.get("seeds", 1),
              "options": {k: v for k, v in sorted(q.items()) if k not in ("evaluator", "data", "budget", "seeds")}}
     if cfg.quality_evaluator == "flow":  # the proxy depends on the study's width multiplier, not the spec alone
@@ -71,7 +74,7 @@ def wall_clock_notice(cfg: StudyConfig, echo: Callable[[str], None] = print) -> 
     """Say once per study and process that a wall-clock budget makes quality depend on the host."""
     from training.trainer import WALL_CLOCK_NOTICE, Budget
     if cfg.quality_evaluator != "none" and cfg.name not in _NOTICED \
-            and Budget.parse(cfg.quality.get("budget", "60s")).wall_clock:
+            and Budget.parse(cfg.quality.get("budget", DEFAULT_BUDGET)).wall_clock:
         _NOTICED.add(cfg.name)
         echo(f"study {cfg.name}: {WALL_CLOCK_NOTICE}")
 
@@ -80,7 +83,7 @@ def portable(cfg: StudyConfig) -> bool:
     """Whether a result may be reused across studies: only step budgets give the same training on any machine
     and under any load; a wall-clock budget's result is reused only within its own study."""
     from training.trainer import Budget
-    return Budget.parse(cfg.quality.get("budget", "60s")).steps is not None
+    return Budget.parse(cfg.quality.get("budget", DEFAULT_BUDGET)).steps is not None
 
 
 def _cache_file(key: str) -> Path:
@@ -119,7 +122,7 @@ def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,
     from training.trainer import Budget
 
     q = cfg.quality
-    budget = Budget.parse(q.get("budget", "60s"))
+    budget = Budget.parse(q.get("budget", DEFAULT_BUDGET))
     wall_clock_notice(cfg)
 
     def callback(report: dict) -> bool:
