@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "its 95%% interval")
     c.add_argument("a", help="preset name or spec JSON file")
     c.add_argument("b", help="preset name or spec JSON file")
-    _common(c, "2000steps", 3)
+    _common(c, "96steps", 3)
     c.set_defaults(func=cmd_compare)
     group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
 
