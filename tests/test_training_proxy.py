@@ -179,3 +179,15 @@ def test_fig3_chain_trains_at_proxy_scale(name):
     assert result.val_loss is not None and torch.isfinite(torch.tensor(result.val_loss))
     n_params = sum(p.numel() for p in build_model(proxy).parameters())
     assert n_params < 12e6  # the full-size model has ~380-630M
+
+
+def test_describe_proxy_lists_what_is_not_represented(monkeypatch, capsys):
+    import pocketdiff.cli as cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pocketdiff.cmd_describe",))
+    assert cli.main(["describe", "fig3-e", "--proxy", "--no-memory", "--latent", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "not represented at proxy scale" in out and all(k in out for k in NOT_REPRESENTED)
+    assert "[256, 512, 896] -> [32, 64, 112]" in out
+    assert cli.main(["describe", "tiny-debug-decoder", "--proxy", "--no-memory"]) == 2
+    assert "--proxy applies to UNet specs" in capsys.readouterr().err
