@@ -81,7 +81,7 @@ def test_cli_quality_json(run_cli):
 
 @pytest.mark.parametrize("argv,message", [
     (["--budget", "soon"], "not understood"),
-    (["--budget", "-5steps"], "negative"),
+    (["--budget=-5steps"], "negative"),
     (["--budget", "3steps"], "not longer than the 10-step warm-up"),
     (["--seeds", "0"], "--seeds must be >= 1"),
     (["--width-mult", "2"], "width_mult"),
@@ -186,7 +186,7 @@ def test_nan_loss_is_a_result_not_a_traceback(monkeypatch):
     from training.data import load_mnist5k
 
     # Metrics are never reached; skip training a domain classifier for this one-off dataset name.
-    monkeypatch.setattr(quality, "register_domain_extractor", lambda data: None)
+    monkeypatch.setattr(quality, "register_domain_extractor", lambda data: ("none", {"val_accuracy": 1.0}))
     data = load_mnist5k()
     data = dataclasses.replace(data, name="mnist5k-nan", train_x=torch.full_like(data.train_x, float("nan")))
     record = evaluate_quality("tiny-debug", data, "5steps", seed=0, progress=False, train_config=TINY, **FAST)
