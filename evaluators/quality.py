@@ -5,10 +5,17 @@ class-conditional samples with CFG. The same protocol runs here at any scale: th
 that fits the data and text encoder (`training.proxy`), trained for a budget (`training.trainer`), sampled with
 the Euler ODE sampler and scored with torch-fidelity (`training.fidelity`): the domain-feature FD always
 (offline), Inception FID when its weights are at hand. The record says which is which.
+
+Issue 10 (paired evaluation with confidence): `evaluate_quality_seeds` repeats the run over seeds and reports
+each metric's mean with a 95% t-interval; `compare_quality` trains two specs on the same seeds (common random
+numbers: identical batches, noise and timesteps per seed) and reports the paired difference of each metric.
+Metrics that would mean nothing are withheld with the reason (`metrics_invalid`): a domain feature extractor
+not clearly above chance on held-out data, or fewer reference images (or samples) than the FD needs.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -16,28 +23,45 @@ import torch
 
 from search_space import UNetSpec, load_spec
 from training.data import DataError, FlowData, load_data, load_vae
-from training.fidelity import (MetricError, domain_metrics, inception_metrics, inception_weights,
-                              register_domain_extractor)
-from training.proxy import ProxyConfig, proxy_spec
+from training.fidelity import (MetricError, domain_floor, domain_metrics, extractor_validity, inception_metrics,
+                              inception_weights, register_domain_extractor)
+from training.proxy import ProxyConfig, proxy_spec, width_mult_for
 from training.text import DEFAULT_ENCODER, class_prompt_embeddings
-from training.trainer import (Budget, MetricsCallback, TrainConfig, config_dict, sample, save_checkpoint,
-                              train)
+from training.trainer import (WALL_CLOCK_NOTICE, Budget, MetricsCallback, TrainConfig, config_dict,
+                              resolve_budget, sample, save_checkpoint, train)
 
-NUM_SAMPLES = 500  # the issue's proxy protocol: 500 generated images
+# Bump when a change makes old records incomparable (studies key their evaluation cache on it).
+EVALUATOR_VERSION = "quality-2"  # 2: study-wide proxy width, budget schedule, CRN, stratified val loss
+DEFAULT_BUDGET = "500steps"  # [choose] tiny-debug on MNIST-5k: ~1 min on 2 quiet cores, fd_domain near its floor
+NUM_SAMPLES = 500  # the issue's proxy protocol: at least 500 generated images where the data allow
 # [choose] 8 Euler steps: rectified-flow paths are near straight, and at 8 steps sampling 500 images with CFG
 # stays under half of a 60 s training budget on 2 CPU cores.
 SAMPLE_STEPS = 8
 CFG_SCALE = 2.0  # [choose] moderate guidance; class-conditional ImageNet models are usually scored at 1.5-4
 FID_MODES = ("auto", "on", "off")  # auto: Inception FID only if its weights are already on disk
 GRID_PER_CLASS = 10
+CONFIDENCE = 0.95
+# Metrics a comparison reports, with the better direction (-1: lower is better).
+COMPARED_METRICS = {"val_loss": -1, "fd_domain": -1, "kid_domain": -1, "precision_domain": 1, "recall_domain": 1,
+                    "fid": -1, "kid": -1, "precision": 1, "recall": 1}
 
 
 class SpecKindError(ValueError):
     """The quality evaluator trains UNets; a decoder spec is a user mistake."""
 
 
-def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k", budget: Budget | str = "60s",
-                     seed: int = 0, *, out_dir: str | Path | None = None, num_samples: int = NUM_SAMPLES,
+class SameProxyError(ValueError):
+    """Two specs compared at proxy scale map to the same proxy: the data cannot tell them apart."""
+
+
+def sample_count(requested: int | None, data: FlowData) -> int:
+    """The number of generated images: as asked, else NUM_SAMPLES capped by the reference set (the metric
+    compares like-sized sets only up to the reference's size)."""
+    return requested if requested is not None else max(1, min(NUM_SAMPLES, len(data.ref_y)))
+
+def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
+                     budget: Budget | str = DEFAULT_BUDGET,
+                     seed: int = 0, *, out_dir: str | Path | None = None, num_samples: int | None = None,
                      sample_steps: int = SAMPLE_STEPS, cfg_scale: float = CFG_SCALE, fid: str = "auto",
                      fid_weights: str | None = None, vae: str | None = None, encoder: str = DEFAULT_ENCODER,
                      train_config: TrainConfig = TrainConfig(), proxy_config: ProxyConfig = ProxyConfig(),
@@ -54,8 +78,10 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k", bud
     budget = Budget.parse(budget)
     weights = inception_weights(fid_weights, download=fid == "on") if fid != "off" else None
     data = load_data(data) if isinstance(data, str) else data
+    num_samples = sample_count(num_samples, data)
     prompts = class_prompt_embeddings(data.class_names, encoder)
     proxy, mapping = proxy_spec(spec, data.channels, prompts.dim, prompts.pooled_dim, proxy_config)
+    steps_budget = resolve_budget(budget, proxy, data, prompts, train_config)  # a bad budget fails before any work
     if data.size % proxy.downsample_factor:
         raise DataError(f"the data's {data.size}x{data.size} model-space size is not a multiple of the proxy's "
                          f"downsample factor {proxy.downsample_factor} (2 ** (stages - 1)); use a resolution "
@@ -63,13 +89,15 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k", bud
     # The proxy's resolution is the data's: record it with the width/depth mapping.
     mapping.update({"resolution_px": data.resolution, "model_space": [data.channels, data.size, data.size]})
     t_load = time.perf_counter()
-    register_domain_extractor(data)  # trains and caches the classifier the first time a dataset is seen
+    _, extractor = register_domain_extractor(data)  # trains and caches the classifier the first time
+    invalid = extractor_validity(extractor, data, num_samples)
     t_domain = time.perf_counter()
 
-    result = train(proxy, data, prompts, budget, seed, train_config, device, callback, progress)
+    result = train(proxy, data, prompts, steps_budget, seed, train_config, device, callback, progress)
     t_train = time.perf_counter()
     record = {
         "spec_id": spec.spec_id, "proxy_spec_id": proxy.spec_id, "data": data.name, "budget": str(budget),
+        "budget_steps": result.budget_steps, "stream_digest": result.stream_digest,
         "seed": seed, "status": result.status, "steps": result.steps, "train_images": result.images,
         "train_seconds": round(result.seconds, 3), "train_images_per_s": round(result.images_per_s, 2),
         "val_loss": result.val_loss, "params_proxy": sum(p.numel() for p in result.model.parameters()),
@@ -84,7 +112,12 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k", bud
         if not torch.isfinite(samples).all():
             record["status"] = f"diverged at step {result.steps} (non-finite samples)"
         else:
-            record.update(domain_metrics(samples, data))
+            if invalid is None:
+                record.update(domain_metrics(samples, data))
+                record.update(domain_floor(data, num_samples))
+            else:  # no score rather than a number that looks meaningful
+                record["metrics_invalid"] = invalid
+                record["domain_classifier_val_accuracy"] = extractor["val_accuracy"]
             if data.kind == "latent" and (weights or out_dir):
                 vae_path = vae or data.info.get("vae_path")
                 vae_model = load_vae(vae_path) if vae_path and Path(vae_path).is_dir() else None
@@ -104,6 +137,8 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k", bud
         "seconds_metrics": round(t_metrics - t_sample, 2), "seconds_total": round(total, 2),
         "train_share": round((t_train - t_domain) / total, 3),
     })
+    if budget.wall_clock:
+        record["budget_note"] = WALL_CLOCK_NOTICE
     record["proxy"] = mapping
     record["data_info"] = data.info
     record["history"] = result.history
@@ -132,3 +167,123 @@ def _save_grid(samples: torch.Tensor, labels: torch.Tensor, data: FlowData, path
         return
     rows = torch.cat([samples[labels == c][:per_class] for c in classes])
     save_image(data.to_images(rows, vae).float() / 255, path, nrow=per_class)
+
+
+# --- repeated seeds and paired comparisons (issue 10) -----------------------------------------------------
+
+def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float | None, float | None]:
+    """(mean, low, high): the Student-t interval of the mean over seeds; no interval from a single value."""
+    from scipy.stats import t as student_t
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _seed_list(seeds: int, seed: int) -> list[int]:
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ValueError(f"seeds={seeds!r} must be a whole number >= 1 (3 gives a 95% interval)")
+    return [seed + i for i in range(seeds)]
+
+
+def evaluate_quality_seeds(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
+                           budget: Budget | str = DEFAULT_BUDGET,
+                           seed: int = 0, seeds: int = 1, *, out_dir: str | Path | None = None, **kwargs) -> dict:
+    """`evaluate_quality` over seeds seed .. seed+seeds-1. Each numeric metric m becomes the seed mean, with
+    m_ci_low / m_ci_high (95% t-interval over seeds) when seeds > 1; `per_seed` keeps every run's record."""
+    data = load_data(data) if isinstance(data, str) else data
+    records = []
+    for s in _seed_list(seeds, seed):
+        sub = None if out_dir is None else (Path(out_dir) if seeds == 1 else Path(out_dir) / f"seed-{s}")
+        records.append(evaluate_quality(spec, data, budget, s, out_dir=sub, **kwargs))
+    return aggregate_seeds(records)
+
+
+def aggregate_seeds(records: list[dict]) -> dict:
+    """One record from per-seed records: numeric metrics as mean (+ _ci_low/_ci_high), the rest from the first."""
+    if len(records) == 1:
+        return {**records[0], "seeds": 1}
+    out = dict(records[0])
+    for key, value in records[0].items():
+        if key in ("seed", "steps", "budget_steps", "num_samples") or isinstance(value, bool):
+            continue
+        values = [r.get(key) for r in records]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            mean, low, high = mean_interval([float(v) for v in values])
+            out[key] = mean
+            if low is not None:
+                out[f"{key}_ci_low"], out[f"{key}_ci_high"] = low, high
+    statuses = sorted({r["status"] for r in records})
+    out["status"] = "ok" if statuses == ["ok"] else "; ".join(statuses)
+    out["seeds"] = len(records)
+    out["seed_list"] = [r["seed"] for r in records]
+    out["per_seed"] = [{k: v for k, v in r.items() if k not in ("history", "data_info", "proxy")} for r in records]
+    return out
+
+
+def compare_quality(spec_a: UNetSpec | str, spec_b: UNetSpec | str, data: FlowData | str = "mnist5k",
+                    budget: Budget | str = "2000steps", seed: int = 0, seeds: int = 3, *,
+                    proxy_config: ProxyConfig | None = None, **kwargs) -> dict:
+    """Paired comparison of two specs at proxy scale: both train on the same seeds (common random numbers) under
+    one width multiplier (from the wider of the two); per metric the mean difference A - B over seeds, its 95%
+    t-interval, and whether the interval excludes zero. Raises SameProxyError when the proxies coincide."""
+    seed_values = _seed_list(seeds, seed)
+    a = load_spec(spec_a) if isinstance(spec_a, str) else spec_a
+    b = load_spec(spec_b) if isinstance(spec_b, str) else spec_b
+    for s in (a, b):
+        if not isinstance(s, UNetSpec):
+            raise SpecKindError(f"the quality evaluator trains UNet specs; {s.kind} spec {s.spec_id} is not one")
+    data = load_data(data) if isinstance(data, str) else data
+    if proxy_config is None or proxy_config.width_mult is None:
+        base = proxy_config or ProxyConfig()
+        widest = max(max(a.channels), max(b.channels))
+        proxy_config = ProxyConfig(width_mult=width_mult_for(widest, base.max_channels),
+                                   max_channels=base.max_channels, norm_groups=base.norm_groups)
+    prompts = class_prompt_embeddings(data.class_names, kwargs.get("encoder", DEFAULT_ENCODER))
+    pa, _ = proxy_spec(a, data.channels, prompts.dim, prompts.pooled_dim, proxy_config)
+    pb, _ = proxy_spec(b, data.channels, prompts.dim, prompts.pooled_dim, proxy_config)
+    if pa.spec_id == pb.spec_id:
+        raise SameProxyError(f"{a.spec_id} and {b.spec_id} map to the same proxy {pa.spec_id}: they differ only in "
+                             f"knobs not represented at proxy scale (see `pocketdiff describe --proxy`), so a "
+                             f"proxy run cannot tell them apart")
+    runs = []
+    for s in seed_values:
+        ra = evaluate_quality(a, data, budget, s, proxy_config=proxy_config, **kwargs)
+        rb = evaluate_quality(b, data, budget, s, proxy_config=proxy_config, **kwargs)
+        if ra["stream_digest"] != rb["stream_digest"]:  # guards the pairing itself, not the user's input
+            raise RuntimeError(f"seed {s}: A and B saw different training batches; the comparison is not paired")
+        runs.append((ra, rb))
+    metrics = {}
+    for name, direction in COMPARED_METRICS.items():
+        pairs = [(ra.get(name), rb.get(name)) for ra, rb in runs]
+        if not all(isinstance(x, (int, float)) and isinstance(y, (int, float)) for x, y in pairs):
+            continue
+        diffs = [float(x) - float(y) for x, y in pairs]
+        mean, low, high = mean_interval(diffs)
+        ma, _, _ = mean_interval([float(x) for x, _ in pairs])
+        mb, _, _ = mean_interval([float(y) for _, y in pairs])
+        apart = low is not None and (low > 0 or high < 0)
+        better = None
+        if apart:
+            better = "A" if (mean < 0) == (direction < 0) else "B"
+        metrics[name] = {"a": ma, "b": mb, "diff": mean, "ci_low": low, "ci_high": high, "apart": apart,
+                         "better": better, "direction": "lower" if direction < 0 else "higher"}
+    return {"a": a.spec_id, "b": b.spec_id, "proxy_a": pa.spec_id, "proxy_b": pb.spec_id,
+            "width_mult": proxy_config.width_mult, "data": data.name, "budget": str(Budget.parse(budget)),
+            "seeds": seed_values, "confidence": CONFIDENCE, "metrics": metrics,
+            "status": [[ra["status"], rb["status"]] for ra, rb in runs],
+            "invalid": sorted({r["metrics_invalid"] for pair in runs for r in pair if "metrics_invalid" in r})}
+
+
+def compare_verdict(name: str, m: dict, n_seeds: int) -> str:
+    """One plain sentence: do the data tell A and B apart on this metric?"""
+    if m["ci_low"] is None:
+        return f"{name}: one seed gives no interval; use --seeds 3 or more to tell A and B apart"
+    interval = f"A - B = {m['diff']:+.4g} [{m['ci_low']:+.4g}, {m['ci_high']:+.4g}]"
+    if m["apart"]:
+        return f"{name}: {interval}: {m['better']} is better ({m['direction']} is better; {n_seeds} paired seeds)"
+    return f"{name}: {interval}: the data do not tell A and B apart ({n_seeds} paired seeds)"

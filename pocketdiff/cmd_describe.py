@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a field, e.g. --set stages.1.channels=512 (repeatable)")
     d.add_argument("--no-memory", action="store_true", help="skip the peak-activation pass")
     d.add_argument("--json", action="store_true", help="print JSON (spec, counts, per-stage rows)")
+    d.add_argument("--proxy", action="store_true",
+                   help="also show the CPU proxy the quality evaluator trains, and the knobs it does not represent")
+    d.add_argument("--width-mult", type=float, default=None,
+                   help="with --proxy: the study's width multiplier (default: 128 / this spec's widest stage)")
     d.set_defaults(func=cmd_describe)
 
 
@@ -89,11 +93,29 @@ def cmd_describe(args) -> int:
     if not args.spec:
         raise UsageError("describe needs a preset name or spec JSON file (see `pocketdiff presets list`)")
     d = _describe_one(args.spec, args)
+    mapping = _proxy_mapping(d["spec"], args) if args.proxy else None
     if args.json:
-        print(json.dumps(_jsonable(d), indent=2))
+        print(json.dumps({**_jsonable(d), **({"proxy": mapping} if mapping else {})}, indent=2))
     else:
         _print_one(d)
+        if mapping:
+            from training.proxy import describe_mapping
+            print("\n".join(describe_mapping(mapping)))
     return 0
+
+
+def _proxy_mapping(spec, args) -> dict:
+    from pocketdiff.cli import UsageError
+    from search_space import UNetSpec
+    from training.proxy import DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, ProxyConfig, ProxyError, proxy_spec
+
+    if not isinstance(spec, UNetSpec):
+        raise UsageError(f"--proxy applies to UNet specs; {spec.kind} spec {spec.spec_id} is not one")
+    try:
+        config = ProxyConfig(width_mult=args.width_mult)
+    except ProxyError as e:
+        raise UsageError(f"--width-mult: {e}") from None
+    return proxy_spec(spec, DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, 0, config)[1]
 
 
 def _delta(a: float, b: float) -> str:

@@ -1,7 +1,8 @@
-"""`pocketdiff eval quality`: the quality evaluator from the command line (SNAPGEN.md section 1 protocol).
+"""`pocketdiff eval quality` and `pocketdiff eval compare`: the quality evaluator from the command line
+(SNAPGEN.md section 1 protocol; issue 10's seeds and paired comparisons).
 
-Parses, calls `evaluators.quality.evaluate_quality`, prints a one-screen summary (or the record with --json)
-and writes samples + record.json + checkpoint.pt under --out.
+Parses, calls `evaluators.quality`, prints a one-screen summary (or the record with --json) and writes
+samples + record.json + checkpoint.pt under --out.
 """
 from __future__ import annotations
 
@@ -11,26 +12,26 @@ import sys
 
 from pocketdiff.cli import UsageError
 
-SUMMARY_KEYS = ("status", "steps", "train_images_per_s", "val_loss", "fd_domain", "kid_domain", "precision_domain",
-                "recall_domain", "fid", "kid", "precision", "recall", "fid_note", "seconds_train", "seconds_sample",
-                "seconds_total", "train_share")
+SUMMARY_KEYS = ("status", "steps", "train_images_per_s", "val_loss", "fd_domain", "fd_domain_floor", "kid_domain",
+                "precision_domain", "recall_domain", "fid", "kid", "precision", "recall", "fid_note",
+                "metrics_invalid", "budget_note", "seconds_train", "seconds_sample", "seconds_total", "train_share")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    group = subparsers.add_parser("eval", help="score specs: quality (short flow-matching run + FID)")
-    sub = group.add_subparsers(dest="command", metavar="<command>")
-    p = sub.add_parser("quality", help="train a spec's proxy for a budget, sample, score (FD / FID)")
-    p.add_argument("spec", help="preset name or spec JSON file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a spec field, e.g. --set stages.1.channels=96 (repeatable)")
+def _common(p: argparse.ArgumentParser, default_budget: str, default_seeds: int) -> None:
     p.add_argument("--data", default="mnist5k", help="mnist5k | imagenet:PATH | folder:PATH | latents:PATH")
-    p.add_argument("--budget", default="60s", help="training budget: 60s, 2m or 500steps (0steps = untrained)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for samples.png, record.json and checkpoint.pt")
-    p.add_argument("--samples", type=int, default=None, help="generated images to score (default 500)")
+    p.add_argument("--budget", default=default_budget,
+                   help="training budget: 2000steps, 3epochs, 5e12flops (reproducible) or 60s / 2m (wall clock); "
+                        "0steps = untrained")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--seeds", type=int, default=default_seeds,
+                   help=f"seeds seed..seed+N-1: mean and 95%% interval per metric (default {default_seeds})")
+    p.add_argument("--samples", type=int, default=None, help="generated images to score (default 500, at most "
+                                                              "the reference set)")
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps (default 8)")
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (default 2)")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 64)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 32)")
+    p.add_argument("--width-mult", type=float, default=None,
+                   help="proxy width multiplier (default: 128 / the widest stage)")
     p.add_argument("--fid", choices=("auto", "on", "off"), default="auto",
                    help="Inception FID: auto = only if the weights are on disk; on = download if needed")
     p.add_argument("--fid-weights", default=None, metavar="PATH",
@@ -39,49 +40,119 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", default="minilm", help="text encoder: minilm or a local CLIP/T5 folder")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser("eval", help="score specs: quality (short flow-matching run + FID), compare")
+    sub = group.add_subparsers(dest="command", metavar="<command>")
+    p = sub.add_parser("quality", help="train a spec's proxy for a budget, sample, score (FD / FID)")
+    p.add_argument("spec", help="preset name or spec JSON file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a spec field, e.g. --set stages.1.channels=96 (repeatable)")
+    _common(p, "500steps", 1)
+    p.add_argument("--out", default=None, help="folder for samples.png, record.json and checkpoint.pt")
     p.set_defaults(func=cmd_quality)
+    c = sub.add_parser("compare", help="paired comparison of two specs over seeds: difference per metric with "
+                                       "its 95%% interval")
+    c.add_argument("a", help="preset name or spec JSON file")
+    c.add_argument("b", help="preset name or spec JSON file")
+    _common(c, "96steps", 3)
+    c.set_defaults(func=cmd_compare)
     group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """Validated evaluator keyword arguments shared by both commands (bad values: UsageError, one line)."""
+    from evaluators.quality import CFG_SCALE, SAMPLE_STEPS
+    from training.proxy import ProxyConfig, ProxyError
+    from training.trainer import Budget, BudgetError, TrainConfig
+
+    try:
+        Budget.parse(args.budget)
+    except BudgetError as e:
+        raise UsageError(str(e)) from None
+    for name in ("samples", "sample_steps", "batch_size", "seeds"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    try:
+        proxy = ProxyConfig(width_mult=args.width_mult)
+    except ProxyError as e:
+        raise UsageError(f"--width-mult: {e}") from None
+    config = TrainConfig() if args.batch_size is None else TrainConfig(batch_size=args.batch_size)
+    if Budget.parse(args.budget).wall_clock and not (args.json or args.quiet):
+        from training.trainer import WALL_CLOCK_NOTICE
+        print(WALL_CLOCK_NOTICE, file=sys.stderr)
+    return dict(num_samples=args.samples, sample_steps=args.sample_steps or SAMPLE_STEPS,
+                cfg_scale=CFG_SCALE if args.cfg_scale is None else args.cfg_scale, fid=args.fid,
+                fid_weights=args.fid_weights, vae=args.vae, encoder=args.encoder, train_config=config,
+                proxy_config=proxy, device=args.device, progress=not args.quiet)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from evaluators.quality import SameProxyError, SpecKindError
+    from training.data import DataError
+    from training.fidelity import MetricError
+    from training.trainer import BudgetError
+    return DataError, MetricError, SpecKindError, BudgetError, SameProxyError
+
+
+def _fmt(record: dict, key: str) -> str:
+    value = record[key]
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    if f"{key}_ci_low" in record:
+        text += f"  [{record[f'{key}_ci_low']:.4g}, {record[f'{key}_ci_high']:.4g}] 95%"
+    return text
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
     from search_space import load_spec
-    from evaluators.quality import (CFG_SCALE, NUM_SAMPLES, SAMPLE_STEPS, SpecKindError, evaluate_quality)
-    from training.data import DataError
-    from training.fidelity import MetricError
-    from training.trainer import Budget, BudgetError, TrainConfig
+    from evaluators.quality import evaluate_quality_seeds
 
     spec = load_spec(args.spec, args.overrides)
+    options = _options(args)
+    if not (args.json or args.quiet):
+        print(f"spec {spec.spec_id} ({args.spec})  data {args.data}  budget {args.budget}  seeds "
+              f"{args.seed}..{args.seed + args.seeds - 1}", file=sys.stderr)
     try:
-        budget = Budget.parse(args.budget)
-    except BudgetError as e:
-        raise UsageError(str(e)) from None
-    for name in ("samples", "sample_steps", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    quiet = args.json or args.quiet
-    if not quiet:
-        print(f"spec {spec.spec_id} ({args.spec})  data {args.data}  budget {budget}  seed {args.seed}",
-              file=sys.stderr)
-    config = TrainConfig() if args.batch_size is None else TrainConfig(batch_size=args.batch_size)
-    try:
-        record = evaluate_quality(
-            spec, args.data, budget, args.seed, out_dir=args.out,
-            num_samples=args.samples or NUM_SAMPLES, sample_steps=args.sample_steps or SAMPLE_STEPS,
-            cfg_scale=CFG_SCALE if args.cfg_scale is None else args.cfg_scale, fid=args.fid,
-            fid_weights=args.fid_weights, vae=args.vae, encoder=args.encoder, train_config=config,
-            device=args.device, progress=not args.quiet)
-    except (DataError, MetricError, SpecKindError) as e:
+        record = evaluate_quality_seeds(spec, args.data, args.budget, args.seed, args.seeds, out_dir=args.out,
+                                        **options)
+    except _user_errors() as e:
         raise UsageError(str(e)) from None
     if args.json:
         print(json.dumps(record, indent=1))
         return 0 if record["status"] == "ok" else 1
     print(f"spec {record['spec_id']} -> proxy {record['proxy_spec_id']} (channels {record['proxy']['channels'][1]}, "
-          f"{record['params_proxy'] / 1e6:.2f}M params)  data {record['data']}")
+          f"{record['params_proxy'] / 1e6:.2f}M params)  data {record['data']}  seeds {record['seeds']}")
     for key in SUMMARY_KEYS:
         if key in record and record[key] is not None:
-            value = record[key]
-            print(f"  {key:20s} {value:.4g}" if isinstance(value, float) else f"  {key:20s} {value}")
+            print(f"  {key:20s} {_fmt(record, key)}")
     if "out_dir" in record:
         print(f"  wrote {record['out_dir']}/record.json, samples.png, checkpoint.pt")
     return 0 if record["status"] == "ok" else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from search_space import load_spec
+    from evaluators.quality import compare_quality, compare_verdict
+
+    a, b = load_spec(args.a), load_spec(args.b)
+    options = _options(args)
+    if not (args.json or args.quiet):
+        print(f"A {a.spec_id} ({args.a})  B {b.spec_id} ({args.b})  data {args.data}  budget {args.budget}  "
+              f"seeds {args.seed}..{args.seed + args.seeds - 1}", file=sys.stderr)
+    try:
+        result = compare_quality(a, b, args.data, args.budget, args.seed, args.seeds, **options)
+    except _user_errors() as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"A {args.a} (proxy {result['proxy_a']}) vs B {args.b} (proxy {result['proxy_b']}), width "
+          f"x{result['width_mult']:.4g}, {result['budget']}, seeds {result['seeds']} (paired: same batches, noise "
+          f"and timesteps per seed), 95% t-intervals")
+    for name, m in result["metrics"].items():
+        print(f"  A {m['a']:.4g}  B {m['b']:.4g}   " + compare_verdict(name, m, len(result["seeds"])))
+    for reason in result["invalid"]:
+        print(f"  no FD/KID: {reason}")
+    return 0

@@ -114,6 +114,34 @@ def _err(path: str, msg: str) -> StudyFileError:
     return StudyFileError(f"{path}: {msg}")
 
 
+def _check_quality_keys(quality: dict[str, Any], path: str) -> None:
+    """[quality] budget, seeds, n_samples and proxy: a bad value is one line naming the key and the fix."""
+    from training.proxy import ProxyConfig, ProxyError
+    from training.trainer import Budget, BudgetError
+
+    if "budget" in quality:
+        try:
+            Budget.parse(quality["budget"])
+        except BudgetError as e:
+            raise _err(path, f"[quality] {e}") from None
+    seeds = quality.get("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise _err(path, f"[quality] seeds = {seeds!r} must be a whole number >= 1 (3 gives a 95% interval)")
+    n = quality.get("n_samples", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise _err(path, f"[quality] n_samples = {n!r} must be a whole number >= 1")
+    proxy = quality.get("proxy", {})
+    if not isinstance(proxy, dict):
+        raise _err(path, "[quality] proxy must be a table, e.g. proxy = { width_mult = 0.125 }")
+    try:
+        ProxyConfig(**proxy)
+    except TypeError:
+        raise _err(path, f"[quality] proxy: unknown key(s) {', '.join(sorted(proxy))}; known: width_mult, "
+                         f"max_channels, norm_groups") from None
+    except ProxyError as e:
+        raise _err(path, f"[quality] {e}") from None
+
+
 def load_study_file(path: str | Path, storage: str | None = None) -> StudyConfig:
     path = Path(path)
     if not path.is_file():
@@ -170,6 +198,7 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
     needs_quality = [m for m, _ in objectives if m in QUALITY_METRICS]
     if needs_quality and evaluator == "none":
         raise _err(path, f"[objectives] {needs_quality[0]} needs a quality evaluator: set [quality] evaluator")
+    _check_quality_keys(quality, path)
     rungs, reduction, rung_seeds = _parse_rungs(path, quality, st, evaluator)
     es = quality.pop("early_stop", {})
     try:

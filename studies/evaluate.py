@@ -2,7 +2,9 @@
 
 - `cheap_metrics(spec, latent, device)`: params, MACs (meta device) and predicted Neural Engine latency of the
   full-size candidate; no weights are allocated.
-- `quality_metrics(spec, cfg, out_dir, on_report)`: the quality evaluator (proxy flow-matching run + FD).
+- `quality_metrics(spec, cfg, out_dir, on_report)`: the quality evaluator (proxy flow-matching run + FD) at the
+  study's one proxy width multiplier, over `seeds` seeds: each metric m is the seed mean, with m_ci_low and
+  m_ci_high (95% t-interval) when seeds > 1.
 - `evaluation_key` names an evaluation by (spec_id, evaluator, evaluator version, data, budget, seed): a
   duplicate spec is never trained twice within a study (looked up in the storage), and with a step budget not
   across studies on one machine either (the JSON cache under $POCKETDIFF_CACHE/evaluations). Results of
@@ -20,6 +22,9 @@ from typing import Any, Callable
 from search_space import Spec
 
 from .config import StudyConfig
+
+
+DEFAULT_BUDGET = "500steps"  # a [quality] section without a budget: reproducible steps, not wall clock
 
 
 def cache_root() -> Path:
@@ -47,16 +52,38 @@ def quality_version(evaluator: str) -> str:
 def evaluation_key(spec: Spec, cfg: StudyConfig) -> str:
     q = cfg.quality
     parts = {"spec_id": spec.spec_id, "evaluator": cfg.quality_evaluator, "version": quality_version(cfg.quality_evaluator),
-             "data": q.get("data", "mnist5k"), "budget": str(q.get("budget", "60s")), "seed": cfg.seed,
-             "options": {k: v for k, v in sorted(q.items()) if k not in ("evaluator", "data", "budget")}}
+             "data": q.get("data", "mnist5k"), "budget": str(q.get("budget", DEFAULT_BUDGET)), "seed": cfg.seed,
+             "seeds": q.get("seeds", 1),
+             "options": {k: v for k, v in sorted(q.items()) if k not in ("evaluator", "data", "budget", "seeds")}}
+    if cfg.quality_evaluator == "flow":  # the proxy depends on the study's width multiplier, not the spec alone
+        parts["width_mult"] = proxy_width_mult(cfg)
     return json.dumps(parts, sort_keys=True)
+
+
+def proxy_width_mult(cfg: StudyConfig) -> float:
+    """The study's one proxy width multiplier: [quality] proxy = {width_mult = ...}, else from the widest candidate
+    of its search space (training.proxy.study_width_mult)."""
+    from training.proxy import ProxyConfig, study_width_mult
+    return study_width_mult(cfg.space, ProxyConfig(**cfg.quality.get("proxy", {})))
+
+
+_NOTICED: set[str] = set()
+
+
+def wall_clock_notice(cfg: StudyConfig, echo: Callable[[str], None] = print) -> None:
+    """Say once per study and process that a wall-clock budget makes quality depend on the host."""
+    from training.trainer import WALL_CLOCK_NOTICE, Budget
+    if cfg.quality_evaluator != "none" and cfg.name not in _NOTICED \
+            and Budget.parse(cfg.quality.get("budget", DEFAULT_BUDGET)).wall_clock:
+        _NOTICED.add(cfg.name)
+        echo(f"study {cfg.name}: {WALL_CLOCK_NOTICE}")
 
 
 def portable(cfg: StudyConfig) -> bool:
     """Whether a result may be reused across studies: only step budgets give the same training on any machine
     and under any load; a wall-clock budget's result is reused only within its own study."""
     from training.trainer import Budget
-    return Budget.parse(cfg.quality.get("budget", "60s")).steps is not None
+    return Budget.parse(cfg.quality.get("budget", DEFAULT_BUDGET)).steps is not None
 
 
 def _cache_file(key: str) -> Path:
@@ -95,10 +122,12 @@ def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,
     from training.trainer import Budget
 
     q = cfg.quality
-    budget = Budget.parse(q.get("budget", "60s"))
+    budget = Budget.parse(q.get("budget", DEFAULT_BUDGET))
+    wall_clock_notice(cfg)
 
     def callback(report: dict) -> bool:
-        on_report(budget.fraction(report["step"], report["seconds"]), report)
+        fraction = report["fraction"] if "fraction" in report else budget.fraction(report["step"], report["seconds"])
+        on_report(fraction, report)
         return False
 
     if cfg.quality_evaluator == "decoder":
@@ -107,13 +136,14 @@ def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,
                                           callback=callback, encoder=q.get("encoder", "tiny-ae"))
         busy = result["train_seconds"]
     else:
-        from evaluators.quality import evaluate_quality
+        from evaluators.quality import evaluate_quality_seeds
         from training.proxy import ProxyConfig
         options = {_FLOW_OPTIONS[k]: v for k, v in q.items() if k in _FLOW_OPTIONS}
-        if "proxy" in q:
-            options["proxy_config"] = ProxyConfig(**q["proxy"])
-        result = evaluate_quality(spec, q.get("data", "mnist5k"), budget, cfg.seed, out_dir=out_dir,
-                                  callback=callback, progress=False, **options)
+        proxy = dict(q.get("proxy", {}))
+        proxy["width_mult"] = proxy_width_mult(cfg)
+        options["proxy_config"] = ProxyConfig(**proxy)
+        result = evaluate_quality_seeds(spec, q.get("data", "mnist5k"), budget, cfg.seed, int(q.get("seeds", 1)),
+                                        out_dir=out_dir, callback=callback, progress=False, **options)
         busy = result.get("seconds_train", 0.0) + result.get("seconds_sample", 0.0)
     metrics = {k: float(v) for k, v in result.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
@@ -121,6 +151,9 @@ def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,
     status = str(result.get("status", "ok"))
     if status.startswith("diverged"):
         metrics["diverged_at_step"] = float(status.split("step")[1].split()[0])
-    metrics["_user_attrs"] = {k: result[k] for k in ("proxy", "status", "out_dir", "samples", "record")
-                              if k in result}
+    withheld = [m for m in cfg.metric_names if m not in metrics and "metrics_invalid" in result]
+    if withheld:  # the trial fails with the reason instead of "missing objective"
+        raise RuntimeError(f"no {withheld[0]} for this data: {result['metrics_invalid']}")
+    metrics["_user_attrs"] = {k: result[k] for k in ("proxy", "status", "out_dir", "samples", "record",
+                                                     "metrics_invalid", "seed_list") if k in result}
     return metrics

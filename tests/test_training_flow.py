@@ -62,7 +62,7 @@ def test_budget_parse(text, steps, seconds):
     assert Budget.parse(str(b)) == b
 
 
-@pytest.mark.parametrize("text", ["", "60", "fast", "1.5steps", "-3s", "10 epochs"])
+@pytest.mark.parametrize("text", ["", "60", "fast", "1.5steps", "-3s", "10 parsecs", "0epochs"])
 def test_budget_rejects_bad_strings(text):
     with pytest.raises(BudgetError):
         Budget.parse(text)

@@ -1,12 +1,16 @@
-"""Training loop: determinism on CPU, divergence reporting, metric callback, checkpoints with the spec."""
+"""Training loop: determinism on CPU, common random numbers, the budget schedule, divergence reporting, metric
+callback, checkpoints with the spec."""
 import json
 
 import torch
 
-from search_space import PRESETS, UNetSpec
+import pytest
+
+from search_space import PRESETS, UNetSpec, apply_overrides
 from training.data import FlowData
 from training.text import PromptEmbeddings
-from training.trainer import TrainConfig, sample, save_checkpoint, train
+from training.trainer import (Budget, BudgetError, TrainConfig, TrainStream, lr_factor, resolve_budget, sample,
+                              save_checkpoint, train, validation_loss, validation_timesteps, Conditioner)
 
 SPEC = PRESETS["tiny-debug"]
 
@@ -23,7 +27,7 @@ def _data(n=32, nan=False) -> tuple[FlowData, PromptEmbeddings]:
     return data, prompts
 
 
-CONFIG = TrainConfig(batch_size=8)
+CONFIG = TrainConfig(batch_size=8, warmup_steps=1)  # tiny budgets: the warm-up must be shorter
 
 
 def test_cpu_training_is_deterministic_per_seed():
@@ -41,7 +45,7 @@ def test_cpu_training_is_deterministic_per_seed():
 def test_training_lowers_the_validation_loss():
     data, prompts = _data()
     before = train(SPEC, data, prompts, "0steps", seed=0, config=CONFIG, progress=False)
-    after = train(SPEC, data, prompts, "30steps", seed=0, config=TrainConfig(batch_size=8, lr=3e-3),
+    after = train(SPEC, data, prompts, "30steps", seed=0, config=TrainConfig(batch_size=8, lr=3e-3, warmup_steps=5),
                   progress=False)
     assert after.val_loss < before.val_loss
 
@@ -76,7 +80,7 @@ def test_seconds_budget_stops_on_time():
 
 def test_checkpoint_embeds_the_spec(tmp_path):
     data, prompts = _data()
-    result = train(SPEC, data, prompts, "1steps", seed=0, config=CONFIG, progress=False)
+    result = train(SPEC, data, prompts, "2steps", seed=0, config=CONFIG, progress=False)
     save_checkpoint(tmp_path / "ckpt.pt", result.model, SPEC, {"steps": result.steps})
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert UNetSpec.from_dict(json.loads(ckpt["spec"])) == SPEC and ckpt["spec_id"] == SPEC.spec_id
@@ -91,3 +95,64 @@ def test_sampling_is_seeded_and_shaped():
     b = sample(model, SPEC, data, prompts, labels, seed=1, steps=2, cfg_scale=2.0, progress=False)
     assert a.shape == (3, SPEC.latent_channels, 8, 8) and torch.isfinite(a).all()
     assert torch.allclose(a, b, atol=1e-5)  # batching does not change samples
+
+
+def test_common_random_numbers_across_specs():
+    """For one seed every candidate sees the same batches, dropout, noise and timesteps; the model never draws."""
+    data, prompts = _data()
+    other = apply_overrides(SPEC, ["ffn_ratio=2.0", "attention=mhsa"])
+    a = TrainStream(data, 8, seed=3, cond_dropout=0.5)
+    b = TrainStream(data, 8, seed=3, cond_dropout=0.5)
+    for _ in range(6):  # past one epoch (32 / 8 = 4 batches): the reshuffle is shared too
+        for x, y in zip(next(a), next(b)):
+            assert torch.equal(x, y)
+    assert a.digest == b.digest
+    runs = [train(s, data, prompts, "3steps", seed=seed, config=CONFIG, progress=False)
+            for s, seed in ((SPEC, 3), (other, 3), (SPEC, 4))]
+    assert runs[0].stream_digest == runs[1].stream_digest != runs[2].stream_digest
+
+
+def test_schedule_warms_up_then_reaches_zero_at_the_budget_end():
+    total, warmup = 40, 10
+    factors = [lr_factor(s, total, warmup) for s in range(total + 1)]
+    assert factors[0] == pytest.approx(0.1) and factors[warmup] == 1.0 and factors[total] == 0.0
+    assert all(a < b for a, b in zip(factors[:warmup - 1], factors[1:warmup]))
+    assert all(a > b for a, b in zip(factors[warmup:], factors[warmup + 1:]))
+    assert factors[total - 1] > 0  # the last update still learns; the rate is zero exactly at the end
+    data, prompts = _data()
+    lrs = []
+    train(SPEC, data, prompts, "5steps", seed=0, config=CONFIG, progress=False,
+          callback=lambda r: lrs.append(r["lr"]))
+    assert lrs[-1] == pytest.approx(CONFIG.lr * lr_factor(4, 5, 1)) and lrs == sorted(lrs, reverse=True)
+
+
+def test_budgets_resolve_to_steps_and_bad_ones_say_why():
+    data, prompts = _data()  # 32 training items, batch 8: 4 steps per epoch
+    config = TrainConfig(batch_size=8, warmup_steps=2)
+    assert resolve_budget("3epochs", SPEC, data, prompts, config).steps == 12
+    flops = resolve_budget("2e10flops", SPEC, data, prompts, config).steps
+    more = resolve_budget("4e10flops", SPEC, data, prompts, config).steps
+    assert flops > 2 and more in (2 * flops, 2 * flops + 1)
+    assert resolve_budget("60s", SPEC, data, prompts, config) == Budget(seconds=60.0)
+    with pytest.raises(BudgetError, match="warm-up; give at least 3steps"):
+        resolve_budget("2steps", SPEC, data, prompts, config)
+    with pytest.raises(BudgetError, match="warm-up"):
+        resolve_budget("0.25epochs", SPEC, data, prompts, config)
+    for bad, why in (("-5steps", "negative"), ("soon", "not understood"), ("0epochs", "empty"),
+                     ("2.5steps", "whole")):
+        with pytest.raises(BudgetError, match=why):
+            Budget.parse(bad)
+    assert resolve_budget("0steps", SPEC, data, prompts, config).steps == 0  # the untrained model is allowed
+
+
+def test_validation_loss_is_deterministic_on_a_stratified_grid():
+    t = validation_timesteps(16, grid=8)
+    assert torch.equal(t[:8], t[8:]) and torch.all(t[1:8] > t[:7])
+    assert t[:8].mean().item() == pytest.approx(0.5, abs=1e-6)  # symmetric logit-normal quantiles
+    data, prompts = _data()
+    model = train(SPEC, data, prompts, "2steps", seed=0, config=CONFIG, progress=False).model
+    cond = Conditioner(SPEC, prompts, data.resolution, torch.device("cpu"))
+    torch.manual_seed(123)  # the global generator must not matter
+    a = validation_loss(model, cond, data, torch.device("cpu"))
+    torch.manual_seed(456)
+    assert validation_loss(model, cond, data, torch.device("cpu")) == a

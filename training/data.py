@@ -142,7 +142,9 @@ def load_mnist5k(patch: int = PIXEL_PATCH) -> FlowData:
         train_idx.append(idx[VAL_PER_CLASS_MNIST:])
     val_idx, train_idx = torch.cat(val_idx), torch.cat(train_idx)
     x = space_to_depth(images, patch)
-    return FlowData(name=f"{MNIST_NAME}-r{MNIST_RESOLUTION}", kind="pixel", class_names=list(MNIST_CLASS_NAMES),
+    # The patch names the data too (it changes the model space); the default keeps its historical name.
+    suffix = "" if patch == PIXEL_PATCH else f"-p{patch}"
+    return FlowData(name=f"{MNIST_NAME}-r{MNIST_RESOLUTION}{suffix}", kind="pixel", class_names=list(MNIST_CLASS_NAMES),
                     resolution=MNIST_RESOLUTION, channels=x.shape[1], size=x.shape[-1],
                     val_x=x[val_idx], val_y=labels[val_idx], ref_x=x[train_idx], ref_y=labels[train_idx],
                     train_x=x[train_idx], train_y=labels[train_idx], patch=patch, image_channels=1,
@@ -493,11 +495,14 @@ def parse_folder_source(source: str) -> tuple[str, str]:
 
 
 def load_data(source: str, resolution: int | None = None) -> FlowData:
-    """`mnist5k`, `imagenet:PATH`, `folder:PATH` or `latents:PATH` -> FlowData."""
-    if source == MNIST_NAME:
+    """`mnist5k` (or `mnist5k-p4`: 4x4 space-to-depth, 8x8x16), `imagenet:PATH`, `folder:PATH` or `latents:PATH`."""
+    if source == MNIST_NAME or source.startswith(f"{MNIST_NAME}-p"):
         if resolution not in (None, MNIST_RESOLUTION):
             raise DataError(f"{MNIST_NAME} is fixed at {MNIST_RESOLUTION}x{MNIST_RESOLUTION}")
-        return load_mnist5k()
+        patch = source[len(MNIST_NAME) + 2:] or str(PIXEL_PATCH)
+        if patch not in ("1", "2", "4", "8"):
+            raise DataError(f"--data {source!r}: the patch must be 1, 2, 4 or 8 (e.g. {MNIST_NAME}-p4: 8x8x16)")
+        return load_mnist5k(int(patch))
     kind, _, path = source.partition(":")
     if kind in ("imagenet", "folder") and path:
         return load_image_folder(path, imagenet=kind == "imagenet", resolution=resolution or FOLDER_RESOLUTION)

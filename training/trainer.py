@@ -1,14 +1,25 @@
 """Rectified-flow training of a UNet spec on a FlowData set, and class-conditional sampling from it.
 
 SNAPGEN.md section 3 (objective [paper]) with the usual latent-diffusion practice [choose, values below]:
-AdamW with linear warm-up, gradient clipping, an EMA of the weights (what gets sampled), condition dropout so
-one network also gives the unconditional velocity for classifier-free guidance, bf16 autocast on GPU. The
-budget is steps or wall seconds; metrics reach a callback during the run, so a study can prune. A NaN loss
-ends the run with status "diverged at step N" instead of an exception.
+AdamW, gradient clipping, an EMA of the weights (what gets sampled), condition dropout so one network also
+gives the unconditional velocity for classifier-free guidance, bf16 autocast on GPU.
+
+Designs are compared fairly (issue 10):
+- Budgets are steps, epochs or training FLOPs (resolved to a step count before the run) or wall seconds; the
+  learning rate warms up linearly, then decays linearly to zero exactly at the budget's end, so every run ends
+  converged for its length instead of mid-flight at a constant rate.
+- Common random numbers: data order, condition dropout, noise and timesteps come from four generators seeded
+  from the run's seed alone (`TrainStream`), so for one seed every candidate sees identical batches; only the
+  weight initialisation depends on the model. The stream's digest is recorded so a comparison can check it.
+- The validation loss is deterministic: every held-out image at one timestep of a fixed stratified grid
+  (quantiles of the training density), with fixed noise; the same for every candidate and every seed.
+Metrics reach a callback during the run, so a study can prune. A NaN loss ends the run with status
+"diverged at step N" instead of an exception.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import re
 import time
@@ -22,7 +33,8 @@ from torch import nn
 from search_space import UNetSpec, build_model
 
 from .data import FlowData
-from .flow import TIMESTEP_SCALE, cfg_velocity, euler_sample, flow_loss, interpolate, sample_timesteps
+from .flow import (LOGIT_NORMAL_MEAN, LOGIT_NORMAL_STD, TIMESTEP_SCALE, cfg_velocity, euler_sample, flow_loss,
+                   interpolate, sample_timesteps)
 from .text import PromptEmbeddings
 
 # [choose] optimiser settings for short proxy runs: DiT's lr 1e-4 is for 675M params and 400k steps. Measured
@@ -37,44 +49,149 @@ EMA_DECAY = 0.999
 # Condition dropout 10%: the classifier-free-guidance paper (Ho & Salimans 2022) and SD's training use 0.1.
 COND_DROPOUT = 0.1
 BATCH_SIZE = 32  # more, smaller steps: a 60 s CPU budget sees ~100 of them
-VAL_BATCH = 200  # fixed held-out batch for the validation loss
-VAL_SEED = 1234  # the held-out batch's noise and timesteps never depend on the run's seed
+VAL_MAX = 500  # held-out images in the validation loss (all of MNIST-5k's held-out split)
+VAL_CHUNK = 250
+VAL_REPORT = 200  # held-out images in the loss reported DURING a run (pruning); the final loss uses VAL_MAX
+# [choose] 8 timesteps: the midpoints of 8 equal-probability bins of the logit-normal training density, so the
+# validation loss estimates the training objective's expectation with stratified (not random) timesteps.
+VAL_TIMESTEPS = 8
+VAL_SEED = 1234  # the held-out noise never depends on the run's seed or the model
 REPORT_FRACTION = 0.2  # report metrics (val loss) every fifth of the budget: enough points to prune on
+# Kaplan et al. 2020: a training step costs about 3 forward passes (forward + backward twice as expensive).
+TRAIN_FLOPS_PER_FORWARD = 3
 
 
 class BudgetError(ValueError):
-    """A budget string that is neither `<N>steps` nor `<N>s` / `<N>m`."""
+    """A budget string that is not `<N>steps`, `<N>epochs`, `<X>flops`, `<N>s` or `<N>m`, or one too short."""
+
+
+_BUDGET_RE = re.compile(r"\s*(\d+(?:\.\d*)?(?:e\+?\d+)?)\s*(steps?|epochs?|flops?|s|sec|m|min)\s*")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Training length: a step count (reproducible) or wall-clock seconds (fair across machines of one kind)."""
+    """Training length: steps, epochs or training FLOPs (all resolved to a step count: reproducible on any
+    machine) or wall-clock seconds (quality then depends on the host's speed and load)."""
 
     steps: int | None = None
+    epochs: float | None = None
+    flops: float | None = None
     seconds: float | None = None
 
     @classmethod
     def parse(cls, text: "str | Budget") -> "Budget":
         if isinstance(text, Budget):
             return text
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(steps?|s|sec|m|min)\s*", str(text).lower())
+        raw = str(text).strip().lower()
+        if raw.startswith("-"):
+            raise BudgetError(f"budget {text!r} is negative; give a positive length, e.g. 2000steps or 3epochs")
+        m = _BUDGET_RE.fullmatch(raw)
         if not m:
-            raise BudgetError(f"budget {text!r} is neither steps nor seconds; write e.g. 500steps, 60s or 2m")
+            raise BudgetError(f"budget {text!r} is not understood; write e.g. 2000steps, 3epochs, 5e12flops, "
+                              f"60s or 2m")
         value, unit = float(m.group(1)), m.group(2)
         if unit.startswith("step"):
             if value != int(value):
-                raise BudgetError(f"budget {text!r}: a step count must be whole")
+                raise BudgetError(f"budget {text!r}: a step count must be whole, e.g. 2000steps")
             return cls(steps=int(value))
+        if value <= 0:
+            raise BudgetError(f"budget {text!r} is empty; give a positive length (0steps = the untrained model)")
+        if unit.startswith("epoch"):
+            return cls(epochs=value)
+        if unit.startswith("flop"):
+            return cls(flops=value)
         return cls(seconds=value * (60 if unit.startswith("m") else 1))
 
     def __str__(self) -> str:
-        return f"{self.steps}steps" if self.steps is not None else f"{self.seconds:g}s"
+        if self.steps is not None:
+            return f"{self.steps}steps"
+        if self.epochs is not None:
+            return f"{self.epochs:g}epochs"
+        if self.flops is not None:
+            return f"{self.flops:g}flops"
+        return f"{self.seconds:g}s"
+
+    @property
+    def wall_clock(self) -> bool:
+        return self.seconds is not None
+
+    def resolve(self, train_count: int, batch_size: int, flops_per_step: "Callable[[], float] | None" = None,
+                warmup_steps: int = 0) -> "Budget":
+        """A step budget for this data and batch size (wall-clock budgets are returned as they are). A non-zero
+        budget must be longer than the warm-up: the schedule needs steps to decay over."""
+        if self.seconds is not None:
+            return self
+        if self.steps is not None:
+            steps = self.steps
+        elif self.epochs is not None:
+            steps = math.ceil(self.epochs * max(1, train_count // max(1, batch_size)))
+        else:
+            if flops_per_step is None:
+                raise BudgetError(f"budget {self}: a FLOPs budget needs the model's FLOPs per step")
+            steps = math.floor(self.flops / flops_per_step())
+        if self.steps != 0 and steps <= warmup_steps:
+            raise BudgetError(f"budget {self} is {steps} steps, not longer than the {warmup_steps}-step warm-up; "
+                              f"give at least {warmup_steps + 1}steps (0steps scores the untrained model)")
+        return Budget(steps=steps)
 
     def done(self, step: int, elapsed: float) -> bool:
+        self._check_resolved()
         return step >= self.steps if self.steps is not None else elapsed >= self.seconds
 
     def fraction(self, step: int, elapsed: float) -> float:
+        self._check_resolved()
         return step / max(1, self.steps) if self.steps is not None else elapsed / max(1e-9, self.seconds)
+
+    def _check_resolved(self) -> None:
+        if self.steps is None and self.seconds is None:
+            raise BudgetError(f"budget {self} must be resolved to steps first (Budget.resolve)")
+
+
+WALL_CLOCK_NOTICE = ("note: a wall-clock budget trains each candidate for as many steps as this host manages "
+                     "in that time, so quality then depends on the host's speed and load; use a step budget "
+                     "(e.g. 2000steps) to compare designs")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier for the update at index `step` (0-based) of a `total_steps` run: linear warm-up,
+    then linear decay that is exactly 0 at `total_steps` (linear-to-zero beats cosine for a known budget:
+    Defazio et al. 2023, "When, why and how much? Adaptive learning rate scheduling by refinement")."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def _derived_seed(seed: int, purpose: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:8], "little") & (2 ** 63 - 1)
+
+
+class TrainStream:
+    """Common random numbers for one seed: (x0, labels, dropped, noise, t) per step, from four generators that
+    depend on the seed and the data only, never on the model (issue 10: paired comparisons)."""
+
+    def __init__(self, data: FlowData, batch_size: int, seed: int, cond_dropout: float):
+        gens = {p: torch.Generator().manual_seed(_derived_seed(seed, p)) for p in ("order", "drop", "noise", "time")}
+        self._gens = gens
+        self._batches = data.batches(batch_size, gens["order"])
+        self.cond_dropout = cond_dropout
+        self._hash = hashlib.sha256()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x0, labels = next(self._batches)
+        drop = torch.rand(len(labels), generator=self._gens["drop"]) < self.cond_dropout
+        noise = torch.randn(x0.shape, generator=self._gens["noise"])
+        t = sample_timesteps(len(x0), self._gens["time"])
+        for tensor in (x0, labels, drop, noise, t):
+            self._hash.update(tensor.contiguous().numpy().tobytes())
+        return x0, labels, drop, noise, t
+
+    @property
+    def digest(self) -> str:
+        """Hash of everything drawn so far: equal digests = identical batches, dropout, noise and timesteps."""
+        return self._hash.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -97,6 +214,8 @@ class TrainResult:
     seconds: float
     val_loss: float | None
     history: list[dict] = field(default_factory=list)
+    stream_digest: str = ""  # TrainStream.digest: equal for every candidate trained with one seed and budget
+    budget_steps: int | None = None  # the resolved step budget (None for wall-clock budgets)
 
     @property
     def images_per_s(self) -> float:
@@ -129,20 +248,34 @@ def velocity(model: nn.Module, cond: Conditioner, x: torch.Tensor, t: torch.Tens
         return model(x, t * TIMESTEP_SCALE, tokens, pooled, time_ids).float()
 
 
+def validation_timesteps(n: int, grid: int = VAL_TIMESTEPS) -> torch.Tensor:
+    """Timestep of held-out image i: grid point i mod `grid`, the grid being the midpoints of equal-probability
+    bins of the logit-normal training density."""
+    q = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    u = torch.distributions.Normal(0.0, 1.0).icdf(q) * LOGIT_NORMAL_STD + LOGIT_NORMAL_MEAN
+    points = torch.sigmoid(u).float()
+    return points[torch.arange(n) % grid]
+
+
 @torch.no_grad()
 def validation_loss(model: nn.Module, cond: Conditioner, data: FlowData, device: torch.device,
-                    autocast: bool = False) -> float:
-    """Flow-matching loss on a fixed held-out batch with fixed noise and timesteps (comparable across runs)."""
-    gen = torch.Generator().manual_seed(VAL_SEED)
-    x0 = data.val_x[:VAL_BATCH].to(device)
-    labels = data.val_y[:VAL_BATCH].to(device)
-    noise = torch.randn(x0.shape, generator=gen).to(device)
-    t = sample_timesteps(len(x0), gen).to(device)
+                    autocast: bool = False, limit: int = VAL_MAX) -> float:
+    """Flow-matching loss over the held-out images at a fixed stratified timestep grid with fixed noise:
+    deterministic, and the same inputs for every candidate and seed (the cheap ranking metric)."""
+    x0 = data.val_x[:limit]
+    labels = data.val_y[:limit]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(VAL_SEED))
+    t = validation_timesteps(len(x0))
     was_training = model.training
     model.eval()
-    pred = velocity(model, cond, interpolate(x0, noise, t), t, labels, autocast)
+    total = 0.0
+    for i in range(0, len(x0), VAL_CHUNK):
+        xb, nb = x0[i:i + VAL_CHUNK].to(device), noise[i:i + VAL_CHUNK].to(device)
+        tb, yb = t[i:i + VAL_CHUNK].to(device), labels[i:i + VAL_CHUNK].to(device)
+        pred = velocity(model, cond, interpolate(xb, nb, tb), tb, yb, autocast)
+        total += float(flow_loss(pred, xb, nb)) * len(xb)
     model.train(was_training)
-    return float(flow_loss(pred, x0, noise))
+    return total / max(1, len(x0))
 
 
 @torch.no_grad()
@@ -153,23 +286,45 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
+def training_flops_per_step(spec: UNetSpec, data: FlowData, batch_size: int, text_tokens: int,
+                            text_dim: int) -> float:
+    """FLOPs of one training step: 3 x one forward pass (counted by torch's FlopCounterMode) x batch size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(spec).eval()
+    x = torch.zeros(1, data.channels, data.size, data.size)
+    pooled = torch.zeros(1, spec.pooled_dim) if spec.pooled_dim else None
+    time_ids = torch.zeros(1, 6) if spec.size_conditioning else None
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, torch.zeros(1), torch.zeros(1, text_tokens, text_dim), pooled, time_ids)
+    return float(TRAIN_FLOPS_PER_FORWARD * counter.get_total_flops() * batch_size)
+
+
+def resolve_budget(budget: "Budget | str", spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings,
+                   config: "TrainConfig") -> Budget:
+    """The budget as a step count for this spec, data and batch size (raises BudgetError when too short)."""
+    budget = Budget.parse(budget)
+    return budget.resolve(
+        data.train_count, config.batch_size,
+        lambda: training_flops_per_step(spec, data, config.batch_size, prompts.tokens.shape[1], prompts.dim),
+        config.warmup_steps)
+
+
 def train(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, budget: Budget | str, seed: int = 0,
           config: TrainConfig = TrainConfig(), device: str | torch.device | None = None,
           callback: MetricsCallback | None = None, progress: bool = True) -> TrainResult:
     """Train `spec` from scratch on `data`; returns the EMA model, status and throughput."""
     from tqdm import tqdm
 
-    budget = Budget.parse(budget)
+    budget = resolve_budget(budget, spec, data, prompts, config)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     autocast = device.type == "cuda"  # bf16 on GPU; CPU stays float32 (bf16 is slow without AMX)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the initial weights: the one random draw that depends on the model
     model = build_model(spec).to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     cond = Conditioner(spec, prompts, data.resolution, device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
-    batches = data.batches(config.batch_size, gen)
+    stream = TrainStream(data, config.batch_size, seed, config.cond_dropout)
     history: list[dict] = []
     step, images, running, status = 0, 0, None, "ok"
     next_report = REPORT_FRACTION
@@ -178,12 +333,16 @@ def train(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, budget: Bud
     # The clock includes the periodic validation passes: a seconds budget is wall time for the whole run.
     start = time.perf_counter()
     while not budget.done(step, time.perf_counter() - start):
-        x0, labels = next(batches)
-        x0, labels = x0.to(device, non_blocking=True), labels.to(device)
-        drop = torch.rand(len(labels), generator=gen) < config.cond_dropout
+        x0, labels, drop, noise, t = next(stream)
+        x0, labels, noise, t = (v.to(device, non_blocking=True) for v in (x0, labels, noise, t))
         labels = torch.where(drop.to(device), torch.full_like(labels, cond.null), labels)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        t = sample_timesteps(len(x0), gen).to(device)
+        if budget.steps is not None:
+            factor = lr_factor(step, budget.steps, config.warmup_steps)
+        else:  # wall clock: decay by elapsed time, reaching zero when the time is up
+            elapsed = time.perf_counter() - start
+            factor = min(1.0, (step + 1) / max(1, config.warmup_steps)) * max(0.0, 1 - elapsed / budget.seconds)
+        for group in opt.param_groups:
+            group["lr"] = config.lr * factor
         loss = flow_loss(velocity(model, cond, interpolate(x0, noise, t), t, labels, autocast), x0, noise)
         if not torch.isfinite(loss):
             status = f"diverged at step {step}"
@@ -192,7 +351,6 @@ def train(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, budget: Bud
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
-        sched.step()
         step += 1
         images += len(x0)
         # EMA warm-up (TensorFlow's ExponentialMovingAverage num_updates rule): a short run's EMA must not be
@@ -202,10 +360,14 @@ def train(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, budget: Bud
         running = value if running is None else 0.9 * running + 0.1 * value
         elapsed = time.perf_counter() - start
         bar.update(1 if budget.steps is not None else int(elapsed) - bar.n)
-        if budget.fraction(step, elapsed) >= next_report:
+        fraction = budget.fraction(step, elapsed)
+        if fraction >= next_report:
             next_report = round(next_report + REPORT_FRACTION, 6)  # no float drift past the final 1.0
-            report = {"step": step, "images": images, "seconds": round(elapsed, 3), "train_loss": running,
-                      "val_loss": validation_loss(ema, cond, data, device, autocast)}
+            final = budget.steps is not None and step >= budget.steps
+            report = {"step": step, "images": images, "seconds": round(elapsed, 3), "fraction": min(1.0, fraction),
+                      "lr": config.lr * factor, "train_loss": running,
+                      "val_loss": validation_loss(ema, cond, data, device, autocast,
+                                                  VAL_MAX if final else VAL_REPORT)}
             history.append(report)
             bar.set_postfix(loss=f"{running:.4f}", val=f"{report['val_loss']:.4f}")
             if callback is not None and callback(report):
@@ -213,14 +375,14 @@ def train(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, budget: Bud
                 break
     seconds = time.perf_counter() - start
     bar.close()
-    if history and history[-1]["step"] == step:  # the last report already holds the final weights' loss
-        val = history[-1]["val_loss"]
+    if history and history[-1]["step"] == step and budget.steps is not None and step >= budget.steps:
+        val = history[-1]["val_loss"]  # the final report already holds the final weights' full loss
     else:
         val = validation_loss(ema, cond, data, device, autocast) if status == "ok" or step == 0 else None
     if val is not None and not math.isfinite(val):
         status, val = f"diverged at step {step}", None
     return TrainResult(model=ema, status=status, steps=step, images=images, seconds=seconds, val_loss=val,
-                       history=history)
+                       history=history, stream_digest=stream.digest, budget_steps=budget.steps)
 
 
 @torch.no_grad()
