@@ -91,8 +91,10 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
     startup = min(10, max(2, (cfg.n_trials or 20) // 3))
     if cfg.halving is not None:
         # TPE would model first-rung and promoted (longer-budget, better-scoring) trials as one population
-        # and keep re-proposing the promoted designs; the first n_trials candidates are drawn at random
-        startup = max(startup, cfg.n_trials or 0)
+        # and keep re-proposing the promoted designs, so the first n_trials candidates are drawn at random.
+        # TPE counts every trial towards its start-up, promotions included: a run of n candidates holds at
+        # most n * r / (r - 1) <= 2n trials for a reduction r >= 2.
+        startup = max(startup, 2 * (cfg.n_trials or 0))
     return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=startup)
 
 

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -223,20 +222,6 @@ def test_two_workers_promote_from_one_sqlite_storage(tmp_path):
     _check_two_workers(path, storage, _two_workers(path, storage))
 
 
-@pytest.fixture
-def postgres_url():
-    base = os.environ.get("POCKETDIFF_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("POCKETDIFF_TEST_POSTGRES_URL is not set (.ci/run sets it to the local PostgreSQL server)")
-    import psycopg
-    name = f"pocketdiff_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield base.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def test_two_workers_promote_from_one_postgres_study(tmp_path, postgres_url):
     path = _write(tmp_path, name="shared")
     open_study(load_study_file(path, storage=postgres_url))  # create once: workers do not race on tables
@@ -306,7 +291,7 @@ def _cfg(**quality):
     ({"rungs": ["10steps", "30steps"], "reduction": 4}, {"n_trials": None}, "n_trials = None cannot promote"),
     ({"rungs": ["30steps", "10steps"]}, {}, "'10steps' is not larger than '30steps'"),
     ({"rungs": ["10steps", "60s"]}, {}, "budgets of different kinds"),
-    ({"rungs": ["10steps", "lots"]}, {}, "rungs: budget 'lots' is neither"),
+    ({"rungs": ["10steps", "lots"]}, {}, "rungs: budget 'lots' is not understood"),
     ({"rungs": ["10steps"]}, {}, "must list at least two budget strings"),
     ({"rungs": "10steps"}, {}, "must list at least two budget strings"),
     ({"rungs": ["10steps", "30steps"], "reduction": 1}, {}, "reduction = 1 must be an integer >= 2"),

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -145,20 +144,6 @@ def test_sigkill_mid_trial_then_resume(tmp_path):
     retried = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed_number]
     assert retried and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == trials[killed_number].params
-
-
-@pytest.fixture
-def postgres_url():
-    base = os.environ.get("POCKETDIFF_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("POCKETDIFF_TEST_POSTGRES_URL is not set (.ci/run sets it to the local PostgreSQL server)")
-    import psycopg
-    name = f"pocketdiff_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield base.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_two_workers_share_one_postgres_study(tmp_path, postgres_url):
