@@ -78,12 +78,19 @@ def _rows_table(report: dict, chip: str) -> list[str]:
     return out
 
 
+# Every fit is deterministic; said in each per-chip report so no reader looks for a seed-to-seed spread.
+SEEDLESS_NOTE = ("Deterministic fit: no random seed (penalised least squares from fixed priors; a rerun on the "
+                 "same rows gives the same numbers). Chance level and how far to read Spearman on few rows: "
+                 "reports/README.md.")
+
+
 def write_reports(profiles: dict[str, dict], report: dict, out_dir: Path) -> list[Path]:
     """One markdown file per chip, plus validation.json with every number."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for chip, profile in profiles.items():
-        text = [f"# Latency profile {chip}: validation", "", "```", format_report(profile), "```", "",
+        text = [f"# Latency profile {chip}: validation", "", SEEDLESS_NOTE, "",
+                "```", format_report(profile), "```", "",
                 "Held-out predictions per measurement:", ""] + _rows_table(report, chip)
         path = out_dir / f"{chip}.md"
         path.write_text("\n".join(text) + "\n")
