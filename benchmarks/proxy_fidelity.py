@@ -69,6 +69,22 @@ WORKERS = 2
 PERMUTATIONS = 10000
 TAU_TARGET = 0.7
 METRICS = (("val_loss", "validation loss"), ("fd_domain", "domain FD"))
+SIZING = (
+    "The CPU is the constraint: 2 cores, 2 worker processes of 1 thread. Measured first: the base's proxy takes "
+    "about 0.23 s per batch-32 step on one thread (the full-depth snapgen-unet proxy at width 1/7 took ~6 s, "
+    "too slow for a 2-hour benchmark); a run adds ~10 s of validation and sampling. So: base = snapgen-unet's "
+    "structure (stage-0 CA-only layers, SA only in stage 2, separable convs x2, FFN x3, MQA, QK RMSNorm, RoPE) "
+    "with 1 down / 2 up layers per stage and transformer depth 1 (mid 1); one study-wide width multiplier "
+    "{width:.4g} (896 -> 56 channels, head width 64 -> 4, heads kept); MNIST-5k at 32 px through 4x4 "
+    "space-to-depth (8x8x16 model space); batch {batch} (the {ref}-step reference = {epochs:.1f} epochs of the "
+    "4,500 training digits); step budgets with warm-up 10 and linear decay to zero; {samples} samples per run "
+    "(8 Euler steps, CFG 2) for the domain FD (MNIST-classifier features, not Inception). Each spec differs from "
+    "the base in ONE knob of studies/quick.toml (depth knobs at the base's scale, 1 -> 2). Runs are resumable "
+    "and shared across passes through the JSONL file, so a longer reference reuses every shorter run; 2 seeds "
+    "of a 768-step reference were 24 new runs: 79 min on the 2 shared cores (a planned 384-step budget was "
+    "dropped once the reference's seed ceiling came out near zero: no budget could then be shown to rank, and the CPU went "
+    "to the distillation benchmark)."
+)
 
 _DATA = None
 
@@ -146,8 +162,37 @@ def summarize(rows: list[dict], specs: list[str], ref: int, shorts: tuple[int, .
         r = by.get((spec, budget, seed))
         return None if r is None or r.get(metric) is None else float(r[metric])
 
-    out: dict = {"ceiling": {}, "budgets": {}}
+    def agreement(x: int, y: int, metric: str):
+        ok = [s for s in specs if all(value(s, bud, sd, metric) is not None for bud in (x, y) for sd in seeds)]
+        if len(ok) < 3:
+            return None
+        a = [_mean([value(s, x, sd, metric) for sd in seeds]) for s in ok]
+        b = [_mean([value(s, y, sd, metric) for sd in seeds]) for s in ok]
+        tau = kendall(a, b)
+        return {"tau": tau, "p": permutation_p(tau, len(ok)), "n": len(ok)}
+
+    out: dict = {"ceiling": {}, "budgets": {}, "adjacent": {}, "within_ref": {}}
+    # Within the reference runs: the seed-mean ranking by validation loss at each of the run's validation points
+    # against the final one (the curves themselves: do designs still overtake each other late in the run?).
+    curves = {s: [by[(s, ref, sd)].get("curve") for sd in seeds] for s in specs
+              if all((s, ref, sd) in by for sd in seeds)}
+    curves = {s: c for s, c in curves.items() if all(c) and len({len(x) for x in c}) == 1}
+    if len(curves) >= 3:
+        points = min(len(c[0]) for c in curves.values())
+        ok = [s for s in specs if s in curves and len(curves[s][0]) == points]
+        final = [_mean([c[-1] for c in curves[s]]) for s in ok]
+        for i in range(points - 1):
+            at = [_mean([c[i] for c in curves[s]]) for s in ok]
+            tau = kendall(at, final)
+            out["within_ref"][round(ref * (i + 1) / points)] = {"tau": tau, "p": permutation_p(tau, len(ok)),
+                                                                "n": len(ok)}
+    ladder = sorted(set(shorts) | {ref})
     for metric, _ in METRICS:
+        # Have the curves stopped crossing? Each budget's ranking against the next larger budget's.
+        for x, y in zip(ladder, ladder[1:]):
+            c = agreement(x, y, metric)
+            if c is not None:
+                out["adjacent"].setdefault((x, y), {})[metric] = c
         if len(seeds) >= 2:
             ok = [s for s in specs if all(value(s, ref, sd, metric) is not None for sd in seeds[:2])]
             if len(ok) >= 3:
@@ -156,14 +201,9 @@ def summarize(rows: list[dict], specs: list[str], ref: int, shorts: tuple[int, .
                 tau = kendall(a, b)
                 out["ceiling"][metric] = {"tau": tau, "p": permutation_p(tau, len(ok)), "n": len(ok)}
         for budget in shorts:
-            ok = [s for s in specs if all(value(s, bud, sd, metric) is not None for bud in (budget, ref) for sd in seeds)]
-            if len(ok) < 3:
-                continue
-            short = [_mean([value(s, budget, sd, metric) for sd in seeds]) for s in ok]
-            long = [_mean([value(s, ref, sd, metric) for sd in seeds]) for s in ok]
-            tau = kendall(short, long)
-            out["budgets"].setdefault(budget, {})[metric] = {"tau": tau, "p": permutation_p(tau, len(ok)),
-                                                             "n": len(ok)}
+            c = agreement(budget, ref, metric)
+            if c is not None:
+                out["budgets"].setdefault(budget, {})[metric] = c
     return out
 
 
@@ -176,24 +216,16 @@ def write_table(path: Path, rows: list[dict], args, started: float, done: int, t
     elapsed = time.time() - started
     lines = [f"# Proxy fidelity: step budgets {', '.join(map(str, args.budgets))} vs reference {args.ref} steps "
              f"(MNIST-5k, {len(seeds)} seeds)", "",
-             f"{done} of {total} runs finished after {elapsed / 60:.0f} min"
-             + ("" if done == total else " (partial: the benchmark was still running when this was written)") + ".",
+             (f"Regenerated with --report from the {done} runs stored in {path.with_suffix('.jsonl').name} "
+              f"(the per-run wall times below say what each run cost)." if args.report else
+              f"{done} of {total} runs finished after {elapsed / 60:.0f} min"
+              + ("" if done == total else " (partial: the benchmark was still running when this was written)") + "."),
              "",
              f"`PYTHONPATH=. .venv/bin/python benchmarks/proxy_fidelity.py` on {platform.machine()}, "
              f"{os.cpu_count()} CPUs shared with other jobs, {args.workers} worker processes of 1 thread each.",
              "",
-             "**How it is sized.** The CPU is the constraint (2 cores shared with about 5 other jobs). Measured "
-             "first, under that load: the full-depth snapgen-unet proxy at width 1/7 takes about 6 s per batch-32 "
-             "step and the base below about 0.7 s (a smoke run of the whole pipeline: ~1.6 s per step with "
-             "validation, ~45 s per run). So: base = snapgen-unet's structure (stage-0 CA-only layers, SA "
-             "only in stage 2, separable convs x2, FFN x3, MQA, QK RMSNorm, RoPE) with 1 down / 2 up layers per "
-             f"stage and transformer depth 1 (mid 1); one study-wide width multiplier {args.width_mult:.4g} "
-             "(896 -> 56 channels, head width 64 -> 4, heads kept); MNIST-5k at 32 px through 4x4 space-to-depth "
-             f"(8x8x16 model space); batch {args.batch} ({args.ref} steps = {args.ref * args.batch / 4500:.2f} epochs of "
-             "the 4,500 training digits); step budgets with warm-up 10 and linear decay to zero; "
-             f"{args.samples} samples per run (8 Euler steps, CFG 2) for the domain FD (MNIST-classifier features, "
-             "not Inception). Each spec differs from the base in ONE knob of studies/quick.toml (depth knobs at the "
-             "base's scale, 1 -> 2).",
+             "**How it is sized.** " + SIZING.format(ref=args.ref, epochs=args.ref * args.batch / 4500,
+                                                      width=args.width_mult, batch=args.batch, samples=args.samples),
              "",
              "**Reading it.** Kendall tau is +1 for identical rankings, 0 at chance, -1 reversed. p = one-sided "
              f"permutation p-value ({PERMUTATIONS} shuffles) of a tau at least this large when the rankings are "
@@ -208,6 +240,19 @@ def write_table(path: Path, rows: list[dict], args, started: float, done: int, t
         for metric, c in s["budgets"][budget].items():
             lines.append(f"| {budget} steps (seed mean) vs {args.ref} steps (seed mean) | {names[metric]} | {c['n']} | "
                          f"{c['tau']:+.3f} | {c['p']:.3g} |")
+    lines += ["", "**Have the learning curves stopped crossing?** Each budget's seed-mean ranking against the next "
+              "larger budget's (a tau near the seed ceiling means the ranking has settled; a tau well below it means "
+              "designs still overtake each other between the two budgets).", "",
+              "| budgets | metric | specs | Kendall tau | p (chance: tau = 0) |", "|---|---|---|---|---|"]
+    for (x, y), per in sorted(s["adjacent"].items()):
+        for metric, c in per.items():
+            lines.append(f"| {x} vs {y} steps | {names[metric]} | {c['n']} | {c['tau']:+.3f} | {c['p']:.3g} |")
+    if s["within_ref"]:
+        lines += ["", f"Within the {args.ref}-step reference runs themselves (validation loss at the run's evaluation "
+                      f"points, seed mean, against its final value; the learning rate is still decaying at these points):",
+                  "", "| at step | specs | Kendall tau vs final | p |", "|---|---|---|---|"]
+        for step, c in sorted(s["within_ref"].items()):
+            lines.append(f"| {step} of {args.ref} | {c['n']} | {c['tau']:+.3f} | {c['p']:.3g} |")
     lines.append("")
     for metric, label in METRICS:
         reach = [b for b in sorted(s["budgets"]) if metric in s["budgets"][b]
@@ -267,8 +312,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=WORKERS)
     p.add_argument("--data", default=DATA)
     p.add_argument("--out", type=Path, default=TABLE, help="markdown table; runs go to the same name .jsonl")
+    p.add_argument("--report", action="store_true", help="only rewrite the table from the runs already stored")
     args = p.parse_args()
     runs_file = args.out.with_suffix(".jsonl")
+    if args.report:
+        rows = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.is_file() else []
+        write_table(args.out, rows, args, time.time(), len(rows), len(rows))
+        print(args.out.read_text())
+        return
 
     # Warm the caches once (domain classifier, reference statistics) so the workers never race to write them.
     from training.data import load_data
