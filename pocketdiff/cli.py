@@ -24,8 +24,11 @@ COMMAND_MODULES = (
 )
 
 
-class UsageError(Exception):
-    """A mistake in the user's input; printed as one line, exit code 2."""
+from search_space.errors import UserError
+
+
+class UsageError(UserError):
+    """A mistake in the command line itself; printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search_space.spec import SpecError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UsageError, SpecError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"pocketdiff: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:

@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .errors import UserError
+
 CONV_TYPES = ("regular", "separable")
 ATTENTION_TYPES = ("mhsa", "mqa", "gqa")
 QK_NORMS = ("none", "rmsnorm", "layernorm")
@@ -50,7 +52,7 @@ def _renamed_notice(old: str, where: str) -> str:
     return new
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A spec value is invalid; the message names the field and how to fix it."""
 
 
