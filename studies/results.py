@@ -131,21 +131,11 @@ class StudyInfo:
         return "maximize" if metric in MAXIMIZE_METRICS else "minimize"
 
 
-def flatten_spec(spec: dict, prefix: str = "") -> dict[str, Any]:
-    """{"stages": [{"channels": 256}]} -> {"stages.0.channels": 256} (the study files' knob paths)."""
-    out: dict[str, Any] = {}
-    for k, v in spec.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_spec(v, key + "."))
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v):
-            for i, x in enumerate(v):
-                out.update(flatten_spec(x, f"{key}.{i}."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = v
-    return out
+def flatten_spec(spec: dict) -> dict[str, Any]:
+    """{"stages": [{"channels": 256}]} -> {"stages.0.channels": 256} (search_space/paths.py: the knob paths of
+    study files and --set); lists of values become JSON text, one table cell each."""
+    from search_space import paths
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in paths.flatten(spec).items()}
 
 
 def _is_number(v: Any) -> bool:
