@@ -12,13 +12,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from search_space import DecoderSpec
-from training.decoder import DecoderTrainConfig, load_encoder, load_patches, train_decoder
+from training.decoder import DecoderTrainConfig, load_encoder, load_patches, save_reconstructions, train_decoder
 from training.trainer import Budget
 
-from .registry import Evaluator, Option, register
+from .registry import Evaluator, Option, budget_callback, register
 
 EVALUATOR_VERSION = "decoder-quality-1"
 
@@ -47,7 +45,7 @@ def evaluate_decoder_quality(spec: DecoderSpec, data: str = "sample-images", bud
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _save_grid(result.model, enc, patches, out_dir / "reconstructions.png")
+        save_reconstructions(result.model, enc, patches, out_dir / "reconstructions.png")
         record = {"spec": json.loads(spec.to_json()), "spec_id": spec.spec_id, "metrics": out,
                   "history": result.history, "baseline": enc.baseline, "data": data, "budget": str(budget),
                   "seed": seed}
@@ -57,27 +55,11 @@ def evaluate_decoder_quality(spec: DecoderSpec, data: str = "sample-images", bud
     return out
 
 
-@torch.no_grad()
-def _save_grid(model, enc, patches, path: Path, n: int = 8) -> None:
-    """Top row: held-out crops; bottom row: the candidate's reconstructions."""
-    from torchvision.utils import save_image
-
-    x = patches.held_out[:n]
-    recon = model(enc.encode(x)).clamp(-1, 1)
-    save_image(torch.cat([x, recon]) * 0.5 + 0.5, path, nrow=n)
-
-
 # --- the registry entry (evaluators/registry.py): what studies call ----------------------------------------
 
 def _run(spec: DecoderSpec, config: dict, seed: int, report) -> dict:
     budget = Budget.parse(config["budget"])
-
-    def callback(values: dict) -> bool:
-        if report is not None:
-            fraction = values["fraction"] if "fraction" in values else budget.fraction(values["step"],
-                                                                                    values["seconds"])
-            report(fraction, values)
-        return False
+    callback = budget_callback(budget, report)
 
     result = evaluate_decoder_quality(spec, config["data"], budget, seed, out_dir=config["out_dir"],
                                       callback=callback, encoder=config["encoder"])

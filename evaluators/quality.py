@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from search_space import UNetSpec, load_spec
+from search_space.errors import UserError
 from training.data import DataError, FlowData, load_data, load_vae
 from training.fidelity import (MetricError, domain_floor, domain_metrics, extractor_validity, inception_metrics,
                               inception_weights, register_domain_extractor)
@@ -30,7 +31,7 @@ from training.text import DEFAULT_ENCODER, class_prompt_embeddings
 from training.trainer import (WALL_CLOCK_NOTICE, Budget, MetricsCallback, TrainConfig, config_dict,
                               resolve_budget, sample, save_checkpoint, train)
 
-from .registry import Evaluator, Option, register
+from .registry import Evaluator, Option, budget_callback, register
 
 # Bump when a change makes old records incomparable (studies key their evaluation cache on it).
 EVALUATOR_VERSION = "quality-2"  # 2: study-wide proxy width, budget schedule, CRN, stratified val loss
@@ -48,11 +49,11 @@ COMPARED_METRICS = {"val_loss": -1, "fd_domain": -1, "kid_domain": -1, "precisio
                     "fid": -1, "kid": -1, "precision": 1, "recall": 1}
 
 
-class SpecKindError(ValueError):
+class SpecKindError(UserError):
     """The quality evaluator trains UNets; a decoder spec is a user mistake."""
 
 
-class SameProxyError(ValueError):
+class SameProxyError(UserError):
     """Two specs compared at proxy scale map to the same proxy: the data cannot tell them apart."""
 
 
@@ -298,13 +299,7 @@ def _run(spec: UNetSpec, config: dict, seed: int, report) -> dict:
     while it trains. Returns float metrics, `_user_attrs` (proxy mapping, artifact paths, per-seed records) and
     `_evaluator_seconds` (training and sampling time, for the workbench's overhead share)."""
     budget = Budget.parse(config["budget"])
-
-    def callback(values: dict) -> bool:
-        if report is not None:
-            fraction = values["fraction"] if "fraction" in values else budget.fraction(values["step"],
-                                                                                    values["seconds"])
-            report(fraction, values)
-        return False
+    callback = budget_callback(budget, report)
 
     options = {"sample_steps": config["sample_steps"], "cfg_scale": config["guidance"],
                "num_samples": config["n_samples"], "proxy_config": ProxyConfig(**config["proxy"])}

@@ -158,6 +158,17 @@ def check_study(quality_evaluator: str, options: dict[str, Any], metrics: list[t
                              f"\"{would[0]}\" or drop {metric}")
 
 
+def budget_callback(budget, report: Report | None) -> Callable[[dict], bool]:
+    """A trainer step callback that passes (share of `budget` used, values) on to an evaluator's `report`."""
+    def callback(values: dict) -> bool:
+        if report is not None:
+            fraction = values["fraction"] if "fraction" in values else budget.fraction(values["step"],
+                                                                                    values["seconds"])
+            report(fraction, values)
+        return False  # never asks the trainer to stop: a report that wants to stop raises
+    return callback
+
+
 # --- cache keys ------------------------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent

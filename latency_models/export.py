@@ -31,13 +31,14 @@ from torch import nn
 from search_space import PRESETS, SpecError, build_model, example_inputs, load_spec
 from search_space.attention import attention_backend
 from search_space.spec import Spec
+from search_space.errors import UserError
 from training.cache import CACHE_ENV  # noqa: F401 (the one cache root's variable; tests set it)
 
 TARGETS = ("iOS17", "iOS18")
 DEFAULT_TARGET = "iOS17"
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """Core ML could not convert the model; the message names the op that failed where known."""
 
 

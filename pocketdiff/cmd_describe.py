@@ -107,15 +107,11 @@ def cmd_describe(args) -> int:
 def _proxy_mapping(spec, args) -> dict:
     from pocketdiff.cli import UsageError
     from search_space import UNetSpec
-    from training.proxy import DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, ProxyConfig, ProxyError, proxy_spec
+    from training.proxy import DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, ProxyConfig, proxy_spec
 
     if not isinstance(spec, UNetSpec):
         raise UsageError(f"--proxy applies to UNet specs; {spec.kind} spec {spec.spec_id} is not one")
-    try:
-        config = ProxyConfig(width_mult=args.width_mult)
-    except ProxyError as e:
-        raise UsageError(f"--width-mult: {e}") from None
-    return proxy_spec(spec, DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, 0, config)[1]
+    return proxy_spec(spec, DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, 0, ProxyConfig(width_mult=args.width_mult))[1]
 
 
 def _delta(a: float, b: float) -> str:
