@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import paths as dotted
 from .presets import PRESETS
 from .spec import RENAMED_FIELDS, Spec, SpecError, _renamed_notice, spec_from_dict
 
@@ -140,9 +141,10 @@ def _knob(path: str, value: Any, base_dict: dict, where: str) -> Knob:
         if bad:
             raise SpecError(f"[{where}] preset: unknown preset(s) {', '.join(map(str, bad))}")
         return Knob(path, choices=tuple(choices)) if isinstance(value, dict) else Knob(path, fixed=value)
-    current = _get(base_dict, path, missing=KeyError)
-    if current is KeyError:
-        raise SpecError(f"[{where}] unknown knob {path!r}: not a field of the base spec")
+    try:
+        current = dotted.get(base_dict, path)
+    except SpecError as e:  # the reason in the words --set uses for the same mistake
+        raise SpecError(f"[{where}] unknown knob {path!r}: {str(e).removeprefix(path + ': ')}") from None
     if not isinstance(value, dict):
         _check_type(path, value, current, where)
         return Knob(path, fixed=value)
@@ -216,24 +218,8 @@ def _expand(key: str, base_dict: dict, where: str) -> list[str]:
 
 
 def _get(d: Any, path: str, missing: Any = None) -> Any:
-    node = d
-    for p in path.split("."):
-        if isinstance(node, list) and p.isdigit() and int(p) < len(node):
-            node = node[int(p)]
-        elif isinstance(node, dict) and p in node:
-            node = node[p]
-        else:
-            return missing
-    return node
+    return dotted.get(d, path, default=missing)
 
 
 def _set(d: dict, path: str, value: Any) -> None:
-    parts = path.split(".")
-    node: Any = d
-    for p in parts[:-1]:
-        node = node[int(p)] if isinstance(node, list) else node[p]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+    dotted.set(d, path, value, where="knob ")

@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .errors import UserError
+
 CONV_TYPES = ("regular", "separable")
 ATTENTION_TYPES = ("mhsa", "mqa", "gqa")
 QK_NORMS = ("none", "rmsnorm", "layernorm")
@@ -50,7 +52,7 @@ def _renamed_notice(old: str, where: str) -> str:
     return new
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A spec value is invalid; the message names the field and how to fix it."""
 
 
@@ -482,35 +484,15 @@ def _coerce(v: Any, t: str, where: str) -> Any:
 def apply_overrides(spec: Spec, overrides: list[str] | tuple[str, ...]) -> Spec:
     """Apply `key=value` overrides (`stages.1.channels=512`, `attention=mqa`) and re-validate.
 
-    Values are parsed as JSON where they parse (numbers, true/false, null, lists), else taken as strings.
+    Values are parsed as JSON where they parse (numbers, true/false, null, lists), else taken as strings; the
+    paths are search_space/paths.py's grammar (the same as study knobs).
     """
+    from . import paths
+
     d = spec.to_dict()
     for item in overrides:
-        _check("=" in item, f"--set {item!r} must look like key=value, e.g. stages.1.channels=512")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node: Any = d
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            if isinstance(node, list):
-                _check(p.isdigit() and int(p) < len(node),
-                       f"--set {key}: index {p!r} is out of range (there are {len(node)} entries)")
-                node = node[int(p)]
-            else:
-                _check(isinstance(node, dict) and p in node, f"--set {key}: unknown key {p!r}")
-                node = node[p]
-        last = parts[-1]
-        if node is d and last in RENAMED_FIELDS and RENAMED_FIELDS[last] in d:
-            last = _renamed_notice(last, f"--set {key}")
-        if isinstance(node, list):
-            _check(last.isdigit() and int(last) < len(node),
-                   f"--set {key}: index {last!r} is out of range (there are {len(node)} entries)")
-            node[int(last)] = value
-        else:
-            _check(isinstance(node, dict) and last in node,
-                   f"--set {key}: unknown key {last!r}; known: {', '.join(sorted(node)) if isinstance(node, dict) else ''}")
-            node[last] = value
+        key, value = paths.parse_assignment(item)
+        if "." not in key and key in RENAMED_FIELDS and RENAMED_FIELDS[key] in d:
+            key = _renamed_notice(key, f"--set {key}")
+        paths.set(d, key, value, where="--set ")
     return type(spec).from_dict(d)

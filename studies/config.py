@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluators import registry
 from search_space.sampling import SearchSpace, parse_space
 from search_space.spec import SpecError
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 QUALITY_EVALUATORS = ("flow", "decoder", "none")
-# Metrics a study may optimise: cheap ones (known before training) and the quality evaluator's.
-CHEAP_METRICS = ("latency_ms", "params_m", "gmacs", "host_ms")
-QUALITY_METRICS = ("fd_domain", "fid", "kid", "val_loss", "precision", "recall", "psnr")
+# Metrics only a quality evaluator produces (the registry's answer; evaluators/registry.py).
+QUALITY_METRICS = registry.quality_metrics()
 DEFAULT_STORAGE_DIR = "runs"
 
 
@@ -181,9 +181,6 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
     if not objectives:
         raise _err(path, "[objectives] is empty: name at least one metric")
     for metric, direction in objectives:
-        if metric not in CHEAP_METRICS + QUALITY_METRICS:
-            raise _err(path, f"[objectives] unknown metric {metric!r}; known: "
-                             f"{', '.join(CHEAP_METRICS + QUALITY_METRICS)}")
         if direction not in ("minimize", "maximize"):
             raise _err(path, f"[objectives] {metric} = {direction!r}: use \"minimize\" or \"maximize\"")
     quality = dict(data.get("quality", {}))
@@ -195,9 +192,6 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
     if evaluator == "decoder" and base_kind != "decoder" or evaluator == "flow" and base_kind != "unet":
         raise _err(path, f"[quality] evaluator={evaluator!r} does not score a {base_kind} space "
                          f"(flow scores UNets, decoder scores decoders)")
-    needs_quality = [m for m, _ in objectives if m in QUALITY_METRICS]
-    if needs_quality and evaluator == "none":
-        raise _err(path, f"[objectives] {needs_quality[0]} needs a quality evaluator: set [quality] evaluator")
     _check_quality_keys(quality, path)
     rungs, reduction, rung_seeds = _parse_rungs(path, quality, st, evaluator)
     es = quality.pop("early_stop", {})
@@ -206,6 +200,11 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
     except TypeError as e:
         raise _err(path, f"[quality.early_stop] {e}; known keys: "
                          f"{', '.join(f.name for f in dataclasses.fields(EarlyStop))}") from None
+    try:  # every metric named is produced by an evaluator the study runs; its options are known and typed
+        registry.check_study(evaluator, quality, [("objectives", m) for m, _ in objectives]
+                             + [("constraints", c.removeprefix("max_")) for c in data.get("constraints", {})])
+    except registry.EvaluatorError as e:
+        raise _err(path, str(e)) from None
     constraints = dict(data.get("constraints", {}))
     for k, v in constraints.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:

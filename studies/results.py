@@ -1,6 +1,5 @@
 """Read-only views of a study for the explorer (app.py): trials as one pandas frame, Pareto fronts (from the
-top rung of a successive-halving study), hypervolume history, the per-stage / per-op-class cost of one trial,
-and the paper's Figure 3 (with the proxy's verdict on each published quality ordering) / Table 2.
+top rung of a successive-halving study), hypervolume history, and the paper's Figure 3 (with the proxy's verdict on each published quality ordering) / Table 2.
 
 Nothing here writes to Optuna storage: SQLite files are opened with SQLite's read-only URI mode, so even a
 bug cannot change a study, and a missing file is reported instead of created. Paper numbers are quoted from
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from search_space.errors import UserError
 
 # User attributes that are bookkeeping, not metrics or knobs (kept out of the numeric metric columns).
 TEXT_ATTRS = ("spec_id", "compact", "kind", "preset", "base_preset", "enqueued_preset", "artifacts", "eval_key", "cached_from",
@@ -52,7 +53,7 @@ FIG3_DEFAULT_STORAGE = "sqlite:///runs/paper-fig3/study.db"
 DECODER_STUDY, DECODER_DEFAULT_STORAGE = "decoder", "sqlite:///runs/decoder/study.db"  # studies/decoder.toml
 
 
-class ResultsError(Exception):
+class ResultsError(UserError):
     """The storage or study cannot be read; the message says what is missing."""
 
 
@@ -131,21 +132,11 @@ class StudyInfo:
         return "maximize" if metric in MAXIMIZE_METRICS else "minimize"
 
 
-def flatten_spec(spec: dict, prefix: str = "") -> dict[str, Any]:
-    """{"stages": [{"channels": 256}]} -> {"stages.0.channels": 256} (the study files' knob paths)."""
-    out: dict[str, Any] = {}
-    for k, v in spec.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_spec(v, key + "."))
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v):
-            for i, x in enumerate(v):
-                out.update(flatten_spec(x, f"{key}.{i}."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = v
-    return out
+def flatten_spec(spec: dict) -> dict[str, Any]:
+    """{"stages": [{"channels": 256}]} -> {"stages.0.channels": 256} (search_space/paths.py: the knob paths of
+    study files and --set); lists of values become JSON text, one table cell each."""
+    from search_space import paths
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in paths.flatten(spec).items()}
 
 
 def _is_number(v: Any) -> bool:
@@ -196,6 +187,9 @@ def trials_frame(study) -> tuple[pd.DataFrame, StudyInfo]:
         row["curve_json"] = json.dumps(curve) if isinstance(curve, list) and curve else ""
         if isinstance(a.get("proxy"), dict):
             row["proxy_json"] = json.dumps(a["proxy"], sort_keys=True)
+        for attr in ("stage_costs", "latency_breakdown"):  # stored by the cheap evaluators at evaluation
+            if isinstance(a.get(attr), dict):
+                row[f"{attr}_json"] = json.dumps(a[attr])
         if isinstance(a.get("per_seed"), dict):  # per-seed metric values, for paired differences
             row["per_seed_json"] = json.dumps(a["per_seed"], sort_keys=True)
         row["rung"] = float(a["rung"]) if _is_number(a.get("rung")) else 0.0
@@ -385,25 +379,6 @@ def metric_deltas(a: pd.Series, b: pd.Series, metrics: list[str]) -> pd.DataFram
         rows.append({"metric": m, "A": float(va) if ok_a else np.nan, "B": float(vb) if ok_b else np.nan,
                      "B - A": delta, "B vs A (%)": rel})
     return pd.DataFrame(rows)
-
-
-def stage_costs(spec, latent: int) -> dict:
-    """The cost evaluator's per-stage table and per-kind params (meta device: no weights)."""
-    from evaluators.cost import describe_cost
-
-    d = describe_cost(spec, latent, memory=False)
-    return {"stages": d["stages"], "params_per_kind": d["params_per_kind"], "macs_per_op": d["macs_per_op"],
-            "params": d["params"], "gmacs": d["gmacs"], "gmacs_no_attention": d["gmacs_no_attention"]}
-
-
-def latency_breakdown(spec, latent: int, device: str) -> dict:
-    """Predicted Neural Engine latency split by op kind and by stage: latency_models.explain.breakdown, the
-    predictor's own formula on its cached features (the shares plus the protocol overhead sum to the
-    prediction). `per_class_ms` is the op-kind split under its older name."""
-    from latency_models.explain import breakdown
-
-    b = breakdown(spec, device, latent=latent, batch=1)
-    return b | {"per_class_ms": {k: v for k, v in b["per_kind_ms"].items() if v > 0}}
 
 
 def artifact_files(folder: str | None) -> dict[str, Any]:

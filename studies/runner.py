@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 
 from search_space import PRESETS, Spec
 from search_space.spec import SpecError
+from search_space.errors import UserError
 
 from . import evaluate as ev
 from .config import QUALITY_METRICS, StudyConfig
@@ -44,10 +45,9 @@ from .halving import front_rung, nondominated_ranks, promote, rung_of
 log = logging.getLogger("pocketdiff.study")
 
 
-class StudyError(Exception):
+class StudyError(UserError):
     """A study cannot run as asked (unreachable storage, a clashing study); the message says why."""
 
-    user_error = True  # the CLI prints it as one line and exits 2
 
 
 class StopEarly(Exception):

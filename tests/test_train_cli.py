@@ -51,7 +51,8 @@ def test_export_checkpoint_source_carries_the_trained_weights(trained):
     from pocketdiff.cmd_export import checkpoint_source
     from training.full import load_trained
 
-    args = argparse.Namespace(checkpoint=str(trained), spec=None, torchvision=None, timm=None, latent=16, batch=1)
+    args = argparse.Namespace(checkpoint=str(trained), spec=None, overrides=[], torchvision=None, timm=None, latent=16,
+                              batch=1)
     src = checkpoint_source(args)
     model, spec, manifest = load_trained(trained)
     assert src.spec == spec and src.model_id.startswith(spec.spec_id + "-w")

@@ -24,6 +24,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from search_space.errors import UserError
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 IMAGENET_CLASSES_FILE = DATA_DIR / "imagenet_classes.tsv"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -47,7 +49,7 @@ REFERENCE_MAX = 10000  # reference-statistics set size for latent datasets (FID 
 DEFAULT_SHARD_SIZE = 4096
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The data is missing or malformed; the message names the file and what to do."""
 
 

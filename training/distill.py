@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space import UNetSpec
+from search_space.errors import UserError
 
 from .flow import LOGIT_NORMAL_MEAN, LOGIT_NORMAL_STD, TIMESTEP_SCALE, interpolate, velocity_target
 from .full import DistContext, Objective
@@ -36,10 +37,9 @@ MAX_SD3_TAPS = 3  # [choose] three evenly spaced joint blocks (first third, midd
 EPS = 1e-8
 
 
-class TeacherError(ValueError):
+class TeacherError(UserError):
     """A teacher that cannot teach this student (channels, conditioning, missing weights)."""
 
-    user_error = True
 
 
 def logit_normal_density(t: torch.Tensor, mean: float = LOGIT_NORMAL_MEAN, std: float = LOGIT_NORMAL_STD
@@ -332,3 +332,30 @@ class _TeacherConditioner:
 
     def __call__(self, labels):
         return self.tokens[labels], self.pooled[labels], self.time_ids.expand(len(labels), -1)
+
+
+TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def distillation_objective(teacher: str | Path | None, student: UNetSpec, prompts: PromptEmbeddings, data,
+                           weighting: str = "timestep", feature_kd: bool = True, teacher_dtype: str = "fp32",
+                           step_distill: int | None = None, init: str | None = None,
+                           adv_weight: float | None = None) -> tuple[Objective | None, str]:
+    """The training objective of a run: None (plain flow matching) without a teacher; multi-level KD from a
+    frozen teacher; or adversarial step distillation to a `step_distill`-step sampler (needs the trained
+    multi-step model as `init` and as the teacher). Returns (objective, a line describing the teacher)."""
+    if step_distill is None and teacher is None:
+        return None, ""
+    if teacher is None:
+        raise TeacherError("--step-distill needs --teacher (the multi-step model, usually the --init run)")
+    frozen = load_teacher(teacher, TEACHER_DTYPES[teacher_dtype])
+    check_teacher(frozen, student, prompts, data.size)
+    line = f"teacher {frozen.description}  weighting {weighting}"
+    if step_distill is None:
+        return KDObjective(frozen, prompts, data.resolution, data.size, weighting, feature_kd), line
+    from .step_distill import StepDistillConfig, StepDistillObjective
+
+    if init is None:
+        raise TeacherError("--step-distill needs --init CHECKPOINT (the trained multi-step model)")
+    sd = StepDistillConfig(sampler_steps=step_distill, **({} if adv_weight is None else {"adv_weight": adv_weight}))
+    return StepDistillObjective(frozen, prompts, data.resolution, data.size, sd, weighting), line

@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from search_space import UNetSpec, build_model
 from search_space.spec import spec_from_dict
+from search_space.errors import UserError
 
 from .data import FlowData, file_sha256
 from .flow import flow_loss, interpolate, sample_timesteps
@@ -51,10 +52,9 @@ AUTO_ON_OFF = ("auto", "on", "off")
 SAMPLE_GRID_PER_CLASS = 8
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """A run that cannot start or continue (bad data/spec pairing, bad config); the message says why."""
 
-    user_error = True
 
 
 class CheckpointError(TrainError):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from search_space import UNetSpec, build_model
+from search_space.errors import UserError
 
 from .data import FlowData
 from .flow import (LOGIT_NORMAL_MEAN, LOGIT_NORMAL_STD, TIMESTEP_SCALE, cfg_velocity, euler_sample, flow_loss,
@@ -61,7 +62,7 @@ REPORT_FRACTION = 0.2  # report metrics (val loss) every fifth of the budget: en
 TRAIN_FLOPS_PER_FORWARD = 3
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError):
     """A budget string that is not `<N>steps`, `<N>epochs`, `<X>flops`, `<N>s` or `<N>m`, or one too short."""
 
 
