@@ -220,7 +220,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     tokens, pooled = encode_prompts([a.prompt, ""], meta["encoder"])
     prompts = PromptEmbeddings(tokens=tokens, pooled=pooled, encoder=meta["encoder"])
     cond = Conditioner(spec, prompts, meta["resolution"], torch.device("cpu"))
-    scale = meta["config"]["cfg_scale"] if a.cfg_scale is None else a.cfg_scale
+    scale = meta.get("cfg_scale", meta.get("config", {}).get("cfg_scale", 1.0)) if a.cfg_scale is None else a.cfg_scale
     y, null = torch.zeros(a.num, dtype=torch.long), torch.ones(a.num, dtype=torch.long)
 
     def pair(x, t):

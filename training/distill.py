@@ -24,7 +24,8 @@ from torch import nn
 from search_space import UNetSpec
 
 from .flow import LOGIT_NORMAL_MEAN, LOGIT_NORMAL_STD, TIMESTEP_SCALE, interpolate, velocity_target
-from .full import DistContext, Objective
+from .distributed import DistContext
+from .objectives import Objective
 from .text import PromptEmbeddings
 from .trainer import Conditioner, velocity
 
@@ -185,7 +186,7 @@ class DiffusersUNetTeacher(Teacher):
 def load_teacher(source: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
                  ) -> Teacher:
     """A run folder / checkpoint of ours, or a local diffusers model folder (config.json with _class_name)."""
-    from .full import CheckpointError, load_trained
+    from .checkpoint import CheckpointError, load_trained
 
     path = Path(source)
     config_file = path / "config.json"

@@ -21,7 +21,8 @@ from torch import nn
 
 from .distill import Teacher, _per_sample, _TeacherConditioner, timestep_aware
 from .flow import euler_timesteps, interpolate, sample_timesteps, velocity_target
-from .full import DistContext, Objective
+from .distributed import DistContext
+from .objectives import Objective
 from .text import PromptEmbeddings
 from .trainer import velocity
 
