@@ -80,13 +80,23 @@ def unet_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     kd = p.add_argument_group("distillation")
     kd.add_argument("--teacher", default=None, help="trained run/checkpoint of ours or a diffusers model folder")
-    kd.add_argument("--kd", default="timestep", choices=("timestep", "fixed"), help="KD weighting")
+    kd.add_argument("--kd", default="timestep", choices=("timestep", "fixed"),
+                    help="KD weighting: timestep-aware (loss magnitudes per timestep bin) or fixed")
+    kd.add_argument("--kd-shape", type=float, default=1.0,
+                    help="timestep-aware shape: task weight a_t = density(t)^shape (default 1)")
+    kd.add_argument("--kd-share", type=float, default=None,
+                    help="fixed weighting's KD share (default: the timestep-aware shape's average, matched)")
     kd.add_argument("--no-feature-kd", action="store_true", help="output KD only")
     kd.add_argument("--teacher-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     kd.add_argument("--step-distill", type=int, default=None, metavar="STEPS",
                     help="adversarial step distillation to a STEPS-step sampler (needs --init and --teacher)")
     kd.add_argument("--init", default=None, help="start from this checkpoint's EMA weights")
     kd.add_argument("--adv-weight", type=float, default=None, help="generator GAN loss weight (step distillation)")
+    kd.add_argument("--adv-start", type=float, default=None,
+                    help="share of the run that is KD only before the discriminator joins (default 0.5)")
+    kd.add_argument("--teacher-cfg", type=float, default=None,
+                    help="guidance of the teacher velocity distilled into the student (default 2; the student "
+                         "then samples at CFG 1)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -154,29 +164,38 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     objective = None
     if a.step_distill is not None or a.teacher is not None:
+        from dataclasses import replace
+
         from training.distill import KDObjective, TeacherError, check_teacher, load_teacher
+        from training.kd_scaling import KDWeighting
+        from training.step_distill import StepDistillConfig, StepDistillError, StepDistillObjective
 
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.teacher_dtype]
         if a.teacher is None:
             raise UsageError("--step-distill needs --teacher (the multi-step model, usually the --init run)")
         try:
+            sd = None
+            if a.step_distill is not None:
+                if a.init is None:
+                    raise UsageError("--step-distill needs --init CHECKPOINT (the trained multi-step model)")
+                given = {"adv_weight": a.adv_weight, "adv_start": a.adv_start, "teacher_cfg": a.teacher_cfg}
+                sd = StepDistillConfig(sampler_steps=a.step_distill,
+                                       **{k: v for k, v in given.items() if v is not None})
+                sd.validate()
+            weighting = KDWeighting(a.kd, a.kd_shape, a.kd_share)
             teacher = load_teacher(a.teacher, dtype)
-            check_teacher(teacher, train_spec, prompts, data.size)
-        except TeacherError as e:
+            check_teacher(teacher, train_spec, prompts, data.size, data.class_names)
+        except (TeacherError, StepDistillError, ValueError) as e:
             raise UsageError(str(e)) from None
-        if a.step_distill is not None:
-            from training.step_distill import StepDistillObjective, StepDistillConfig
-
-            if a.init is None:
-                raise UsageError("--step-distill needs --init CHECKPOINT (the trained multi-step model)")
-            sd = StepDistillConfig(sampler_steps=a.step_distill)
-            if a.adv_weight is not None:
-                sd = StepDistillConfig(sampler_steps=a.step_distill, adv_weight=a.adv_weight)
-            objective = StepDistillObjective(teacher, prompts, data.resolution, data.size, sd, a.kd)
-            config = FullConfig(**{**config.__dict__, "sample_steps": a.step_distill})
+        if sd is not None:
+            objective = StepDistillObjective(teacher, prompts, data.resolution, data.size, sd, data.class_names)
+            config = replace(config, sample_steps=a.step_distill, cfg_scale=1.0)  # guidance is distilled in
+            say(f"teacher {teacher.description}  {sd.sampler_steps}-step sampler, teacher CFG {sd.teacher_cfg:g}, "
+                f"student CFG 1")
         else:
-            objective = KDObjective(teacher, prompts, data.resolution, data.size, a.kd, not a.no_feature_kd)
-        say(f"teacher {teacher.description}  weighting {a.kd}")
+            objective = KDObjective(teacher, prompts, data.resolution, data.size, weighting, not a.no_feature_kd,
+                                    data.class_names)
+            say(f"teacher {teacher.description}  weighting {weighting.identity()}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     say(f"data {data.name} ({data.train_count} train)  steps {a.steps}  global batch "
         f"{a.batch_size * a.grad_accum * world} ({world} process(es))  out {a.out}")

@@ -139,3 +139,16 @@ def test_a_quality_runs_checkpoint_feeds_every_consumer(quality_run, tmp_path, c
     assert main(["train", "tiny-debug", "--out", str(tmp_path / "r"), "--resume", str(quality_run), "--steps",
                  "2", "-q"]) == 2
     assert "weights only" in capsys.readouterr().err
+
+
+def test_bad_distillation_input_is_one_line_and_touches_nothing(quality_run, tmp_path, capsys):
+    run = tmp_path / "sd"
+    q = str(quality_run)
+    assert main(["train", "tiny-debug", "--step-distill", "3", "--teacher", q, "--init", q, "--out", str(run)]) == 2
+    assert "the sampler supports 2, 4, 8 steps" in capsys.readouterr().err and not run.exists()
+    assert main(["train", "tiny-debug", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(run)]) == 2
+    assert "no-such-teacher" in capsys.readouterr().err and not run.exists()
+    before = {p: p.read_bytes() for p in quality_run.rglob("*") if p.is_file()}
+    assert main(["train", "tiny-debug", "--kd", "fixed", "--kd-share", "2", "--teacher", q, "--out", str(run)]) == 2
+    assert "share" in capsys.readouterr().err and not run.exists()
+    assert before == {p: p.read_bytes() for p in quality_run.rglob("*") if p.is_file()}

@@ -265,6 +265,7 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
         model.load_state_dict(init_model.state_dict())
     model = model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    objective.budget_steps = budget.steps
     objective.attach(model, device, ctx)
     extra = [m.to(device) for m in objective.trainable()]
     extra_params = [p for m in extra for p in m.parameters()]

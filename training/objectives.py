@@ -18,6 +18,7 @@ class Objective:
     """Plain rectified flow. Subclasses add KD terms, extra trainable modules and an auxiliary update."""
 
     kind = "flow"
+    budget_steps: int | None = None  # set by the loop before `attach`: the run's length in steps
 
     def trainable(self) -> list[nn.Module]:
         """Modules trained with the student (KD projections); their gradients are averaged over ranks."""
