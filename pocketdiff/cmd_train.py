@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("sample", help="write images from a trained checkpoint for a text prompt")
     s.add_argument("checkpoint", help="run folder or checkpoints/step_XXXXXXX folder")
     s.add_argument("--prompt", required=True, help='e.g. "a photo of a handwritten digit seven"')
-    s.add_argument("--steps", type=int, default=4, help="Euler steps (default 4)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="Euler steps (default: the run's sampler, e.g. 4 for a 4-step student; else 4)")
     s.add_argument("-n", "--num", type=int, default=8, help="images (default 8), written as one grid")
     s.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the run's)")
     s.add_argument("--seed", type=int, default=0)
@@ -227,13 +228,15 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from training.trainer import Conditioner, velocity
     from training.flow import cfg_velocity
 
-    if a.steps < 1 or a.num < 1:
+    if (a.steps is not None and a.steps < 1) or a.num < 1:
         raise UsageError("--steps and --num must be >= 1")
     try:
         model, spec, manifest = load_trained(a.checkpoint, use_ema=not a.raw)
     except CheckpointError as e:
         raise UsageError(str(e)) from None
     meta = manifest["meta"]
+    if a.steps is None:
+        a.steps = int(meta.get("sample_steps", meta.get("config", {}).get("sample_steps", 4)))
     if meta["data_kind"] == "latent" and a.vae is None:
         raise UsageError("this model was trained on VAE latents; pass --vae PATH to decode them")
     tokens, pooled = encode_prompts([a.prompt, ""], meta["encoder"])

@@ -23,7 +23,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -446,7 +446,7 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
 
 
 def replace_steps(config: LoopConfig, steps: int) -> LoopConfig:
-    from dataclasses import replace
+    """The config whose schedule spans `steps` (a quality run's resolved budget)."""
     return replace(config, steps=steps) if steps != config.steps else config
 
 
