@@ -264,3 +264,30 @@ def test_step_distillation_trains_the_samplers_own_states(setup, tmp_path):
                     resume=True, progress=False)
     assert r2.status == "ok" and r2.history[0]["step"] == 5
     assert sd2._step == 5 and not all(torch.equal(disc_before[k], v) for k, v in sd2.disc.state_dict().items())
+
+
+def test_kd_run_resumes_step_for_step(setup, tmp_path):
+    """The KD objective's state (running loss magnitudes per bin, teacher feature statistics, projections)
+    travels in the checkpoint: 2 + 2 resumed steps log the losses of 4 uninterrupted ones."""
+    spec, data, prompts = setup
+    teacher_dir = tmp_path / "teacher"
+    assert train_full(spec, data, prompts, teacher_dir, _config(), progress=False).status == "ok"
+
+    def kd():
+        return KDObjective(load_teacher(teacher_dir), prompts, data.resolution, data.size, "timestep")
+
+    def losses(run):
+        return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if "loss" in r}
+
+    ref = tmp_path / "ref"
+    assert train_full(spec, data, prompts, ref, _config(steps=4), objective=kd(), progress=False).status == "ok"
+    run = tmp_path / "run"
+    assert train_full(spec, data, prompts, run, _config(steps=4), objective=kd(), progress=False,
+                      stop_at=2).status.startswith("stopped at step 2")
+    assert train_full(spec, data, prompts, run, _config(steps=4), objective=kd(), resume=True,
+                      progress=False).status == "ok"
+    expected, got = losses(ref), losses(run)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6), step
