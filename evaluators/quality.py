@@ -29,7 +29,7 @@ from training.fidelity import (MetricError, domain_floor, domain_metrics, extrac
 from training.proxy import ProxyConfig, proxy_spec, width_mult_for
 from training.text import DEFAULT_ENCODER, class_prompt_embeddings
 from training.trainer import (WALL_CLOCK_NOTICE, Budget, MetricsCallback, TrainConfig, config_dict,
-                              resolve_budget, sample, save_checkpoint, train)
+                              resolve_budget, sample, save_run_checkpoint, train)
 
 from .registry import Evaluator, Option, budget_callback, register
 
@@ -148,9 +148,10 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out / "checkpoint.pt", result.model, proxy,
-                        {"source_spec": spec.to_json(), "proxy": mapping, "train_config": config_dict(train_config),
-                         "status": result.status, "steps": result.steps})
+        save_run_checkpoint(out, result, proxy, data, prompts, cfg_scale, sample_steps,
+                            {"source_spec": json.loads(spec.to_json()), "source_spec_id": spec.spec_id,
+                             "proxy": mapping, "train_config": config_dict(train_config), "status": result.status,
+                             "seed": seed, "budget": str(budget)})
         if samples is not None and torch.isfinite(samples).all():
             _save_grid(samples, labels, data, out / "samples.png", vae_model)
         (out / "record.json").write_text(json.dumps(record, indent=1))

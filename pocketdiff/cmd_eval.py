@@ -2,7 +2,7 @@
 (SNAPGEN.md section 1 protocol; issue 10's seeds and paired comparisons).
 
 Parses, calls `evaluators.quality`, prints a one-screen summary (or the record with --json) and writes
-samples + record.json + checkpoint.pt under --out.
+samples + record.json + checkpoints/ (the one checkpoint format) under --out.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a spec field, e.g. --set stages.1.channels=96 (repeatable)")
     _common(p, "500steps", 1)
-    p.add_argument("--out", default=None, help="folder for samples.png, record.json and checkpoint.pt")
+    p.add_argument("--out", default=None, help="folder for samples.png, record.json and checkpoints/")
     p.set_defaults(func=cmd_quality)
     c = sub.add_parser("compare", help="paired comparison of two specs over seeds: difference per metric with "
                                        "its 95%% interval")
@@ -114,7 +114,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
         if key in record and record[key] is not None:
             print(f"  {key:20s} {_fmt(record, key)}")
     if "out_dir" in record:
-        print(f"  wrote {record['out_dir']}/record.json, samples.png, checkpoint.pt")
+        print(f"  wrote {record['out_dir']}/record.json, samples.png, checkpoints/ (use as --init, --teacher, sample, export --checkpoint)")
     return 0 if record["status"] == "ok" else 1
 
 

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from pocketdiff.cli import UsageError
@@ -28,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("sample", help="write images from a trained checkpoint for a text prompt")
     s.add_argument("checkpoint", help="run folder or checkpoints/step_XXXXXXX folder")
     s.add_argument("--prompt", required=True, help='e.g. "a photo of a handwritten digit seven"')
-    s.add_argument("--steps", type=int, default=4, help="Euler steps (default 4)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="Euler steps (default: the run's sampler, e.g. 4 for a 4-step student; else 4)")
     s.add_argument("-n", "--num", type=int, default=8, help="images (default 8), written as one grid")
     s.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the run's)")
     s.add_argument("--seed", type=int, default=0)
@@ -76,13 +78,23 @@ def unet_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     kd = p.add_argument_group("distillation")
     kd.add_argument("--teacher", default=None, help="trained run/checkpoint of ours or a diffusers model folder")
-    kd.add_argument("--kd", default="timestep", choices=("timestep", "fixed"), help="KD weighting")
+    kd.add_argument("--kd", default="timestep", choices=("timestep", "fixed"),
+                    help="KD weighting: timestep-aware (loss magnitudes per timestep bin) or fixed")
+    kd.add_argument("--kd-shape", type=float, default=1.0,
+                    help="timestep-aware shape: task weight a_t = density(t)^shape (default 1)")
+    kd.add_argument("--kd-share", type=float, default=None,
+                    help="fixed weighting's KD share (default: the timestep-aware shape's average, matched)")
     kd.add_argument("--no-feature-kd", action="store_true", help="output KD only")
     kd.add_argument("--teacher-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     kd.add_argument("--step-distill", type=int, default=None, metavar="STEPS",
                     help="adversarial step distillation to a STEPS-step sampler (needs --init and --teacher)")
     kd.add_argument("--init", default=None, help="start from this checkpoint's EMA weights")
     kd.add_argument("--adv-weight", type=float, default=None, help="generator GAN loss weight (step distillation)")
+    kd.add_argument("--adv-start", type=float, default=None,
+                    help="share of the run that is KD only before the discriminator joins (default 0.5)")
+    kd.add_argument("--teacher-cfg", type=float, default=None,
+                    help="guidance of the teacher velocity distilled into the student (default 2; the student "
+                         "then samples at CFG 1)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=train_unet_cmd)
     return p
@@ -109,6 +121,8 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
     from training.data import load_data
     from training.distill import distillation_objective
     from training.full import FullConfig, prepare_spec, train_full
+    from training.kd_scaling import KDWeighting
+    from training.step_distill import StepDistillConfig
     from training.text import class_prompt_embeddings
 
     spec = load_spec(a.spec, a.overrides)
@@ -127,12 +141,17 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
         steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr, warmup_steps=a.warmup_steps,
         schedule=a.schedule, ema_decay=a.ema_decay, seed=a.seed, checkpoint_every=a.checkpoint_every,
         keep_checkpoints=a.keep_checkpoints, log_every=a.log_every, sample_every=a.sample_every,
-        fd_samples=a.fd_samples, sample_steps=a.sample_steps if a.step_distill is None else a.step_distill, cfg_scale=a.cfg_scale,
-        autocast=a.autocast, grad_checkpoint=a.grad_checkpoint)
+        fd_samples=a.fd_samples, sample_steps=a.sample_steps, cfg_scale=a.cfg_scale, autocast=a.autocast,
+        grad_checkpoint=a.grad_checkpoint)
     config.validate()
+    step_distill = None
+    if a.step_distill is not None:
+        given = {"adv_weight": a.adv_weight, "adv_start": a.adv_start, "teacher_cfg": a.teacher_cfg}
+        step_distill = StepDistillConfig(sampler_steps=a.step_distill, **{k: v for k, v in given.items() if v is not None})
+        config = replace(config, sample_steps=a.step_distill, cfg_scale=1.0)  # guidance is distilled in
     objective, teacher_line = distillation_objective(
-        a.teacher, train_spec, prompts, data, a.kd, not a.no_feature_kd, a.teacher_dtype, a.step_distill, a.init,
-        a.adv_weight)
+        a.teacher, train_spec, prompts, data, KDWeighting(a.kd, a.kd_shape, a.kd_share), not a.no_feature_kd,
+        a.teacher_dtype, step_distill, a.init)
     if teacher_line:
         say(teacher_line)
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -34,19 +34,23 @@ class Samples:
 
 
 @torch.no_grad()
-def sample_prompt(checkpoint: str | Path, prompt: str, steps: int = 4, num: int = 8, cfg_scale: float | None = None,
-                  seed: int = 0, use_ema: bool = True, vae: str | None = None) -> Samples:
-    """`num` images of `prompt` from `checkpoint` with `steps` Euler steps (guidance: the run's unless given)."""
-    if steps < 1 or num < 1:
+def sample_prompt(checkpoint: str | Path, prompt: str, steps: int | None = None, num: int = 8,
+                  cfg_scale: float | None = None, seed: int = 0, use_ema: bool = True, vae: str | None = None
+                  ) -> Samples:
+    """`num` images of `prompt` from `checkpoint` with `steps` Euler steps and guidance `cfg_scale` (each
+    defaults to the run's own sampler: a 4-step student samples 4 steps at CFG 1; else 4 steps)."""
+    if (steps is not None and steps < 1) or num < 1:
         raise SampleError("--steps and --num must be >= 1")
     model, spec, manifest = load_trained(checkpoint, use_ema=use_ema)
     meta = manifest["meta"]
+    if steps is None:
+        steps = int(meta.get("sample_steps", meta.get("config", {}).get("sample_steps", 4)))
     if meta["data_kind"] == "latent" and vae is None:
         raise SampleError("this model was trained on VAE latents; pass --vae PATH to decode them")
     tokens, pooled = encode_prompts([prompt, ""], meta["encoder"])
     prompts = PromptEmbeddings(tokens=tokens, pooled=pooled, encoder=meta["encoder"])
     cond = Conditioner(spec, prompts, meta["resolution"], torch.device("cpu"))
-    scale = meta["config"]["cfg_scale"] if cfg_scale is None else cfg_scale
+    scale = meta.get("cfg_scale", meta.get("config", {}).get("cfg_scale", 1.0)) if cfg_scale is None else cfg_scale
     y, null = torch.zeros(num, dtype=torch.long), torch.ones(num, dtype=torch.long)  # rows 0 / 1 of `prompts`
 
     def pair(x, t):
