@@ -34,8 +34,7 @@ from search_space.spec import Spec
 from search_space.errors import UserError
 from training.cache import CACHE_ENV  # noqa: F401 (the one cache root's variable; tests set it)
 
-TARGETS = ("iOS17", "iOS18")
-DEFAULT_TARGET = "iOS17"
+from .targets import DEFAULT_TARGET, TARGETS  # noqa: E402 (re-exported)
 
 
 class ExportError(UserError, RuntimeError):

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from evaluators.cost import DEFAULT_LATENT, describe_cost
-from search_space import PRESETS, load_spec
+from search_space import PRESETS
 from search_space.compact import encode
 from search_space.presets import preset_summary
+
+DEFAULT_LATENT = 128  # evaluators.cost.DEFAULT_LATENT (imported lazily: it loads torch); a test keeps them equal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +48,9 @@ def _fmt_int(n: int) -> str:
 
 
 def _describe_one(name: str, args) -> dict:
+    from evaluators.cost import describe_cost
     from pocketdiff.cli import UsageError
+    from search_space import load_spec
 
     if args.latent < 1:
         raise UsageError(f"--latent {args.latent} must be a positive latent size, e.g. 128")

@@ -6,7 +6,7 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from latency_models.export import DEFAULT_TARGET, TARGETS
+    from latency_models.targets import DEFAULT_TARGET, TARGETS
 
     export = sub.add_parser("export", help="export a design for on-device runtimes")
     esub = export.add_subparsers(dest="command", metavar="<command>")

@@ -41,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def unet_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from training.full import FullConfig
+    from training.config import LoopConfig
 
-    d = FullConfig()
+    d = LoopConfig()
     p.description = ("Train a UNet spec with rectified flow (optionally with KD or step distillation); resumable; "
                      "run under torchrun for DDP.")
     p.add_argument("spec", help="preset name, spec JSON or a study's winner.json")

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from search_space import UNetSpec, build_model
-from search_space.errors import UserError
 from search_space.spec import spec_from_dict
 
+from .config import TrainError
 from .data import FlowData, file_sha256
 from .text import PromptEmbeddings
 
@@ -32,8 +32,6 @@ STATE_FILE = "state.pt"
 WEIGHTS_FILE = "model.safetensors"
 
 
-class TrainError(UserError, RuntimeError):
-    """A run that cannot start or continue (bad data/spec pairing, bad config); the message says why."""
 
 
 class CheckpointError(TrainError):
