@@ -223,9 +223,15 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
         v = st.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise _err(path, f"[study] {key} = {v!r} must be a non-negative integer")
+    from .storage import StorageError, parse_url
+    url = storage or st.get("storage") or f"sqlite:///{DEFAULT_STORAGE_DIR}/{name}/study.db"
+    try:
+        parse_url(url)
+    except StorageError as e:
+        raise StudyFileError(f"--storage: {e}" if storage else f"{path}: [study] storage: {e}") from None
     return StudyConfig(
         name=name, path=path, space=space,
-        storage=storage or st.get("storage") or f"sqlite:///{DEFAULT_STORAGE_DIR}/{name}/study.db",
+        storage=url,
         sampler=sampler, seed=st.get("seed", 0), n_trials=st.get("n_trials"), timeout=st.get("timeout"),
         heartbeat_interval=st.get("heartbeat_interval", 30), grace_period=st.get("grace_period", 90),
         max_retry=st.get("max_retry", 1), latent=latent, device=target.get("device", "a17pro"),

@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import hashlib
 import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,13 +33,14 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from search_space import PRESETS, Spec
 from search_space.spec import SpecError
 
 from . import evaluate as ev
+from . import storage as S
 from .config import QUALITY_METRICS, StudyConfig
 from .halving import front_rung, nondominated_ranks, promote, rung_of
 
@@ -57,37 +60,118 @@ class StopEarly(Exception):
 # --- storage and study ------------------------------------------------------------------------------
 
 def open_storage(url: str, cfg: StudyConfig | None = None) -> RDBStorage:
-    """An RDB storage with heartbeats; fails with a clear message before any work if it cannot connect."""
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    """An RDB storage for a writer, with heartbeats; fails with a clear message before any work if it cannot
+    connect. Optuna's tables are created under a lock in the storage (studies/storage.py), so workers that start
+    together on a fresh database do not race."""
     kwargs: dict[str, Any] = {}
     if cfg is not None:
-        with warnings.catch_warnings():  # the retry callback is marked experimental in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry)
         kwargs = dict(heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
-                      heartbeat_stale_trial_callback=retry)
-    engine_kwargs = {"pool_pre_ping": True}
-    if url.startswith(("postgresql", "mysql")):
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+                      heartbeat_stale_trial_callback=RequeueKilled(cfg.max_retry))
     try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except Exception as e:  # sqlalchemy raises many kinds; the user needs the URL and the reason
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StudyError(f"cannot open storage {url}: {reason}") from None
+        return S.open_for_writing(url, **kwargs)
+    except S.StorageError as e:
+        raise StudyError(str(e)) from None
 
 
-def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+KILL_RETRY_LIMIT = 20  # queued work (presets, promotions) killed this many times in a row is given up, loudly
+
+
+class RequeueKilled:
+    """Re-queue a trial whose process was killed (stale heartbeat, or a dead PID on this host) with the same
+    parameters and user attributes. A kill is never the trial's own failure: enqueued presets and promotions are
+    re-queued until they finish (up to KILL_RETRY_LIMIT kills, against a design that kills its worker every
+    time); sampled trials up to `max_retry` times (the sampler proposes others meanwhile). A trial that raises
+    fails for its own reason and is not retried."""
+
+    def __init__(self, max_retry: int):
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        queued = bool(trial.user_attrs.get("enqueued_preset")) or trial.user_attrs.get("promoted_from") is not None
+        limit = KILL_RETRY_LIMIT if queued else self.max_retry
+        if len(history) > limit:
+            log.warning("trial %d was killed %d times; not re-queued (limit %d)", trial.number, len(history), limit)
+            return
+        user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in PER_RUN_ATTRS}
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, user_attrs=user_attrs,
+            system_attrs={**trial.system_attrs, "failed_trial": history[0], "retry_history": history}))
+        log.info("trial %d was killed: re-queued with the same parameters (kill %d)", trial.number, len(history))
+
+
+# what one run of a trial wrote about itself; a re-queued copy starts without them
+PER_RUN_ATTRS = ("worker_host", "worker_pid", "worker_started", "fail_reason", "killed", "curve",
+                 "evaluator_seconds", "duplicate_of", "reused_from")
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of a process in clock ticks since boot (Linux /proc), or None where unknown; with the PID
+    it names a process exactly (a PID is reused, a PID and its start time are not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":  # a zombie: dead, only not yet reaped by its parent
+        return -1
+    return int(fields[19])
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    if Path("/proc/self/stat").exists():
+        now = _process_start(pid)
+        return now is not None and now != -1 and (started is None or now == started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_identity() -> dict[str, Any]:
+    """Host, PID and process start time: stored on every trial this process runs (see `fail_ghost_trials`)."""
+    return {"worker_host": socket.gethostname(), "worker_pid": os.getpid(),
+            "worker_started": _process_start(os.getpid())}
+
+
+def fail_ghost_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-queue at once the RUNNING trials owned by a process on this host that is gone (a SIGKILL
+    leaves them RUNNING until their heartbeat goes stale, longer than a quick rerun takes). Other hosts'
+    trials keep the heartbeat rule. Returns the trial numbers failed here."""
+    host, failed = socket.gethostname(), []
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        a = t.user_attrs
+        if a.get("worker_host") != host or not isinstance(a.get("worker_pid"), int):
+            continue
+        if process_alive(a["worker_pid"], a.get("worker_started")):
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, "killed", f"process {a['worker_pid']} on {host} is gone")
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another starting worker failed it first
+        failed.append(t.number)
+        callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+        if callback is not None:
+            callback(study, storage.get_trial(t._trial_id))
+    return failed
+
+
+def make_sampler(cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    seed = cfg.seed if seed is None else seed
     if cfg.sampler == "grid":
-        return optuna.samplers.GridSampler(cfg.space.grid(), seed=cfg.seed)
+        return optuna.samplers.GridSampler(cfg.space.grid(), seed=seed)
     if cfg.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, min(20, cfg.n_trials or 20)))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, cfg.n_trials or 20)))
     if cfg.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=cfg.seed)
+        return optuna.samplers.GPSampler(seed=seed)
     if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     startup = min(10, max(2, (cfg.n_trials or 20) // 3))
     if cfg.halving is not None:
         # TPE would model first-rung and promoted (longer-budget, better-scoring) trials as one population
@@ -95,18 +179,38 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
         # TPE counts every trial towards its start-up, promotions included: a run of n candidates holds at
         # most n * r / (r - 1) <= 2n trials for a reduction r >= 2.
         startup = max(startup, 2 * (cfg.n_trials or 0))
-    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=startup)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
 
 
-def open_study(cfg: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
-    """Create the study, or load it after checking that its definition did not change."""
+def worker_seed(study_seed: int, worker: int) -> int:
+    """The sampler seed of the study's `worker`-th run (every `study run`/`worker` process, restarts included,
+    claims the next index): the first uses the study's seed, so a fresh single run is reproducible; the others
+    get seeds derived from it, so workers and restarts do not propose the same sequence again."""
+    if worker == 0:
+        return study_seed
+    return int.from_bytes(hashlib.sha256(f"{study_seed}:{worker}".encode()).digest()[:4], "big")
+
+
+def _url_of(storage: Any, fallback: str) -> str:
+    return str(getattr(getattr(storage, "_backend", storage), "url", "") or fallback)
+
+
+def open_study(cfg: StudyConfig, storage: RDBStorage | None = None, claim_worker: bool = False) -> optuna.Study:
+    """Create the study, or load it after checking that its definition did not change.
+
+    Creation is one step under a lock held in the storage: the study, its definition (the file's fingerprint,
+    metric names, rungs) and the enqueued presets; a `created` marker is written last. A creation cut short (a
+    kill, a lost connection) has no marker, and the next opener finishes it: writes what is missing and enqueues
+    the presets that have no trial yet. With `claim_worker` this run also claims the next worker index, which
+    seeds its sampler (`worker_seed`); `study.user_attrs` are not changed otherwise.
+    """
     storage = storage or open_storage(cfg.storage, cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one-line summaries replace Optuna's logs
     fingerprint = cfg.fingerprint()
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions,
-                                sampler=make_sampler(cfg), load_if_exists=True)
-    if cfg.name in existing:
+    url = _url_of(storage, cfg.storage)
+    with S.named_lock(url, f"pocketdiff-open:{cfg.name}", engine=getattr(storage, "engine", None)):
+        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions,
+                                    sampler=make_sampler(cfg), load_if_exists=True)
         stored = study.user_attrs.get("definition")
         if stored is not None and stored != fingerprint:
             raise StudyError(f"storage already holds a study named {cfg.name!r} with a different definition "
@@ -114,19 +218,40 @@ def open_study(cfg: StudyConfig, storage: RDBStorage | None = None) -> optuna.St
         if [d.name.lower() for d in study.directions] != cfg.directions:
             raise StudyError(f"study {cfg.name!r} exists with directions "
                              f"{[d.name.lower() for d in study.directions]}, the file asks for {cfg.directions}")
-    else:
-        study.set_user_attr("definition", fingerprint)
-        study.set_user_attr("metric_names", cfg.metric_names)
-        study.set_user_attr("study_file", cfg.path)
-        with warnings.catch_warnings():  # experimental in Optuna 5, and what the dashboard labels axes with
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(cfg.metric_names)
-        if cfg.rungs:
-            study.set_user_attr("rungs", list(cfg.rungs))
-        for preset in cfg.enqueue:
-            study.enqueue_trial({"preset": preset} if cfg.space.preset_choices else {},
-                                user_attrs={"enqueued_preset": preset}, skip_if_exists=False)
+        if not study.user_attrs.get("created"):
+            _finish_creation(cfg, study, fingerprint)
+        if claim_worker:
+            worker = int(study.user_attrs.get("workers", 0))
+            study.set_user_attr("workers", worker + 1)
+            study.worker_index = worker  # type: ignore[attr-defined]  (read by run_study's first line)
+            study.sampler = make_sampler(cfg, worker_seed(cfg.seed, worker))
     return study
+
+
+def _finish_creation(cfg: StudyConfig, study: optuna.Study, fingerprint: dict) -> None:
+    """Write the study's definition and enqueue its presets; idempotent (run again after a cut-short creation,
+    it only adds what is missing), and called under the study's open lock."""
+    if study.user_attrs.get("definition") is None:
+        study.set_user_attr("definition", fingerprint)
+    study.set_user_attr("metric_names", cfg.metric_names)
+    study.set_user_attr("study_file", cfg.path)
+    with warnings.catch_warnings():  # experimental in Optuna 5, and what the dashboard labels axes with
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(cfg.metric_names)
+    if cfg.rungs:
+        study.set_user_attr("rungs", list(cfg.rungs))
+    have: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        p = t.user_attrs.get("enqueued_preset")
+        if p and rung_of(t) == 0 and t.system_attrs.get("failed_trial") is None:
+            have[p] = have.get(p, 0) + 1
+    for preset in cfg.enqueue:
+        if have.get(preset, 0) > 0:
+            have[preset] -= 1  # a preset listed twice is enqueued twice
+            continue
+        study.enqueue_trial({"preset": preset} if cfg.space.preset_choices else {},
+                            user_attrs={"enqueued_preset": preset}, skip_if_exists=False)
+    study.set_user_attr("created", True)
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:
@@ -367,10 +492,17 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     With `n_trials` it runs that many more. `timeout` stops starting new trials after that many seconds.
     """
     storage = open_storage(cfg.storage, cfg)
-    study = open_study(cfg, storage)
+    study = open_study(cfg, storage, claim_worker=True)
+    worker = getattr(study, "worker_index", 0)
+    echo(f"worker {worker} of study {cfg.name}: sampler seed {worker_seed(cfg.seed, worker)} "
+         f"(study seed {cfg.seed}{', derived for this worker' if worker else ''})")
+    ghosts = fail_ghost_trials(study)  # a killed earlier run's trials on this host: failed and re-queued now
+    if ghosts:
+        echo(f"re-queued {len(ghosts)} trial(s) whose process on this host is gone: "
+             f"{', '.join(map(str, ghosts))}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # a killed earlier run's RUNNING trials (heartbeat expired)
+        optuna.storages.fail_stale_trials(study)  # other hosts' killed runs (heartbeat expired)
     stats = RunStats()
     objective = Objective(cfg, study, stats, artifact_dir(cfg))
     timeout = timeout if timeout is not None else cfg.timeout
@@ -444,8 +576,11 @@ def artifact_dir(cfg: StudyConfig) -> Path:
 
 def resolve_study(storage_url: str, name: str | None) -> optuna.Study:
     """Load a study from a storage; `name` may be omitted when the storage holds exactly one."""
-    storage = open_storage(storage_url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    try:
+        storage = S.open_readonly(storage_url)  # a reader never creates or migrates anything
+    except S.StorageError as e:
+        raise StudyError(str(e)) from None
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name is None:
         if len(names) != 1:
             raise StudyError(f"storage {storage_url} holds {len(names)} studies "
