@@ -149,7 +149,8 @@ def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequ
     """Promotions the stored trials call for that no trial holds yet (any state), top rungs first."""
     due: list[Promotion] = []
     for r in range(rungs.top - 1, -1, -1):
-        at_rung = [t for t in trials if rung_of(t) == r and t.state in FINISHED and candidate_of(t)]
+        at_rung = [t for t in trials if rung_of(t) == r and t.state in FINISHED and candidate_of(t)
+                   and t.user_attrs.get("duplicate_of") is None]  # a re-sampled duplicate was not evaluated
         finished: dict[str, FrozenTrial] = {}
         for t in sorted(at_rung, key=lambda t: (t.state != TrialState.COMPLETE, t.number)):
             finished.setdefault(candidate_of(t), t)  # a re-proposed spec is one candidate

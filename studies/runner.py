@@ -334,9 +334,12 @@ def _curve_threshold(study: optuna.Study, fraction: float, quantile: float,
 class Objective:
     def __init__(self, cfg: StudyConfig, study: optuna.Study, stats: RunStats, artifacts: Path):
         self.cfg, self.study, self.stats, self.artifacts = cfg, study, stats, artifacts
+        self.identity = worker_identity()
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         t_start = time.perf_counter()
+        for k, v in self.identity.items():  # whose trial this is: a rerun on this host fails it if we are gone
+            trial.set_user_attr(k, v)
         try:
             return self._run(trial)
         except optuna.TrialPruned:
@@ -357,10 +360,15 @@ class Objective:
             trial.set_user_attr("fail_reason", f"invalid spec: {e}")
             raise
         trial.set_user_attr("spec", json.loads(spec.to_json()))
-        trial.set_user_attr("spec_id", spec.spec_id)
         trial.set_user_attr("compact", spec.compact)
         trial.set_user_attr("kind", spec.kind)
         rung = rung_of(trial)
+        sampled = not (trial.user_attrs.get("promoted_spec") or trial.user_attrs.get("enqueued_preset"))
+        twin = self._claim(trial, spec, rung) if sampled else None
+        if not sampled:
+            trial.set_user_attr("spec_id", spec.spec_id)
+        if twin is not None:
+            return self._reuse(trial, twin, rung)
         trial.set_user_attr("rung", rung)
         trial.set_user_attr("budget", rung_budget(cfg, rung))
         trial.set_user_attr("candidate", trial.user_attrs.get("candidate") or spec.spec_id)
@@ -399,6 +407,44 @@ class Objective:
                 raise RuntimeError(f"objective {name} missing or not finite in the results: {v}")
             values.append(float(v))
         return tuple(values)
+
+    def _claim(self, trial: optuna.Trial, spec: Spec, rung: int) -> optuna.trial.FrozenTrial | None:
+        """Make this sampled spec this trial's, unless the study already holds it at this rung: a finished
+        twin is returned (its result is reused); a running or queued one ends this trial PRUNED with
+        `duplicate_of` (the next trial samples anew; it does not count towards n_trials). The check and the
+        claim (writing `spec_id`) happen under a lock in the storage, so two workers that sample the same spec
+        at the same moment never both train it."""
+        storage = self.study._storage
+        url = _url_of(storage, self.cfg.storage)
+        engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+        with S.named_lock(url, f"pocketdiff-claim:{self.study.study_name}", engine=engine):
+            twin = _twin(self.cfg, self.study, trial.number, spec.spec_id, rung)
+            trial.set_user_attr("spec_id", spec.spec_id)
+        if twin is None or twin.state in FINISHED:
+            return twin
+        where = "running" if twin.state == TrialState.RUNNING else "queued"
+        reason = f"re-sampled: spec {spec.spec_id} is already {where} in trial {twin.number}"
+        trial.set_user_attr("duplicate_of", twin.number)
+        trial.set_user_attr("duplicate", reason)
+        log.info("trial %d: %s", trial.number, reason)
+        raise optuna.TrialPruned(reason)
+
+    def _reuse(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial, rung: int) -> tuple[float, ...]:
+        """This trial's result is the finished twin's (same spec, same rung, so same evaluation): copied,
+        marked `reused_from`, nothing evaluated again."""
+        trial.set_user_attr("reused_from", twin.number)
+        trial.set_user_attr("cached_from", f"trial {twin.number}")
+        for k, v in twin.user_attrs.items():
+            if k not in trial.user_attrs and k not in PER_RUN_ATTRS and k not in ("enqueued_preset", "retried"):
+                trial.set_user_attr(k, v)
+        for name, value in (twin.constraints or {}).items():
+            trial.set_constraint(name, float(value))
+        log.info("trial %d: spec %s already evaluated in trial %d: reused its result", trial.number,
+                 twin.user_attrs.get("spec_id"), twin.number)
+        if twin.state == TrialState.PRUNED:
+            reason = twin.user_attrs.get("infeasible") or twin.user_attrs.get("early_stopped") or "pruned"
+            raise optuna.TrialPruned(f"{reason} (reused from trial {twin.number})")
+        return tuple(float(v) for v in twin.values)
 
     def _quality(self, trial: optuna.Trial, spec: Spec, rung: int) -> dict[str, float]:
         cfg = at_rung(self.cfg, rung)
@@ -459,6 +505,41 @@ class Objective:
         return ev.load_cache(key) if ev.portable(cfg) else None
 
 
+def _queued_spec_id(cfg: StudyConfig, t: optuna.trial.FrozenTrial) -> str | None:
+    """The spec_id a WAITING trial will train (it has no `spec_id` attribute until it runs)."""
+    from search_space import spec_from_dict
+    a = t.user_attrs
+    try:
+        if a.get("promoted_spec"):
+            return spec_from_dict(a["promoted_spec"]).spec_id
+        if a.get("enqueued_preset") and not cfg.space.preset_choices:
+            return PRESETS[a["enqueued_preset"]].spec_id
+        params = t.system_attrs.get("fixed_params") or t.params
+        return cfg.space.sample(optuna.trial.FixedTrial(params)).spec_id if params else None
+    except Exception:  # a queued point that does not make a valid spec will fail on its own when it runs
+        return None
+
+
+def _twin(cfg: StudyConfig, study: optuna.Study, number: int, spec_id: str,
+          rung: int) -> optuna.trial.FrozenTrial | None:
+    """Another trial of the same spec at the same rung: finished (the earliest COMPLETE, else PRUNED, not itself
+    a duplicate), else running or queued; None when the spec is new to the study."""
+    found: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number or rung_of(t) != rung or t.user_attrs.get("duplicate_of") is not None:
+            continue
+        if t.state == TrialState.WAITING:
+            same = _queued_spec_id(cfg, t) == spec_id
+        else:
+            same = t.user_attrs.get("spec_id") == spec_id
+        if same and t.state != TrialState.FAIL:
+            found.setdefault(t.state.name, t)
+    for state in ("COMPLETE", "PRUNED", "RUNNING", "WAITING"):
+        if state in found:
+            return found[state]
+    return None
+
+
 def _is_quality_metric(name: str) -> bool:
     """A quality metric or its interval bound (`fd_domain_ci_low`, ...: the evaluator's seed interval)."""
     return name.removesuffix("_ci_low").removesuffix("_ci_high") in QUALITY_METRICS
@@ -474,13 +555,35 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     if trial.state == TrialState.COMPLETE:
         names = study.user_attrs.get("metric_names") or [f"v{i}" for i in range(len(trial.values))]
         vals = "  ".join(f"{n}={v:.4g}" for n, v in zip(names, trial.values))
-        extra = " (cached)" if a.get("cached_from") else ""
+        extra = f" (reused the result of {a['cached_from']})" if a.get("cached_from") else ""
         return f"{head}  {vals}{extra}"
-    reason = a.get("infeasible") or a.get("early_stopped") or a.get("fail_reason") or ""
+    reason = (a.get("duplicate") or a.get("infeasible") or a.get("early_stopped") or a.get("fail_reason")
+              or a.get("killed") or "")
     return f"{head}  {reason}"
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # FAIL trials are retried, so they do not count
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count towards n_trials: COMPLETE or PRUNED, a re-sampled duplicate aside."""
+    return sum(t.user_attrs.get("duplicate_of") is None for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+class StopAtFinished:
+    """Stop this run once the study holds `n` counted trials (`finished_count`, across every worker), or once
+    this run has made its `budget` attempts; a re-sampled duplicate gives its attempt back (up to
+    REPROPOSAL_LIMIT * n in all, against a sampler that keeps proposing what runs elsewhere)."""
+
+    def __init__(self, n: int, budget: int):
+        self.n, self.budget, self.ran = n, budget, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.ran += 1
+        if trial.user_attrs.get("duplicate_of") is not None and self.budget < REPROPOSAL_LIMIT * max(self.n, 1):
+            self.budget += 1
+        if finished_count(study) >= self.n or self.ran >= self.budget:
+            study.stop()
 
 
 def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | None = None,
@@ -507,17 +610,20 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     objective = Objective(cfg, study, stats, artifact_dir(cfg))
     timeout = timeout if timeout is not None else cfg.timeout
     callbacks: list = []
-    if n_trials is None and cfg.n_trials is not None:
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        n_trials = max(0, cfg.n_trials - done)
-        if cfg.halving is None:
-            callbacks.append(optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED))
-        n_trials = None if cfg.halving is not None else n_trials  # rungs: `_run_halving` counts candidates
-    if cfg.sampler == "grid" and n_trials is not None:
+    grid_left = None
+    if cfg.sampler == "grid":
         grid = cfg.space.grid() or {}
-        grid_size = int(np.prod([len(v) for v in grid.values()])) if grid else 1
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        n_trials = max(0, min(n_trials, grid_size - done))
+        grid_left = max(0, (int(np.prod([len(v) for v in grid.values()])) if grid else 1) - finished_count(study))
+    if n_trials is None and cfg.n_trials is not None:
+        n_trials = max(0, cfg.n_trials - finished_count(study))
+        if grid_left is not None:
+            n_trials = min(n_trials, grid_left)
+        if cfg.halving is None and n_trials:
+            callbacks.append(StopAtFinished(cfg.n_trials, n_trials))
+            n_trials = None  # the callback counts
+        n_trials = None if cfg.halving is not None else n_trials  # rungs: `_run_halving` counts candidates
+    elif grid_left is not None and n_trials is not None:
+        n_trials = min(n_trials, grid_left)
 
     def summary(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         line = _summary_line(study, trial)
@@ -552,7 +658,8 @@ def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_
             if ran >= n_trials:
                 break
         elif not waiting:
-            first = [t for t in trials if rung_of(t) == 0 and t.state != TrialState.FAIL]
+            first = [t for t in trials if rung_of(t) == 0 and t.state != TrialState.FAIL
+                     and t.user_attrs.get("duplicate_of") is None]
             # distinct designs: a re-proposed spec (served from the cache) is no new candidate to promote
             candidates = len({t.user_attrs.get("candidate") or t.number for t in first})
             if candidates >= (cfg.n_trials or 0):
