@@ -285,6 +285,9 @@ class UNetSpec(_SpecBase):
         d = migrate_spec_dict(_strip_kind(d, cls.kind))
         _reject_unknown(cls, d, "UNetSpec")
         _check("stages" in d, "UNetSpec needs 'stages'")
+        _check(isinstance(d["stages"], (list, tuple)) and len(d["stages"]) > 0,
+               f"stages = {d['stages']!r} must be a non-empty list of stage objects (set one stage's field "
+               f"with stages.1.channels=..., not stages=...)")
         stages = []
         for i, s in enumerate(d["stages"]):
             _check(isinstance(s, dict), f"stages[{i}] must be an object with keys like 'channels'")
@@ -383,6 +386,8 @@ Spec = UNetSpec | DecoderSpec
 
 def spec_from_dict(d: dict[str, Any]) -> Spec:
     """Build a UNetSpec or DecoderSpec from its dict; 'kind' picks which (default: by its keys)."""
+    _check(isinstance(d, dict), f"a spec must be a JSON object (keys like 'stages', 'kind'), not a "
+                                f"{type(d).__name__}")
     kind = d.get("kind") or ("unet" if "stages" in d else "decoder")
     _check(kind in ("unet", "decoder"), f"kind={kind!r} is not 'unet' or 'decoder'")
     return UNetSpec.from_dict(d) if kind == "unet" else DecoderSpec.from_dict(d)

@@ -41,7 +41,7 @@ from search_space.spec import SpecError
 
 from . import evaluate as ev
 from . import storage as S
-from .config import QUALITY_METRICS, StudyConfig
+from .config import QUALITY_METRICS, StudyConfig, check_runnable_here
 from .halving import front_rung, nondominated_ranks, promote, rung_of
 
 log = logging.getLogger("pocketdiff.study")
@@ -274,6 +274,12 @@ class RunStats:
     trial_seconds: float = 0.0
     evaluator_seconds: float = 0.0  # training + sampling + scoring inside the quality evaluator
     finished: list[str] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)  # each trial this run ended, by state name
+
+    @property
+    def all_failed(self) -> bool:
+        """This run ran trials and every one of them FAILed (a study that cannot work: `study run` exits 1)."""
+        return bool(self.states) and all(s == "FAIL" for s in self.states)
 
     @property
     def overhead_share(self) -> float:
@@ -594,6 +600,12 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     PRUNED), counted across every worker on the storage, so a resumed or second run only does what is left.
     With `n_trials` it runs that many more. `timeout` stops starting new trials after that many seconds.
     """
+    if n_trials is not None and (not isinstance(n_trials, int) or n_trials < 1):
+        raise StudyError(f"--n-trials {n_trials} must be a whole number >= 1 (leave it out to run until the "
+                         f"study has the file's n_trials)")
+    if timeout is not None and not timeout > 0:
+        raise StudyError(f"--timeout {timeout} must be a number of seconds > 0")
+    check_runnable_here(cfg)
     storage = open_storage(cfg.storage, cfg)
     study = open_study(cfg, storage, claim_worker=True)
     worker = getattr(study, "worker_index", 0)
@@ -628,6 +640,7 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     def summary(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         line = _summary_line(study, trial)
         stats.finished.append(line)
+        stats.states.append(trial.state.name)
         echo(line)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
