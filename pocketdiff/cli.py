@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(e: Exception) -> str:
+    """The error as one line: control characters the user typed (a key with a CR in it) are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
     from search_space.spec import SpecError
 
@@ -52,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UsageError, SpecError, FileNotFoundError) as e:
-        print(f"pocketdiff: error: {e}", file=sys.stderr)
+        print(f"pocketdiff: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:
         if getattr(e, "user_error", False):  # e.g. studies.runner.StudyError: unreachable storage
-            print(f"pocketdiff: error: {e}", file=sys.stderr)
+            print(f"pocketdiff: error: {_one_line(e)}", file=sys.stderr)
             return 2
         raise
     except KeyboardInterrupt:

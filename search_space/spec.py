@@ -449,7 +449,11 @@ def _reject_unknown(cls: type, d: dict[str, Any], where: str) -> None:
 def _typed(cls: type, d: dict[str, Any], where: str) -> dict[str, Any]:
     """Coerce JSON values to the dataclass field types (lists -> tuples) and type-check them."""
     out = {}
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    hints = {f.name: f.type for f in fields}
+    missing = [f.name for f in fields if f.name not in d and f.name != "stages"
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    _check(not missing, f"{where} is missing {', '.join(missing)} (every field without a default must be given)")
     for k, v in d.items():
         t = str(hints[k])
         out[k] = _coerce(v, t, f"{where}.{k}")
@@ -493,6 +497,8 @@ def apply_overrides(spec: Spec, overrides: list[str] | tuple[str, ...]) -> Spec:
     for item in overrides:
         _check("=" in item, f"--set {item!r} must look like key=value, e.g. stages.1.channels=512")
         key, raw = item.split("=", 1)
+        _check(key.strip() and key.isprintable(), f"--set {item!r}: the key {key!r} is empty or holds control "
+                                                  f"characters; write e.g. stages.1.channels=512")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:

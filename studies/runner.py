@@ -643,7 +643,8 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
         stats.states.append(trial.state.name)
         echo(line)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a failed trial is our one summary line with its reason; Optuna would add its traceback at WARNING level
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if cfg.halving is not None:
         _run_halving(cfg, study, objective, n_trials, timeout, summary)
     elif n_trials != 0:
