@@ -122,11 +122,17 @@ def _check_quality_keys(quality: dict[str, Any], path: str) -> None:
     from training.proxy import ProxyConfig, ProxyError
     from training.trainer import Budget, BudgetError
 
-    if "budget" in quality:
+    from training.trainer import WARMUP_STEPS
+    budgets = [("budget", quality["budget"])] if "budget" in quality else []
+    if isinstance(quality.get("rungs"), list):
+        budgets += [("rungs", r) for r in quality["rungs"] if isinstance(r, str)]
+    for key, text in budgets:
         try:
-            Budget.parse(quality["budget"])
+            b = Budget.parse(text)
+            if quality.get("evaluator") == "flow" and b.steps is not None:  # the flow trainer's warm-up
+                b.resolve(train_count=1, batch_size=1, warmup_steps=WARMUP_STEPS)
         except BudgetError as e:
-            raise _err(path, f"[quality] {e}") from None
+            raise _err(path, f"[quality] {key}: {e}" if key == "rungs" else f"[quality] {e}") from None
     seeds = quality.get("seeds", 1)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise _err(path, f"[quality] seeds = {seeds!r} must be a whole number >= 1 (3 gives a 95% interval)")

@@ -163,3 +163,82 @@ def test_a_creation_cut_short_is_finished_by_the_next_opener(tmp_path):
     changed = _cfg(tmp_path, name="c", n_trials=2, ffn="[2.0]", presets='["tiny-debug"]')
     with pytest.raises(StudyError, match="different definition"):
         open_study(changed)
+
+
+KILL_STUDY = """
+[study]
+name = "killed"
+sampler = "random"
+seed = 5
+n_trials = 10
+heartbeat_interval = 1
+grace_period = 60
+
+[target]
+latent = 64
+
+[space]
+base = "snapgen-unet"
+"stages.1.channels" = {{ choices = [384, 512, 640] }}
+"stages.2.channels" = {{ choices = [640, 768, 896] }}
+ffn_ratio = {{ choices = [2.0, 3.0, 4.0] }}
+
+[objectives]
+latency_ms = "minimize"
+params_m = "minimize"
+
+[enqueue]
+presets = ["snapgen-unet", "fig3-a"]
+"""
+
+
+@pytest.mark.slow  # about 80 s on 2 cores
+def test_ten_random_sigkills_lose_nothing_and_repeat_nothing(tmp_path):
+    """SIGKILL `study run` 10 times at random moments (start-up, creation, claims, mid-trial), then let it finish:
+    no finished trial is lost or changed, none stays RUNNING, the presets finish, no spec is evaluated twice.
+    The grace period (60 s) is longer than the test: only the dead-PID rule can free the killed trials."""
+    import random
+    import time
+
+    path = tmp_path / "killed.toml"
+    path.write_text(KILL_STUDY.format())
+    storage = f"sqlite:///{tmp_path}/s.db"
+    cmd = [sys.executable, "-m", "pocketdiff.cli", "study", "run", str(path), "--storage", storage, "--no-progress"]
+    rng = random.Random(16)
+    seen: dict[int, tuple] = {}
+    kills = 0
+    for _ in range(10):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 8.0))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        try:
+            trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
+        except KeyError:
+            continue  # killed before the study existed
+        for t in trials:
+            if t.state == TrialState.COMPLETE:
+                assert seen.setdefault(t.number, tuple(t.values)) == tuple(t.values)
+    assert kills >= 5, "the study finished before most kills; the test needs longer trials"
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = optuna.load_study(study_name="killed", storage=storage)
+    trials = study.get_trials()
+    assert study.user_attrs["created"] is True
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for number, values in seen.items():  # no finished trial lost or changed
+        assert trials[number].state == TrialState.COMPLETE and tuple(trials[number].values) == values
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sum(t.user_attrs.get("duplicate_of") is None for t in trials
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)) >= 10
+    presets = [t.user_attrs.get("enqueued_preset") for t in done]
+    assert presets.count("snapgen-unet") == 1 and presets.count("fig3-a") == 1
+    evaluated = [t.user_attrs["spec_id"] for t in done if "reused_from" not in t.user_attrs]
+    assert len(evaluated) == len(set(evaluated)), "a spec was evaluated twice"
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed, "no kill landed in a trial; the test did not exercise the ghost rule"
+    for t in failed:  # each was killed mid-trial, failed by the dead-PID rule and re-queued
+        assert "is gone" in t.user_attrs["killed"]
+        assert any(x.system_attrs.get("retry_history", [None])[-1] == t.number for x in trials)
