@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from search_space import Spec
 
-from .config import StudyConfig
+from .config import QUALITY_METRICS, StudyConfig
 
 
 DEFAULT_BUDGET = "500steps"  # a [quality] section without a budget: reproducible steps, not wall clock
@@ -151,7 +151,8 @@ def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,
     status = str(result.get("status", "ok"))
     if status.startswith("diverged"):
         metrics["diverged_at_step"] = float(status.split("step")[1].split()[0])
-    withheld = [m for m in cfg.metric_names if m not in metrics and "metrics_invalid" in result]
+    # only the quality objectives come from here (params_m and the other cheap ones are measured before)
+    withheld = [m for m in cfg.metric_names if m in QUALITY_METRICS and m not in metrics and "metrics_invalid" in result]
     if withheld:  # the trial fails with the reason instead of "missing objective"
         raise RuntimeError(f"no {withheld[0]} for this data: {result['metrics_invalid']}")
     metrics["_user_attrs"] = {k: result[k] for k in ("proxy", "status", "out_dir", "samples", "record",

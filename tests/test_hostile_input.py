@@ -38,7 +38,7 @@ ffn_ratio = { choices = [2.0, 3.0] }
 [quality]
 evaluator = "flow"
 data = "mnist5k"
-budget = "4steps"
+budget = "12steps"
 
 [objectives]
 val_loss = "minimize"
@@ -60,12 +60,14 @@ def _study(**changes) -> dict:
 
 def test_the_base_study_loads():
     cfg = parse_study(_study())
-    assert cfg.name == "hostile" and cfg.quality["budget"] == "4steps"
+    assert cfg.name == "hostile" and cfg.quality["budget"] == "12steps"
 
 
 @pytest.mark.parametrize("change, key, says", [
     ({"quality.budget": "abc"}, "[quality] budget", "not understood"),
     ({"quality.budget": "-5s"}, "[quality] budget", "negative"),
+    ({"quality.budget": "6steps"}, "[quality] budget", "10-step warm-up"),
+    ({"quality.rungs": ["4steps", "40steps"]}, "[quality] rungs", "10-step warm-up"),
     ({"quality.data": "imagenet"}, "[quality] data", "not a flow data source"),
     ({"quality.n_samples": -3}, "[quality] n_samples", ">= 1"),
     ({"quality.early_stop": {"quantile": 1.5}}, "[quality.early_stop] quantile", "between 0 and 1"),
@@ -139,7 +141,7 @@ def test_study_run_exits_1_when_every_trial_failed(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(BASE.replace('ffn_ratio = { choices = [2.0, 3.0] }', 'head_dim = { choices = [7] }')
                     .replace('[objectives]\nval_loss = "minimize"\n', '[objectives]\n')
-                    .replace('evaluator = "flow"\ndata = "mnist5k"\nbudget = "4steps"', 'evaluator = "none"'))
+                    .replace('evaluator = "flow"\ndata = "mnist5k"\nbudget = "12steps"', 'evaluator = "none"'))
     r = subprocess.run([sys.executable, "-m", "pocketdiff.cli", "study", "run", str(path), "--storage",
                         f"sqlite:///{tmp_path}/s.db", "--no-progress"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
