@@ -120,6 +120,10 @@ def model_for(name: str | None = None, *, torchvision: str | None = None, timm: 
     if module is not None or torchvision or timm:
         if input_shape is None:
             raise SpecError("library models need an input shape, e.g. --input 1x3x224x224")
+        if module is None and (len(input_shape) != 4 or input_shape[1] != 3):
+            shape = "x".join(map(str, input_shape))
+            raise SpecError(f"input shape {shape}: torchvision and timm models take an RGB batch BATCHx3xHxW, "
+                            f"e.g. --input 1x3x224x224")
         if module is None:
             module = torchvision_model(torchvision, dev) if torchvision else timm_model(timm, dev)
             label = arch = f"torchvision:{torchvision}" if torchvision else f"timm:{timm}"

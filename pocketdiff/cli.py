@@ -54,6 +54,11 @@ def _train_alias(argv: list[str]) -> list[str]:
     return argv
 
 
+def _one_line(e: Exception) -> str:
+    """The error as one line: control characters the user typed (a key with a CR in it) are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_train_alias(list(sys.argv[1:] if argv is None else argv)))
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError) as e:  # every layer's fixable mistakes (search_space/errors.py)
-        print(f"pocketdiff: error: {e}", file=sys.stderr)
+        print(f"pocketdiff: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pocketdiff: interrupted", file=sys.stderr)

@@ -99,6 +99,10 @@ def cmd_run(args) -> int:
     if stats.trial_seconds > 0:
         print(f"workbench overhead (everything but training, sampling and scoring): "
               f"{stats.overhead_share:.1%} of {stats.trial_seconds:.0f} s of trial time")
+    if stats.all_failed:
+        print(f"pocketdiff: error: every trial of this run failed ({len(stats.states)}); see the reasons above",
+              file=sys.stderr)
+        return 1
     return 0
 
 

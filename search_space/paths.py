@@ -76,6 +76,9 @@ def parse_assignment(item: str, where: str = "--set ") -> tuple[str, Any]:
     if "=" not in item:
         raise SpecError(f"{where}{item!r} must look like key=value, e.g. stages.1.channels=512")
     key, raw = item.split("=", 1)
+    if not key.strip() or not key.isprintable():
+        raise SpecError(f"{where}{item!r}: the key {key!r} is empty or holds control characters; write e.g. "
+                        f"stages.1.channels=512")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:

@@ -287,6 +287,9 @@ class UNetSpec(_SpecBase):
         d = migrate_spec_dict(_strip_kind(d, cls.kind))
         _reject_unknown(cls, d, "UNetSpec")
         _check("stages" in d, "UNetSpec needs 'stages'")
+        _check(isinstance(d["stages"], (list, tuple)) and len(d["stages"]) > 0,
+               f"stages = {d['stages']!r} must be a non-empty list of stage objects (set one stage's field "
+               f"with stages.1.channels=..., not stages=...)")
         stages = []
         for i, s in enumerate(d["stages"]):
             _check(isinstance(s, dict), f"stages[{i}] must be an object with keys like 'channels'")
@@ -385,6 +388,8 @@ Spec = UNetSpec | DecoderSpec
 
 def spec_from_dict(d: dict[str, Any]) -> Spec:
     """Build a UNetSpec or DecoderSpec from its dict; 'kind' picks which (default: by its keys)."""
+    _check(isinstance(d, dict), f"a spec must be a JSON object (keys like 'stages', 'kind'), not a "
+                                f"{type(d).__name__}")
     kind = d.get("kind") or ("unet" if "stages" in d else "decoder")
     _check(kind in ("unet", "decoder"), f"kind={kind!r} is not 'unet' or 'decoder'")
     return UNetSpec.from_dict(d) if kind == "unet" else DecoderSpec.from_dict(d)
@@ -446,7 +451,11 @@ def _reject_unknown(cls: type, d: dict[str, Any], where: str) -> None:
 def _typed(cls: type, d: dict[str, Any], where: str) -> dict[str, Any]:
     """Coerce JSON values to the dataclass field types (lists -> tuples) and type-check them."""
     out = {}
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    hints = {f.name: f.type for f in fields}
+    missing = [f.name for f in fields if f.name not in d and f.name != "stages"
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    _check(not missing, f"{where} is missing {', '.join(missing)} (every field without a default must be given)")
     for k, v in d.items():
         t = str(hints[k])
         out[k] = _coerce(v, t, f"{where}.{k}")

@@ -24,7 +24,7 @@ from evaluators import registry
 from search_space import Spec
 from training.cache import cache_dir
 
-from .config import StudyConfig
+from .config import QUALITY_METRICS, StudyConfig
 
 
 DEFAULT_BUDGET = "500steps"  # a [quality] section without a budget: reproducible steps, not wall clock
@@ -121,7 +121,8 @@ def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,
         config["proxy"] = {**config.get("proxy", {}), "width_mult": proxy_width_mult(cfg)}
     metrics = evaluator.evaluate(spec, config, cfg.seed, on_report)
     invalid = metrics.get("_user_attrs", {}).get("metrics_invalid")
-    withheld = [m for m in cfg.metric_names if m not in metrics and invalid]
+    # only the quality objectives come from here (params_m and the other cheap ones are measured before)
+    withheld = [m for m in cfg.metric_names if registry.is_quality_metric(m) and m not in metrics and invalid]
     if withheld:  # the trial fails with the reason instead of "missing objective"
         raise RuntimeError(f"no {withheld[0]} for this data: {invalid}")
     return metrics

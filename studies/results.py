@@ -60,34 +60,24 @@ class ResultsError(UserError):
 # --- storage ---------------------------------------------------------------------------------------------
 
 def readonly_url(url: str) -> str:
-    """The same storage, opened so that nothing can be written (SQLite read-only URI mode).
-
-    Raises ResultsError when a SQLite file does not exist (opening it normally would create an empty one).
-    """
-    url = url.strip()
-    if not url:
-        raise ResultsError("no storage URL given")
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///file:"):
-        path = Path(url[len("sqlite:///"):].split("?", 1)[0])
-        if not path.is_file():
-            raise ResultsError(f"no SQLite file at {path.resolve()} (run `pocketdiff study run FILE` first, "
-                               f"or give another --storage)")
-        return f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
-    if "://" not in url:
-        raise ResultsError(f"{url!r} is not a storage URL (sqlite:///path.db, postgresql://user@host/db)")
-    return url
+    """The same storage, opened so that nothing can be written (studies/storage.py: strict URL, SQLite
+    read-only URI mode; a missing SQLite file is a ResultsError, since opening it normally would create it)."""
+    from .storage import StorageError
+    from .storage import readonly_url as _readonly_url
+    try:
+        return _readonly_url(url)
+    except StorageError as e:
+        raise ResultsError(str(e)) from None
 
 
 def open_storage(url: str):
-    import optuna
-
+    """A storage the explorer reads: never creates tables or migrates (a database without Optuna's tables is a
+    ResultsError naming it)."""
+    from .storage import StorageError, open_readonly
     try:
-        return optuna.storages.RDBStorage(readonly_url(url), engine_kwargs={"pool_pre_ping": True})
-    except ResultsError:
-        raise
-    except Exception as e:  # sqlalchemy raises many kinds; the user needs the URL and the reason
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ResultsError(f"cannot open storage {url}: {reason}") from None
+        return open_readonly(url)
+    except StorageError as e:
+        raise ResultsError(str(e)) from None
 
 
 def study_names(url: str) -> list[str]:

@@ -379,7 +379,7 @@ def test_detail_page_after_a_quality_run(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/study.db"
     cfg = parse_study({"study": {"name": "quality", "sampler": "random", "n_trials": 1},
                        "target": {"latent": 32}, "space": {"base": "tiny-debug"},
-                       "quality": {"evaluator": "flow", "data": "mnist5k", "budget": "3steps", "n_samples": 20,
+                       "quality": {"evaluator": "flow", "data": "mnist5k", "budget": "12steps", "n_samples": 20,
                                    "sample_steps": 2, "early_stop": {"enabled": False}},
                        "objectives": {"fd_domain": "minimize", "latency_ms": "minimize"}}, "q.toml", storage=url)
     study, _ = run_study(cfg, progress=False, echo=lambda line: None)

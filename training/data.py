@@ -363,10 +363,15 @@ def encode_latents(source: str, vae_path: str | Path, out_dir: str | Path, resol
         done.append({"index": index, "file": file, "count": len(labels), "skipped": bad,
                      "sha256": file_sha256(out / file)})
         skipped += bad
-        _write_manifest(manifest_path, header, done, skipped, complete=index == n_shards - 1)
+        encoded = sum(s["count"] for s in done)
+        # never `complete` with 0 latents: a manifest that says complete is what training trusts
+        _write_manifest(manifest_path, header, done, skipped, complete=index == n_shards - 1 and encoded > 0)
     bar.close()
     if n_shards == 0 or not done:
         raise DataError(f"no images encoded from {root}")
+    if sum(s["count"] for s in done) == 0:
+        raise DataError(f"no readable image in {root}: all {skipped} file(s) failed to load (corrupt or not "
+                        f"images); the manifest stays incomplete. Fix or remove them and run again")
     _write_manifest(manifest_path, header, done, skipped, complete=True)
     return json.loads(manifest_path.read_text())
 
