@@ -373,8 +373,8 @@ def metric_deltas(a: pd.Series, b: pd.Series, metrics: list[str]) -> pd.DataFram
 
 def artifact_files(folder: str | None) -> dict[str, Any]:
     """What the quality evaluator left in a trial's artifact folder (evaluators/quality.py writes samples.png,
-    record.json and checkpoint.pt; evaluators/decoder_quality.py reconstructions.png and record.json);
-    `missing` says why nothing can be shown."""
+    record.json and checkpoints/, the safetensors checkpoint every consumer reads; evaluators/decoder_quality.py
+    writes reconstructions.png and record.json); `missing` says why nothing can be shown."""
     if not folder:
         return {"missing": "this trial has no artifact folder (no quality run, or cached from another trial)"}
     path = Path(folder)
