@@ -285,9 +285,10 @@ def test_compare_page(store, study):
     assert deltas.loc["params_m", "B - A"] == pytest.approx(b.values[1] - a.values[1])
 
 
-def test_paper_figures_page(store):
+def test_paper_figures_page(store, tmp_path, monkeypatch):
     from studies.results import fig3_steps
 
+    monkeypatch.chdir(tmp_path)  # the page also reads runs/decoder/study.db under the working directory if present
     at = _ok(_app(store, "Paper figures"))
     fig3 = at.dataframe[0].value
     # paper-fig3.toml sweeps both separable-block readings; a and b have no separable convs (one model each)
