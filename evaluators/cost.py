@@ -30,6 +30,8 @@ from search_space import DecoderSpec, Spec, UNetSpec, build_model, example_input
 from latency_models.features import block_kind, stage_of as trace_stage_of  # noqa: F401 (block_kind: API)
 from search_space.attention import attention_backend
 
+from .registry import Evaluator, Option, register
+
 EVALUATOR_VERSION = "cost-1"
 DEFAULT_LATENT = 128  # SNAPGEN.md: FLOPs reported at a 128x128 latent (1024 px) unless stated otherwise
 
@@ -259,7 +261,28 @@ def describe_cost(spec: Spec, latent: int = DEFAULT_LATENT, memory: bool = True)
 
 
 def evaluate(spec: Spec, latent: int = DEFAULT_LATENT, seed: int = 0) -> dict[str, float]:
-    """Evaluator API: flat dict of floats (seed unused: counting is deterministic)."""
+    """Flat dict of floats with the peak activation memory (seed unused: counting is deterministic)."""
     d = describe_cost(spec, latent)
     return {"params_m": d["params"] / 1e6, "gmacs": d["gmacs"], "gmacs_no_attention": d["gmacs_no_attention"],
             "peak_activation_mb": d["peak_activation_bytes"] / 2 ** 20}
+
+
+def stage_costs(spec: Spec, latent: int) -> dict:
+    """The per-stage table and per-kind params / per-op MACs of the full-size model (meta device: no weights);
+    stored on each study trial, so the explorer reads it back instead of building the model."""
+    d = describe_cost(spec, latent, memory=False)
+    return {"stages": d["stages"], "params_per_kind": d["params_per_kind"], "macs_per_op": d["macs_per_op"],
+            "params": d["params"], "gmacs": d["gmacs"], "gmacs_no_attention": d["gmacs_no_attention"]}
+
+
+def _run(spec: Spec, config: dict, seed: int, report) -> dict:
+    costs = stage_costs(spec, config["latent"])
+    return {"params_m": costs["params"] / 1e6, "gmacs": costs["gmacs"],
+            "gmacs_no_attention": costs["gmacs_no_attention"], "_user_attrs": {"stage_costs": costs}}
+
+
+register(Evaluator(
+    name="cost", version=EVALUATOR_VERSION, cheap=True, run=_run, code=("evaluators.cost",),
+    metrics={"params_m": "minimize", "gmacs": "minimize", "gmacs_no_attention": "minimize"},
+    options=(Option("latent", int, DEFAULT_LATENT, "full-size latent side the model is counted at"),),
+    doc="params and MACs of the full-size model on the meta device, per stage and per op kind"))

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from search_space import DecoderSpec
-from training.decoder import DecoderTrainConfig, load_encoder, load_patches, train_decoder
+from training.decoder import DecoderTrainConfig, load_encoder, load_patches, save_reconstructions, train_decoder
+from training.trainer import Budget
+
+from .registry import Evaluator, Option, budget_callback, register
 
 EVALUATOR_VERSION = "decoder-quality-1"
 
@@ -44,7 +45,7 @@ def evaluate_decoder_quality(spec: DecoderSpec, data: str = "sample-images", bud
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _save_grid(result.model, enc, patches, out_dir / "reconstructions.png")
+        save_reconstructions(result.model, enc, patches, out_dir / "reconstructions.png")
         record = {"spec": json.loads(spec.to_json()), "spec_id": spec.spec_id, "metrics": out,
                   "history": result.history, "baseline": enc.baseline, "data": data, "budget": str(budget),
                   "seed": seed}
@@ -54,11 +55,26 @@ def evaluate_decoder_quality(spec: DecoderSpec, data: str = "sample-images", bud
     return out
 
 
-@torch.no_grad()
-def _save_grid(model, enc, patches, path: Path, n: int = 8) -> None:
-    """Top row: held-out crops; bottom row: the candidate's reconstructions."""
-    from torchvision.utils import save_image
+# --- the registry entry (evaluators/registry.py): what studies call ----------------------------------------
 
-    x = patches.held_out[:n]
-    recon = model(enc.encode(x)).clamp(-1, 1)
-    save_image(torch.cat([x, recon]) * 0.5 + 0.5, path, nrow=n)
+def _run(spec: DecoderSpec, config: dict, seed: int, report) -> dict:
+    budget = Budget.parse(config["budget"])
+    callback = budget_callback(budget, report)
+
+    result = evaluate_decoder_quality(spec, config["data"], budget, seed, out_dir=config["out_dir"],
+                                      callback=callback, encoder=config["encoder"])
+    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics["_evaluator_seconds"] = result["train_seconds"]
+    metrics["_user_attrs"] = {k: result[k] for k in ("status", "samples", "record", "encoder") if k in result}
+    return metrics
+
+
+register(Evaluator(
+    name="decoder", version=EVALUATOR_VERSION, run=_run, spec_kinds=("decoder",),
+    code=("evaluators.decoder_quality",),
+    metrics={"psnr": "maximize", "val_loss": "minimize", "lpips": "minimize", "baseline_psnr": "maximize"},
+    options=(Option("data", str, "sample-images", "images the decoder reconstructs, e.g. sample-images"),
+             Option("budget", str, "60s", "training budget, e.g. 30s or 400steps"),
+             Option("encoder", str, "tiny-ae", "frozen encoder: tiny-ae or vae:/path/to/vae"),
+             Option("out_dir", str, None, "artifact folder (set by the study runner)")),
+    doc="short decoder training with a frozen encoder, scored by held-out reconstruction PSNR"))

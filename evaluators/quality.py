@@ -22,13 +22,16 @@ from pathlib import Path
 import torch
 
 from search_space import UNetSpec, load_spec
+from search_space.errors import UserError
 from training.data import DataError, FlowData, load_data, load_vae
 from training.fidelity import (MetricError, domain_floor, domain_metrics, extractor_validity, inception_metrics,
                               inception_weights, register_domain_extractor)
 from training.proxy import ProxyConfig, proxy_spec, width_mult_for
 from training.text import DEFAULT_ENCODER, class_prompt_embeddings
 from training.trainer import (WALL_CLOCK_NOTICE, Budget, MetricsCallback, TrainConfig, config_dict,
-                              resolve_budget, sample, save_checkpoint, train)
+                              resolve_budget, sample, save_run_checkpoint, train)
+
+from .registry import Evaluator, Option, budget_callback, register
 
 # Bump when a change makes old records incomparable (studies key their evaluation cache on it).
 EVALUATOR_VERSION = "quality-2"  # 2: study-wide proxy width, budget schedule, CRN, stratified val loss
@@ -46,11 +49,11 @@ COMPARED_METRICS = {"val_loss": -1, "fd_domain": -1, "kid_domain": -1, "precisio
                     "fid": -1, "kid": -1, "precision": 1, "recall": 1}
 
 
-class SpecKindError(ValueError):
+class SpecKindError(UserError):
     """The quality evaluator trains UNets; a decoder spec is a user mistake."""
 
 
-class SameProxyError(ValueError):
+class SameProxyError(UserError):
     """Two specs compared at proxy scale map to the same proxy: the data cannot tell them apart."""
 
 
@@ -145,9 +148,10 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out / "checkpoint.pt", result.model, proxy,
-                        {"source_spec": spec.to_json(), "proxy": mapping, "train_config": config_dict(train_config),
-                         "status": result.status, "steps": result.steps})
+        save_run_checkpoint(out, result, proxy, data, prompts, cfg_scale, sample_steps,
+                            {"source_spec": json.loads(spec.to_json()), "source_spec_id": spec.spec_id,
+                             "proxy": mapping, "train_config": config_dict(train_config), "status": result.status,
+                             "seed": seed, "budget": str(budget)})
         if samples is not None and torch.isfinite(samples).all():
             _save_grid(samples, labels, data, out / "samples.png", vae_model)
         (out / "record.json").write_text(json.dumps(record, indent=1))
@@ -287,3 +291,42 @@ def compare_verdict(name: str, m: dict, n_seeds: int) -> str:
     if m["apart"]:
         return f"{name}: {interval}: {m['better']} is better ({m['direction']} is better; {n_seeds} paired seeds)"
     return f"{name}: {interval}: the data do not tell A and B apart ({n_seeds} paired seeds)"
+
+
+# --- the registry entry (evaluators/registry.py): what studies call ----------------------------------------
+
+def _run(spec: UNetSpec, config: dict, seed: int, report) -> dict:
+    """The study's call: `evaluate_quality_seeds` at the configured proxy, reporting (budget fraction, values)
+    while it trains. Returns float metrics, `_user_attrs` (proxy mapping, artifact paths, per-seed records) and
+    `_evaluator_seconds` (training and sampling time, for the workbench's overhead share)."""
+    budget = Budget.parse(config["budget"])
+    callback = budget_callback(budget, report)
+
+    options = {"sample_steps": config["sample_steps"], "cfg_scale": config["guidance"],
+               "num_samples": config["n_samples"], "proxy_config": ProxyConfig(**config["proxy"])}
+    result = evaluate_quality_seeds(spec, config["data"], budget, seed, config["seeds"], out_dir=config["out_dir"],
+                                    callback=callback, progress=False, **options)
+    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics["_evaluator_seconds"] = result.get("seconds_train", 0.0) + result.get("seconds_sample", 0.0)
+    status = str(result.get("status", "ok"))
+    if status.startswith("diverged"):
+        metrics["diverged_at_step"] = float(status.split("step")[1].split()[0])
+    metrics["_user_attrs"] = {k: result[k] for k in ("proxy", "status", "out_dir", "samples", "record",
+                                                     "metrics_invalid", "seed_list") if k in result}
+    return metrics
+
+
+register(Evaluator(
+    name="flow", version=EVALUATOR_VERSION, run=_run, spec_kinds=("unet",), code=("evaluators.quality",),
+    metrics={"val_loss": "minimize", "fd_domain": "minimize", "kid_domain": "minimize",
+             "precision_domain": "maximize", "recall_domain": "maximize", "fid": "minimize", "kid": "minimize",
+             "precision": "maximize", "recall": "maximize"},
+    options=(Option("data", str, "mnist5k", "training data, e.g. mnist5k"),
+             Option("budget", str, DEFAULT_BUDGET, "training budget, e.g. 500steps or 60s"),
+             Option("seeds", int, 1, "seeds per candidate; 3 gives a 95% interval"),
+             Option("n_samples", int, None, "generated images per seed (default: up to 500)"),
+             Option("sample_steps", int, SAMPLE_STEPS, "Euler steps when sampling"),
+             Option("guidance", float, CFG_SCALE, "classifier-free guidance scale"),
+             Option("proxy", dict, {}, "proxy mapping, e.g. { width_mult = 0.125 }"),
+             Option("out_dir", str, None, "artifact folder (set by the study runner)")),
+    doc="proxy flow-matching run, scored by validation loss and domain FD (Inception FID when available)"))

@@ -14,7 +14,7 @@ import time
 
 from torch import nn
 
-from search_space.spec import Spec
+from search_space.spec import Spec, SpecError
 
 from . import predictor, profiles
 from .export import ModelSource, model_for
@@ -108,6 +108,9 @@ def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: in
 
 def model_features(target, input_shape, latent: int = 128, batch: int = 1, weight_bits: int = 16):
     """(ModelFeatures, from cache?, model id, input shape text) of a prediction target: one walk, cached."""
+    if not isinstance(weight_bits, int) or isinstance(weight_bits, bool) or not 1 <= weight_bits <= 32:
+        raise SpecError(f"weight bits {weight_bits!r} must be a whole number from 1 to 32 "
+                        f"(16 = fp16, 8 = int8, 6 = 6-bit palettized)")
     key, shape = _cache_key(target, input_shape, latent, batch)
     built: dict = {}
 

@@ -8,7 +8,8 @@ Export-friendly forms: attention runs on the "math" backend (explicit matmul + s
 maps op by op; SDPA with grouped KV heads may not convert) and the RoPE cos/sin tables are computed outside
 the trace so they enter the program as constants (the converter cannot lower `arange` + `outer` there).
 Converted packages are cached under `$POCKETDIFF_CACHE/coreml` (default ~/.cache/pocketdiff/coreml), keyed
-by model id (spec_id for specs) + input shape + target + coremltools version.
+by model id (spec_id for specs) + input shape + target + coremltools version + the fingerprint of the builder
+code (fingerprint.py), so a package converted from older block code is never served.
 """
 from __future__ import annotations
 
@@ -30,19 +31,20 @@ from torch import nn
 from search_space import PRESETS, SpecError, build_model, example_inputs, load_spec
 from search_space.attention import attention_backend
 from search_space.spec import Spec
+from search_space.errors import UserError
+from training.cache import CACHE_ENV  # noqa: F401 (the one cache root's variable; tests set it)
 
-TARGETS = ("iOS17", "iOS18")
-DEFAULT_TARGET = "iOS17"
-CACHE_ENV = "POCKETDIFF_CACHE"
-DEFAULT_CACHE = Path.home() / ".cache" / "pocketdiff"
+from .targets import DEFAULT_TARGET, TARGETS  # noqa: E402 (re-exported)
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """Core ML could not convert the model; the message names the op that failed where known."""
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+    """The one cache root (training/cache.py)."""
+    from training.cache import cache_root as root
+    return root()
 
 
 @dataclasses.dataclass
@@ -118,6 +120,10 @@ def model_for(name: str | None = None, *, torchvision: str | None = None, timm: 
     if module is not None or torchvision or timm:
         if input_shape is None:
             raise SpecError("library models need an input shape, e.g. --input 1x3x224x224")
+        if module is None and (len(input_shape) != 4 or input_shape[1] != 3):
+            shape = "x".join(map(str, input_shape))
+            raise SpecError(f"input shape {shape}: torchvision and timm models take an RGB batch BATCHx3xHxW, "
+                            f"e.g. --input 1x3x224x224")
         if module is None:
             module = torchvision_model(torchvision, dev) if torchvision else timm_model(timm, dev)
             label = arch = f"torchvision:{torchvision}" if torchvision else f"timm:{timm}"
@@ -231,7 +237,10 @@ def shape_key(src: ModelSource) -> str:
 
 def cache_path(model_id: str, shape: str, target: str) -> Path:
     import coremltools as ct
-    return cache_root() / "coreml" / f"{model_id}-{shape}-{target}-ct{ct.__version__}.mlpackage"
+
+    from .fingerprint import current_fingerprint
+    # keyed by the builder code too: an edited block converts again instead of serving the old package
+    return cache_root() / "coreml" / f"{model_id}-{shape}-{target}-ct{ct.__version__}-{current_fingerprint()}.mlpackage"
 
 
 @dataclasses.dataclass

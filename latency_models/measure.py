@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from search_space.errors import UserError
+
 from .measurements import MEASUREMENT_COLUMNS, MEASUREMENT_OPTIONAL, chip_key
 
 COMPUTE_UNITS = ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only")
 DEFAULT_WARMUP = 10
 
 
-class MeasureUnavailable(RuntimeError):
+class MeasureUnavailable(UserError, RuntimeError):
     """Measuring is impossible on this machine (Core ML needs macOS)."""
 
 

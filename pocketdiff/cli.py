@@ -2,7 +2,8 @@
 
 A command module exposes `register(subparsers)`, which adds its parser(s) and sets `func` to a function
 `(args) -> int`. Commands stay thin: parse, call a library function, print.
-Errors a user can fix (bad spec values, unknown presets, missing files) exit with code 2 and one line.
+Errors a user can fix (bad spec values, unknown presets, missing files: `UserError` from any layer) are caught
+here, in one place, and exit with code 2 and one line.
 """
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ COMMAND_MODULES = (
 )
 
 
-class UsageError(Exception):
-    """A mistake in the user's input; printed as one line, exit code 2."""
+from search_space.errors import UserError
+
+
+class UsageError(UserError):
+    """A mistake in the command line itself; printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,24 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from search_space.spec import SpecError
+def _train_alias(argv: list[str]) -> list[str]:
+    """`train SPEC ...` is `train unet SPEC ...` (the form the README and torchrun jobs use)."""
+    group = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if group is not None and argv[group] == "train" and group + 1 < len(argv) \
+            and not argv[group + 1].startswith("-") and argv[group + 1] not in ("unet", "decoder"):
+        return argv[:group + 1] + ["unet"] + argv[group + 1:]
+    return argv
 
+
+def _one_line(e: Exception) -> str:
+    """The error as one line: control characters the user typed (a key with a CR in it) are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_train_alias(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UsageError, SpecError, FileNotFoundError) as e:
-        print(f"pocketdiff: error: {e}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as e:  # every layer's fixable mistakes (search_space/errors.py)
+        print(f"pocketdiff: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except Exception as e:
-        if getattr(e, "user_error", False):  # e.g. studies.runner.StudyError: unreachable storage
-            print(f"pocketdiff: error: {e}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         print("pocketdiff: interrupted", file=sys.stderr)
         return 130

@@ -41,12 +41,28 @@ def streamlit_command(args) -> list[str]:
 
 
 def cmd_app(args) -> int:
+    import signal
+
     cmd = streamlit_command(args)
-    print(f"pocketdiff app: {args.storage} on http://{args.address}:{args.port}  (Ctrl-C stops)", flush=True)
     proc = subprocess.Popen(cmd)
+    print(f"pocketdiff app: {args.storage} on http://{args.address}:{args.port}  (Ctrl-C stops; server pid "
+          f"{proc.pid})", flush=True)
+
+    def stop(signum, frame):  # SIGTERM / SIGHUP: end the server with us, never leave it as an orphan
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
         return 130
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -34,16 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from training.data import DataError, encode_latents
+    from training.data import encode_latents
 
     for name in ("resolution", "shard_size", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    try:
-        manifest = encode_latents(args.source, args.vae, args.out, args.resolution, args.shard_size,
-                                  args.batch_size, args.device, progress=not args.quiet)
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    manifest = encode_latents(args.source, args.vae, args.out, args.resolution, args.shard_size,
+                              args.batch_size, args.device, progress=not args.quiet)
     if args.json:
         print(json.dumps(manifest, indent=1))
         return 0
@@ -54,12 +51,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from training.data import DataError, load_data
+    from training.data import load_data
 
-    try:
-        data = load_data(args.source)
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    data = load_data(args.source)
     info = {"name": data.name, "kind": data.kind, "classes": data.num_classes, "resolution": data.resolution,
             "model_space": [data.channels, data.size, data.size], "train": data.train_count,
             "held_out": len(data.val_y), **{k: v for k, v in data.info.items() if k not in ("train", "val")}}

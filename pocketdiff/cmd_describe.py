@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from evaluators.cost import DEFAULT_LATENT, describe_cost
-from search_space import PRESETS, load_spec
+from search_space import PRESETS
 from search_space.compact import encode
 from search_space.presets import preset_summary
+
+DEFAULT_LATENT = 128  # evaluators.cost.DEFAULT_LATENT (imported lazily: it loads torch); a test keeps them equal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +48,9 @@ def _fmt_int(n: int) -> str:
 
 
 def _describe_one(name: str, args) -> dict:
+    from evaluators.cost import describe_cost
     from pocketdiff.cli import UsageError
+    from search_space import load_spec
 
     if args.latent < 1:
         raise UsageError(f"--latent {args.latent} must be a positive latent size, e.g. 128")
@@ -107,15 +110,11 @@ def cmd_describe(args) -> int:
 def _proxy_mapping(spec, args) -> dict:
     from pocketdiff.cli import UsageError
     from search_space import UNetSpec
-    from training.proxy import DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, ProxyConfig, ProxyError, proxy_spec
+    from training.proxy import DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, ProxyConfig, proxy_spec
 
     if not isinstance(spec, UNetSpec):
         raise UsageError(f"--proxy applies to UNet specs; {spec.kind} spec {spec.spec_id} is not one")
-    try:
-        config = ProxyConfig(width_mult=args.width_mult)
-    except ProxyError as e:
-        raise UsageError(f"--width-mult: {e}") from None
-    return proxy_spec(spec, DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, 0, config)[1]
+    return proxy_spec(spec, DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, 0, ProxyConfig(width_mult=args.width_mult))[1]
 
 
 def _delta(a: float, b: float) -> str:
@@ -125,7 +124,9 @@ def _delta(a: float, b: float) -> str:
 def _print_compare(a: dict, b: dict) -> None:
     print(f"A {a['name']}  spec_id {a['spec_id']}\n  {a['compact']}")
     print(f"B {b['name']}  spec_id {b['spec_id']}\n  {b['compact']}")
-    diffs = _field_diffs(a["spec"].to_dict(), b["spec"].to_dict())
+    from search_space import paths
+    diffs = [(k, "(absent)" if va is paths.MISSING else va, "(absent)" if vb is paths.MISSING else vb)
+             for k, va, vb in paths.diff(a["spec"].to_dict(), b["spec"].to_dict())]
     print("changed fields: " + ("; ".join(f"{k}: {va} -> {vb}" for k, va, vb in diffs) if diffs else "none"))
     print(f"{'':<26}{'A':>14}{'B':>14}{'change':>10}")
     rows = [("params (M)", a["params"] / 1e6, b["params"] / 1e6),
@@ -143,16 +144,3 @@ def _print_compare(a: dict, b: dict) -> None:
             continue
         print(f"{r['stage']:<10}{r['params'] / 1e6:>12.2f}{rb['params'] / 1e6:>12.2f}{_delta(r['params'], rb['params']):>10}"
               f"{r['macs'] / 1e9:>10.2f}{rb['macs'] / 1e9:>10.2f}{_delta(r['macs'], rb['macs']):>10}")
-
-
-def _field_diffs(a, b, prefix: str = "") -> list[tuple[str, object, object]]:
-    out = []
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            out += _field_diffs(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            out += _field_diffs(x, y, f"{prefix}{i}.")
-    elif a != b:
-        out.append((prefix.rstrip("."), a, b))
-    return out

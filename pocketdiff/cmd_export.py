@@ -6,7 +6,7 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from latency_models.export import DEFAULT_TARGET, TARGETS
+    from latency_models.targets import DEFAULT_TARGET, TARGETS
 
     export = sub.add_parser("export", help="export a design for on-device runtimes")
     esub = export.add_subparsers(dest="command", metavar="<command>")
@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model flags shared by export and latency commands."""
     p.add_argument("spec", nargs="?", help="preset name or spec JSON file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the spec, e.g. --set stages.1.channels=512 (repeatable)")
     p.add_argument("--torchvision", metavar="NAME", help="a torchvision architecture, e.g. resnet50")
     p.add_argument("--timm", metavar="NAME", help="a timm architecture, e.g. fastvit_t8 (reparameterized)")
     p.add_argument("--input", metavar="SHAPE", help="input shape of a library model, e.g. 1x3x224x224")
@@ -31,10 +33,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size of a spec (default 1)")
 
 
-def model_target(args) -> tuple[str, tuple[int, ...] | None]:
-    """The one model the flags name, as "preset-or-path" / "timm:NAME" / "torchvision:NAME", and its shape."""
+def model_target(args):
+    """The one model the flags name, as "preset-or-path" (a Spec when --set changes it) / "timm:NAME" /
+    "torchvision:NAME", and its shape."""
     from latency_models.export import parse_shape
     from pocketdiff.cli import UsageError
+    from search_space import load_spec
+
+    if args.overrides and not args.spec:
+        raise UsageError("--set changes a spec: name a preset or spec JSON (a checkpoint's or a library model's "
+                         "architecture is fixed)")
 
     chosen = [x for x in (args.spec, args.torchvision, args.timm) if x]
     if len(chosen) != 1:
@@ -44,7 +52,7 @@ def model_target(args) -> tuple[str, tuple[int, ...] | None]:
     if args.spec:
         if args.input:
             raise UsageError("--input is for --torchvision / --timm models; specs take --latent and --batch")
-        return args.spec, None
+        return (load_spec(args.spec, args.overrides) if args.overrides else args.spec), None
     if not args.input:
         raise UsageError("library models need --input, e.g. --input 1x3x224x224")
     kind = "torchvision" if args.torchvision else "timm"
@@ -52,8 +60,7 @@ def model_target(args) -> tuple[str, tuple[int, ...] | None]:
 
 
 def cmd_export_coreml(args) -> int:
-    from latency_models.export import ExportError, export_coreml, model_for
-    from pocketdiff.cli import UsageError
+    from latency_models.export import export_coreml, model_for
 
     check_out_path(args.out)
     if args.checkpoint:
@@ -70,8 +77,6 @@ def cmd_export_coreml(args) -> int:
               + ", ".join("x".join(map(str, x.shape)) for x in src.inputs if x is not None), flush=True)
     try:
         result = export_coreml(src, args.target, args.out, use_cache=not args.no_cache)
-    except ExportError as e:
-        raise UsageError(str(e)) from None
     finally:
         del src  # drop the fp32 weights as soon as the conversion is done
     if args.json:
@@ -106,14 +111,11 @@ def checkpoint_source(args):
 
     from latency_models.export import model_for
     from pocketdiff.cli import UsageError
-    from training.full import CheckpointError, load_trained
+    from training.full import load_trained
 
-    if args.spec or args.torchvision or args.timm:
-        raise UsageError("--checkpoint takes the spec from the checkpoint; do not name a model as well")
-    try:
-        model, spec, manifest = load_trained(args.checkpoint)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+    if args.spec or args.torchvision or args.timm or args.overrides:
+        raise UsageError("--checkpoint takes the spec from the checkpoint; do not name a model or --set as well")
+    model, spec, manifest = load_trained(args.checkpoint)
     src = model_for(spec, latent=args.latent, batch=args.batch)
     src.module.load_state_dict(model.state_dict())
     weights = manifest["files"]["model.safetensors"][:8]  # the Core ML cache must not reuse another run's weights

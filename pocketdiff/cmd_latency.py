@@ -272,7 +272,7 @@ def cmd_features(args) -> int:
     from latency_models.predictor import source_features
 
     target, shape = model_target(args)
-    kind, _, name = target.partition(":")
+    kind, _, name = str(target).partition(":")
     device = "meta" if args.source == "torch" else None
     if shape is None:
         src = model_for(target, latent=args.latent, batch=args.batch, device=device)
@@ -307,17 +307,13 @@ def cmd_features(args) -> int:
 
 def cmd_host(args) -> int:
     from latency_models.export import model_for
-    from latency_models.measure import MeasureUnavailable, measure_host
-    from pocketdiff.cli import UsageError
+    from latency_models.measure import measure_host
 
     target, shape = model_target(args)
-    kind, _, name = target.partition(":")
+    kind, _, name = str(target).partition(":")
     src = model_for(target, latent=args.latent, batch=args.batch) if shape is None \
         else model_for(**{kind: name}, input_shape=shape)
-    try:
-        r = measure_host(src, args.device, args.runs, args.warmup, args.half)
-    except MeasureUnavailable as e:
-        raise UsageError(str(e)) from None
+    r = measure_host(src, args.device, args.runs, args.warmup, args.half)
     if args.json:
         print(json.dumps({"model": src.label, "model_id": src.model_id, **r}, indent=2))
     else:

@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _storage_flag(b)
     b.add_argument("--study")
     b.add_argument("--max-latency-ms", type=float, help="only candidates predicted at or under this latency")
-    b.add_argument("--metric", help="quality metric to minimise (default: the study's first quality objective)")
+    b.add_argument("--metric", help="metric to pick the winner by, in its direction (default: the study's first "
+                                    "quality objective)")
     b.add_argument("-o", "--output", required=True, help="where to write winner.json")
     b.set_defaults(func=cmd_best)
 
@@ -98,6 +99,10 @@ def cmd_run(args) -> int:
     if stats.trial_seconds > 0:
         print(f"workbench overhead (everything but training, sampling and scoring): "
               f"{stats.overhead_share:.1%} of {stats.trial_seconds:.0f} s of trial time")
+    if stats.all_failed:
+        print(f"pocketdiff: error: every trial of this run failed ({len(stats.states)}); see the reasons above",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -206,43 +211,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_best(args) -> int:
-    from optuna.trial import TrialState
-    from pocketdiff.cli import UsageError
-    from studies.config import QUALITY_METRICS
-    from studies.halving import front_rung, rung_of
-    from studies.runner import front_note, study_rungs
+    from studies.runner import front_note
+    from studies.winner import select_winner
 
     study = _study(args)
-    names = study.user_attrs.get("metric_names") or []
-    # only the front rung competes: a lower rung's score is over a shorter budget, not comparable
-    rung = front_rung(study.get_trials(deepcopy=False), len(study_rungs(study)))
-    metric = args.metric or next((n for n in names if n in QUALITY_METRICS), None)
-    if metric is None:
-        raise UsageError(f"the study has no quality objective ({', '.join(names)}); pick one with --metric")
-    candidates = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if any(v > 0 for v in t.constraints.values()) or metric not in t.user_attrs and metric not in names:
-            continue
-        if rung_of(t) != rung:
-            continue
-        value = dict(zip(names, t.values)).get(metric, t.user_attrs.get(metric))
-        latency = t.user_attrs.get("latency_ms")
-        if args.max_latency_ms is not None and (latency is None or latency > args.max_latency_ms):
-            continue
-        candidates.append((value, t))
-    if not candidates:
-        raise UsageError(f"no complete, feasible trial with {metric}"
-                         + (f" at or under {args.max_latency_ms} ms" if args.max_latency_ms else ""))
-    value, t = min(candidates, key=lambda c: c[0])
-    record = {"spec": t.user_attrs["spec"], "spec_id": t.user_attrs["spec_id"], "compact": t.user_attrs["compact"],
-              "study": study.study_name, "trial": t.number, "rung": rung_of(t),
-              "budget": t.user_attrs.get("budget", ""), "metrics": {metric: value, **{
-                  k: t.user_attrs[k] for k in ("latency_ms", "params_m", "gmacs", f"{metric}_ci_low",
-                                               f"{metric}_ci_high") if k in t.user_attrs}}}
+    winner = select_winner(study, metric=args.metric, max_latency_ms=args.max_latency_ms)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    out.write_text(json.dumps(winner.record, indent=2))
     print(front_note(study))
-    print(f"trial {t.number}: {metric}={value:.4g}, latency {t.user_attrs.get('latency_ms', float('nan')):.2f} ms, "
-          f"spec_id {record['spec_id']} -> {out}")
+    print(f"{winner.line} -> {out}")
     return 0

@@ -1,8 +1,9 @@
-"""`pocketdiff train [unet] SPEC ...`, `pocketdiff train decoder SPEC ...`, `pocketdiff sample CHECKPOINT ...`.
+"""`pocketdiff train unet SPEC ...`, `pocketdiff train decoder SPEC ...`, `pocketdiff sample CHECKPOINT ...`.
 
 SNAPGEN.md section 3 (UNet: flow matching, multi-level KD, step distillation) and section 2 (tiny decoder).
-Thin: parse, call training.full / training.distill / training.step_distill / training.decoder, print a summary.
-Data parallel: `torchrun --nproc_per_node N -m pocketdiff.cli train SPEC ...` (one process per device).
+Thin: parse, call training.full / training.distill / training.decoder / training.sample, print a summary.
+`train SPEC` (no subcommand) is `train unet SPEC` (pocketdiff/cli.py reads it so).
+Data parallel: `torchrun --nproc_per_node N -m pocketdiff.cli train unet SPEC ...` (one process per device).
 """
 from __future__ import annotations
 
@@ -10,21 +11,26 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from pocketdiff.cli import UsageError
 
+TRAIN_COMMANDS = ("unet", "decoder")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a UNet (flow matching, KD, step distillation) or a decoder",
-                              add_help=False, description="pocketdiff train [unet] SPEC ... | train decoder SPEC ...")
-    p.add_argument("-h", "--help", action=_TrainHelp, nargs=0, help="show the unet and decoder options")
-    p.add_argument("argv", nargs=argparse.REMAINDER, help="[unet] SPEC [options] | decoder SPEC [options]")
-    p.set_defaults(func=cmd_train)
+    p = subparsers.add_parser("train", help="train a UNet (flow matching, KD, step distillation) or a decoder")
+    t = p.add_subparsers(dest="command", metavar="<command>")
+    unet_parser(t.add_parser("unet", help="train a UNet spec with rectified flow (KD, step distillation); "
+                                          "`train SPEC` means `train unet SPEC`"))
+    decoder_parser(t.add_parser("decoder", help="train a tiny decoder against a frozen encoder"))
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     s = subparsers.add_parser("sample", help="write images from a trained checkpoint for a text prompt")
     s.add_argument("checkpoint", help="run folder or checkpoints/step_XXXXXXX folder")
     s.add_argument("--prompt", required=True, help='e.g. "a photo of a handwritten digit seven"')
-    s.add_argument("--steps", type=int, default=4, help="Euler steps (default 4)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="Euler steps (default: the run's sampler, e.g. 4 for a 4-step student; else 4)")
     s.add_argument("-n", "--num", type=int, default=8, help="images (default 8), written as one grid")
     s.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the run's)")
     s.add_argument("--seed", type=int, default=0)
@@ -34,20 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_sample)
 
 
-class _TrainHelp(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(unet_parser().format_help())
-        print(decoder_parser().format_usage())
-        parser.exit(0)
+def unet_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from training.config import LoopConfig
 
-
-def unet_parser() -> argparse.ArgumentParser:
-    from training.full import FullConfig
-
-    d = FullConfig()
-    p = argparse.ArgumentParser(prog="pocketdiff train [unet]",
-                                description="Train a UNet spec with rectified flow (optionally with KD or step "
-                                            "distillation); resumable; run under torchrun for DDP.")
+    d = LoopConfig()
+    p.description = ("Train a UNet spec with rectified flow (optionally with KD or step distillation); resumable; "
+                     "run under torchrun for DDP.")
     p.add_argument("spec", help="preset name, spec JSON or a study's winner.json")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--data", default="mnist5k", help="mnist5k | imagenet:PATH | folder:PATH | latents:PATH")
@@ -80,21 +78,31 @@ def unet_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     kd = p.add_argument_group("distillation")
     kd.add_argument("--teacher", default=None, help="trained run/checkpoint of ours or a diffusers model folder")
-    kd.add_argument("--kd", default="timestep", choices=("timestep", "fixed"), help="KD weighting")
+    kd.add_argument("--kd", default="timestep", choices=("timestep", "fixed"),
+                    help="KD weighting: timestep-aware (loss magnitudes per timestep bin) or fixed")
+    kd.add_argument("--kd-shape", type=float, default=1.0,
+                    help="timestep-aware shape: task weight a_t = density(t)^shape (default 1)")
+    kd.add_argument("--kd-share", type=float, default=None,
+                    help="fixed weighting's KD share (default: the timestep-aware shape's average, matched)")
     kd.add_argument("--no-feature-kd", action="store_true", help="output KD only")
     kd.add_argument("--teacher-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     kd.add_argument("--step-distill", type=int, default=None, metavar="STEPS",
                     help="adversarial step distillation to a STEPS-step sampler (needs --init and --teacher)")
     kd.add_argument("--init", default=None, help="start from this checkpoint's EMA weights")
     kd.add_argument("--adv-weight", type=float, default=None, help="generator GAN loss weight (step distillation)")
+    kd.add_argument("--adv-start", type=float, default=None,
+                    help="share of the run that is KD only before the discriminator joins (default 0.5)")
+    kd.add_argument("--teacher-cfg", type=float, default=None,
+                    help="guidance of the teacher velocity distilled into the student (default 2; the student "
+                         "then samples at CFG 1)")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=train_unet_cmd)
     return p
 
 
-def decoder_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pocketdiff train decoder",
-                                description="Train a tiny decoder against a frozen encoder (MSE + LPIPS + patch "
-                                            "GAN); compares with the encoder's own decoder on held-out crops.")
+def decoder_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.description = ("Train a tiny decoder against a frozen encoder (MSE + LPIPS + patch GAN); compares with the "
+                     "encoder's own decoder on held-out crops.")
     p.add_argument("spec", help="decoder preset name or spec JSON")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--data", default="sample-images", help="sample-images | folder:PATH")
@@ -104,24 +112,17 @@ def decoder_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for decoder.safetensors, record.json, reconstructions.png")
     p.add_argument("--json", action="store_true")
+    p.set_defaults(func=train_decoder_cmd)
     return p
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    argv = list(args.argv)
-    if argv and argv[0] == "decoder":
-        return train_decoder_cmd(decoder_parser().parse_args(argv[1:]))
-    if argv and argv[0] == "unet":
-        argv = argv[1:]
-    return train_unet_cmd(unet_parser().parse_args(argv))
-
-
 def train_unet_cmd(a: argparse.Namespace) -> int:
-    import torch
-
     from search_space import UNetSpec, load_spec
-    from training.data import DataError, load_data
-    from training.full import FullConfig, TrainError, init_distributed, prepare_spec, train_full
+    from training.data import load_data
+    from training.distill import distillation_objective
+    from training.full import FullConfig, prepare_spec, train_full
+    from training.kd_scaling import KDWeighting
+    from training.step_distill import StepDistillConfig
     from training.text import class_prompt_embeddings
 
     spec = load_spec(a.spec, a.overrides)
@@ -129,15 +130,9 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
         raise UsageError(f"{a.spec} is a {spec.kind} spec; train it with `pocketdiff train decoder`")
     main = int(os.environ.get("RANK", "0")) == 0
     say = (lambda *x: print(*x, file=sys.stderr, flush=True)) if main and not a.quiet else (lambda *x: None)
-    try:
-        data = load_data(a.data)
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    data = load_data(a.data)
     prompts = class_prompt_embeddings(data.class_names, a.encoder)
-    try:
-        train_spec, mapping = prepare_spec(spec, data, prompts, a.as_is)
-    except TrainError as e:
-        raise UsageError(str(e)) from None
+    train_spec, mapping = prepare_spec(spec, data, prompts, a.as_is)
     say(f"spec {spec.spec_id} {spec.compact}")
     if mapping is not None:
         say(f"  -> proxy {train_spec.spec_id} {train_spec.compact} (channels {mapping['channels'][0]} -> "
@@ -148,47 +143,25 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
         keep_checkpoints=a.keep_checkpoints, log_every=a.log_every, sample_every=a.sample_every,
         fd_samples=a.fd_samples, sample_steps=a.sample_steps, cfg_scale=a.cfg_scale, autocast=a.autocast,
         grad_checkpoint=a.grad_checkpoint)
-    try:
-        config.validate()
-    except TrainError as e:
-        raise UsageError(str(e)) from None
-    objective = None
-    if a.step_distill is not None or a.teacher is not None:
-        from training.distill import KDObjective, TeacherError, check_teacher, load_teacher
-
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.teacher_dtype]
-        if a.teacher is None:
-            raise UsageError("--step-distill needs --teacher (the multi-step model, usually the --init run)")
-        try:
-            teacher = load_teacher(a.teacher, dtype)
-            check_teacher(teacher, train_spec, prompts, data.size)
-        except TeacherError as e:
-            raise UsageError(str(e)) from None
-        if a.step_distill is not None:
-            from training.step_distill import StepDistillObjective, StepDistillConfig
-
-            if a.init is None:
-                raise UsageError("--step-distill needs --init CHECKPOINT (the trained multi-step model)")
-            sd = StepDistillConfig(sampler_steps=a.step_distill)
-            if a.adv_weight is not None:
-                sd = StepDistillConfig(sampler_steps=a.step_distill, adv_weight=a.adv_weight)
-            objective = StepDistillObjective(teacher, prompts, data.resolution, data.size, sd, a.kd)
-            config = FullConfig(**{**config.__dict__, "sample_steps": a.step_distill})
-        else:
-            objective = KDObjective(teacher, prompts, data.resolution, data.size, a.kd, not a.no_feature_kd)
-        say(f"teacher {teacher.description}  weighting {a.kd}")
+    config.validate()
+    step_distill = None
+    if a.step_distill is not None:
+        given = {"adv_weight": a.adv_weight, "adv_start": a.adv_start, "teacher_cfg": a.teacher_cfg}
+        step_distill = StepDistillConfig(sampler_steps=a.step_distill, **{k: v for k, v in given.items() if v is not None})
+        config = replace(config, sample_steps=a.step_distill, cfg_scale=1.0)  # guidance is distilled in
+    objective, teacher_line = distillation_objective(
+        a.teacher, train_spec, prompts, data, KDWeighting(a.kd, a.kd_shape, a.kd_share), not a.no_feature_kd,
+        a.teacher_dtype, step_distill, a.init)
+    if teacher_line:
+        say(teacher_line)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     say(f"data {data.name} ({data.train_count} train)  steps {a.steps}  global batch "
         f"{a.batch_size * a.grad_accum * world} ({world} process(es))  out {a.out}")
     meta = {"source_spec": json.loads(spec.to_json()), "source_spec_id": spec.spec_id, "proxy": mapping,
             "latent_scaling": [data.info.get("scaling_factor"), data.info.get("shift_factor")]
             if data.kind == "latent" else None}
-    from training.full import CheckpointError
-    try:
-        result = train_full(train_spec, data, prompts, a.out, config, objective, a.resume, meta, a.init, a.device,
-                            progress=not a.quiet, stop_at=a.stop_at)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+    result = train_full(train_spec, data, prompts, a.out, config, objective, a.resume, meta, a.init, a.device,
+                        progress=not a.quiet, stop_at=a.stop_at)
     if main:
         print(f"{result.status}: step {result.step}  checkpoint {result.checkpoint}")
         for k, v in result.metrics.items():
@@ -198,92 +171,35 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    import torch
-    import torch.nn.functional as F
-    from torchvision.utils import save_image
+    from training.sample import sample_prompt, save_grid
 
-    from training.flow import euler_sample
-    from training.full import CheckpointError, load_trained
-    from training.text import PromptEmbeddings, encode_prompts
-    from training.trainer import Conditioner, velocity
-    from training.flow import cfg_velocity
-
-    if a.steps < 1 or a.num < 1:
-        raise UsageError("--steps and --num must be >= 1")
-    try:
-        model, spec, manifest = load_trained(a.checkpoint, use_ema=not a.raw)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
-    meta = manifest["meta"]
-    if meta["data_kind"] == "latent" and a.vae is None:
-        raise UsageError("this model was trained on VAE latents; pass --vae PATH to decode them")
-    tokens, pooled = encode_prompts([a.prompt, ""], meta["encoder"])
-    prompts = PromptEmbeddings(tokens=tokens, pooled=pooled, encoder=meta["encoder"])
-    cond = Conditioner(spec, prompts, meta["resolution"], torch.device("cpu"))
-    scale = meta["config"]["cfg_scale"] if a.cfg_scale is None else a.cfg_scale
-    y, null = torch.zeros(a.num, dtype=torch.long), torch.ones(a.num, dtype=torch.long)
-
-    def pair(x, t):
-        return velocity(model, cond, torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
-
-    fn = (lambda x, t: velocity(model, cond, x, t, y)) if scale == 1.0 else cfg_velocity(pair, scale)
-    gen = torch.Generator().manual_seed(a.seed)
-    noise = torch.randn((a.num, meta["channels"], meta["size"], meta["size"]), generator=gen)
-    x = euler_sample(fn, noise, a.steps)
-    if meta["data_kind"] == "latent":
-        from training.data import load_vae
-        vae = load_vae(a.vae)
-        s, shift = meta["latent_scaling"]
-        with torch.no_grad():
-            img = vae.decode(x / s + shift).sample
-    else:
-        img = F.pixel_shuffle(x, meta["patch"]) if meta["patch"] > 1 else x
-    img = (img.clamp(-1, 1) + 1) / 2
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    save_image(img, a.out, nrow=min(a.num, 8))
-    print(f"wrote {a.num} image(s), {a.steps} steps, cfg {scale:g}, spec {spec.spec_id} step {manifest['step']} "
-          f"-> {a.out}")
+    samples = sample_prompt(a.checkpoint, a.prompt, a.steps, a.num, a.cfg_scale, a.seed, use_ema=not a.raw,
+                            vae=a.vae)
+    save_grid(samples.images, a.out)
+    print(f"wrote {a.num} image(s), {samples.steps} steps, cfg {samples.cfg_scale:g}, spec {samples.spec_id} "
+          f"step {samples.step} -> {a.out}")
     return 0
 
 
 def train_decoder_cmd(a: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
-
-    from evaluators.decoder_quality import _save_grid
     from search_space import DecoderSpec, load_spec
-    from training.decoder import DecoderDataError, load_encoder, load_patches, train_decoder
+    from training.decoder import train_decoder_run
 
     spec = load_spec(a.spec, a.overrides)
     if not isinstance(spec, DecoderSpec):
         raise UsageError(f"{a.spec} is a {spec.kind} spec; `pocketdiff train decoder` trains decoder specs")
-    try:
-        patches = load_patches(a.data, seed=0)
-        kw = {} if a.ae_steps is None else {"ae_steps": a.ae_steps}
-        enc = load_encoder(a.encoder, patches, spec.latent_channels, len(spec.channels), seed=0,
-                           progress=not a.json, **kw)
-        result = train_decoder(spec, patches, enc, a.budget, a.seed)
-    except DecoderDataError as e:
-        raise UsageError(str(e)) from None
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, out / "decoder.safetensors",
-              metadata={"spec": spec.to_json(), "spec_id": spec.spec_id, "encoder": enc.name})
-    _save_grid(result.model, enc, patches, out / "reconstructions.png")
-    record = {"spec_id": spec.spec_id, "spec": json.loads(spec.to_json()), "encoder": enc.name, "data": a.data,
-              "budget": str(a.budget), "seed": a.seed, "steps": result.steps, "seconds": round(result.seconds, 2),
-              "metrics": result.metrics, "baseline": enc.baseline, "notices": result.notices,
-              "psnr_vs_baseline": result.metrics["psnr"] - enc.baseline["psnr"], "history": result.history}
-    (out / "record.json").write_text(json.dumps(record, indent=1, default=str))
+    record = train_decoder_run(spec, a.data, a.encoder, a.budget, a.seed, a.out, a.ae_steps, progress=not a.json)
     if a.json:
         print(json.dumps(record, default=str))
         return 0
-    for notice in result.notices:
+    for notice in record["notices"]:
         print(f"notice: {notice}")
-    print(f"decoder {spec.spec_id}: {result.steps} steps in {result.seconds:.1f} s against encoder {enc.name}")
+    print(f"decoder {spec.spec_id}: {record['steps']} steps in {record['seconds']:.1f} s against encoder "
+          f"{record['encoder']}")
     print(f"  {'':10s} {'decoder':>10s} {'baseline':>10s}")
     for key in ("psnr", "val_loss", "lpips"):
-        if key in result.metrics:
-            base = enc.baseline.get(key)
-            print(f"  {key:10s} {result.metrics[key]:10.4f} " + (f"{base:10.4f}" if base is not None else f"{'-':>10s}"))
-    print(f"  wrote {out}/decoder.safetensors, record.json, reconstructions.png")
+        if key in record["metrics"]:
+            base = record["baseline"].get(key)
+            print(f"  {key:10s} {record['metrics'][key]:10.4f} " + (f"{base:10.4f}" if base is not None else f"{'-':>10s}"))
+    print(f"  wrote {record['out']}/decoder.safetensors, record.json, reconstructions.png")
     return 0

@@ -1,9 +1,26 @@
-"""Search space: typed UNet / decoder specs, their compact strings, presets and builders."""
+"""Search space: typed UNet / decoder specs, their compact strings, presets and builders.
+
+Specs, presets and errors are plain Python; the builders need torch, so `build_model`, `load_spec` and
+`example_inputs` are imported on first use (PEP 562). `pocketdiff --help` and `presets list` then start
+without loading torch (issue 15: CLI start under 0.5 s).
+"""
 from .spec import (
     SCHEMA_VERSION, DecoderSpec, Spec, SpecError, StageSpec, UNetSpec, apply_overrides, migrate_spec_dict, spec_from_dict,
 )
 from .presets import PRESETS, PRESET_DOCS, get_preset
-from .build import build_model, load_spec, example_inputs
+
+_LAZY = {"build_model": "build", "load_spec": "build", "example_inputs": "build"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "SCHEMA_VERSION", "DecoderSpec", "Spec", "SpecError", "StageSpec", "UNetSpec", "apply_overrides",

@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import paths as dotted
 from .presets import PRESETS
 from .spec import RENAMED_FIELDS, Spec, SpecError, _renamed_notice, spec_from_dict
 
@@ -140,28 +141,35 @@ def _knob(path: str, value: Any, base_dict: dict, where: str) -> Knob:
         if bad:
             raise SpecError(f"[{where}] preset: unknown preset(s) {', '.join(map(str, bad))}")
         return Knob(path, choices=tuple(choices)) if isinstance(value, dict) else Knob(path, fixed=value)
-    current = _get(base_dict, path, missing=KeyError)
-    if current is KeyError:
-        raise SpecError(f"[{where}] unknown knob {path!r}: not a field of the base spec")
+    try:
+        current = dotted.get(base_dict, path)
+    except SpecError as e:  # the reason in the words --set uses for the same mistake
+        raise SpecError(f"[{where}] unknown knob {path!r}: {str(e).removeprefix(path + ': ')}") from None
     if not isinstance(value, dict):
         _check_type(path, value, current, where)
+        _check_sign(path, value, current, where)
         return Knob(path, fixed=value)
     unknown = set(value) - {"choices", "low", "high", "step", "log", "when", "otherwise"}
     if unknown:
         raise SpecError(f"[{where}] {path}: unknown option(s) {', '.join(sorted(unknown))}; "
                         f"use choices = [...] or low/high[/step/log], optionally when = {{...}} and otherwise = ...")
-    when = tuple(sorted((value.get("when") or {}).items()))
+    when_table = value.get("when") or {}
+    if not isinstance(when_table, dict):
+        raise SpecError(f"[{where}] {path}: when = {when_table!r} must be a table, e.g. when = {{attention = \"gqa\"}}")
+    when = tuple(sorted(when_table.items()))
     otherwise = value.get("otherwise")
     if otherwise is not None:
         if not when:
             raise SpecError(f"[{where}] {path}: otherwise = ... only goes with when = {{...}}")
         _check_type(path, otherwise, current, where)
+        _check_sign(path, otherwise, current, where)
     if "choices" in value:
         choices = value["choices"]
         if not isinstance(choices, list) or not choices:
             raise SpecError(f"[{where}] {path}: choices must be a non-empty list")
         for c in choices:
             _check_type(path, c, current, where)
+            _check_sign(path, c, current, where)
         return Knob(path, choices=tuple(tuple(c) if isinstance(c, list) else c for c in choices), when=when,
                     otherwise=otherwise)
     if "low" in value and "high" in value:
@@ -172,8 +180,19 @@ def _knob(path: str, value: Any, base_dict: dict, where: str) -> Knob:
             raise SpecError(f"[{where}] {path}: low={low} is above high={high}")
         if isinstance(current, bool) or not isinstance(current, (int, float)):
             raise SpecError(f"[{where}] {path}: a range needs a numeric field, this one is {type(current).__name__}")
-        return Knob(path, low=low, high=high, step=value.get("step"), log=bool(value.get("log", False)), when=when,
-                    otherwise=otherwise)
+        _check_sign(path, low, current, where)
+        step, log = value.get("step"), value.get("log", False)
+        if not isinstance(log, bool):
+            raise SpecError(f"[{where}] {path}: log = {log!r} must be true or false")
+        if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0):
+            raise SpecError(f"[{where}] {path}: step = {step!r} must be a positive number (or leave it out)")
+        if step is not None and step > high - low and high > low:
+            raise SpecError(f"[{where}] {path}: step = {step} is larger than the range {low}..{high}")
+        if log and low <= 0:
+            raise SpecError(f"[{where}] {path}: log = true needs low > 0 (low = {low}); a log scale has no 0")
+        if log and step is not None:
+            raise SpecError(f"[{where}] {path}: give step or log = true, not both (Optuna samples one or the other)")
+        return Knob(path, low=low, high=high, step=step, log=log, when=when, otherwise=otherwise)
     raise SpecError(f"[{where}] {path}: give a value, choices = [...], or low = / high =")
 
 
@@ -190,6 +209,18 @@ def _check_type(path: str, value: Any, current: Any, where: str) -> None:
         ok = isinstance(value, type(current))
     if not ok:
         raise SpecError(f"[{where}] {path}: value {value!r} does not fit the field (base value {current!r})")
+
+
+def _check_sign(path: str, value: Any, current: Any, where: str) -> None:
+    """A negative value for a field whose base value is not negative (a size, a ratio, a count) is a mistake:
+    refused here rather than built into a model that silently means something else."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if numeric and isinstance(current, (int, float)) and not isinstance(current, bool) and current >= 0 > value:
+        raise SpecError(f"[{where}] {path}: {value!r} is negative; this field is a size or count "
+                        f"(base value {current!r})")
+    if isinstance(value, list) and isinstance(current, list):
+        for i, (v, c) in enumerate(zip(value, current)):
+            _check_sign(f"{path}[{i}]", v, c, where)
 
 
 def _check_base_values(space: SearchSpace, where: str) -> None:
@@ -216,24 +247,8 @@ def _expand(key: str, base_dict: dict, where: str) -> list[str]:
 
 
 def _get(d: Any, path: str, missing: Any = None) -> Any:
-    node = d
-    for p in path.split("."):
-        if isinstance(node, list) and p.isdigit() and int(p) < len(node):
-            node = node[int(p)]
-        elif isinstance(node, dict) and p in node:
-            node = node[p]
-        else:
-            return missing
-    return node
+    return dotted.get(d, path, default=missing)
 
 
 def _set(d: dict, path: str, value: Any) -> None:
-    parts = path.split(".")
-    node: Any = d
-    for p in parts[:-1]:
-        node = node[int(p)] if isinstance(node, list) else node[p]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+    dotted.set(d, path, value, where="knob ")

@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .errors import UserError
+
 CONV_TYPES = ("regular", "separable")
 ATTENTION_TYPES = ("mhsa", "mqa", "gqa")
 QK_NORMS = ("none", "rmsnorm", "layernorm")
@@ -50,7 +52,7 @@ def _renamed_notice(old: str, where: str) -> str:
     return new
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A spec value is invalid; the message names the field and how to fix it."""
 
 
@@ -285,6 +287,9 @@ class UNetSpec(_SpecBase):
         d = migrate_spec_dict(_strip_kind(d, cls.kind))
         _reject_unknown(cls, d, "UNetSpec")
         _check("stages" in d, "UNetSpec needs 'stages'")
+        _check(isinstance(d["stages"], (list, tuple)) and len(d["stages"]) > 0,
+               f"stages = {d['stages']!r} must be a non-empty list of stage objects (set one stage's field "
+               f"with stages.1.channels=..., not stages=...)")
         stages = []
         for i, s in enumerate(d["stages"]):
             _check(isinstance(s, dict), f"stages[{i}] must be an object with keys like 'channels'")
@@ -383,6 +388,8 @@ Spec = UNetSpec | DecoderSpec
 
 def spec_from_dict(d: dict[str, Any]) -> Spec:
     """Build a UNetSpec or DecoderSpec from its dict; 'kind' picks which (default: by its keys)."""
+    _check(isinstance(d, dict), f"a spec must be a JSON object (keys like 'stages', 'kind'), not a "
+                                f"{type(d).__name__}")
     kind = d.get("kind") or ("unet" if "stages" in d else "decoder")
     _check(kind in ("unet", "decoder"), f"kind={kind!r} is not 'unet' or 'decoder'")
     return UNetSpec.from_dict(d) if kind == "unet" else DecoderSpec.from_dict(d)
@@ -444,7 +451,11 @@ def _reject_unknown(cls: type, d: dict[str, Any], where: str) -> None:
 def _typed(cls: type, d: dict[str, Any], where: str) -> dict[str, Any]:
     """Coerce JSON values to the dataclass field types (lists -> tuples) and type-check them."""
     out = {}
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    hints = {f.name: f.type for f in fields}
+    missing = [f.name for f in fields if f.name not in d and f.name != "stages"
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    _check(not missing, f"{where} is missing {', '.join(missing)} (every field without a default must be given)")
     for k, v in d.items():
         t = str(hints[k])
         out[k] = _coerce(v, t, f"{where}.{k}")
@@ -482,35 +493,15 @@ def _coerce(v: Any, t: str, where: str) -> Any:
 def apply_overrides(spec: Spec, overrides: list[str] | tuple[str, ...]) -> Spec:
     """Apply `key=value` overrides (`stages.1.channels=512`, `attention=mqa`) and re-validate.
 
-    Values are parsed as JSON where they parse (numbers, true/false, null, lists), else taken as strings.
+    Values are parsed as JSON where they parse (numbers, true/false, null, lists), else taken as strings; the
+    paths are search_space/paths.py's grammar (the same as study knobs).
     """
+    from . import paths
+
     d = spec.to_dict()
     for item in overrides:
-        _check("=" in item, f"--set {item!r} must look like key=value, e.g. stages.1.channels=512")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node: Any = d
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            if isinstance(node, list):
-                _check(p.isdigit() and int(p) < len(node),
-                       f"--set {key}: index {p!r} is out of range (there are {len(node)} entries)")
-                node = node[int(p)]
-            else:
-                _check(isinstance(node, dict) and p in node, f"--set {key}: unknown key {p!r}")
-                node = node[p]
-        last = parts[-1]
-        if node is d and last in RENAMED_FIELDS and RENAMED_FIELDS[last] in d:
-            last = _renamed_notice(last, f"--set {key}")
-        if isinstance(node, list):
-            _check(last.isdigit() and int(last) < len(node),
-                   f"--set {key}: index {last!r} is out of range (there are {len(node)} entries)")
-            node[int(last)] = value
-        else:
-            _check(isinstance(node, dict) and last in node,
-                   f"--set {key}: unknown key {last!r}; known: {', '.join(sorted(node)) if isinstance(node, dict) else ''}")
-            node[last] = value
+        key, value = paths.parse_assignment(item)
+        if "." not in key and key in RENAMED_FIELDS and RENAMED_FIELDS[key] in d:
+            key = _renamed_notice(key, f"--set {key}")
+        paths.set(d, key, value, where="--set ")
     return type(spec).from_dict(d)

@@ -16,20 +16,23 @@ Sections:
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluators import registry
 from search_space.sampling import SearchSpace, parse_space
 from search_space.spec import SpecError
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 QUALITY_EVALUATORS = ("flow", "decoder", "none")
-# Metrics a study may optimise: cheap ones (known before training) and the quality evaluator's.
-CHEAP_METRICS = ("latency_ms", "params_m", "gmacs", "host_ms")
-QUALITY_METRICS = ("fd_domain", "fid", "kid", "val_loss", "precision", "recall", "psnr")
+# Metrics only a quality evaluator produces (the registry's answer; evaluators/registry.py).
+QUALITY_METRICS = registry.quality_metrics()
 DEFAULT_STORAGE_DIR = "runs"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+DEFAULT_DATA = {"flow": "mnist5k", "decoder": "sample-images"}
 
 
 class StudyFileError(SpecError):
@@ -119,11 +122,17 @@ def _check_quality_keys(quality: dict[str, Any], path: str) -> None:
     from training.proxy import ProxyConfig, ProxyError
     from training.trainer import Budget, BudgetError
 
-    if "budget" in quality:
+    from training.trainer import WARMUP_STEPS
+    budgets = [("budget", quality["budget"])] if "budget" in quality else []
+    if isinstance(quality.get("rungs"), list):
+        budgets += [("rungs", r) for r in quality["rungs"] if isinstance(r, str)]
+    for key, text in budgets:
         try:
-            Budget.parse(quality["budget"])
+            b = Budget.parse(text)
+            if quality.get("evaluator") == "flow" and b.steps is not None:  # the flow trainer's warm-up
+                b.resolve(train_count=1, batch_size=1, warmup_steps=WARMUP_STEPS)
         except BudgetError as e:
-            raise _err(path, f"[quality] {e}") from None
+            raise _err(path, f"[quality] {key}: {e}" if key == "rungs" else f"[quality] {e}") from None
     seeds = quality.get("seeds", 1)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise _err(path, f"[quality] seeds = {seeds!r} must be a whole number >= 1 (3 gives a 95% interval)")
@@ -162,10 +171,19 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
         bad = set(data.get(section, {})) - keys
         if bad:
             raise _err(path, f"[{section}] unknown key(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(keys))}")
+    for section in set(_KNOWN) | {"space", "objectives"}:
+        if section in data and not isinstance(data[section], dict):
+            raise _err(path, f"[{section}] must be a table, not {type(data[section]).__name__}")
     st = data.get("study", {})
     name = st.get("name")
     if not isinstance(name, str) or not name:
         raise _err(path, "[study] name must be a non-empty string")
+    if not NAME_RE.fullmatch(name):
+        raise _err(path, f"[study] name = {name!r} must be a simple name (letters, digits, '.', '_', '-'; no '/' "
+                         f"or '..'): it names the study's folder under runs/")
+    timeout = st.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        raise _err(path, f"[study] timeout = {timeout!r} must be a number of seconds > 0, e.g. timeout = 600")
     sampler = st.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise _err(path, f"[study] sampler={sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -181,9 +199,6 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
     if not objectives:
         raise _err(path, "[objectives] is empty: name at least one metric")
     for metric, direction in objectives:
-        if metric not in CHEAP_METRICS + QUALITY_METRICS:
-            raise _err(path, f"[objectives] unknown metric {metric!r}; known: "
-                             f"{', '.join(CHEAP_METRICS + QUALITY_METRICS)}")
         if direction not in ("minimize", "maximize"):
             raise _err(path, f"[objectives] {metric} = {direction!r}: use \"minimize\" or \"maximize\"")
     quality = dict(data.get("quality", {}))
@@ -195,43 +210,118 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
     if evaluator == "decoder" and base_kind != "decoder" or evaluator == "flow" and base_kind != "unet":
         raise _err(path, f"[quality] evaluator={evaluator!r} does not score a {base_kind} space "
                          f"(flow scores UNets, decoder scores decoders)")
-    needs_quality = [m for m, _ in objectives if m in QUALITY_METRICS]
-    if needs_quality and evaluator == "none":
-        raise _err(path, f"[objectives] {needs_quality[0]} needs a quality evaluator: set [quality] evaluator")
     _check_quality_keys(quality, path)
+    _check_data(quality, evaluator, path)
     rungs, reduction, rung_seeds = _parse_rungs(path, quality, st, evaluator)
     es = quality.pop("early_stop", {})
+    if not isinstance(es, dict):
+        raise _err(path, "[quality] early_stop must be a table, e.g. early_stop = { quantile = 0.75 }")
     try:
         early_stop = EarlyStop(**es)
     except TypeError as e:
         raise _err(path, f"[quality.early_stop] {e}; known keys: "
                          f"{', '.join(f.name for f in dataclasses.fields(EarlyStop))}") from None
+    try:  # every metric named is produced by an evaluator the study runs; its options are known and typed
+        registry.check_study(evaluator, quality, [("objectives", m) for m, _ in objectives]
+                             + [("constraints", c.removeprefix("max_")) for c in data.get("constraints", {})])
+    except registry.EvaluatorError as e:
+        raise _err(path, str(e)) from None
+    _check_early_stop(early_stop, path)
     constraints = dict(data.get("constraints", {}))
     for k, v in constraints.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
             raise _err(path, f"[constraints] {k} = {v!r} must be a positive number")
     target = data.get("target", {})
     latent = target.get("latent", 128)
-    if not isinstance(latent, int) or latent < 1:
+    if not isinstance(latent, int) or isinstance(latent, bool) or latent < 1:
         raise _err(path, f"[target] latent = {latent!r} must be a positive integer")
-    presets = tuple(data.get("enqueue", {}).get("presets", ()))
+    device = target.get("device", "a17pro")
+    try:
+        from latency_models.profiles import resolve_device
+        if not isinstance(device, str):
+            raise SpecError(f"must be a device name string like \"a17pro\", not {device!r}")
+        resolve_device(device)
+    except Exception as e:  # UnknownDevice lists the devices with a profile
+        raise _err(path, f"[target] device = {device!r}: {str(e).splitlines()[0]}") from None
+    presets = data.get("enqueue", {}).get("presets", [])
+    if not isinstance(presets, list) or not all(isinstance(p, str) for p in presets):
+        raise _err(path, f"[enqueue] presets = {presets!r} must be a list of preset names")
+    presets = tuple(presets)
     from search_space import PRESETS
     for p in presets:
         if p not in PRESETS:
             raise _err(path, f"[enqueue] presets: unknown preset {p!r}")
+        if PRESETS[p].kind != base_kind:
+            raise _err(path, f"[enqueue] presets: {p!r} is a {PRESETS[p].kind} preset; this study searches "
+                             f"{base_kind}s (base = {space.base!r})")
+        choices = space.preset_choices
+        if choices and p not in choices:
+            raise _err(path, f"[enqueue] presets: {p!r} is not one of [space] preset's choices "
+                             f"({', '.join(choices)})")
     for key in ("n_trials", "heartbeat_interval", "grace_period", "max_retry", "seed"):
         v = st.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise _err(path, f"[study] {key} = {v!r} must be a non-negative integer")
+    for key in ("heartbeat_interval", "grace_period"):  # Optuna refuses 0 deep inside the storage
+        if st.get(key) == 0:
+            raise _err(path, f"[study] {key} = 0 must be at least 1 (seconds)")
+    from .storage import StorageError, parse_url
+    url = storage or st.get("storage") or f"sqlite:///{DEFAULT_STORAGE_DIR}/{name}/study.db"
+    try:
+        parse_url(url)
+    except StorageError as e:
+        raise StudyFileError(f"--storage: {e}" if storage else f"{path}: [study] storage: {e}") from None
     return StudyConfig(
         name=name, path=path, space=space,
-        storage=storage or st.get("storage") or f"sqlite:///{DEFAULT_STORAGE_DIR}/{name}/study.db",
+        storage=url,
         sampler=sampler, seed=st.get("seed", 0), n_trials=st.get("n_trials"), timeout=st.get("timeout"),
         heartbeat_interval=st.get("heartbeat_interval", 30), grace_period=st.get("grace_period", 90),
         max_retry=st.get("max_retry", 1), latent=latent, device=target.get("device", "a17pro"),
         quality=quality, early_stop=early_stop, objectives=objectives, constraints=constraints, enqueue=presets,
         rungs=rungs, reduction=reduction, rung_seeds=rung_seeds,
     )
+
+
+def _check_early_stop(es: EarlyStop, path: str) -> None:
+    if not isinstance(es.enabled, bool):
+        raise _err(path, f"[quality.early_stop] enabled = {es.enabled!r} must be true or false")
+    for key in ("quantile", "warmup_fraction"):
+        v = getattr(es, key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
+            raise _err(path, f"[quality.early_stop] {key} = {v!r} must be a fraction strictly between 0 and 1")
+    if not isinstance(es.min_trials, int) or isinstance(es.min_trials, bool) or es.min_trials < 1:
+        raise _err(path, f"[quality.early_stop] min_trials = {es.min_trials!r} must be a whole number >= 1")
+
+
+def _check_data(quality: dict[str, Any], evaluator: str, path: str) -> None:
+    """[quality] data names a source the evaluator can load; checked by form and, for a folder, that it exists
+    (the data itself is loaded by the first trial)."""
+    if evaluator not in DEFAULT_DATA:
+        return
+    data = quality.get("data", DEFAULT_DATA[evaluator])
+    if not isinstance(data, str):
+        raise _err(path, f"[quality] data = {data!r} must be a string")
+    kind, _, where = data.partition(":")
+    if evaluator == "flow":
+        ok = data == "mnist5k" or data in (f"mnist5k-p{p}" for p in (1, 2, 4, 8)) \
+            or (kind in ("imagenet", "folder", "latents") and where)
+        known = "mnist5k, mnist5k-p1|p2|p4|p8, imagenet:PATH, folder:PATH or latents:PATH"
+    else:
+        ok = data == "sample-images" or (kind == "folder" and where)
+        known = "sample-images or folder:PATH"
+    if not ok:
+        raise _err(path, f"[quality] data = {data!r} is not a {evaluator} data source; use {known}")
+
+
+def check_runnable_here(cfg: "StudyConfig") -> None:
+    """What a study file cannot know but a run must: the data folder it names exists on this machine (a file
+    like imagenet-256.toml is written for GPU workers that hold the data). Called before anything is stored."""
+    data = cfg.quality.get("data")
+    if isinstance(data, str) and ":" in data:
+        where = data.partition(":")[2]
+        if not Path(where).exists():
+            raise _err(cfg.path, f"[quality] data = {data!r}: {Path(where).resolve()} does not exist on this "
+                                 f"machine; encode or copy the data there first (pocketdiff data encode)")
 
 
 def _budget_size(budget: Any) -> tuple[tuple[str, ...], float]:

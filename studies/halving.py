@@ -35,11 +35,8 @@ its user attributes, so its claim carries over and it is not enqueued a second t
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -152,7 +149,8 @@ def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequ
     """Promotions the stored trials call for that no trial holds yet (any state), top rungs first."""
     due: list[Promotion] = []
     for r in range(rungs.top - 1, -1, -1):
-        at_rung = [t for t in trials if rung_of(t) == r and t.state in FINISHED and candidate_of(t)]
+        at_rung = [t for t in trials if rung_of(t) == r and t.state in FINISHED and candidate_of(t)
+                   and t.user_attrs.get("duplicate_of") is None]  # a re-sampled duplicate was not evaluated
         finished: dict[str, FrozenTrial] = {}
         for t in sorted(at_rung, key=lambda t: (t.state != TrialState.COMPLETE, t.number)):
             finished.setdefault(candidate_of(t), t)  # a re-proposed spec is one candidate
@@ -173,39 +171,18 @@ def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequ
 @contextlib.contextmanager
 def promotion_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
     """Serialise promotion decisions of every worker on this storage (see the module docstring)."""
+    from .storage import named_lock
+
     storage = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache layer
     url = str(getattr(storage, "url", ""))
     if not url and isinstance(storage, optuna.storages.RDBStorage):
         raise RuntimeError("an RDB storage without a URL: cannot lock promotions")
-    key = int.from_bytes(hashlib.sha256(f"pocketdiff-promote:{study_name}".encode()).digest()[:8], "big",
-                         signed=True)
-    if url.startswith("postgresql"):
-        import sqlalchemy
-        with storage.engine.connect() as conn:  # a session-level lock: a killed worker's connection frees it
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-    elif url.startswith("mysql"):
-        import sqlalchemy
-        with storage.engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 600)"), {"k": f"pocketdiff-{key}"})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": f"pocketdiff-{key}"})
-    elif url.startswith("sqlite:///") and ":memory:" not in url:
-        db = Path(url[len("sqlite:///"):].split("?", 1)[0].removeprefix("file:"))
-        with open(db.with_name(db.name + ".promote.lock"), "a") as f:  # the kernel frees it when a process dies
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-    else:  # in-memory storages live in one process: a thread lock is enough
+    if not url:  # in-memory storages live in one process: a thread lock is enough
         with _LOCAL_LOCK:
             yield
+        return
+    with named_lock(url, f"pocketdiff-promote:{study_name}", engine=getattr(storage, "engine", None)):
+        yield
 
 
 _LOCAL_LOCK = threading.Lock()

@@ -1,6 +1,5 @@
 """Read-only views of a study for the explorer (app.py): trials as one pandas frame, Pareto fronts (from the
-top rung of a successive-halving study), hypervolume history, the per-stage / per-op-class cost of one trial,
-and the paper's Figure 3 (with the proxy's verdict on each published quality ordering) / Table 2.
+top rung of a successive-halving study), hypervolume history, and the paper's Figure 3 (with the proxy's verdict on each published quality ordering) / Table 2.
 
 Nothing here writes to Optuna storage: SQLite files are opened with SQLite's read-only URI mode, so even a
 bug cannot change a study, and a missing file is reported instead of created. Paper numbers are quoted from
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from search_space.errors import UserError
 
 # User attributes that are bookkeeping, not metrics or knobs (kept out of the numeric metric columns).
 TEXT_ATTRS = ("spec_id", "compact", "kind", "preset", "base_preset", "enqueued_preset", "artifacts", "eval_key", "cached_from",
@@ -52,41 +53,31 @@ FIG3_DEFAULT_STORAGE = "sqlite:///runs/paper-fig3/study.db"
 DECODER_STUDY, DECODER_DEFAULT_STORAGE = "decoder", "sqlite:///runs/decoder/study.db"  # studies/decoder.toml
 
 
-class ResultsError(Exception):
+class ResultsError(UserError):
     """The storage or study cannot be read; the message says what is missing."""
 
 
 # --- storage ---------------------------------------------------------------------------------------------
 
 def readonly_url(url: str) -> str:
-    """The same storage, opened so that nothing can be written (SQLite read-only URI mode).
-
-    Raises ResultsError when a SQLite file does not exist (opening it normally would create an empty one).
-    """
-    url = url.strip()
-    if not url:
-        raise ResultsError("no storage URL given")
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///file:"):
-        path = Path(url[len("sqlite:///"):].split("?", 1)[0])
-        if not path.is_file():
-            raise ResultsError(f"no SQLite file at {path.resolve()} (run `pocketdiff study run FILE` first, "
-                               f"or give another --storage)")
-        return f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
-    if "://" not in url:
-        raise ResultsError(f"{url!r} is not a storage URL (sqlite:///path.db, postgresql://user@host/db)")
-    return url
+    """The same storage, opened so that nothing can be written (studies/storage.py: strict URL, SQLite
+    read-only URI mode; a missing SQLite file is a ResultsError, since opening it normally would create it)."""
+    from .storage import StorageError
+    from .storage import readonly_url as _readonly_url
+    try:
+        return _readonly_url(url)
+    except StorageError as e:
+        raise ResultsError(str(e)) from None
 
 
 def open_storage(url: str):
-    import optuna
-
+    """A storage the explorer reads: never creates tables or migrates (a database without Optuna's tables is a
+    ResultsError naming it)."""
+    from .storage import StorageError, open_readonly
     try:
-        return optuna.storages.RDBStorage(readonly_url(url), engine_kwargs={"pool_pre_ping": True})
-    except ResultsError:
-        raise
-    except Exception as e:  # sqlalchemy raises many kinds; the user needs the URL and the reason
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ResultsError(f"cannot open storage {url}: {reason}") from None
+        return open_readonly(url)
+    except StorageError as e:
+        raise ResultsError(str(e)) from None
 
 
 def study_names(url: str) -> list[str]:
@@ -131,21 +122,11 @@ class StudyInfo:
         return "maximize" if metric in MAXIMIZE_METRICS else "minimize"
 
 
-def flatten_spec(spec: dict, prefix: str = "") -> dict[str, Any]:
-    """{"stages": [{"channels": 256}]} -> {"stages.0.channels": 256} (the study files' knob paths)."""
-    out: dict[str, Any] = {}
-    for k, v in spec.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_spec(v, key + "."))
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v):
-            for i, x in enumerate(v):
-                out.update(flatten_spec(x, f"{key}.{i}."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = v
-    return out
+def flatten_spec(spec: dict) -> dict[str, Any]:
+    """{"stages": [{"channels": 256}]} -> {"stages.0.channels": 256} (search_space/paths.py: the knob paths of
+    study files and --set); lists of values become JSON text, one table cell each."""
+    from search_space import paths
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in paths.flatten(spec).items()}
 
 
 def _is_number(v: Any) -> bool:
@@ -196,6 +177,9 @@ def trials_frame(study) -> tuple[pd.DataFrame, StudyInfo]:
         row["curve_json"] = json.dumps(curve) if isinstance(curve, list) and curve else ""
         if isinstance(a.get("proxy"), dict):
             row["proxy_json"] = json.dumps(a["proxy"], sort_keys=True)
+        for attr in ("stage_costs", "latency_breakdown"):  # stored by the cheap evaluators at evaluation
+            if isinstance(a.get(attr), dict):
+                row[f"{attr}_json"] = json.dumps(a[attr])
         if isinstance(a.get("per_seed"), dict):  # per-seed metric values, for paired differences
             row["per_seed_json"] = json.dumps(a["per_seed"], sort_keys=True)
         row["rung"] = float(a["rung"]) if _is_number(a.get("rung")) else 0.0
@@ -387,29 +371,10 @@ def metric_deltas(a: pd.Series, b: pd.Series, metrics: list[str]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def stage_costs(spec, latent: int) -> dict:
-    """The cost evaluator's per-stage table and per-kind params (meta device: no weights)."""
-    from evaluators.cost import describe_cost
-
-    d = describe_cost(spec, latent, memory=False)
-    return {"stages": d["stages"], "params_per_kind": d["params_per_kind"], "macs_per_op": d["macs_per_op"],
-            "params": d["params"], "gmacs": d["gmacs"], "gmacs_no_attention": d["gmacs_no_attention"]}
-
-
-def latency_breakdown(spec, latent: int, device: str) -> dict:
-    """Predicted Neural Engine latency split by op kind and by stage: latency_models.explain.breakdown, the
-    predictor's own formula on its cached features (the shares plus the protocol overhead sum to the
-    prediction). `per_class_ms` is the op-kind split under its older name."""
-    from latency_models.explain import breakdown
-
-    b = breakdown(spec, device, latent=latent, batch=1)
-    return b | {"per_class_ms": {k: v for k, v in b["per_kind_ms"].items() if v > 0}}
-
-
 def artifact_files(folder: str | None) -> dict[str, Any]:
     """What the quality evaluator left in a trial's artifact folder (evaluators/quality.py writes samples.png,
-    record.json and checkpoint.pt; evaluators/decoder_quality.py reconstructions.png and record.json);
-    `missing` says why nothing can be shown."""
+    record.json and checkpoints/, the safetensors checkpoint every consumer reads; evaluators/decoder_quality.py
+    writes reconstructions.png and record.json); `missing` says why nothing can be shown."""
     if not folder:
         return {"missing": "this trial has no artifact folder (no quality run, or cached from another trial)"}
     path = Path(folder)

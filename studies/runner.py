@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import hashlib
 import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,23 +33,24 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from search_space import PRESETS, Spec
 from search_space.spec import SpecError
+from search_space.errors import UserError
 
 from . import evaluate as ev
-from .config import QUALITY_METRICS, StudyConfig
+from . import storage as S
+from .config import QUALITY_METRICS, StudyConfig, check_runnable_here
 from .halving import front_rung, nondominated_ranks, promote, rung_of
 
 log = logging.getLogger("pocketdiff.study")
 
 
-class StudyError(Exception):
+class StudyError(UserError):
     """A study cannot run as asked (unreachable storage, a clashing study); the message says why."""
 
-    user_error = True  # the CLI prints it as one line and exits 2
 
 
 class StopEarly(Exception):
@@ -57,37 +60,118 @@ class StopEarly(Exception):
 # --- storage and study ------------------------------------------------------------------------------
 
 def open_storage(url: str, cfg: StudyConfig | None = None) -> RDBStorage:
-    """An RDB storage with heartbeats; fails with a clear message before any work if it cannot connect."""
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    """An RDB storage for a writer, with heartbeats; fails with a clear message before any work if it cannot
+    connect. Optuna's tables are created under a lock in the storage (studies/storage.py), so workers that start
+    together on a fresh database do not race."""
     kwargs: dict[str, Any] = {}
     if cfg is not None:
-        with warnings.catch_warnings():  # the retry callback is marked experimental in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry)
         kwargs = dict(heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
-                      heartbeat_stale_trial_callback=retry)
-    engine_kwargs = {"pool_pre_ping": True}
-    if url.startswith(("postgresql", "mysql")):
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+                      heartbeat_stale_trial_callback=RequeueKilled(cfg.max_retry))
     try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except Exception as e:  # sqlalchemy raises many kinds; the user needs the URL and the reason
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StudyError(f"cannot open storage {url}: {reason}") from None
+        return S.open_for_writing(url, **kwargs)
+    except S.StorageError as e:
+        raise StudyError(str(e)) from None
 
 
-def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+KILL_RETRY_LIMIT = 20  # queued work (presets, promotions) killed this many times in a row is given up, loudly
+
+
+class RequeueKilled:
+    """Re-queue a trial whose process was killed (stale heartbeat, or a dead PID on this host) with the same
+    parameters and user attributes. A kill is never the trial's own failure: enqueued presets and promotions are
+    re-queued until they finish (up to KILL_RETRY_LIMIT kills, against a design that kills its worker every
+    time); sampled trials up to `max_retry` times (the sampler proposes others meanwhile). A trial that raises
+    fails for its own reason and is not retried."""
+
+    def __init__(self, max_retry: int):
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        queued = bool(trial.user_attrs.get("enqueued_preset")) or trial.user_attrs.get("promoted_from") is not None
+        limit = KILL_RETRY_LIMIT if queued else self.max_retry
+        if len(history) > limit:
+            log.warning("trial %d was killed %d times; not re-queued (limit %d)", trial.number, len(history), limit)
+            return
+        user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in PER_RUN_ATTRS}
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, user_attrs=user_attrs,
+            system_attrs={**trial.system_attrs, "failed_trial": history[0], "retry_history": history}))
+        log.info("trial %d was killed: re-queued with the same parameters (kill %d)", trial.number, len(history))
+
+
+# what one run of a trial wrote about itself; a re-queued copy starts without them
+PER_RUN_ATTRS = ("worker_host", "worker_pid", "worker_started", "fail_reason", "killed", "curve",
+                 "evaluator_seconds", "duplicate_of", "reused_from")
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of a process in clock ticks since boot (Linux /proc), or None where unknown; with the PID
+    it names a process exactly (a PID is reused, a PID and its start time are not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":  # a zombie: dead, only not yet reaped by its parent
+        return -1
+    return int(fields[19])
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    if Path("/proc/self/stat").exists():
+        now = _process_start(pid)
+        return now is not None and now != -1 and (started is None or now == started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_identity() -> dict[str, Any]:
+    """Host, PID and process start time: stored on every trial this process runs (see `fail_ghost_trials`)."""
+    return {"worker_host": socket.gethostname(), "worker_pid": os.getpid(),
+            "worker_started": _process_start(os.getpid())}
+
+
+def fail_ghost_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-queue at once the RUNNING trials owned by a process on this host that is gone (a SIGKILL
+    leaves them RUNNING until their heartbeat goes stale, longer than a quick rerun takes). Other hosts'
+    trials keep the heartbeat rule. Returns the trial numbers failed here."""
+    host, failed = socket.gethostname(), []
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        a = t.user_attrs
+        if a.get("worker_host") != host or not isinstance(a.get("worker_pid"), int):
+            continue
+        if process_alive(a["worker_pid"], a.get("worker_started")):
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, "killed", f"process {a['worker_pid']} on {host} is gone")
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another starting worker failed it first
+        failed.append(t.number)
+        callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+        if callback is not None:
+            callback(study, storage.get_trial(t._trial_id))
+    return failed
+
+
+def make_sampler(cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    seed = cfg.seed if seed is None else seed
     if cfg.sampler == "grid":
-        return optuna.samplers.GridSampler(cfg.space.grid(), seed=cfg.seed)
+        return optuna.samplers.GridSampler(cfg.space.grid(), seed=seed)
     if cfg.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, min(20, cfg.n_trials or 20)))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, cfg.n_trials or 20)))
     if cfg.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=cfg.seed)
+        return optuna.samplers.GPSampler(seed=seed)
     if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     startup = min(10, max(2, (cfg.n_trials or 20) // 3))
     if cfg.halving is not None:
         # TPE would model first-rung and promoted (longer-budget, better-scoring) trials as one population
@@ -95,18 +179,38 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
         # TPE counts every trial towards its start-up, promotions included: a run of n candidates holds at
         # most n * r / (r - 1) <= 2n trials for a reduction r >= 2.
         startup = max(startup, 2 * (cfg.n_trials or 0))
-    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=startup)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
 
 
-def open_study(cfg: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
-    """Create the study, or load it after checking that its definition did not change."""
+def worker_seed(study_seed: int, worker: int) -> int:
+    """The sampler seed of the study's `worker`-th run (every `study run`/`worker` process, restarts included,
+    claims the next index): the first uses the study's seed, so a fresh single run is reproducible; the others
+    get seeds derived from it, so workers and restarts do not propose the same sequence again."""
+    if worker == 0:
+        return study_seed
+    return int.from_bytes(hashlib.sha256(f"{study_seed}:{worker}".encode()).digest()[:4], "big")
+
+
+def _url_of(storage: Any, fallback: str) -> str:
+    return str(getattr(getattr(storage, "_backend", storage), "url", "") or fallback)
+
+
+def open_study(cfg: StudyConfig, storage: RDBStorage | None = None, claim_worker: bool = False) -> optuna.Study:
+    """Create the study, or load it after checking that its definition did not change.
+
+    Creation is one step under a lock held in the storage: the study, its definition (the file's fingerprint,
+    metric names, rungs) and the enqueued presets; a `created` marker is written last. A creation cut short (a
+    kill, a lost connection) has no marker, and the next opener finishes it: writes what is missing and enqueues
+    the presets that have no trial yet. With `claim_worker` this run also claims the next worker index, which
+    seeds its sampler (`worker_seed`); `study.user_attrs` are not changed otherwise.
+    """
     storage = storage or open_storage(cfg.storage, cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one-line summaries replace Optuna's logs
     fingerprint = cfg.fingerprint()
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions,
-                                sampler=make_sampler(cfg), load_if_exists=True)
-    if cfg.name in existing:
+    url = _url_of(storage, cfg.storage)
+    with S.named_lock(url, f"pocketdiff-open:{cfg.name}", engine=getattr(storage, "engine", None)):
+        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions,
+                                    sampler=make_sampler(cfg), load_if_exists=True)
         stored = study.user_attrs.get("definition")
         if stored is not None and stored != fingerprint:
             raise StudyError(f"storage already holds a study named {cfg.name!r} with a different definition "
@@ -114,19 +218,40 @@ def open_study(cfg: StudyConfig, storage: RDBStorage | None = None) -> optuna.St
         if [d.name.lower() for d in study.directions] != cfg.directions:
             raise StudyError(f"study {cfg.name!r} exists with directions "
                              f"{[d.name.lower() for d in study.directions]}, the file asks for {cfg.directions}")
-    else:
-        study.set_user_attr("definition", fingerprint)
-        study.set_user_attr("metric_names", cfg.metric_names)
-        study.set_user_attr("study_file", cfg.path)
-        with warnings.catch_warnings():  # experimental in Optuna 5, and what the dashboard labels axes with
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(cfg.metric_names)
-        if cfg.rungs:
-            study.set_user_attr("rungs", list(cfg.rungs))
-        for preset in cfg.enqueue:
-            study.enqueue_trial({"preset": preset} if cfg.space.preset_choices else {},
-                                user_attrs={"enqueued_preset": preset}, skip_if_exists=False)
+        if not study.user_attrs.get("created"):
+            _finish_creation(cfg, study, fingerprint)
+        if claim_worker:
+            worker = int(study.user_attrs.get("workers", 0))
+            study.set_user_attr("workers", worker + 1)
+            study.worker_index = worker  # type: ignore[attr-defined]  (read by run_study's first line)
+            study.sampler = make_sampler(cfg, worker_seed(cfg.seed, worker))
     return study
+
+
+def _finish_creation(cfg: StudyConfig, study: optuna.Study, fingerprint: dict) -> None:
+    """Write the study's definition and enqueue its presets; idempotent (run again after a cut-short creation,
+    it only adds what is missing), and called under the study's open lock."""
+    if study.user_attrs.get("definition") is None:
+        study.set_user_attr("definition", fingerprint)
+    study.set_user_attr("metric_names", cfg.metric_names)
+    study.set_user_attr("study_file", cfg.path)
+    with warnings.catch_warnings():  # experimental in Optuna 5, and what the dashboard labels axes with
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(cfg.metric_names)
+    if cfg.rungs:
+        study.set_user_attr("rungs", list(cfg.rungs))
+    have: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        p = t.user_attrs.get("enqueued_preset")
+        if p and rung_of(t) == 0 and t.system_attrs.get("failed_trial") is None:
+            have[p] = have.get(p, 0) + 1
+    for preset in cfg.enqueue:
+        if have.get(preset, 0) > 0:
+            have[preset] -= 1  # a preset listed twice is enqueued twice
+            continue
+        study.enqueue_trial({"preset": preset} if cfg.space.preset_choices else {},
+                            user_attrs={"enqueued_preset": preset}, skip_if_exists=False)
+    study.set_user_attr("created", True)
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:
@@ -149,6 +274,12 @@ class RunStats:
     trial_seconds: float = 0.0
     evaluator_seconds: float = 0.0  # training + sampling + scoring inside the quality evaluator
     finished: list[str] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)  # each trial this run ended, by state name
+
+    @property
+    def all_failed(self) -> bool:
+        """This run ran trials and every one of them FAILed (a study that cannot work: `study run` exits 1)."""
+        return bool(self.states) and all(s == "FAIL" for s in self.states)
 
     @property
     def overhead_share(self) -> float:
@@ -209,9 +340,12 @@ def _curve_threshold(study: optuna.Study, fraction: float, quantile: float,
 class Objective:
     def __init__(self, cfg: StudyConfig, study: optuna.Study, stats: RunStats, artifacts: Path):
         self.cfg, self.study, self.stats, self.artifacts = cfg, study, stats, artifacts
+        self.identity = worker_identity()
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         t_start = time.perf_counter()
+        for k, v in self.identity.items():  # whose trial this is: a rerun on this host fails it if we are gone
+            trial.set_user_attr(k, v)
         try:
             return self._run(trial)
         except optuna.TrialPruned:
@@ -232,10 +366,15 @@ class Objective:
             trial.set_user_attr("fail_reason", f"invalid spec: {e}")
             raise
         trial.set_user_attr("spec", json.loads(spec.to_json()))
-        trial.set_user_attr("spec_id", spec.spec_id)
         trial.set_user_attr("compact", spec.compact)
         trial.set_user_attr("kind", spec.kind)
         rung = rung_of(trial)
+        sampled = not (trial.user_attrs.get("promoted_spec") or trial.user_attrs.get("enqueued_preset"))
+        twin = self._claim(trial, spec, rung) if sampled else None
+        if not sampled:
+            trial.set_user_attr("spec_id", spec.spec_id)
+        if twin is not None:
+            return self._reuse(trial, twin, rung)
         trial.set_user_attr("rung", rung)
         trial.set_user_attr("budget", rung_budget(cfg, rung))
         trial.set_user_attr("candidate", trial.user_attrs.get("candidate") or spec.spec_id)
@@ -274,6 +413,44 @@ class Objective:
                 raise RuntimeError(f"objective {name} missing or not finite in the results: {v}")
             values.append(float(v))
         return tuple(values)
+
+    def _claim(self, trial: optuna.Trial, spec: Spec, rung: int) -> optuna.trial.FrozenTrial | None:
+        """Make this sampled spec this trial's, unless the study already holds it at this rung: a finished
+        twin is returned (its result is reused); a running or queued one ends this trial PRUNED with
+        `duplicate_of` (the next trial samples anew; it does not count towards n_trials). The check and the
+        claim (writing `spec_id`) happen under a lock in the storage, so two workers that sample the same spec
+        at the same moment never both train it."""
+        storage = self.study._storage
+        url = _url_of(storage, self.cfg.storage)
+        engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+        with S.named_lock(url, f"pocketdiff-claim:{self.study.study_name}", engine=engine):
+            twin = _twin(self.cfg, self.study, trial.number, spec.spec_id, rung)
+            trial.set_user_attr("spec_id", spec.spec_id)
+        if twin is None or twin.state in FINISHED:
+            return twin
+        where = "running" if twin.state == TrialState.RUNNING else "queued"
+        reason = f"re-sampled: spec {spec.spec_id} is already {where} in trial {twin.number}"
+        trial.set_user_attr("duplicate_of", twin.number)
+        trial.set_user_attr("duplicate", reason)
+        log.info("trial %d: %s", trial.number, reason)
+        raise optuna.TrialPruned(reason)
+
+    def _reuse(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial, rung: int) -> tuple[float, ...]:
+        """This trial's result is the finished twin's (same spec, same rung, so same evaluation): copied,
+        marked `reused_from`, nothing evaluated again."""
+        trial.set_user_attr("reused_from", twin.number)
+        trial.set_user_attr("cached_from", f"trial {twin.number}")
+        for k, v in twin.user_attrs.items():
+            if k not in trial.user_attrs and k not in PER_RUN_ATTRS and k not in ("enqueued_preset", "retried"):
+                trial.set_user_attr(k, v)
+        for name, value in (twin.constraints or {}).items():
+            trial.set_constraint(name, float(value))
+        log.info("trial %d: spec %s already evaluated in trial %d: reused its result", trial.number,
+                 twin.user_attrs.get("spec_id"), twin.number)
+        if twin.state == TrialState.PRUNED:
+            reason = twin.user_attrs.get("infeasible") or twin.user_attrs.get("early_stopped") or "pruned"
+            raise optuna.TrialPruned(f"{reason} (reused from trial {twin.number})")
+        return tuple(float(v) for v in twin.values)
 
     def _quality(self, trial: optuna.Trial, spec: Spec, rung: int) -> dict[str, float]:
         cfg = at_rung(self.cfg, rung)
@@ -334,6 +511,41 @@ class Objective:
         return ev.load_cache(key) if ev.portable(cfg) else None
 
 
+def _queued_spec_id(cfg: StudyConfig, t: optuna.trial.FrozenTrial) -> str | None:
+    """The spec_id a WAITING trial will train (it has no `spec_id` attribute until it runs)."""
+    from search_space import spec_from_dict
+    a = t.user_attrs
+    try:
+        if a.get("promoted_spec"):
+            return spec_from_dict(a["promoted_spec"]).spec_id
+        if a.get("enqueued_preset") and not cfg.space.preset_choices:
+            return PRESETS[a["enqueued_preset"]].spec_id
+        params = t.system_attrs.get("fixed_params") or t.params
+        return cfg.space.sample(optuna.trial.FixedTrial(params)).spec_id if params else None
+    except Exception:  # a queued point that does not make a valid spec will fail on its own when it runs
+        return None
+
+
+def _twin(cfg: StudyConfig, study: optuna.Study, number: int, spec_id: str,
+          rung: int) -> optuna.trial.FrozenTrial | None:
+    """Another trial of the same spec at the same rung: finished (the earliest COMPLETE, else PRUNED, not itself
+    a duplicate), else running or queued; None when the spec is new to the study."""
+    found: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number or rung_of(t) != rung or t.user_attrs.get("duplicate_of") is not None:
+            continue
+        if t.state == TrialState.WAITING:
+            same = _queued_spec_id(cfg, t) == spec_id
+        else:
+            same = t.user_attrs.get("spec_id") == spec_id
+        if same and t.state != TrialState.FAIL:
+            found.setdefault(t.state.name, t)
+    for state in ("COMPLETE", "PRUNED", "RUNNING", "WAITING"):
+        if state in found:
+            return found[state]
+    return None
+
+
 def _is_quality_metric(name: str) -> bool:
     """A quality metric or its interval bound (`fd_domain_ci_low`, ...: the evaluator's seed interval)."""
     return name.removesuffix("_ci_low").removesuffix("_ci_high") in QUALITY_METRICS
@@ -349,13 +561,35 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     if trial.state == TrialState.COMPLETE:
         names = study.user_attrs.get("metric_names") or [f"v{i}" for i in range(len(trial.values))]
         vals = "  ".join(f"{n}={v:.4g}" for n, v in zip(names, trial.values))
-        extra = " (cached)" if a.get("cached_from") else ""
+        extra = f" (reused the result of {a['cached_from']})" if a.get("cached_from") else ""
         return f"{head}  {vals}{extra}"
-    reason = a.get("infeasible") or a.get("early_stopped") or a.get("fail_reason") or ""
+    reason = (a.get("duplicate") or a.get("infeasible") or a.get("early_stopped") or a.get("fail_reason")
+              or a.get("killed") or "")
     return f"{head}  {reason}"
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # FAIL trials are retried, so they do not count
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count towards n_trials: COMPLETE or PRUNED, a re-sampled duplicate aside."""
+    return sum(t.user_attrs.get("duplicate_of") is None for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+class StopAtFinished:
+    """Stop this run once the study holds `n` counted trials (`finished_count`, across every worker), or once
+    this run has made its `budget` attempts; a re-sampled duplicate gives its attempt back (up to
+    REPROPOSAL_LIMIT * n in all, against a sampler that keeps proposing what runs elsewhere)."""
+
+    def __init__(self, n: int, budget: int):
+        self.n, self.budget, self.ran = n, budget, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.ran += 1
+        if trial.user_attrs.get("duplicate_of") is not None and self.budget < REPROPOSAL_LIMIT * max(self.n, 1):
+            self.budget += 1
+        if finished_count(study) >= self.n or self.ran >= self.budget:
+            study.stop()
 
 
 def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | None = None,
@@ -366,33 +600,51 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     PRUNED), counted across every worker on the storage, so a resumed or second run only does what is left.
     With `n_trials` it runs that many more. `timeout` stops starting new trials after that many seconds.
     """
+    if n_trials is not None and (not isinstance(n_trials, int) or n_trials < 1):
+        raise StudyError(f"--n-trials {n_trials} must be a whole number >= 1 (leave it out to run until the "
+                         f"study has the file's n_trials)")
+    if timeout is not None and not timeout > 0:
+        raise StudyError(f"--timeout {timeout} must be a number of seconds > 0")
+    check_runnable_here(cfg)
     storage = open_storage(cfg.storage, cfg)
-    study = open_study(cfg, storage)
+    study = open_study(cfg, storage, claim_worker=True)
+    worker = getattr(study, "worker_index", 0)
+    echo(f"worker {worker} of study {cfg.name}: sampler seed {worker_seed(cfg.seed, worker)} "
+         f"(study seed {cfg.seed}{', derived for this worker' if worker else ''})")
+    ghosts = fail_ghost_trials(study)  # a killed earlier run's trials on this host: failed and re-queued now
+    if ghosts:
+        echo(f"re-queued {len(ghosts)} trial(s) whose process on this host is gone: "
+             f"{', '.join(map(str, ghosts))}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # a killed earlier run's RUNNING trials (heartbeat expired)
+        optuna.storages.fail_stale_trials(study)  # other hosts' killed runs (heartbeat expired)
     stats = RunStats()
     objective = Objective(cfg, study, stats, artifact_dir(cfg))
     timeout = timeout if timeout is not None else cfg.timeout
     callbacks: list = []
-    if n_trials is None and cfg.n_trials is not None:
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        n_trials = max(0, cfg.n_trials - done)
-        if cfg.halving is None:
-            callbacks.append(optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED))
-        n_trials = None if cfg.halving is not None else n_trials  # rungs: `_run_halving` counts candidates
-    if cfg.sampler == "grid" and n_trials is not None:
+    grid_left = None
+    if cfg.sampler == "grid":
         grid = cfg.space.grid() or {}
-        grid_size = int(np.prod([len(v) for v in grid.values()])) if grid else 1
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        n_trials = max(0, min(n_trials, grid_size - done))
+        grid_left = max(0, (int(np.prod([len(v) for v in grid.values()])) if grid else 1) - finished_count(study))
+    if n_trials is None and cfg.n_trials is not None:
+        n_trials = max(0, cfg.n_trials - finished_count(study))
+        if grid_left is not None:
+            n_trials = min(n_trials, grid_left)
+        if cfg.halving is None and n_trials:
+            callbacks.append(StopAtFinished(cfg.n_trials, n_trials))
+            n_trials = None  # the callback counts
+        n_trials = None if cfg.halving is not None else n_trials  # rungs: `_run_halving` counts candidates
+    elif grid_left is not None and n_trials is not None:
+        n_trials = min(n_trials, grid_left)
 
     def summary(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         line = _summary_line(study, trial)
         stats.finished.append(line)
+        stats.states.append(trial.state.name)
         echo(line)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a failed trial is our one summary line with its reason; Optuna would add its traceback at WARNING level
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if cfg.halving is not None:
         _run_halving(cfg, study, objective, n_trials, timeout, summary)
     elif n_trials != 0:
@@ -420,7 +672,8 @@ def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_
             if ran >= n_trials:
                 break
         elif not waiting:
-            first = [t for t in trials if rung_of(t) == 0 and t.state != TrialState.FAIL]
+            first = [t for t in trials if rung_of(t) == 0 and t.state != TrialState.FAIL
+                     and t.user_attrs.get("duplicate_of") is None]
             # distinct designs: a re-proposed spec (served from the cache) is no new candidate to promote
             candidates = len({t.user_attrs.get("candidate") or t.number for t in first})
             if candidates >= (cfg.n_trials or 0):
@@ -444,8 +697,11 @@ def artifact_dir(cfg: StudyConfig) -> Path:
 
 def resolve_study(storage_url: str, name: str | None) -> optuna.Study:
     """Load a study from a storage; `name` may be omitted when the storage holds exactly one."""
-    storage = open_storage(storage_url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    try:
+        storage = S.open_readonly(storage_url)  # a reader never creates or migrates anything
+    except S.StorageError as e:
+        raise StudyError(str(e)) from None
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name is None:
         if len(names) != 1:
             raise StudyError(f"storage {storage_url} holds {len(names)} studies "

@@ -52,7 +52,7 @@ def test_evaluate_quality_record_and_outputs(tmp_path):
     assert 0 < record["train_share"] < 1
     assert 0 < record["fd_domain_floor"] < record["fd_domain"]  # 3 steps are far from real digits
     assert record["budget_steps"] == 3 and len(record["stream_digest"]) == 16
-    assert (tmp_path / "samples.png").is_file() and (tmp_path / "checkpoint.pt").is_file()
+    assert (tmp_path / "samples.png").is_file() and (tmp_path / "checkpoints" / "latest").is_file()
     assert json.loads((tmp_path / "record.json").read_text())["fd_domain"] == record["fd_domain"]
 
 

@@ -44,7 +44,7 @@ attention = {{ choices = ["mqa", "mhsa"] }}
 
 [quality]
 evaluator = "flow"
-rungs = ["10steps", "30steps", "90steps"]
+rungs = ["11steps", "33steps", "99steps"]
 reduction = 3
 early_stop = {{ enabled = false }}
 
@@ -158,13 +158,13 @@ def test_halving_study_promotes_and_builds_the_front_from_the_top_rung(tmp_path,
     # the best candidate of rung 0 (params_m is constant: the lowest score) went all the way up
     best0 = min((t for t in by_rung[0] if t.state == TrialState.COMPLETE), key=lambda t: t.values[0])
     assert best0.user_attrs["candidate"] in {t.user_attrs["candidate"] for t in by_rung[2]}
-    assert any("[rung 2 90steps]" in line for line in lines)
+    assert any("[rung 2 99steps]" in line for line in lines)
     # the front holds top-rung trials only, although rung-0 scores are lower (better) by construction
     rows = pareto_rows(study)
-    assert rows and all(r["rung"] == 2 and r["budget"] == "90steps" for r in rows)
+    assert rows and all(r["rung"] == 2 and r["budget"] == "99steps" for r in rows)
     assert min(t.values[0] for t in by_rung[0]) < min(r["fd_domain"] for r in rows)
     assert rows[0]["fd_domain_ci_low"] < rows[0]["fd_domain"] < rows[0]["fd_domain_ci_high"]
-    assert "top rung only (rung 2, 90steps)" in front_note(study)
+    assert "top rung only (rung 2, 99steps)" in front_note(study)
     # a second run has nothing left to do: no candidate and no promotion is added
     study2, _ = run_study(cfg, progress=False, echo=lambda s: None)
     assert len(study2.get_trials()) == len(trials)
@@ -174,11 +174,11 @@ def test_halving_study_promotes_and_builds_the_front_from_the_top_rung(tmp_path,
     capsys.readouterr()
     assert main(["study", "status", str(path), "--storage", storage]) == 0
     out = capsys.readouterr().out
-    assert "rung 0 (10steps)" in out and "rung 2 (90steps)" in out
+    assert "rung 0 (11steps)" in out and "rung 2 (99steps)" in out
     assert "Pareto front from the top rung only" in out and "fd_domain=" in out and "[" in out.split("fd_domain=")[1]
     assert main(["study", "status", str(path), "--storage", storage, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["rungs"] == ["10steps", "30steps", "90steps"] and data["front_rung"] == 2
+    assert data["rungs"] == ["11steps", "33steps", "99steps"] and data["front_rung"] == 2
     assert data["pareto"] and {r["number"] for r in data["pareto"]} <= top
     assert main(["study", "export", str(path), "--storage", storage, "--pareto", "-o", str(tmp_path / "p.csv")]) == 0
     import csv
@@ -249,7 +249,7 @@ def _seed_rung0(study, n):
         study.add_trial(optuna.trial.create_trial(
             values=[float(i)], params={"ffn_ratio": [2.0, 3.0, 4.0][i % 3]},
             distributions={"ffn_ratio": optuna.distributions.CategoricalDistribution([2.0, 3.0, 4.0])},
-            user_attrs={"rung": 0, "budget": "10steps", "candidate": f"c{i}", "spec_id": f"c{i}",
+            user_attrs={"rung": 0, "budget": "11steps", "candidate": f"c{i}", "spec_id": f"c{i}",
                         "spec": None}))
 
 
@@ -286,18 +286,18 @@ def _cfg(**quality):
 
 
 @pytest.mark.parametrize("quality,study,match", [
-    ({"rungs": ["10steps", "30steps", "90steps"]}, {"n_trials": 8},
+    ({"rungs": ["11steps", "33steps", "99steps"]}, {"n_trials": 8},
      "n_trials = 8 cannot promote: 3 rungs with reduction 3 need at least 9 candidates"),
-    ({"rungs": ["10steps", "30steps"], "reduction": 4}, {"n_trials": None}, "n_trials = None cannot promote"),
-    ({"rungs": ["30steps", "10steps"]}, {}, "'10steps' is not larger than '30steps'"),
-    ({"rungs": ["10steps", "60s"]}, {}, "budgets of different kinds"),
-    ({"rungs": ["10steps", "lots"]}, {}, "rungs: budget 'lots' is not understood"),
-    ({"rungs": ["10steps"]}, {}, "must list at least two budget strings"),
-    ({"rungs": "10steps"}, {}, "must list at least two budget strings"),
-    ({"rungs": ["10steps", "30steps"], "reduction": 1}, {}, "reduction = 1 must be an integer >= 2"),
-    ({"rungs": ["10steps", "30steps"], "rung_seeds": [1]}, {}, "rung_seeds = \\[1\\] must give one whole number"),
-    ({"rungs": ["10steps", "30steps"], "rung_seeds": [1, 2], "seeds": 2}, {}, "either seeds .* or rung_seeds"),
-    ({"reduction": 3, "budget": "10steps"}, {}, "reduction is set without rungs"),
+    ({"rungs": ["11steps", "33steps"], "reduction": 4}, {"n_trials": None}, "n_trials = None cannot promote"),
+    ({"rungs": ["33steps", "11steps"]}, {}, "'11steps' is not larger than '33steps'"),
+    ({"rungs": ["11steps", "60s"]}, {}, "budgets of different kinds"),
+    ({"rungs": ["11steps", "lots"]}, {}, "rungs: budget 'lots' is not understood"),
+    ({"rungs": ["11steps"]}, {}, "must list at least two budget strings"),
+    ({"rungs": "11steps"}, {}, "must list at least two budget strings"),
+    ({"rungs": ["11steps", "33steps"], "reduction": 1}, {}, "reduction = 1 must be an integer >= 2"),
+    ({"rungs": ["11steps", "33steps"], "rung_seeds": [1]}, {}, "rung_seeds = \\[1\\] must give one whole number"),
+    ({"rungs": ["11steps", "33steps"], "rung_seeds": [1, 2], "seeds": 2}, {}, "either seeds .* or rung_seeds"),
+    ({"reduction": 3, "budget": "11steps"}, {}, "reduction is set without rungs"),
 ])
 def test_bad_rung_configs_name_the_key(quality, study, match):
     data = _cfg(**quality)

@@ -51,7 +51,8 @@ def test_export_checkpoint_source_carries_the_trained_weights(trained):
     from pocketdiff.cmd_export import checkpoint_source
     from training.full import load_trained
 
-    args = argparse.Namespace(checkpoint=str(trained), spec=None, torchvision=None, timm=None, latent=16, batch=1)
+    args = argparse.Namespace(checkpoint=str(trained), spec=None, overrides=[], torchvision=None, timm=None, latent=16,
+                              batch=1)
     src = checkpoint_source(args)
     model, spec, manifest = load_trained(trained)
     assert src.spec == spec and src.model_id.startswith(spec.spec_id + "-w")
@@ -82,3 +83,73 @@ def test_train_decoder_cli_against_a_frozen_diffusers_vae(tmp_path, one_thread, 
     assert (out / "decoder.safetensors").is_file() and (out / "reconstructions.png").is_file()
     assert "baseline" in capsys.readouterr().out
     assert main(["train", "decoder", "tiny-debug", "--out", str(out)]) == 2  # a UNet spec is refused
+
+
+@pytest.fixture()
+def quality_run(tmp_path, one_thread):
+    """A quality run's checkpoint, written the way `eval quality --out` writes it (evaluators/quality.py)."""
+    from search_space import load_spec
+    from training.data import load_data
+    from training.full import prepare_spec
+    from training.text import class_prompt_embeddings
+    from training.trainer import TrainConfig, save_run_checkpoint, train
+
+    data = load_data("mnist5k")
+    prompts = class_prompt_embeddings(data.class_names)
+    spec, _ = prepare_spec(load_spec("tiny-debug"), data, prompts)
+    result = train(spec, data, prompts, "3steps", seed=0, config=TrainConfig(batch_size=8, warmup_steps=1),
+                   progress=False)
+    out = tmp_path / "quality"
+    save_run_checkpoint(out, result, spec, data, prompts, 2.0, 8, {"budget": "3steps"})
+    return out
+
+
+def test_a_quality_runs_checkpoint_feeds_every_consumer(quality_run, tmp_path, capsys):
+    """One checkpoint format: a quality run's checkpoint is a --teacher, an --init, an export source and a
+    sampler input, like a full run's."""
+    import argparse
+    from pocketdiff.cmd_export import checkpoint_source
+    from training.checkpoint import load_trained
+    from training.distill import SpecTeacher, load_teacher
+
+    model, spec, manifest = load_trained(quality_run)
+    assert manifest["meta"]["kind"] == "quality" and not manifest["resumable"]
+    # sample
+    out = tmp_path / "s.png"
+    assert main(["sample", str(quality_run), "--prompt", "a photo of a handwritten digit two", "-n", "2",
+                 "-o", str(out)]) == 0 and out.is_file()
+    # export
+    src = checkpoint_source(argparse.Namespace(checkpoint=str(quality_run), spec=None, torchvision=None, timm=None,
+                                               overrides=[], latent=16, batch=1))
+    assert all(torch.equal(a, b) for a, b in zip(src.module.state_dict().values(), model.state_dict().values()))
+    # teacher
+    teacher = load_teacher(quality_run)
+    assert isinstance(teacher, SpecTeacher) and teacher.spec == spec
+    run = tmp_path / "kd"
+    assert main(["train", "tiny-debug", "--teacher", str(quality_run), "--out", str(run), "--steps", "1",
+                 "--batch-size", "4", "--sample-steps", "1", "-q"]) == 0
+    assert json.loads((run / "run.json").read_text())["objective"]["teacher"].startswith("checkpoint:")
+    # init: with a vanishing learning rate the student stays at the quality run's weights
+    run = tmp_path / "init"
+    assert main(["train", "tiny-debug", "--init", str(quality_run), "--out", str(run), "--steps", "1", "--lr",
+                 "1e-12", "--batch-size", "4", "--sample-steps", "1", "-q"]) == 0
+    started, _, _ = load_trained(run)
+    for (name, a), b in zip(started.state_dict().items(), model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    # a weights-only checkpoint cannot be resumed, and says so
+    assert main(["train", "tiny-debug", "--out", str(tmp_path / "r"), "--resume", str(quality_run), "--steps",
+                 "2", "-q"]) == 2
+    assert "weights only" in capsys.readouterr().err
+
+
+def test_bad_distillation_input_is_one_line_and_touches_nothing(quality_run, tmp_path, capsys):
+    run = tmp_path / "sd"
+    q = str(quality_run)
+    assert main(["train", "tiny-debug", "--step-distill", "3", "--teacher", q, "--init", q, "--out", str(run)]) == 2
+    assert "the sampler supports 2, 4, 8 steps" in capsys.readouterr().err and not run.exists()
+    assert main(["train", "tiny-debug", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(run)]) == 2
+    assert "no-such-teacher" in capsys.readouterr().err and not run.exists()
+    before = {p: p.read_bytes() for p in quality_run.rglob("*") if p.is_file()}
+    assert main(["train", "tiny-debug", "--kd", "fixed", "--kd-share", "2", "--teacher", q, "--out", str(run)]) == 2
+    assert "share" in capsys.readouterr().err and not run.exists()
+    assert before == {p: p.read_bytes() for p in quality_run.rglob("*") if p.is_file()}

@@ -136,3 +136,15 @@ def test_shard_from_another_vae_is_rejected(tmp_path, image_folder, tiny_vae):
         LatentShards(out)
     with pytest.raises(DataError, match="no manifest.json"):
         LatentShards(tmp_path)
+
+
+def test_an_all_corrupt_folder_is_refused_and_never_marked_complete(tmp_path, tiny_vae):
+    root = tmp_path / "corrupt" / "cat"
+    root.mkdir(parents=True)
+    for i in range(3):
+        (root / f"{i}.png").write_bytes(b"not a png at all")
+    out = tmp_path / "latents"
+    with pytest.raises(DataError, match="no readable image .* all 3 file\\(s\\) failed to load"):
+        encode_latents(f"folder:{root.parent}", tiny_vae, out, resolution=16, shard_size=5, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and sum(s["count"] for s in manifest["shards"]) == 0

@@ -10,7 +10,7 @@ from search_space import PRESETS, UNetSpec, apply_overrides
 from training.data import FlowData
 from training.text import PromptEmbeddings
 from training.trainer import (Budget, BudgetError, TrainConfig, TrainStream, lr_factor, resolve_budget, sample,
-                              save_checkpoint, train, validation_loss, validation_timesteps, Conditioner)
+                              train, validation_loss, validation_timesteps, Conditioner)
 
 SPEC = PRESETS["tiny-debug"]
 
@@ -79,12 +79,21 @@ def test_seconds_budget_stops_on_time():
 
 
 def test_checkpoint_embeds_the_spec(tmp_path):
+    """A quality run's weights go into the one checkpoint format: spec inside, raw and EMA weights."""
+    from training.checkpoint import load_trained, read_checkpoint, save_checkpoint
+
     data, prompts = _data()
     result = train(SPEC, data, prompts, "2steps", seed=0, config=CONFIG, progress=False)
-    save_checkpoint(tmp_path / "ckpt.pt", result.model, SPEC, {"steps": result.steps})
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert UNetSpec.from_dict(json.loads(ckpt["spec"])) == SPEC and ckpt["spec_id"] == SPEC.spec_id
-    assert ckpt["state_dict"].keys() == result.model.state_dict().keys()
+    save_checkpoint(tmp_path / "checkpoints", result.steps, result.raw, result.model, SPEC, {"steps": 2}, None)
+    manifest, tensors = read_checkpoint(tmp_path)
+    assert UNetSpec.from_dict(manifest["spec"]) == SPEC and manifest["spec_id"] == SPEC.spec_id
+    assert not manifest["resumable"] and list(manifest["files"]) == ["model.safetensors"]
+    model, spec, _ = load_trained(tmp_path)
+    assert spec == SPEC
+    for (name, a), b in zip(model.state_dict().items(), result.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    raw, _, _ = load_trained(tmp_path, use_ema=False)
+    assert any(not torch.equal(a, b) for a, b in zip(raw.state_dict().values(), model.state_dict().values()))
 
 
 def test_sampling_is_seeded_and_shaped():

@@ -1,4 +1,5 @@
-"""Where cached artefacts live: prompt embeddings, domain classifiers, reference statistics.
+"""The one cache root: prompt embeddings, domain classifiers, reference statistics, study evaluations
+(studies/evaluate.py), latency features and Core ML packages (latency_models/) all live under it.
 
 $POCKETDIFF_CACHE when set (tests point it at a temporary folder), else ~/.cache/pocketdiff.
 """
@@ -10,8 +11,11 @@ from pathlib import Path
 CACHE_ENV = "POCKETDIFF_CACHE"
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pocketdiff")
+
+
 def cache_dir(*parts: str) -> Path:
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pocketdiff")
-    path = root.joinpath(*parts)
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

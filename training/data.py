@@ -24,6 +24,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from search_space.errors import UserError
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 IMAGENET_CLASSES_FILE = DATA_DIR / "imagenet_classes.tsv"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -47,7 +49,7 @@ REFERENCE_MAX = 10000  # reference-statistics set size for latent datasets (FID 
 DEFAULT_SHARD_SIZE = 4096
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The data is missing or malformed; the message names the file and what to do."""
 
 
@@ -361,10 +363,15 @@ def encode_latents(source: str, vae_path: str | Path, out_dir: str | Path, resol
         done.append({"index": index, "file": file, "count": len(labels), "skipped": bad,
                      "sha256": file_sha256(out / file)})
         skipped += bad
-        _write_manifest(manifest_path, header, done, skipped, complete=index == n_shards - 1)
+        encoded = sum(s["count"] for s in done)
+        # never `complete` with 0 latents: a manifest that says complete is what training trusts
+        _write_manifest(manifest_path, header, done, skipped, complete=index == n_shards - 1 and encoded > 0)
     bar.close()
     if n_shards == 0 or not done:
         raise DataError(f"no images encoded from {root}")
+    if sum(s["count"] for s in done) == 0:
+        raise DataError(f"no readable image in {root}: all {skipped} file(s) failed to load (corrupt or not "
+                        f"images); the manifest stays incomplete. Fix or remove them and run again")
     _write_manifest(manifest_path, header, done, skipped, complete=True)
     return json.loads(manifest_path.read_text())
 

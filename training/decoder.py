@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space import DecoderSpec, build_model
+from search_space.errors import UserError
 
 from .cache import cache_dir
 from .trainer import Budget
@@ -40,7 +41,7 @@ TINY_AE_CHANNELS = (16, 32, 32, 32)  # 4 stages: f = 8, as the SD3 / SDXL autoen
 ADV_START_FRACTION = 0.5  # the discriminator joins halfway, once reconstructions are roughly right
 
 
-class DecoderDataError(ValueError):
+class DecoderDataError(UserError):
     """Missing or unusable decoder-training data or encoder; the message names the path or option."""
 
 
@@ -335,3 +336,38 @@ def train_decoder(spec: DecoderSpec, data: PatchData, encoder: FrozenEncoder, bu
         if perceptual is not None:
             metrics["lpips"] = float(perceptual(recon, data.held_out).mean())
     return DecoderResult(model, step, seconds, metrics, history, notices)
+
+
+@torch.no_grad()
+def save_reconstructions(model: nn.Module, enc: FrozenEncoder, patches: PatchData, path: Path, n: int = 8) -> None:
+    """Top row: held-out crops; bottom row: the decoder's reconstructions of their latents."""
+    from torchvision.utils import save_image
+
+    x = patches.held_out[:n]
+    recon = model(enc.encode(x)).clamp(-1, 1)
+    save_image(torch.cat([x, recon]) * 0.5 + 0.5, path, nrow=n)
+
+
+def train_decoder_run(spec: DecoderSpec, data: str, encoder: str, budget: Budget | str, seed: int, out: str | Path,
+                      ae_steps: int | None = None, progress: bool = True) -> dict:
+    """A full decoder run (`pocketdiff train decoder`): train against the frozen encoder, then write
+    decoder.safetensors (spec JSON in the metadata), reconstructions.png and record.json to `out`; returns the
+    record (metrics beside the encoder's own decoder as the baseline)."""
+    from safetensors.torch import save_file
+
+    patches = load_patches(data, seed=0)
+    kw = {} if ae_steps is None else {"ae_steps": ae_steps}
+    enc = load_encoder(encoder, patches, spec.latent_channels, len(spec.channels), seed=0, progress=progress, **kw)
+    result = train_decoder(spec, patches, enc, budget, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, out / "decoder.safetensors",
+              metadata={"spec": spec.to_json(), "spec_id": spec.spec_id, "encoder": enc.name})
+    save_reconstructions(result.model, enc, patches, out / "reconstructions.png")
+    record = {"spec_id": spec.spec_id, "spec": json.loads(spec.to_json()), "encoder": enc.name, "data": data,
+              "budget": str(budget), "seed": seed, "steps": result.steps, "seconds": round(result.seconds, 2),
+              "metrics": result.metrics, "baseline": enc.baseline, "notices": result.notices,
+              "psnr_vs_baseline": result.metrics["psnr"] - enc.baseline["psnr"], "history": result.history,
+              "out": str(out)}
+    (out / "record.json").write_text(json.dumps(record, indent=1, default=str))
+    return record

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from search_space.errors import UserError
+
 from .cache import cache_dir
 from .data import FlowData, file_sha256
 
@@ -39,7 +41,7 @@ EXTRACTOR_MIN_GAIN = 0.5
 EXTRACTOR_ALPHA = 0.01
 
 
-class MetricError(RuntimeError):
+class MetricError(UserError, RuntimeError):
     """A metric cannot be computed (e.g. Inception weights unavailable); the message says how to fix it."""
 
 

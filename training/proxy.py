@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_space import UNetSpec
+from search_space.errors import UserError
 
 # [choose] widest stage of a proxy: 128 channels. SnapGen's [256, 512, 896] then scale by 1/8 to [32, 64, 112]
 # (head width 64 -> 8, heads 4/8/14 kept); a 16x16x4 MNIST proxy of fig3-a trains at ~15 steps/s on one core.
@@ -48,7 +49,7 @@ DEFAULT_LATENT_CHANNELS = 4
 DEFAULT_TEXT_DIM = 384
 
 
-class ProxyError(ValueError):
+class ProxyError(UserError):
     """A proxy option is invalid (e.g. width_mult outside (0, 1]); the message says how to fix it."""
 
 

@@ -1,15 +1,21 @@
-"""Adversarial step distillation to a 4- or 8-step sampler (SNAPGEN.md section 3, step distillation).
+"""Adversarial step distillation to a 4- or 8-step sampler that trains what the sampler does (SNAPGEN.md
+section 3, step distillation: adversarial training combined with KD from a few-step teacher; issue 12).
 
-[paper] adversarial training combined with KD from a few-step teacher. Here [choose]:
-- the student starts from a trained multi-step model (`--init`) and is trained only at the sampler's own Euler
-  grid times t_k = 1 - k / N;
-- few-step KD target: the teacher integrates the segment t_k -> t_{k+1} with `teacher_substeps` small Euler
-  steps; the student's one-step velocity should land where the teacher's fine trajectory lands,
-  v* = (x_T(t_{k+1}) - x_t) / (t_{k+1} - t_k); combined with the task loss by the timestep-aware scaling S;
-- diffusion-GAN discriminator: the student's one-step clean estimate x0_hat = x_t - t v and real data are both
-  re-noised at a fresh logit-normal t'; the frozen teacher's features on those noised samples feed small
-  trainable heads (one per teacher feature); hinge losses; the generator's gradient flows through the frozen
-  teacher into the student.
+The student starts from a trained multi-step model (`--init`) and is trained only at the N-step Euler grid
+t_k = 1 - k/N, on the states the sampler meets there [choose, values in StepDistillConfig]:
+- states: half of each batch is the forward process x_t = (1 - t) x_0 + t eps, the other half the student's
+  OWN rollout: its N-step sampler run (no grad, CFG 1) from the same noise for k steps;
+- few-step KD, at every sampler time with the same weight: the teacher integrates t_k -> t_{k+1} with
+  `teacher_substeps` Euler steps of its GUIDED velocity (CFG `teacher_cfg`); the student's one step must land
+  there, v* = (x_t - x_T(t_{k+1})) / (t_k - t_{k+1}). The student then samples at CFG 1 (the guidance is
+  distilled into it), which the run's metadata records for `pocketdiff sample`;
+- no task term by default: its target is the unguided velocity, which would pull against the distilled
+  guidance (`task_weight` adds it back on the forward-process half);
+- diffusion-GAN: the discriminator judges the state the sampler reaches NEXT, x_{t_{k+1}} = x_t - (t_k -
+  t_{k+1}) v, against real data forward-noised to the same t_{k+1} (at the last step: the final sample against
+  clean data). It reads frozen teacher features at t_{k+1} through small trainable heads; hinge losses; the
+  generator's gradient flows through the frozen teacher into the student. It starts after a KD-only warm-up
+  (`adv_start` of the run), so it never judges an untrained one-step student.
 """
 from __future__ import annotations
 
@@ -19,22 +25,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distill import Teacher, _per_sample, _TeacherConditioner, timestep_aware
-from .flow import euler_timesteps, interpolate, sample_timesteps, velocity_target
-from .full import DistContext, Objective
+from search_space.errors import UserError
+
+from .distill import Teacher, TeacherConditioner, _per_sample
+from .distributed import DistContext
+from .flow import euler_timesteps, interpolate, velocity_target
+from .objectives import Objective
 from .text import PromptEmbeddings
 from .trainer import velocity
 
 HEAD_WIDTH = 32  # [choose] discriminator head width: small next to the frozen teacher features it reads
+DISC_TAPS = 3  # [choose] teacher features the discriminator reads: first, middle and last of its depth
+SAMPLER_STEPS = (2, 4, 8)  # [choose] powers of two: the 8-step grid holds the 4-step one; [paper] 4 and 8
+
+
+class StepDistillError(UserError):
+    """A step-distillation setting the sampler or the run cannot use; the message names it."""
 
 
 @dataclass(frozen=True)
 class StepDistillConfig:
     sampler_steps: int = 4
     teacher_substeps: int = 4  # [choose] teacher Euler steps per student step: the teacher runs 4 x N steps
-    adv_weight: float = 0.1  # [choose] generator GAN weight next to S(L_task, L_kd)
+    teacher_cfg: float = 2.0  # [choose] the guidance distilled into the student (the base runs score at CFG 2)
+    rollout_share: float = 0.5  # [choose] share of each batch trained on the student's own rollout states
+    task_weight: float = 0.0
+    adv_weight: float = 0.1  # [choose] generator GAN weight next to the few-step KD (ADD uses 2.5 on a
+    # normalised hinge; at this scale 0.1 keeps the KD term in charge)
+    adv_start: float = 0.5  # share of the run that is KD only before the discriminator joins
     disc_lr: float = 2e-4
-    adv_start: int = 0  # steps of pure KD before the discriminator joins
+
+    def validate(self) -> None:
+        if self.sampler_steps not in SAMPLER_STEPS:
+            raise StepDistillError(f"--step-distill {self.sampler_steps}: the sampler supports "
+                                   f"{', '.join(map(str, SAMPLER_STEPS))} steps")
+        if self.teacher_substeps < 1:
+            raise StepDistillError(f"teacher_substeps={self.teacher_substeps} must be >= 1")
+        if not 0 <= self.rollout_share <= 1 or not 0 <= self.adv_start <= 1:
+            raise StepDistillError("rollout_share and adv_start are shares within [0, 1]")
 
 
 class DiscriminatorHeads(nn.Module):
@@ -53,18 +81,27 @@ class StepDistillObjective(Objective):
     kind = "step_distill"
 
     def __init__(self, teacher: Teacher, prompts: PromptEmbeddings, resolution: int, size: int,
-                 config: StepDistillConfig = StepDistillConfig(), weighting: str = "timestep"):
-        if config.sampler_steps < 1 or config.teacher_substeps < 1:
-            raise ValueError("sampler_steps and teacher_substeps must be >= 1")
+                 config: StepDistillConfig = StepDistillConfig(), class_names: list[str] | None = None):
+        config.validate()
         self.teacher, self.prompts, self.resolution, self.size = teacher, prompts, resolution, size
-        self.config, self.weighting = config, weighting
-        self.grid = euler_timesteps(config.sampler_steps)[:-1]
+        self.config, self.class_names = config, class_names
+        self.times = euler_timesteps(config.sampler_steps)  # t_0 = 1 ... t_N = 0
         self._pending = None
+        self._step = 0
+        self.budget_steps = None  # set by the loop: the adversarial warm-up is a share of the run
+
+    @property
+    def adv_from(self) -> int:
+        return int(self.config.adv_start * (self.budget_steps or 0))
 
     def attach(self, model: nn.Module, device: torch.device, ctx: DistContext) -> None:
         self.device, self.ctx = device, ctx
         self.teacher.to(device)
-        self.tcond = _TeacherConditioner(self.prompts, self.resolution, device)
+        self.tcond = TeacherConditioner(self.teacher.prompt_table(self.class_names, self.prompts), self.resolution,
+                                        device)
+        n = len(self.teacher.candidates)
+        picks = sorted({round(i * (n - 1) / max(1, DISC_TAPS - 1)) for i in range(DISC_TAPS)})
+        self.teacher.use_taps([self.teacher.candidates[j] for j in picks])
         with torch.no_grad():
             x = torch.zeros(1, model.spec.latent_channels, self.size, self.size, device=device)
             _, feats = self.teacher(x, torch.full((1,), 0.5, device=device),
@@ -75,51 +112,88 @@ class StepDistillObjective(Objective):
                                        weight_decay=0.0)
 
     def sample_t(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        return self.grid[torch.randint(len(self.grid), (n,), generator=gen)]
+        return self.times[:-1][torch.randint(self.config.sampler_steps, (n,), generator=gen)]
+
+    def step_index(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.round((1 - t) * self.config.sampler_steps).long()
 
     @torch.no_grad()
-    def few_step_target(self, x_t: torch.Tensor, t: torch.Tensor, tokens, pooled, time_ids) -> torch.Tensor:
-        """The velocity that carries x_t to where the teacher's fine Euler trajectory is at t - 1/N."""
-        dt = 1.0 / self.config.sampler_steps
+    def teacher_velocity(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The teacher's guided velocity v_u + s (v_c - v_u) (a dropped label gives the unconditional one)."""
+        s = self.config.teacher_cfg
+        if s == 1.0:
+            return self.teacher(x, t, *self.tcond(labels))[0]
+        null = torch.full_like(labels, self.tcond.null)
+        v, _ = self.teacher(torch.cat([x, x]), torch.cat([t, t]), *self.tcond(torch.cat([labels, null])))
+        v_c, v_u = v.chunk(2)
+        return v_u + s * (v_c - v_u)
+
+    @torch.no_grad()
+    def few_step_target(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The velocity that carries x_t to where the teacher's fine guided trajectory is at the next grid time."""
+        t_next = self.times[(self.step_index(t) + 1).cpu()].to(t.device)
+        dt = t - t_next
         sub = dt / self.config.teacher_substeps
         x, tt = x_t, t.clone()
         for _ in range(self.config.teacher_substeps):
-            v, _ = self.teacher(x, tt, tokens, pooled, time_ids)
-            x = x - sub * v.view_as(x)
+            x = x - sub.view(-1, 1, 1, 1) * self.teacher_velocity(x, tt, labels)
             tt = tt - sub
-        return (x_t - x) / dt  # = -(x_next - x_t) / dt: our velocity points from data to noise
+        return (x_t - x) / dt.view(-1, 1, 1, 1)  # = -(x_next - x_t) / dt: our velocity points from data to noise
+
+    @torch.no_grad()
+    def rollout(self, model, cond, noise: torch.Tensor, labels: torch.Tensor, k: torch.Tensor,
+                autocast: bool) -> torch.Tensor:
+        """The student's own N-step sampler (CFG 1) from `noise`, stopped for each sample after k[i] steps."""
+        x = noise
+        states = x.clone()
+        was = model.training
+        model.eval()
+        for j in range(int(k.max()) if len(k) else 0):
+            t = torch.full((len(x),), float(self.times[j]), device=x.device)
+            x = x - float(self.times[j] - self.times[j + 1]) * velocity(model, cond, x, t, labels, autocast)
+            states = torch.where((k == j + 1).view(-1, 1, 1, 1), x, states)
+        model.train(was)
+        return states
 
     def loss(self, model, cond, x0, noise, t, labels, autocast):
+        b = len(x0)
+        n_roll = int(round(self.config.rollout_share * b))
         x_t = interpolate(x0, noise, t)
+        if n_roll:
+            k = self.step_index(t[:n_roll])
+            x_t = torch.cat([self.rollout(model, cond, noise[:n_roll], labels[:n_roll], k, autocast), x_t[n_roll:]])
         pred = velocity(model, cond, x_t, t, labels, autocast)
-        tcond = self.tcond(labels)
-        target = self.few_step_target(x_t, t, *tcond)
-        task = _per_sample(pred - velocity_target(x0, noise))
+        target = self.few_step_target(x_t, t, labels)
         kd = _per_sample(pred - target)
-        loss = timestep_aware(task, kd, t) if self.weighting == "timestep" else task.mean() + kd.mean()
-        logs = {"loss_task": task.mean().detach(), "loss_kd_fewstep": kd.mean().detach()}
-        x0_hat = x_t - t.view(-1, 1, 1, 1) * pred  # one-step clean estimate
-        t_adv = sample_timesteps(len(x0)).to(x0.device)
+        loss = kd.mean()
+        logs = {"loss_kd_fewstep": kd.mean().detach()}
+        if n_roll:
+            logs["loss_kd_rollout"] = kd[:n_roll].mean().detach()
+        if n_roll < b:
+            task = _per_sample(pred[n_roll:] - velocity_target(x0[n_roll:], noise[n_roll:]))
+            logs["loss_task"] = task.mean().detach()
+            if self.config.task_weight:
+                loss = loss + self.config.task_weight * task.mean()
+        t_next = self.times[(self.step_index(t) + 1).cpu()].to(t.device)
+        x_next = x_t - (t - t_next).view(-1, 1, 1, 1) * pred  # the state the sampler reaches next
         eps = torch.randn_like(x0)
-        self._pending = (x0, x0_hat.detach(), eps, t_adv, tcond)
-        if self.config.adv_weight > 0 and self._step >= self.config.adv_start:
-            _, feats = self.teacher(interpolate(x0_hat, eps, t_adv), t_adv, *tcond)  # grads flow to the student
+        self._pending = (x0, x_next.detach(), eps, t_next, labels)
+        if self.config.adv_weight > 0 and self._step >= self.adv_from:
+            _, feats = self.teacher(x_next, t_next, *self.tcond(labels))  # grads flow to the student
             gen_loss = -self.disc(feats).mean()  # hinge generator loss
             loss = loss + self.config.adv_weight * gen_loss
             logs["loss_gen"] = gen_loss.detach()
         return loss, logs
 
-    _step = 0
-
     def aux_step(self, step: int) -> dict:
         self._step = step
-        if self._pending is None or self.config.adv_weight <= 0 or step - 1 < self.config.adv_start:
+        if self._pending is None or self.config.adv_weight <= 0 or step - 1 < self.adv_from:
             return {}
-        x0, x0_hat, eps, t_adv, tcond = self._pending
+        x0, x_next, eps, t_next, labels = self._pending
         self._pending = None
         with torch.no_grad():
-            _, real = self.teacher(interpolate(x0, eps, t_adv), t_adv, *tcond)
-            _, fake = self.teacher(interpolate(x0_hat, eps, t_adv), t_adv, *tcond)
+            _, real = self.teacher(interpolate(x0, eps, t_next), t_next, *self.tcond(labels))
+            _, fake = self.teacher(x_next, t_next, *self.tcond(labels))
         d_loss = F.relu(1 - self.disc(real)).mean() + F.relu(1 + self.disc(fake)).mean()
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -128,8 +202,7 @@ class StepDistillObjective(Objective):
         return {"loss_disc": float(d_loss.detach())}
 
     def identity(self) -> dict:
-        return {"kind": self.kind, "teacher": self.teacher.identity(), "weighting": self.weighting,
-                **asdict(self.config)}
+        return {"kind": self.kind, "teacher": self.teacher.identity(), **asdict(self.config)}
 
     def state_dict(self) -> dict:
         return {"disc": self.disc.state_dict(), "opt_d": self.opt_d.state_dict(), "step": self._step}

@@ -18,11 +18,9 @@ Metrics reach a callback during the run, so a study can prune. A NaN loss ends t
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,6 +29,7 @@ import torch
 from torch import nn
 
 from search_space import UNetSpec, build_model
+from search_space.errors import UserError
 
 from .data import FlowData
 from .flow import (LOGIT_NORMAL_MEAN, LOGIT_NORMAL_STD, TIMESTEP_SCALE, cfg_velocity, euler_sample, flow_loss,
@@ -61,7 +60,7 @@ REPORT_FRACTION = 0.2  # report metrics (val loss) every fifth of the budget: en
 TRAIN_FLOPS_PER_FORWARD = 3
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError):
     """A budget string that is not `<N>steps`, `<N>epochs`, `<X>flops`, `<N>s` or `<N>m`, or one too short."""
 
 
@@ -180,10 +179,15 @@ class TrainStream:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.draw(sample_timesteps)
+
+    def draw(self, sample_t: Callable[[int, torch.Generator], torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next batch with timesteps from `sample_t(n, generator)` (an objective's own timestep density)."""
         x0, labels = next(self._batches)
         drop = torch.rand(len(labels), generator=self._gens["drop"]) < self.cond_dropout
         noise = torch.randn(x0.shape, generator=self._gens["noise"])
-        t = sample_timesteps(len(x0), self._gens["time"])
+        t = sample_t(len(x0), self._gens["time"])
         for tensor in (x0, labels, drop, noise, t):
             self._hash.update(tensor.contiguous().numpy().tobytes())
         return x0, labels, drop, noise, t
@@ -216,6 +220,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     stream_digest: str = ""  # TrainStream.digest: equal for every candidate trained with one seed and budget
     budget_steps: int | None = None  # the resolved step budget (None for wall-clock budgets)
+    raw: nn.Module | None = None  # the raw (non-EMA) weights, kept in the run's checkpoint beside the EMA
 
     @property
     def images_per_s(self) -> float:
@@ -310,79 +315,33 @@ def resolve_budget(budget: "Budget | str", spec: UNetSpec, data: FlowData, promp
         config.warmup_steps)
 
 
+def loop_config(config: TrainConfig, seed: int) -> "LoopConfig":
+    """A quality run as a configuration of the one loop: the budget's linear decay to exactly zero, no
+    checkpoints in between."""
+    from .loop import LoopConfig
+
+    return LoopConfig(batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+                      warmup_steps=config.warmup_steps, schedule="linear", min_lr_ratio=0.0,
+                      grad_clip=config.grad_clip, ema_decay=config.ema_decay, cond_dropout=config.cond_dropout,
+                      seed=seed, sample_steps=8, cfg_scale=2.0)
+
+
 def train(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, budget: Budget | str, seed: int = 0,
           config: TrainConfig = TrainConfig(), device: str | torch.device | None = None,
-          callback: MetricsCallback | None = None, progress: bool = True) -> TrainResult:
-    """Train `spec` from scratch on `data`; returns the EMA model, status and throughput."""
-    from tqdm import tqdm
+          callback: MetricsCallback | None = None, progress: bool = True, objective=None) -> TrainResult:
+    """Train `spec` from scratch on `data` with the one loop (training/loop.py) under common random numbers;
+    returns the EMA model, status and throughput. `objective` defaults to plain flow matching."""
+    from .distributed import DistContext
+    from .loop import fit
 
     budget = resolve_budget(budget, spec, data, prompts, config)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    autocast = device.type == "cuda"  # bf16 on GPU; CPU stays float32 (bf16 is slow without AMX)
-    torch.manual_seed(seed)  # the initial weights: the one random draw that depends on the model
-    model = build_model(spec).to(device).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    cond = Conditioner(spec, prompts, data.resolution, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    stream = TrainStream(data, config.batch_size, seed, config.cond_dropout)
-    history: list[dict] = []
-    step, images, running, status = 0, 0, None, "ok"
-    next_report = REPORT_FRACTION
-    bar = tqdm(total=budget.steps if budget.steps is not None else int(budget.seconds), desc="train",
-               unit="step" if budget.steps is not None else "s", disable=not progress, leave=False)
-    # The clock includes the periodic validation passes: a seconds budget is wall time for the whole run.
-    start = time.perf_counter()
-    while not budget.done(step, time.perf_counter() - start):
-        x0, labels, drop, noise, t = next(stream)
-        x0, labels, noise, t = (v.to(device, non_blocking=True) for v in (x0, labels, noise, t))
-        labels = torch.where(drop.to(device), torch.full_like(labels, cond.null), labels)
-        if budget.steps is not None:
-            factor = lr_factor(step, budget.steps, config.warmup_steps)
-        else:  # wall clock: decay by elapsed time, reaching zero when the time is up
-            elapsed = time.perf_counter() - start
-            factor = min(1.0, (step + 1) / max(1, config.warmup_steps)) * max(0.0, 1 - elapsed / budget.seconds)
-        for group in opt.param_groups:
-            group["lr"] = config.lr * factor
-        loss = flow_loss(velocity(model, cond, interpolate(x0, noise, t), t, labels, autocast), x0, noise)
-        if not torch.isfinite(loss):
-            status = f"diverged at step {step}"
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
-        step += 1
-        images += len(x0)
-        # EMA warm-up (TensorFlow's ExponentialMovingAverage num_updates rule): a short run's EMA must not be
-        # dominated by the random initialisation.
-        ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
-        value = loss.item()
-        running = value if running is None else 0.9 * running + 0.1 * value
-        elapsed = time.perf_counter() - start
-        bar.update(1 if budget.steps is not None else int(elapsed) - bar.n)
-        fraction = budget.fraction(step, elapsed)
-        if fraction >= next_report:
-            next_report = round(next_report + REPORT_FRACTION, 6)  # no float drift past the final 1.0
-            final = budget.steps is not None and step >= budget.steps
-            report = {"step": step, "images": images, "seconds": round(elapsed, 3), "fraction": min(1.0, fraction),
-                      "lr": config.lr * factor, "train_loss": running,
-                      "val_loss": validation_loss(ema, cond, data, device, autocast,
-                                                  VAL_MAX if final else VAL_REPORT)}
-            history.append(report)
-            bar.set_postfix(loss=f"{running:.4f}", val=f"{report['val_loss']:.4f}")
-            if callback is not None and callback(report):
-                status = f"stopped by callback at step {step}"
-                break
-    seconds = time.perf_counter() - start
-    bar.close()
-    if history and history[-1]["step"] == step and budget.steps is not None and step >= budget.steps:
-        val = history[-1]["val_loss"]  # the final report already holds the final weights' full loss
-    else:
-        val = validation_loss(ema, cond, data, device, autocast) if status == "ok" or step == 0 else None
-    if val is not None and not math.isfinite(val):
-        status, val = f"diverged at step {step}", None
-    return TrainResult(model=ema, status=status, steps=step, images=images, seconds=seconds, val_loss=val,
-                       history=history, stream_digest=stream.digest, budget_steps=budget.steps)
+    r = fit(spec, data, prompts, loop_config(config, seed), DistContext(device=device), budget=budget,
+            objective=objective, stream="crn", callback=callback, report_fraction=REPORT_FRACTION,
+            progress=progress)
+    return TrainResult(model=r.ema, status=r.status, steps=r.step, images=r.images, seconds=r.seconds,
+                       val_loss=r.metrics.get("val_loss"), history=r.history, stream_digest=r.stream_digest,
+                       budget_steps=budget.steps, raw=r.model)
 
 
 @torch.no_grad()
@@ -415,10 +374,17 @@ def sample(model: nn.Module, spec: UNetSpec, data: FlowData, prompts: PromptEmbe
     return torch.cat(out)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, spec: UNetSpec, extra: dict) -> None:
-    """The weights with the spec JSON embedded: `UNetSpec.from_dict(json.loads(ckpt["spec"]))` rebuilds it."""
-    torch.save({"spec": spec.to_json(), "spec_id": spec.spec_id, "state_dict": model.state_dict(), **extra}, path)
-
-
 def config_dict(config: TrainConfig) -> dict:
     return asdict(config)
+
+
+def save_run_checkpoint(out_dir: str | Path, result: TrainResult, spec: UNetSpec, data: FlowData,
+                        prompts: PromptEmbeddings, cfg_scale: float, sample_steps: int, meta: dict) -> Path:
+    """A quality run's weights in the one checkpoint format (training/checkpoint.py), weights only: it feeds
+    `pocketdiff train --init` / `--teacher`, `export coreml --checkpoint` and `sample` like a full run's."""
+    from .checkpoint import run_meta, save_checkpoint
+
+    return save_checkpoint(Path(out_dir) / "checkpoints", result.steps, result.raw, result.model, spec,
+                           {**run_meta(data, prompts, cfg_scale, sample_steps), **meta, "kind": "quality"},
+                           state=None)
+

@@ -1,0 +1,223 @@
+"""Opening Optuna storages safely: strict URLs, serialized creation, read-only opens that never write.
+
+Issue 16. Three rules:
+- A storage URL is parsed strictly before anything connects: `sqlite:///path.db` (a file, no `?query` or
+  `#fragment`: SQLAlchemy would silently open another file), `postgresql://...`, `mysql://...`; anything else is
+  refused with the reason.
+- Writers (`study run`, `study worker`) create Optuna's tables under a lock held in the storage itself (a
+  PostgreSQL advisory lock, MySQL GET_LOCK, a file lock beside a SQLite file), so any number of workers can start
+  at the same moment on a fresh database: the first creates the schema, the others wait and find it. Optuna's
+  own `create_all` is a check-then-create that races (a duplicate-key error on PostgreSQL's catalog).
+- Readers (`study status|best|export`, the app) never create or migrate anything: a missing SQLite file or a
+  database without Optuna's tables is an error naming it; SQLite is opened in read-only URI mode and PostgreSQL
+  sessions are read-only transactions.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from search_space.errors import UserError
+
+OPTUNA_TABLES = ("studies", "trials", "version_info", "alembic_version")
+SCHEMES = ("sqlite", "postgresql", "mysql")
+EXAMPLES = "sqlite:///runs/NAME/study.db, postgresql://user@host/db or mysql://user@host/db"
+
+
+class StorageError(UserError):
+    """A storage URL is malformed, or the storage is missing or cannot be opened; the message says which (the
+    CLI prints it as one line and exits 2)."""
+
+
+@dataclass(frozen=True)
+class StorageUrl:
+    url: str
+    scheme: str  # one of SCHEMES (the driver part of `postgresql+psycopg` dropped)
+    path: Path | None = None  # the SQLite file; None for `sqlite:///:memory:` and server databases
+
+    @property
+    def is_memory(self) -> bool:
+        return self.scheme == "sqlite" and self.path is None
+
+    def lock_file(self, purpose: str) -> Path | None:
+        return None if self.path is None else self.path.with_name(f"{self.path.name}.{purpose}.lock")
+
+
+def parse_url(url: str) -> StorageUrl:
+    """Check a storage URL without connecting; raises StorageError naming what is wrong and the fix."""
+    if not isinstance(url, str) or not url.strip():
+        raise StorageError(f"no storage URL given (use {EXAMPLES})")
+    url = url.strip()
+    m = re.match(r"^([A-Za-z][A-Za-z0-9]*)(\+[A-Za-z0-9_]+)?://", url)
+    if not m:
+        raise StorageError(f"{url!r} is not a storage URL (use {EXAMPLES})")
+    scheme = m.group(1).lower()
+    if scheme == "postgres":
+        raise StorageError(f"storage {url!r}: write postgresql://, not postgres://")
+    if scheme not in SCHEMES:
+        raise StorageError(f"storage {url!r}: unknown scheme {scheme!r}; known: {', '.join(SCHEMES)} ({EXAMPLES})")
+    if "#" in url:
+        raise StorageError(f"storage {url!r} contains '#': a URL fragment is cut off, so another database would "
+                           f"open; rename the file or percent-encode it as %23")
+    if scheme != "sqlite":
+        try:
+            from sqlalchemy.engine import make_url
+            parsed = make_url(url)
+        except Exception as e:
+            raise StorageError(f"storage {url!r} is not a valid URL: {e}") from None
+        if not parsed.database:
+            raise StorageError(f"storage {url!r} names no database; add it: {scheme}://user@host/DBNAME")
+        return StorageUrl(url, scheme)
+    if m.group(2):
+        raise StorageError(f"storage {url!r}: SQLite takes no driver; write sqlite:///path.db")
+    if not url.startswith("sqlite:///"):
+        raise StorageError(f"storage {url!r}: a SQLite URL has three slashes before a relative path "
+                           f"(sqlite:///runs/x.db) and four before an absolute one (sqlite:////tmp/x.db)")
+    rest = url[len("sqlite:///"):]
+    if "?" in rest:
+        raise StorageError(f"storage {url!r}: a '?query' in a SQLite URL is not supported (it would name another "
+                           f"file or change how it opens); give the plain path, sqlite:///path.db")
+    if rest == ":memory:":
+        return StorageUrl(url, scheme)
+    if not rest or rest.endswith("/"):
+        raise StorageError(f"storage {url!r} names no file; give sqlite:///path/to/study.db")
+    if rest.startswith("file:"):
+        raise StorageError(f"storage {url!r}: give the plain path, sqlite:///path.db (URI filenames are refused)")
+    return StorageUrl(url, scheme, Path(rest))
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+_LOCAL_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def named_lock(url: str | StorageUrl, name: str, engine: Any = None) -> Iterator[None]:
+    """Hold a lock named `name` in the storage's own database, shared by every process that uses it: a
+    PostgreSQL session advisory lock, MySQL GET_LOCK, an flock on a file beside a SQLite file. Each is freed by
+    the server or the kernel when its process dies, so a SIGKILL never leaves it held. `engine` reuses an
+    open storage's connection pool; without it a short-lived engine is made (the tables need not exist)."""
+    u = url if isinstance(url, StorageUrl) else parse_url(url)
+    if u.scheme in ("postgresql", "mysql"):
+        import sqlalchemy
+        own = engine is None
+        if own:
+            engine = sqlalchemy.create_engine(u.url, poolclass=sqlalchemy.pool.NullPool,
+                                              connect_args={"connect_timeout": 10})
+        try:
+            with engine.connect() as conn:
+                if u.scheme == "postgresql":
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(name)})
+                    conn.commit()
+                    try:
+                        yield
+                    finally:
+                        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(name)})
+                        conn.commit()
+                else:
+                    key = f"pocketdiff-{_lock_key(name)}"
+                    conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 600)"), {"k": key})
+                    try:
+                        yield
+                    finally:
+                        conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": key})
+        finally:
+            if own:
+                engine.dispose()
+    elif u.path is not None:
+        purpose = name.split(":", 1)[0].removeprefix("pocketdiff-") or "lock"
+        with open(u.lock_file(purpose), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    else:  # an in-memory storage lives in one process
+        with _LOCAL_LOCK:
+            yield
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _engine_kwargs(u: StorageUrl, readonly: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if u.scheme == "postgresql":
+        args: dict[str, Any] = {"connect_timeout": 10}
+        if readonly:  # every transaction of this engine is read-only: the server refuses any write
+            args["options"] = "-c default_transaction_read_only=on"
+        kwargs["connect_args"] = args
+    elif u.scheme == "mysql":
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
+
+
+def open_for_writing(url: str, **rdb_kwargs: Any):
+    """An RDB storage for a writer: the SQLite folder is made, and Optuna's tables are created (or found) under
+    the storage's `pocketdiff-schema` lock, so simultaneous first workers do not race."""
+    import optuna
+
+    u = parse_url(url)
+    if u.path is not None:
+        u.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with named_lock(u, "pocketdiff-schema"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental
+            return optuna.storages.RDBStorage(u.url, engine_kwargs=_engine_kwargs(u, readonly=False), **rdb_kwargs)
+    except StorageError:
+        raise
+    except Exception as e:  # sqlalchemy raises many kinds; the user needs the URL and the reason
+        raise StorageError(f"cannot open storage {url}: {_reason(e)}") from None
+
+
+def readonly_url(url: str) -> str:
+    """The URL a reader connects with: a SQLite file in read-only URI mode (an error when it does not exist,
+    since opening it normally would create it); server URLs unchanged (their sessions are made read-only)."""
+    u = parse_url(url)
+    if u.is_memory:
+        raise StorageError(f"storage {url!r} is an in-memory database: there is nothing to read")
+    if u.path is not None:
+        if not u.path.is_file():
+            raise StorageError(f"no SQLite file at {u.path.resolve()} (nothing was created; run `pocketdiff study "
+                               f"run FILE` first, or give another --storage)")
+        return f"sqlite:///file:{u.path.resolve()}?mode=ro&uri=true"
+    return u.url
+
+
+def open_readonly(url: str):
+    """An RDB storage that cannot write: nothing is created or migrated, whatever the database holds."""
+    import optuna
+    import sqlalchemy
+
+    u = parse_url(url)
+    target = readonly_url(url)
+    try:
+        # Optuna's tables must already be there (with skip_table_creation Optuna would fail on them later)
+        engine = sqlalchemy.create_engine(target, poolclass=sqlalchemy.pool.NullPool,
+                                          **{k: v for k, v in _engine_kwargs(u, True).items() if k != "pool_pre_ping"})
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+        missing = [t for t in OPTUNA_TABLES if t not in tables]
+        if missing:
+            raise StorageError(f"storage {url} holds no Optuna study (no {', '.join(missing)} table"
+                               f"{'s' if len(missing) > 1 else ''}); nothing was created: run `pocketdiff study "
+                               f"run FILE --storage {url}` to create one there, or give another --storage")
+        return optuna.storages.RDBStorage(target, engine_kwargs=_engine_kwargs(u, readonly=True),
+                                          skip_table_creation=True)
+    except StorageError:
+        raise
+    except Exception as e:
+        raise StorageError(f"cannot open storage {url}: {_reason(e)}") from None

@@ -1,0 +1,241 @@
+"""Hostile input (issue 16): every bad value in a study file or on the command line is one clean line naming
+the key (exit 2), never a traceback and never a study that loads and then fails every trial."""
+import contextlib
+import copy
+import io
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pocketdiff.cli import main
+from search_space import PRESETS
+from studies.config import StudyFileError, parse_study
+from studies.runner import StudyError, run_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = """
+[study]
+name = "hostile"
+sampler = "random"
+n_trials = 2
+
+[target]
+latent = 32
+device = "a17pro"
+
+[space]
+base = "tiny-debug"
+ffn_ratio = { choices = [2.0, 3.0] }
+
+[quality]
+evaluator = "flow"
+data = "mnist5k"
+budget = "12steps"
+
+[objectives]
+val_loss = "minimize"
+latency_ms = "minimize"
+"""
+
+
+def _study(**changes) -> dict:
+    """The base study with `section.key = value` changes (value None removes the key)."""
+    data = tomllib.loads(BASE)
+    for dotted, value in changes.items():
+        section, key = dotted.split(".", 1)
+        if value is None:
+            data.get(section, {}).pop(key, None)
+        else:
+            data.setdefault(section, {})[key] = value
+    return data
+
+
+def test_the_base_study_loads():
+    cfg = parse_study(_study())
+    assert cfg.name == "hostile" and cfg.quality["budget"] == "12steps"
+
+
+@pytest.mark.parametrize("change, key, says", [
+    ({"quality.budget": "abc"}, "[quality] budget", "not understood"),
+    ({"quality.budget": "-5s"}, "[quality] budget", "negative"),
+    ({"quality.budget": "6steps"}, "[quality] budget", "10-step warm-up"),
+    ({"quality.rungs": ["4steps", "40steps"]}, "[quality] rungs", "10-step warm-up"),
+    ({"quality.data": "imagenet"}, "[quality] data", "not a flow data source"),
+    ({"quality.n_samples": -3}, "[quality] n_samples", ">= 1"),
+    ({"quality.early_stop": {"quantile": 1.5}}, "[quality.early_stop] quantile", "between 0 and 1"),
+    ({"quality.early_stop": {"warmup_fraction": 0}}, "[quality.early_stop] warmup_fraction", "between 0 and 1"),
+    ({"target.device": "pixel99"}, "[target] device", "unknown device"),
+    ({"space.ffn_ratio": {"low": 0.0, "high": 4.0, "log": True}}, "[space] ffn_ratio", "needs low > 0"),
+    ({"space.ffn_ratio": {"low": 1.0, "high": 4.0, "step": 0}}, "[space] ffn_ratio", "step = 0"),
+    ({"space.ffn_ratio": {"choices": [-2.0, 3.0]}}, "[space] ffn_ratio", "negative"),
+    ({"space.ffn_ratio": {"choices": [2.0], "when": ["x"]}}, "[space] ffn_ratio", "when"),
+    ({"study.timeout": "10m"}, "[study] timeout", "seconds"),
+    ({"study.name": "../../escape"}, "[study] name", "simple name"),
+    ({"study.n_trials": -3}, "[study] n_trials", "non-negative"),
+    ({"study.heartbeat_interval": 0}, "[study] heartbeat_interval", "at least 1"),
+    ({"study.storage": "sqlite:///runs/a#b.db"}, "[study] storage", "'#'"),
+    ({"study.storage": "sqlite:///runs/a.db?mode=ro"}, "[study] storage", "?query"),
+    ({"study.storage": "mongodb://x/y"}, "[study] storage", "unknown scheme"),
+    ({"enqueue.presets": ["tiny-debug-decoder"]}, "[enqueue] presets", "is a decoder preset"),
+    ({"enqueue.presets": "tiny-debug"}, "[enqueue] presets", "must be a list"),
+])
+def test_each_class_of_mistake_is_refused_at_load_naming_the_key(change, key, says):
+    with pytest.raises(StudyFileError) as e:
+        parse_study(_study(**change))
+    assert key in str(e.value) and says in str(e.value)
+
+
+def test_a_data_folder_missing_on_this_machine_stops_the_run_before_anything_is_stored(tmp_path):
+    cfg = parse_study(_study(**{"quality.data": f"latents:{tmp_path}/none"}),
+                      storage=f"sqlite:///{tmp_path}/s.db")  # loads: the file may be meant for a GPU worker
+    with pytest.raises(StudyFileError, match="does not exist on this machine"):
+        run_study(cfg, progress=False, echo=lambda s: None)
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("n_trials, timeout", [(-3, None), (0, None), (None, -1.0), (None, float("nan"))])
+def test_run_counts_and_timeouts_are_checked(tmp_path, n_trials, timeout):
+    cfg = parse_study(_study(), storage=f"sqlite:///{tmp_path}/s.db")
+    with pytest.raises(StudyError, match="--n-trials|--timeout"):
+        run_study(cfg, n_trials=n_trials, timeout=timeout, progress=False, echo=lambda s: None)
+    assert not (tmp_path / "s.db").exists()
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    """Run the CLI in this process: (exit code, stderr). An exception escaping `main` is a traceback."""
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 2
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["describe", "tiny-debug", "--set", "stages=3", "--no-memory"], "--set stages is a list of 2 entries, not a single value"),
+    (["describe", "{tmp}/list.json", "--no-memory"], "must be a JSON object"),
+    (["latency", "predict", "--timm", "fastvit_t8", "--input", "1x3x224", "--device", "a17pro"], "BATCHx3xHxW"),
+    (["latency", "predict", "tiny-debug", "--weight-bits", "0", "--device", "a17pro"], "weight bits 0"),
+    (["study", "run", "{tmp}/s.toml", "--n-trials", "-3", "--no-progress"], "--n-trials -3"),
+])
+def test_cli_mistakes_are_one_line_exit_2(tmp_path, argv, says):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "s.toml").write_text(BASE.replace('name = "hostile"', f'name = "hostile"\nstorage = '
+                                                  f'"sqlite:///{tmp_path}/s.db"'))
+    code, err = _cli([a.format(tmp=tmp_path) for a in argv])
+    assert code == 2 and says in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_study_run_exits_1_when_every_trial_failed(tmp_path):
+    """A space whose every point is invalid (heads do not divide the widths) fails each trial."""
+    path = tmp_path / "bad.toml"
+    path.write_text(BASE.replace('ffn_ratio = { choices = [2.0, 3.0] }', 'head_dim = { choices = [7] }')
+                    .replace('[objectives]\nval_loss = "minimize"\n', '[objectives]\n')
+                    .replace('evaluator = "flow"\ndata = "mnist5k"\nbudget = "12steps"', 'evaluator = "none"'))
+    r = subprocess.run([sys.executable, "-m", "pocketdiff.cli", "study", "run", str(path), "--storage",
+                        f"sqlite:///{tmp_path}/s.db", "--no-progress"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "every trial of this run failed (2)" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- property tests: whatever the input, exit 0 or a clean exit 2 ------------------------------------------
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 600) | st.floats(-10, 10, allow_nan=False)
+                    | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=6)
+TINY = PRESETS["tiny-debug"].to_dict()
+PATHS = sorted({f"stages.{i}.{k}" for i, s in enumerate(TINY["stages"]) for k in s} | {k for k in TINY if k != "stages"})
+
+
+def _clean(code: int, err: str) -> None:
+    assert code in (0, 2), err
+    assert "Traceback" not in err
+    if code == 2:  # our one line, or argparse's usage and its one error line
+        assert err.strip().splitlines()[-1].startswith("pocketdiff") and "error:" in err, err
+
+
+@st.composite
+def mutated_spec(draw):
+    d = copy.deepcopy(TINY)
+    path = draw(st.sampled_from(PATHS + ["kind", "stages", "schema", "nonsense"]))
+    node, keys = d, path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if k.isdigit() else node[k]
+    node[keys[-1]] = draw(JSON)
+    return d if draw(st.booleans()) else draw(JSON)  # mostly a mutated spec, sometimes any JSON at all
+
+
+FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                          HealthCheck.too_slow])
+
+
+@FAST
+@given(spec=mutated_spec())
+def test_any_spec_json_gives_exit_0_or_a_clean_exit_2(tmp_path, spec):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    _clean(*_cli(["describe", str(path), "--no-memory", "--latent", "16"]))
+
+
+@FAST
+@given(key=st.sampled_from(PATHS) | st.text(max_size=12), value=st.text(max_size=10)
+       | st.integers(-3, 600).map(str) | JSON.map(json.dumps))
+def test_any_set_override_gives_exit_0_or_a_clean_exit_2(key, value):
+    _clean(*_cli(["describe", "tiny-debug", f"--set={key}={value}", "--no-memory", "--latent", "16"]))
+
+
+STUDY_KEYS = ["study.name", "study.sampler", "study.seed", "study.n_trials", "study.timeout", "study.storage",
+              "study.max_retry", "target.latent", "target.device", "space.ffn_ratio", "space.attention",
+              "quality.budget", "quality.data", "quality.n_samples", "quality.seeds", "quality.proxy",
+              "quality.early_stop", "quality.rungs", "quality.evaluator", "objectives.val_loss",
+              "constraints.max_latency_ms", "enqueue.presets"]
+RANGE = st.fixed_dictionaries({}, optional={"low": JSON, "high": JSON, "step": JSON, "log": JSON,
+                                            "choices": JSON, "when": JSON})
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(STUDY_KEYS), value=JSON | RANGE)
+def test_any_study_file_value_gives_exit_0_or_a_clean_exit_2(tmp_path, key, value):
+    """Through the CLI's load path: `study status FILE` loads the file, then finds no storage (exit 2)."""
+    path = tmp_path / "s.toml"
+    path.write_text(_toml(_study(**{key: value})))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the default storage runs/NAME/study.db is looked for (never created) here
+    try:
+        _clean(*_cli(["study", "status", str(path)]))
+    finally:
+        os.chdir(cwd)
+    assert not (tmp_path / "runs").exists()
+
+
+def _toml(data: dict) -> str:
+    """A minimal TOML writer for the generated tables (no dependency): strings, numbers, bools, lists, tables."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v if x is not None) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items() if x is not None) + " }"
+        return '""'
+    out = []
+    for section, table in data.items():
+        out.append(f"[{section}]")
+        out += [f"{json.dumps(k)} = {value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,244 @@
+"""Crash safety of studies (issue 16): worker seeds, no duplicate work, ghost trials, presets that survive kills,
+a creation cut short. In-process and cost-only, so each test takes seconds."""
+import socket
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from studies.config import load_study_file
+from studies.runner import (StudyError, _twin, fail_ghost_trials, open_storage, open_study, run_study,
+                            worker_seed)
+
+STUDY = """
+[study]
+name = "{name}"
+sampler = "random"
+seed = 7
+n_trials = {n_trials}
+max_retry = 1
+
+[target]
+latent = 32
+
+[space]
+base = "tiny-debug"
+ffn_ratio = {{ choices = {ffn} }}
+
+[objectives]
+params_m = "minimize"
+
+[enqueue]
+presets = {presets}
+"""
+
+
+def _cfg(tmp_path, name="c", n_trials=3, ffn="[2.0, 3.0, 4.0]", presets="[]"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(STUDY.format(name=name, n_trials=n_trials, ffn=ffn, presets=presets))
+    return load_study_file(path, storage=f"sqlite:///{tmp_path}/s.db")
+
+
+def _quiet(cfg, **kw):
+    lines = []
+    study, _ = run_study(cfg, progress=False, echo=lines.append, **kw)
+    return study, lines
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _ghost(study, **attrs):
+    """A RUNNING trial left by a process on this host that is gone (what a SIGKILL leaves)."""
+    trial = study.ask()
+    for k, v in {"worker_host": socket.gethostname(), "worker_pid": _dead_pid(), **attrs}.items():
+        trial.set_user_attr(k, v)
+    return trial.number
+
+
+def test_each_run_claims_its_own_sampler_seed(tmp_path):
+    cfg = _cfg(tmp_path, n_trials=2)
+    _, first = _quiet(cfg)
+    _, second = _quiet(cfg, n_trials=1)
+    assert first[0] == "worker 0 of study c: sampler seed 7 (study seed 7)"
+    assert second[0].startswith(f"worker 1 of study c: sampler seed {worker_seed(7, 1)} ")
+    assert worker_seed(7, 1) != 7 and worker_seed(7, 1) != worker_seed(7, 2) and worker_seed(7, 1) != worker_seed(8, 1)
+    assert optuna.load_study(study_name="c", storage=cfg.storage).user_attrs["workers"] == 2
+
+
+def test_a_spec_already_finished_is_reused_not_evaluated_again(tmp_path):
+    cfg = _cfg(tmp_path, n_trials=3, ffn="[2.0]")  # one point: every sampled spec is the same
+    study, lines = _quiet(cfg)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert "reused_from" not in trials[0].user_attrs and "latency_ms" in trials[0].user_attrs
+    assert [t.user_attrs.get("reused_from") for t in trials[1:]] == [0, 0]
+    assert all(t.values == trials[0].values for t in trials)
+    assert "reused the result of trial 0" in lines[-1]
+
+
+def test_a_spec_running_or_queued_elsewhere_is_resampled_and_not_counted(tmp_path):
+    cfg = _cfg(tmp_path, n_trials=4, ffn="[2.0, 3.0]")
+    study = open_study(cfg)
+    spec = cfg.space.sample(optuna.trial.FixedTrial({"ffn_ratio": 2.0}))
+    other = study.ask()  # another worker's trial, training ffn_ratio=2.0 right now
+    other.set_user_attr("spec_id", spec.spec_id)
+    study, lines = _quiet(cfg)
+    trials = study.get_trials()
+    dups = [t for t in trials if t.user_attrs.get("duplicate_of") is not None]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert dups and all(t.state == TrialState.PRUNED and t.user_attrs["duplicate_of"] == other.number
+                        and t.user_attrs["spec_id"] == spec.spec_id for t in dups)
+    assert any(f"re-sampled: spec {spec.spec_id} is already running in trial {other.number}" in l for l in lines)
+    # the duplicates do not count: the run went on to 4 finished trials of the other spec
+    assert len(done) == 4 and {t.params["ffn_ratio"] for t in done} == {3.0}
+    # a queued spec counts as taken too
+    queued = study.enqueue_trial({"ffn_ratio": 2.0}) or study.get_trials()[-1]
+    assert queued.state == TrialState.WAITING
+    assert _twin(cfg, study, -1, spec.spec_id, 0).number in (other.number, queued.number)
+
+
+def test_ghost_trial_of_a_dead_process_is_failed_and_requeued_at_once(tmp_path):
+    cfg = _cfg(tmp_path, n_trials=2)  # grace period 90 s: the heartbeat rule alone would leave it RUNNING
+    study = open_study(cfg, open_storage(cfg.storage, cfg))
+    ghost = _ghost(study)
+    mine = study.ask()  # a live process's trial (this one): left alone
+    for k, v in {"worker_host": socket.gethostname(), "worker_pid": __import__("os").getpid()}.items():
+        mine.set_user_attr(k, v)
+    assert fail_ghost_trials(study) == [ghost]
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[ghost].state == TrialState.FAIL and "is gone" in trials[ghost].user_attrs["killed"]
+    assert trials[mine.number].state == TrialState.RUNNING
+    requeued = [t for t in trials.values() if t.system_attrs.get("failed_trial") == ghost]
+    assert len(requeued) == 1 and requeued[0].state == TrialState.WAITING
+    assert "worker_pid" not in requeued[0].user_attrs  # the copy is not itself a ghost
+    assert fail_ghost_trials(study) == []  # idempotent
+
+
+def test_a_preset_killed_again_and_again_is_requeued_until_it_finishes(tmp_path):
+    cfg = _cfg(tmp_path, n_trials=2, presets='["tiny-debug"]')
+    storage = open_storage(cfg.storage, cfg)
+    study = open_study(cfg, storage)
+    for kill in range(3):  # max_retry = 1 would give up after the first retry
+        waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+        assert len(waiting) == 1 and waiting[0].user_attrs["enqueued_preset"] == "tiny-debug", kill
+        _ghost(study)  # the worker takes the queued preset and is killed
+        assert fail_ghost_trials(study)
+    study, _ = _quiet(cfg)
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert [t.user_attrs.get("enqueued_preset") for t in done].count("tiny-debug") == 1
+    assert sum(t.state == TrialState.FAIL for t in study.get_trials()) == 3
+
+
+def test_a_sampled_trial_killed_twice_is_given_up_after_max_retry(tmp_path):
+    cfg = _cfg(tmp_path, n_trials=2)
+    study = open_study(cfg, open_storage(cfg.storage, cfg))
+    first = _ghost(study)
+    fail_ghost_trials(study)
+    study.ask()  # the retry is taken ...
+    retry = study.get_trials()[-1]
+    assert retry.system_attrs.get("failed_trial") == first
+    study._storage.set_trial_user_attr(retry._trial_id, "worker_host", socket.gethostname())
+    study._storage.set_trial_user_attr(retry._trial_id, "worker_pid", _dead_pid())
+    assert fail_ghost_trials(study) == [retry.number]  # ... and killed again: not re-queued a second time
+    assert not [x for x in study.get_trials() if x.state == TrialState.WAITING]
+
+
+def test_a_creation_cut_short_is_finished_by_the_next_opener(tmp_path):
+    cfg = _cfg(tmp_path, n_trials=2, presets='["tiny-debug"]')
+    # what a kill right after optuna's create_study left: no definition, no metric names, no presets
+    optuna.create_study(study_name="c", storage=open_storage(cfg.storage), directions=cfg.directions)
+    study = open_study(cfg)
+    assert study.user_attrs["created"] is True and study.user_attrs["metric_names"] == ["params_m"]
+    assert study.user_attrs["definition"] == cfg.fingerprint()
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert [t.user_attrs["enqueued_preset"] for t in waiting] == ["tiny-debug"]
+    open_study(cfg)  # finished once: nothing enqueued twice
+    assert len(study.get_trials()) == 1
+    changed = _cfg(tmp_path, name="c", n_trials=2, ffn="[2.0]", presets='["tiny-debug"]')
+    with pytest.raises(StudyError, match="different definition"):
+        open_study(changed)
+
+
+KILL_STUDY = """
+[study]
+name = "killed"
+sampler = "random"
+seed = 5
+n_trials = 10
+heartbeat_interval = 1
+grace_period = 60
+
+[target]
+latent = 64
+
+[space]
+base = "snapgen-unet"
+"stages.1.channels" = {{ choices = [384, 512, 640] }}
+"stages.2.channels" = {{ choices = [640, 768, 896] }}
+ffn_ratio = {{ choices = [2.0, 3.0, 4.0] }}
+
+[objectives]
+latency_ms = "minimize"
+params_m = "minimize"
+
+[enqueue]
+presets = ["snapgen-unet", "fig3-a"]
+"""
+
+
+@pytest.mark.slow  # about 80 s on 2 cores
+def test_ten_random_sigkills_lose_nothing_and_repeat_nothing(tmp_path):
+    """SIGKILL `study run` 10 times at random moments (start-up, creation, claims, mid-trial), then let it finish:
+    no finished trial is lost or changed, none stays RUNNING, the presets finish, no spec is evaluated twice.
+    The grace period (60 s) is longer than the test: only the dead-PID rule can free the killed trials."""
+    import random
+    import time
+
+    path = tmp_path / "killed.toml"
+    path.write_text(KILL_STUDY.format())
+    storage = f"sqlite:///{tmp_path}/s.db"
+    cmd = [sys.executable, "-m", "pocketdiff.cli", "study", "run", str(path), "--storage", storage, "--no-progress"]
+    rng = random.Random(16)
+    seen: dict[int, tuple] = {}
+    kills = 0
+    for _ in range(10):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 8.0))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        try:
+            trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
+        except KeyError:
+            continue  # killed before the study existed
+        for t in trials:
+            if t.state == TrialState.COMPLETE:
+                assert seen.setdefault(t.number, tuple(t.values)) == tuple(t.values)
+    assert kills >= 5, "the study finished before most kills; the test needs longer trials"
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = optuna.load_study(study_name="killed", storage=storage)
+    trials = study.get_trials()
+    assert study.user_attrs["created"] is True
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for number, values in seen.items():  # no finished trial lost or changed
+        assert trials[number].state == TrialState.COMPLETE and tuple(trials[number].values) == values
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sum(t.user_attrs.get("duplicate_of") is None for t in trials
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)) >= 10
+    presets = [t.user_attrs.get("enqueued_preset") for t in done]
+    assert presets.count("snapgen-unet") == 1 and presets.count("fig3-a") == 1
+    evaluated = [t.user_attrs["spec_id"] for t in done if "reused_from" not in t.user_attrs]
+    assert len(evaluated) == len(set(evaluated)), "a spec was evaluated twice"
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed, "no kill landed in a trial; the test did not exercise the ghost rule"
+    for t in failed:  # each was killed mid-trial, failed by the dead-PID rule and re-queued
+        assert "is gone" in t.user_attrs["killed"]
+        assert any(x.system_attrs.get("retry_history", [None])[-1] == t.number for x in trials)

@@ -1,0 +1,138 @@
+"""Storage opened safely (issue 16): workers that start together, readers that never write, strict URLs."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from studies import results as R
+from studies.storage import StorageError, open_readonly, parse_url
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """
+[study]
+name = "{name}"
+sampler = "random"
+n_trials = {n_trials}
+
+[target]
+latent = 32
+
+[space]
+base = "tiny-debug"
+ffn_ratio = {{ choices = [2.0, 3.0, 4.0] }}
+attention = {{ choices = ["mqa", "mhsa"] }}
+
+[objectives]
+params_m = "minimize"
+"""
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pocketdiff.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def _tables(url: str) -> set[str]:
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_four_workers_started_together_on_a_fresh_postgres_database(tmp_path, postgres_url):
+    """Optuna's table creation is check-then-create; without the schema lock 1-2 of 4 workers died with a
+    duplicate-key error on PostgreSQL's catalog."""
+    path = tmp_path / "together.toml"
+    path.write_text(TINY.format(name="together", n_trials=8))
+    cmd = [sys.executable, "-m", "pocketdiff.cli", "study", "worker", str(path), "--storage", postgres_url,
+           "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="together", storage=postgres_url)
+    assert study.user_attrs["created"] is True and study.user_attrs["workers"] == 4
+    assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) >= 8
+    # each worker claimed its own index, so its own sampler seed
+    seeds = {line for out, _ in outs for line in out.splitlines() if line.startswith("worker ")}
+    assert len(seeds) == 4
+
+
+def test_readers_on_a_missing_sqlite_file_create_nothing(tmp_path):
+    db = tmp_path / "nothing" / "study.db"
+    for args in (["study", "status", "--storage", f"sqlite:///{db}"],
+                 ["study", "best", "--storage", f"sqlite:///{db}", "-o", str(tmp_path / "w.json")],
+                 ["study", "export", "--storage", f"sqlite:///{db}", "-o", str(tmp_path / "x.csv")]):
+        r = _cli(*args)
+        assert r.returncode == 2, r.stderr
+        assert f"no SQLite file at {db}" in r.stderr and "Traceback" not in r.stderr
+    assert not db.exists() and not db.parent.exists()
+
+
+def test_study_status_from_a_file_never_creates_its_database(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(TINY.format(name="fresh", n_trials=2))
+    r = _cli("study", "status", str(path), cwd=tmp_path)
+    assert r.returncode == 2 and "no SQLite file" in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_readers_on_a_postgres_database_without_optuna_tables_create_nothing(postgres_url):
+    with pytest.raises(StorageError, match="holds no Optuna study .*nothing was created"):
+        open_readonly(postgres_url)
+    with pytest.raises(R.ResultsError, match="holds no Optuna study"):
+        R.study_names(postgres_url)  # what `pocketdiff app --storage` lists first
+    r = _cli("study", "status", "--storage", postgres_url)
+    assert r.returncode == 2 and "holds no Optuna study" in r.stderr, r.stderr
+    assert _tables(postgres_url) == set()
+
+
+def test_readonly_postgres_storage_refuses_writes(postgres_url):
+    optuna.create_study(study_name="s", storage=postgres_url)
+    storage = open_readonly(postgres_url)
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
+    with pytest.raises(Exception) as e:
+        optuna.create_study(study_name="other", storage=storage)
+    assert "read-only transaction" in repr(e.value.__cause__ or e.value.__context__)
+    assert [s.study_name for s in optuna.get_all_study_summaries(postgres_url)] == ["s"]
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("sqlite:///runs/a#b.db", "contains '#'"),
+    ("sqlite:///runs/a.db?mode=ro", "'?query' in a SQLite URL"),
+    ("sqlite:///file:runs/a.db?mode=ro&uri=true", "'?query' in a SQLite URL"),
+    ("sqlite://runs/a.db", "three slashes"),
+    ("sqlite:///", "names no file"),
+    ("redis://localhost/0", "unknown scheme 'redis'"),
+    ("postgres://u@h/db", "write postgresql://"),
+    ("postgresql://u@h", "names no database"),
+    ("runs/a.db", "is not a storage URL"),
+])
+def test_storage_urls_are_parsed_strictly(url, reason):
+    with pytest.raises(StorageError, match=reason.replace("?", "\\?")):
+        parse_url(url)
+
+
+def test_a_bad_storage_url_is_refused_before_anything_is_written(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(TINY.format(name="s", n_trials=2))
+    for url in (f"sqlite:///{tmp_path}/a#b.db", f"sqlite:///{tmp_path}/q?mode=ro", "ftp://x/y"):
+        r = _cli("study", "run", str(path), "--storage", url, "--no-progress", cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
+
+
+def test_sqlite_paths_and_memory_parse():
+    assert parse_url("sqlite:///runs/x/study.db").path == Path("runs/x/study.db")
+    assert parse_url("sqlite:////tmp/x.db").path == Path("/tmp/x.db")
+    assert parse_url("sqlite:///:memory:").is_memory
+    assert parse_url("postgresql+psycopg://u@h:5432/db?sslmode=disable").scheme == "postgresql"

@@ -1,0 +1,171 @@
+"""The one checkpoint format of every UNet training run (quality runs, full runs, KD, step distillation).
+
+A checkpoint is a folder `checkpoints/step_XXXXXXX/` under a run folder (`checkpoints/latest` names the newest):
+- `model.safetensors`: the raw weights (`model.*`) and the EMA weights (`ema.*`), the spec JSON and the run's
+  metadata in the safetensors header. This file alone is enough to sample, export, teach or initialise.
+- `state.pt` (runs that can resume): optimiser, scheduler, every rank's RNG states and the objective's state
+  (KD projections, running loss magnitudes, discriminator). Plain tensors and containers only: it is read with
+  `torch.load(weights_only=True)`, so a crafted file cannot run code.
+- `checkpoint.json`: format, step, spec, metadata and the sha256 of every file above.
+A quality run (evaluators/quality.py) writes the same folder without `state.pt`: it feeds `--teacher`, `--init`,
+`export --checkpoint` and `sample` like any other run, but cannot be resumed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from search_space import UNetSpec, build_model
+from search_space.spec import spec_from_dict
+
+from .config import TrainError
+from .data import FlowData, file_sha256
+from .text import PromptEmbeddings
+
+CHECKPOINT_FORMAT = "pocketdiff-train-1"
+STATE_FILE = "state.pt"
+WEIGHTS_FILE = "model.safetensors"
+
+
+
+
+class CheckpointError(TrainError):
+    """A checkpoint that is corrupt or belongs to another run; the message names the mismatch."""
+
+
+def run_meta(data: FlowData, prompts: PromptEmbeddings, cfg_scale: float, sample_steps: int) -> dict:
+    """What every consumer needs to use a checkpoint without the training data: the data's model space, class
+    names, text encoder and the sampler settings it was trained for."""
+    return {"data": data.name, "encoder": prompts.encoder, "class_names": list(data.class_names),
+            "resolution": data.resolution, "data_kind": data.kind, "patch": data.patch, "channels": data.channels,
+            "size": data.size, "cfg_scale": cfg_scale, "sample_steps": sample_steps,
+            "latent_scaling": ([data.info.get("scaling_factor"), data.info.get("shift_factor")]
+                               if data.kind == "latent" else None)}
+
+
+def weights_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, model: nn.Module, ema: nn.Module, spec: UNetSpec, meta: dict,
+                    state: dict | None, keep: int = 0) -> Path:
+    """Write `ckpt_dir/step_XXXXXXX` atomically (temp folder, then rename), update `latest`, keep the newest
+    `keep` (0: all). `state=None` writes a weights-only checkpoint (no resume)."""
+    from safetensors.torch import save_file
+
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step_{step:07d}"
+    tmp = ckpt_dir / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    metadata = {"format": CHECKPOINT_FORMAT, "spec": spec.to_json(), "spec_id": spec.spec_id, "step": str(step),
+                "meta": json.dumps(meta)}
+    save_file(tensors, tmp / WEIGHTS_FILE, metadata=metadata)
+    names = [WEIGHTS_FILE]
+    if state is not None:
+        torch.save(state, tmp / STATE_FILE)
+        names.append(STATE_FILE)
+    manifest = {"format": CHECKPOINT_FORMAT, "step": step, "spec_id": spec.spec_id,
+                "spec": json.loads(spec.to_json()), "meta": meta, "resumable": state is not None,
+                "files": {name: file_sha256(tmp / name) for name in names}}
+    (tmp / "checkpoint.json").write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    (ckpt_dir / "latest.tmp").write_text(final.name)
+    (ckpt_dir / "latest.tmp").replace(ckpt_dir / "latest")
+    for old in sorted(ckpt_dir.glob("step_*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A run folder (-> its latest checkpoint), a checkpoints folder, or one step folder."""
+    path = Path(path)
+    for candidate in (path / "checkpoints" / "latest", path / "latest"):
+        if candidate.is_file():
+            return candidate.parent / candidate.read_text().strip()
+    if (path / "checkpoint.json").is_file() or (path / WEIGHTS_FILE).is_file():
+        return path
+    if path.is_file() and path.name == WEIGHTS_FILE:
+        return path.parent
+    raise CheckpointError(f"no checkpoint at {path}: expected a run folder with checkpoints/latest (written by "
+                          f"`pocketdiff train` or `pocketdiff eval quality --out`), or a checkpoints/step_XXXXXXX "
+                          f"folder")
+
+
+def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, dict]:
+    """(manifest, tensors) of a checkpoint folder; a missing, truncated or altered file raises CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = find_checkpoint(path)
+    manifest_path = path / "checkpoint.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} has no checkpoint.json (incomplete write?)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {manifest_path} is corrupt: {e}") from None
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {manifest.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise CheckpointError(f"checkpoint {manifest_path} has no valid 'files' table (name -> sha256); it was not "
+                              f"written by `pocketdiff train`, or was edited")
+    if verify:
+        for name, digest in files.items():
+            f = path / name
+            if not f.is_file():
+                raise CheckpointError(f"checkpoint {path} is missing {name}")
+            if file_sha256(f) != digest:
+                raise CheckpointError(f"checkpoint file {f} is corrupt: its sha256 does not match checkpoint.json "
+                                      f"(truncated or altered); resume from an older checkpoint")
+    try:
+        tensors = load_file(path / WEIGHTS_FILE)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint file {path / WEIGHTS_FILE} is corrupt: {e}") from None
+    manifest["path"] = str(path)
+    return manifest, tensors
+
+
+def read_state(path: Path) -> dict:
+    """The resume state of a checkpoint folder, refused when it holds anything but tensors and plain data."""
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"checkpoint {path} holds weights only (a quality run's): it can start (--init) or "
+                              f"teach (--teacher) a run, not resume one")
+    try:
+        # weights_only: tensors, numbers, strings and containers only. A state file from elsewhere cannot run
+        # code on load (a full unpickler would execute whatever the file names before any check of ours).
+        return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt or unsafe file
+        raise CheckpointError(f"checkpoint file {path / STATE_FILE} is corrupt or holds more than tensors and "
+                              f"plain data (refused): {str(e).splitlines()[0]}") from None
+
+
+def split_weights(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_trained(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, UNetSpec, dict]:
+    """(model in eval mode, spec, manifest) from any checkpoint of ours; the EMA weights by default."""
+    manifest, tensors = read_checkpoint(path)
+    spec = spec_from_dict(manifest["spec"])
+    model = build_model(spec)
+    try:
+        model.load_state_dict(split_weights(tensors, "ema." if use_ema else "model."))
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {manifest['path']} does not fit its own spec {spec.spec_id} (built by "
+                              f"another version of the model code?): {str(e).splitlines()[0]}") from None
+    return model.eval(), spec, manifest
