@@ -26,7 +26,7 @@ def test_shipped_study_files_sample_valid_specs(path):
 def test_quick_study_is_the_documented_default():
     cfg = load_study_file(Path(__file__).resolve().parents[1] / "studies" / "quick.toml")
     assert cfg.name == "quick" and cfg.storage == "sqlite:///runs/quick/study.db"
-    # quality by the validation loss: the metric that ranks at these budgets (benchmarks/proxy_fidelity.md)
+    # quality by the validation loss: FD is far above its noise floor at these budgets (benchmarks/proxy_fidelity.md)
     assert cfg.metric_names[0] == "val_loss" and "latency_ms" in cfg.metric_names
     assert cfg.enqueue and all(p in PRESETS for p in cfg.enqueue)
     # the main job is multi-fidelity, and its candidate count lets at least one reach the top rung
