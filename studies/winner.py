@@ -100,7 +100,8 @@ def select_winner(study, metric: str | None = None, max_latency_ms: float | None
                   if isinstance(t.user_attrs.get("latency_ms"), (int, float))
                   and t.user_attrs["latency_ms"] <= max_latency_ms]
         if not scored:
-            raise NoWinner(f"no complete, feasible trial with {metric} at or under {max_latency_ms:g} ms; "
+            raise NoWinner(f"no complete, feasible trial with a predicted latency at or under "
+                           f"{max_latency_ms:g} ms; "
                            f"raise --max-latency-ms")
     sign = -1.0 if direction == "maximize" else 1.0
     value, t = min(scored, key=lambda c: (sign * c[0], c[1].number))
