@@ -39,6 +39,7 @@ from optuna.trial import TrialState
 from search_space import PRESETS, Spec
 from search_space.spec import SpecError
 from search_space.errors import UserError
+from evaluators import registry
 
 from . import evaluate as ev
 from . import storage as S
@@ -254,16 +255,16 @@ def _finish_creation(cfg: StudyConfig, study: optuna.Study, fingerprint: dict) -
     study.set_user_attr("created", True)
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            if x != y:
-                return _first_difference(x, y, f"{path}[{i}]")
-    return f"{path or 'definition'}: stored {json.dumps(a)[:120]}, file {json.dumps(b)[:120]}"
+def _first_difference(stored: Any, file: Any) -> str:
+    """The first field (dotted path, search_space/paths.py) where a stored definition and the file's differ."""
+    from search_space.paths import MISSING, diff
+
+    changed = diff(stored, file)
+    if not changed:
+        return "definition"
+    path, a, b = changed[0]
+    show = (lambda v: "(absent)" if v is MISSING else json.dumps(v)[:120])
+    return f"{path or 'definition'}: stored {show(a)}, file {show(b)}"
 
 
 # --- the objective --------------------------------------------------------------------------------------
@@ -505,7 +506,7 @@ class Objective:
     def _cached(self, key: str, cfg: StudyConfig) -> dict | None:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.user_attrs.get("eval_key") == key:
-                metrics = {m: v for m, v in t.user_attrs.items() if _is_quality_metric(m)}
+                metrics = {m: v for m, v in t.user_attrs.items() if registry.is_quality_metric(m)}
                 attrs = {k: t.user_attrs[k] for k in ("curve", "artifacts", "proxy", "per_seed") if k in t.user_attrs}
                 return {"metrics": metrics, "user_attrs": attrs, "source": f"trial {t.number}"}
         return ev.load_cache(key) if ev.portable(cfg) else None
@@ -544,11 +545,6 @@ def _twin(cfg: StudyConfig, study: optuna.Study, number: int, spec_id: str,
         if state in found:
             return found[state]
     return None
-
-
-def _is_quality_metric(name: str) -> bool:
-    """A quality metric or its interval bound (`fd_domain_ci_low`, ...: the evaluator's seed interval)."""
-    return name.removesuffix("_ci_low").removesuffix("_ci_high") in QUALITY_METRICS
 
 
 # --- running ----------------------------------------------------------------------------------------------

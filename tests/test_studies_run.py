@@ -92,7 +92,9 @@ def test_same_name_different_space_is_refused(tmp_path):
     run_study(load_study_file(_study_file(tmp_path, n_trials=1), storage=storage), progress=False, echo=lambda s: None)
     changed = tmp_path / "changed.toml"
     changed.write_text(_study_file(tmp_path, n_trials=1).read_text().replace("[384, 512, 640]", "[384, 512]"))
-    with pytest.raises(StudyError, match="different definition \\(space.knobs\\[0\\].choices"):
+    # the first changed field, named with the spec's one dotted-path grammar (search_space/paths.py)
+    with pytest.raises(StudyError, match=r"different definition \(space\.knobs\.0\.choices: "
+                                         r"stored \[384, 512, 640\], file \[384, 512\]"):
         open_study(load_study_file(changed, storage=storage))
 
 
