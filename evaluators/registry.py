@@ -11,6 +11,12 @@ Each evaluator registers
   names to floats; `_user_attrs` (a dict) carries what the trial stores beside the metrics (proxy mapping,
   per-stage breakdowns, artifact paths) and `_evaluator_seconds` the time spent in training and scoring.
 
+The shipped evaluators are declared statically at the bottom of this file (name, version, metrics with
+directions, typed options, the module that runs them), so loading a study file checks it against the registry
+without importing torch; an evaluator's module is imported only when it evaluates. Each module still
+registers its own declaration with its `run` function (beside the code, where a change of version or metric is
+made), and `register` refuses one that disagrees with the static declaration, naming the field.
+
 `cache_tag(name)` is what every cache of an evaluator's results keys on: the evaluator's version and a
 fingerprint of the code that builds the model and its features (latency_models/fingerprint.py: the
 search_space package, the op-trace walk and the export wrappers) plus the evaluator's own module. An edit to a
@@ -18,6 +24,7 @@ block changes the tag, so a cached result of the old code is never served: it is
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from dataclasses import dataclass
@@ -56,11 +63,12 @@ class Evaluator:
     version: str
     metrics: dict[str, str]  # metric -> direction
     options: tuple[Option, ...]
-    run: Callable[..., dict]  # (spec, config, seed, report) -> dict
+    run: Callable[..., dict] | None = None  # (spec, config, seed, report) -> dict; None: in `module`
     spec_kinds: tuple[str, ...] = ("unet", "decoder")
     cheap: bool = False  # known before training: runs on every candidate, before the constraints are checked
     code: tuple[str, ...] = ()  # modules (besides the builders and features) its results depend on
     doc: str = ""
+    module: str = ""  # where a statically declared evaluator's `run` registers itself (imported on first use)
 
     def option_names(self) -> list[str]:
         return sorted(o.name for o in self.options)
@@ -81,29 +89,72 @@ class Evaluator:
         if spec.kind not in self.spec_kinds:
             raise EvaluatorError(f"evaluator {self.name!r} scores {' and '.join(self.spec_kinds)} specs; "
                                  f"{spec.kind} spec {spec.spec_id} is not one")
-        return self.run(spec, self.check_config(config or {}), seed, report)
+        return runner(self.name)(spec, self.check_config(config or {}), seed, report)
+
+    def declaration(self) -> "Evaluator":
+        """What the registry knows without importing the evaluator's module: everything but `run`."""
+        return dataclasses.replace(self, run=None, module="")
 
 
-REGISTRY: dict[str, Evaluator] = {}
+REGISTRY: dict[str, Evaluator] = {}  # name -> declaration (static, or registered by a module at import)
+_RUNS: dict[str, Callable[..., dict]] = {}  # name -> run, once its module registered it
 
 
-def register(evaluator: Evaluator) -> Evaluator:
+def _check_directions(evaluator: Evaluator) -> None:
     for metric, direction in evaluator.metrics.items():
         if direction not in DIRECTIONS:
             raise ValueError(f"{evaluator.name}: metric {metric} has direction {direction!r}")
+
+
+def declare(evaluator: Evaluator) -> Evaluator:
+    """A static declaration: known to every check at once, its `module` imported when it first evaluates."""
+    _check_directions(evaluator)
+    if not evaluator.module:
+        raise ValueError(f"{evaluator.name}: a static declaration names the module that registers its run")
     REGISTRY[evaluator.name] = evaluator
     return evaluator
 
 
+def register(evaluator: Evaluator) -> Evaluator:
+    """Called by an evaluator's module at import with its own full declaration and `run`. A statically
+    declared evaluator must agree field by field (else ValueError naming the fields: edit both places); an
+    evaluator without a static declaration (a plug-in) is known from its import on."""
+    _check_directions(evaluator)
+    if evaluator.run is None:
+        raise ValueError(f"{evaluator.name}: a module registers its evaluator with its run function")
+    static = REGISTRY.get(evaluator.name)
+    if static is not None and static.module:
+        mine = evaluator.declaration()
+        differ = [f.name for f in dataclasses.fields(Evaluator)
+                  if getattr(mine, f.name) != getattr(static.declaration(), f.name)]
+        if differ:
+            raise ValueError(f"evaluator {evaluator.name!r}: the module's declaration differs from the static one "
+                             f"in evaluators/registry.py in {', '.join(differ)}; make them agree")
+    else:
+        REGISTRY[evaluator.name] = evaluator
+    _RUNS[evaluator.name] = evaluator.run
+    return REGISTRY[evaluator.name]
+
+
+def runner(name: str) -> Callable[..., dict]:
+    """The `run` function of evaluator `name`, importing its module the first time."""
+    if name not in _RUNS:
+        module = get(name).module
+        if module:
+            importlib.import_module(module)  # registers its run
+        if name not in _RUNS:
+            raise EvaluatorError(f"evaluator {name!r} has no run function (its module {module or '?'} did not "
+                                 f"register one)")
+    return _RUNS[name]
+
+
 def get(name: str) -> Evaluator:
-    _load()
     if name not in REGISTRY:
         raise EvaluatorError(f"unknown evaluator {name!r}; known: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 
 def evaluators() -> dict[str, Evaluator]:
-    _load()
     return dict(REGISTRY)
 
 
@@ -193,16 +244,53 @@ def cache_tag(name: str) -> dict[str, str]:
 
 
 # --- the shipped evaluators --------------------------------------------------------------------------------
+# Static declarations: each must equal the one its module registers (register() checks it when the module is
+# imported; tests/test_evaluators_registry.py imports every one). Defaults are the modules' constants, written
+# out here so that no check of a study file imports torch.
 
-SHIPPED = ("evaluators.cost", "evaluators.latency", "evaluators.quality", "evaluators.decoder_quality")
+declare(Evaluator(
+    name="cost", version="cost-1", cheap=True, code=("evaluators.cost",), module="evaluators.cost",
+    metrics={"params_m": "minimize", "gmacs": "minimize", "gmacs_no_attention": "minimize"},
+    options=(Option("latent", int, 128, "full-size latent side the model is counted at"),),
+    doc="params and MACs of the full-size model on the meta device, per stage and per op kind"))
+
+declare(Evaluator(
+    name="latency", version="latency-1", cheap=True, code=("evaluators.latency",), module="evaluators.latency",
+    metrics={"latency_ms": "minimize", "latency_low_ms": "minimize", "latency_high_ms": "minimize"},
+    options=(Option("latent", int, 128, "full-size latent side the latency is predicted at"),
+             Option("device", str, "a17pro", "latency profile, e.g. a17pro (latency_models/profiles/)")),
+    doc="predicted Neural Engine latency of the full-size model, with its band and per-stage split"))
+
+declare(Evaluator(
+    name="flow", version="quality-2", spec_kinds=("unet",), code=("evaluators.quality",),
+    module="evaluators.quality",
+    metrics={"val_loss": "minimize", "fd_domain": "minimize", "kid_domain": "minimize",
+             "precision_domain": "maximize", "recall_domain": "maximize", "fid": "minimize", "kid": "minimize",
+             "precision": "maximize", "recall": "maximize"},
+    options=(Option("data", str, "mnist5k", "training data, e.g. mnist5k"),
+             Option("budget", str, "500steps", "training budget, e.g. 500steps or 60s"),
+             Option("seeds", int, 1, "seeds per candidate; 3 gives a 95% interval"),
+             Option("n_samples", int, None, "generated images per seed (default: up to 500)"),
+             Option("sample_steps", int, 8, "Euler steps when sampling"),
+             Option("guidance", float, 2.0, "classifier-free guidance scale"),
+             Option("proxy", dict, {}, "proxy mapping, e.g. { width_mult = 0.125 }"),
+             Option("out_dir", str, None, "artifact folder (set by the study runner)")),
+    doc="proxy flow-matching run, scored by validation loss and domain FD (Inception FID when available)"))
+
+declare(Evaluator(
+    name="decoder", version="decoder-quality-1", spec_kinds=("decoder",), code=("evaluators.decoder_quality",),
+    module="evaluators.decoder_quality",
+    metrics={"psnr": "maximize", "val_loss": "minimize", "lpips": "minimize", "baseline_psnr": "maximize"},
+    options=(Option("data", str, "sample-images", "images the decoder reconstructs, e.g. sample-images"),
+             Option("budget", str, "60s", "training budget, e.g. 30s or 400steps"),
+             Option("encoder", str, "tiny-ae", "frozen encoder: tiny-ae or vae:/path/to/vae"),
+             Option("out_dir", str, None, "artifact folder (set by the study runner)")),
+    doc="short decoder training with a frozen encoder, scored by held-out reconstruction PSNR"))
+
+SHIPPED = tuple(REGISTRY)  # the statically declared evaluators, by name
 
 
-def _load() -> None:
-    """Import the shipped evaluator modules; each registers itself at import."""
-    for module in SHIPPED:
-        importlib.import_module(module)
-
-
-__all__ = ["Evaluator", "EvaluatorError", "Option", "REGISTRY", "register", "get", "evaluators", "producers",
+__all__ = ["Evaluator", "EvaluatorError", "Option", "REGISTRY", "declare", "register", "runner", "get", "evaluators",
+           "producers",
            "direction_of", "quality_metrics", "is_quality_metric", "check_study", "cache_tag", "code_fingerprint",
            "fingerprint_paths"]

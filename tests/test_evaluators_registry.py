@@ -105,3 +105,51 @@ def test_a_stale_cache_entry_is_recomputed_not_served(monkeypatch, tmp_path):
             f: v})
         assert ev.load_cache(ev.evaluation_key(spec, cfg)) is None
     assert ev.cache_root().parent == tmp_path  # one cache root
+
+
+PROBE_NO_TORCH = """
+import sys
+from evaluators import registry
+registry.check_study("flow", {"budget": "40steps", "proxy": {"width_mult": 0.5}}, [("objectives", "val_loss")])
+names = sorted(registry.evaluators())
+print("NAMES=" + ",".join(names), "TORCH=" + str("torch" in sys.modules))
+"""
+
+
+def test_the_static_declarations_answer_every_check_without_importing_an_evaluator():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PROBE_NO_TORCH], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert "NAMES=cost,decoder,flow,latency TORCH=False" in out.stdout, out.stdout + out.stderr
+
+
+def test_each_module_registers_exactly_its_static_declaration():
+    """Importing an evaluator's module registers its own declaration with its run function; it must equal the
+    static one field by field (register() raises otherwise), and then the registry runs the module's function."""
+    import importlib
+
+    for name in registry.SHIPPED:
+        static = registry.get(name)
+        module = importlib.import_module(static.module)
+        assert registry.runner(name).__module__ == module.__name__
+        assert registry.get(name) is static  # the static declaration stays the registry's entry
+        assert module.EVALUATOR_VERSION == static.version
+
+
+def test_a_module_declaration_that_disagrees_with_the_static_one_is_refused(monkeypatch):
+    import dataclasses
+
+    static = registry.get("cost")
+    monkeypatch.setattr(registry, "_RUNS", dict(registry._RUNS))
+    changed = dataclasses.replace(static.declaration(), version="cost-999",
+                                  metrics={**static.metrics, "gmacs": "maximize"}, run=lambda *a: {})
+    with pytest.raises(ValueError, match="'cost'.* differs from the static one .* in version, metrics"):
+        registry.register(changed)
+    assert registry.get("cost") is static and registry._RUNS.get("cost") is not changed.run
+    # an evaluator without a static declaration (a plug-in) is known once its module registers it
+    monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))
+    plugin = registry.register(registry.Evaluator(name="host", version="host-1", metrics={"host_ms": "minimize"},
+                                                  options=(), run=lambda spec, config, seed, report: {"host_ms": 1.0}))
+    assert registry.producers("host_ms") == ["host"] and plugin.evaluate(PRESETS["tiny-debug"]) == {"host_ms": 1.0}
