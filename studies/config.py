@@ -119,10 +119,9 @@ def _err(path: str, msg: str) -> StudyFileError:
 
 def _check_quality_keys(quality: dict[str, Any], path: str) -> None:
     """[quality] budget, seeds, n_samples and proxy: a bad value is one line naming the key and the fix."""
+    from training.budget import WARMUP_STEPS, Budget, BudgetError
     from training.proxy import ProxyConfig, ProxyError
-    from training.trainer import Budget, BudgetError
 
-    from training.trainer import WARMUP_STEPS
     budgets = [("budget", quality["budget"])] if "budget" in quality else []
     if isinstance(quality.get("rungs"), list):
         budgets += [("rungs", r) for r in quality["rungs"] if isinstance(r, str)]
@@ -237,7 +236,7 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
         raise _err(path, f"[target] latent = {latent!r} must be a positive integer")
     device = target.get("device", "a17pro")
     try:
-        from latency_models.profiles import resolve_device
+        from latency_models.devices import resolve_device
         if not isinstance(device, str):
             raise SpecError(f"must be a device name string like \"a17pro\", not {device!r}")
         resolve_device(device)
@@ -350,7 +349,7 @@ def _parse_rungs(path: str, quality: dict[str, Any], st: dict[str, Any],
                          f"e.g. [\"200steps\", \"800steps\"] (one budget: use budget = \"...\")")
     if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction < 2:
         raise _err(path, f"[quality] reduction = {reduction!r} must be an integer >= 2 (3 keeps the best third)")
-    from training.trainer import Budget
+    from training.budget import Budget
     sizes = []
     for r in rungs:
         try:

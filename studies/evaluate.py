@@ -69,7 +69,7 @@ _NOTICED: set[str] = set()
 
 def wall_clock_notice(cfg: StudyConfig, echo: Callable[[str], None] = print) -> None:
     """Say once per study and process that a wall-clock budget makes quality depend on the host."""
-    from training.trainer import WALL_CLOCK_NOTICE, Budget
+    from training.budget import WALL_CLOCK_NOTICE, Budget
     if cfg.quality_evaluator != "none" and cfg.name not in _NOTICED \
             and Budget.parse(cfg.quality.get("budget", DEFAULT_BUDGET)).wall_clock:
         _NOTICED.add(cfg.name)
@@ -79,7 +79,7 @@ def wall_clock_notice(cfg: StudyConfig, echo: Callable[[str], None] = print) -> 
 def portable(cfg: StudyConfig) -> bool:
     """Whether a result may be reused across studies: only step budgets give the same training on any machine
     and under any load; a wall-clock budget's result is reused only within its own study."""
-    from training.trainer import Budget
+    from training.budget import Budget
     return Budget.parse(cfg.quality.get("budget", DEFAULT_BUDGET)).steps is not None
 
 
