@@ -96,9 +96,10 @@ def cmd_run(args) -> int:
             print(f"  [quality] budget = {cfg.quality['budget']!r} is not used: each rung sets its trials' budget")
     study, stats = run_study(cfg, n_trials=n_trials, timeout=args.timeout, progress=not args.no_progress)
     _print_summary(study)
-    if stats.trial_seconds > 0:
-        print(f"workbench overhead (everything but training, sampling and scoring): "
-              f"{stats.overhead_share:.1%} of {stats.trial_seconds:.0f} s of trial time")
+    if stats.run_seconds > 0 and stats.states:
+        print(f"workbench overhead (everything but training, sampling and scoring): {stats.overhead_share:.1%} of "
+              f"{stats.run_seconds:.0f} s of run time ({stats.evaluator_seconds:.0f} s training, sampling and scoring "
+              f"in {len(stats.states)} trials)")
     if stats.all_failed:
         print(f"pocketdiff: error: every trial of this run failed ({len(stats.states)}); see the reasons above",
               file=sys.stderr)
@@ -138,7 +139,7 @@ def _with_interval(row: dict, name: str) -> str:
 def cmd_status(args) -> int:
     from optuna.trial import TrialState
     from studies.halving import front_rung, rung_counts
-    from studies.results import fig3_orderings_of, fig3_orderings_text
+    from studies.paper import fig3_pair_possible
     from studies.runner import front_note, pareto_rows, study_rungs
 
     study = _study(args)
@@ -149,7 +150,10 @@ def cmd_status(args) -> int:
                  or t.user_attrs.get("fail_reason") or ""}
                 for t in trials if t.state in (TrialState.FAIL, TrialState.PRUNED)]
     rungs = study_rungs(study)
-    fig3 = fig3_orderings_of(study)
+    fig3 = None
+    if fig3_pair_possible(trials):  # only then pandas (studies/results.py builds the ordering table)
+        from studies.results import fig3_orderings_of, fig3_orderings_text
+        fig3 = fig3_orderings_of(study)
     if args.json:
         print(json.dumps({"study": study.study_name, "counts": counts, "failures": failures,
                           "rungs": rungs, "rung_counts": rung_counts(trials, len(rungs)),

@@ -18,6 +18,8 @@ import pandas as pd
 
 from search_space.errors import UserError
 
+from .paper import FIG3_PAPER, FIG3_PAPER_ORDER, FIG3_PARENT, TABLE2_PAPER, fig3_pair_possible  # noqa: F401
+
 # User attributes that are bookkeeping, not metrics or knobs (kept out of the numeric metric columns).
 TEXT_ATTRS = ("spec_id", "compact", "kind", "preset", "base_preset", "enqueued_preset", "artifacts", "eval_key", "cached_from",
               "infeasible", "early_stopped", "fail_reason", "study_file", "samples", "record", "status", "budget",
@@ -30,23 +32,6 @@ REASON_ATTRS = ("infeasible", "early_stopped", "fail_reason")
 # Metrics where larger is better when a metric is plotted that is not one of the study's objectives.
 MAXIMIZE_METRICS = ("psnr", "precision", "recall", "precision_domain", "recall_domain")
 
-# SNAPGEN.md section 1, Figure 3: change of each step relative to its parent step [paper].
-FIG3_PARENT = {"b": "a", "c1": "b", "c2": "b", "d": "c2", "e": "d", "f": "e", "f-1to1": "e", "g": "f"}
-FIG3_PAPER = {  # step: (change, params delta, FLOPs delta, ImageNet FID)
-    "a": ("thin SDXL baseline", "-", "-", "3.76"),
-    "b": ("self-attention only in the lowest-resolution stage", "~0", "-17%", "3.12"),
-    "c1": ("separable convs, no expansion", "-24%", "-", "3.38"),
-    "c2": ("separable convs, expansion 2", "-15% (vs b)", "-27%", "lower than b"),
-    "d": ("FFN expansion 4 -> 3", "-12%", "-12%", "comparable"),
-    "e": ("MHSA -> MQA", "-16%", "-6%", "minimal impact"),
-    "f": ("condition injection in stage 1 (CA + FFN blocks)", "smaller", "lower", "better"),
-    "f-1to1": ("step f, one CA + FFN block per replaced res block (our other reading)", "smaller", "lower",
-               "better"),
-    "g": ("QK RMSNorm + 2D RoPE", "negligible", "negligible", "better"),
-}
-# SNAPGEN.md section 2, Table 2 (decode a 128x128 latent to 1024x1024; PSNR on COCO 2017 val) [paper].
-TABLE2_PAPER = {"sdxl-decoder": (4, 24.89, 49.49, 4970), "sd3-decoder": (16, 27.92, 49.55, 4970),
-                "snapgen-decoder": (16, 27.85, 1.38, 224)}  # latent ch, PSNR, params (M), GFLOPs
 IMAGE_NAMES = ("samples.png", "reconstructions.png")
 FIG3_STUDY = "paper-fig3"
 FIG3_DEFAULT_STORAGE = "sqlite:///runs/paper-fig3/study.db"
@@ -470,11 +455,6 @@ def fig3_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-# SNAPGEN.md section 1, Figure 3: the published ImageNet FID of each step against its parent step [paper]:
-# "better" = lower FID than the parent, "worse" = higher, "comparable" = the paper claims no real change
-# (d: "comparable", e: "minimal impact").
-FIG3_PAPER_ORDER = {"b": "better", "c1": "worse", "c2": "better", "d": "comparable", "e": "comparable",
-                    "f": "better", "f-1to1": "better", "g": "better"}
 FIG3_LEVEL = 0.95  # confidence level of the difference intervals
 
 
@@ -565,6 +545,8 @@ def fig3_orderings(frame: pd.DataFrame, metric: str | None = None, level: float 
 def fig3_orderings_of(study) -> pd.DataFrame | None:
     """`fig3_orderings` of a study that evaluated a Figure 3 step and the step before it (both COMPLETE);
     None for any other study (a search that met one fig3 preset on its way has no ordering to report)."""
+    if not fig3_pair_possible(study.get_trials(deepcopy=False)):
+        return None  # decided without building the frame: `study status` of any other study needs no pandas
     frame, _ = trials_frame(study)
     if not any(_step_row(frame, step, r) is not None and _step_row(frame, parent, r) is not None
                for step, parent in FIG3_PARENT.items() for r in fig3_readings(frame)):

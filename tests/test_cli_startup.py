@@ -1,4 +1,5 @@
-"""The CLI starts without loading torch (issue 15: `pocketdiff --help` and `presets list` answer at once).
+"""The CLI starts without loading torch (issue 15: `pocketdiff --help`, `presets list` and `study status` answer at
+once). Checked by what a fresh interpreter has imported after the command, not by timing it.
 
 Run in a fresh interpreter: the test process itself has torch loaded already.
 """
@@ -10,26 +11,69 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+HEAVY = ("torch", "coremltools", "streamlit", "optuna", "pandas", "scipy", "alembic", "sklearn", "matplotlib")
 PROBE = """
 import sys
 from pocketdiff.cli import build_parser, main
 build_parser()
-rc = main({argv!r})
-heavy = sorted(m for m in ("torch", "coremltools", "streamlit", "optuna", "pandas") if m in sys.modules)
+try:
+    rc = main({argv!r})
+except SystemExit as e:  # --help exits
+    rc = e.code
+heavy = sorted(m for m in {heavy!r} if m in sys.modules)
+print("RC=" + str(rc))
 print("HEAVY=" + ",".join(heavy))
 """
 
 
-def _heavy_after(argv: list[str]) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+def _heavy_after(argv: list[str], cwd: Path = ROOT) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)], cwd=cwd, capture_output=True,
+                         text=True, timeout=120,
+                         env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     line = next((x for x in out.stdout.splitlines() if x.startswith("HEAVY=")), None)
-    assert line is not None, out.stdout + out.stderr
+    assert line is not None and "RC=0" in out.stdout, out.stdout + out.stderr
     return [m for m in line[len("HEAVY="):].split(",") if m]
 
 
 def test_building_the_parser_and_listing_presets_loads_no_heavy_module():
     assert _heavy_after(["presets", "list"]) == []
+    assert _heavy_after(["--help"]) == []
+
+
+STUDY = """
+[study]
+name = "startup"
+sampler = "random"
+n_trials = 2
+
+[target]
+latent = 16
+
+[space]
+base = "tiny-debug"
+ffn_ratio = { choices = [2.0, 4.0] }
+
+[objectives]
+params_m = "minimize"
+latency_ms = "minimize"
+"""
+
+
+def test_study_status_of_a_stored_study_loads_no_torch_and_no_pandas(tmp_path):
+    """Loading the study file (evaluators declared statically, budgets and devices checked in plain Python) and
+    reading the storage need only Optuna's storage: no torch, pandas, scipy, streamlit or coremltools. Optuna
+    itself is imported (it reads the storage), and so is sqlalchemy; alembic is imported by Optuna's
+    RDBStorage and is listed so that this test says when that changes."""
+    from studies.config import load_study_file
+    from studies.runner import run_study
+
+    path = tmp_path / "startup.toml"
+    path.write_text(STUDY)
+    storage = f"sqlite:///{tmp_path}/startup.db"
+    study, _ = run_study(load_study_file(path, storage=storage), progress=False, echo=lambda s: None)
+    assert len(study.get_trials()) == 2
+    heavy = _heavy_after(["study", "status", str(path), "--storage", storage], cwd=tmp_path)
+    assert [m for m in heavy if m not in ("optuna", "alembic")] == [], heavy
 
 
 def test_the_library_still_loads_torch_when_a_builder_is_used():
