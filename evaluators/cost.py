@@ -1,7 +1,9 @@
 """Cost evaluator: parameters, MACs and peak activation memory of any spec at any latent size.
 
 Everything is counted on the meta device by default: the model is built without weights and one forward
-pass is walked op by op, so the full SDXL UNet at a 128x128 latent costs about a second and no memory.
+pass is walked op by op, so the full SDXL UNet at a 128x128 latent costs about a second and no memory. The
+walk is the latency evaluator's (`traced_costs`: one op trace per spec and latent, cached in memory and on
+disk with the code fingerprint), so a study trial walks its candidate once for both evaluators.
 - Parameters: total, per stage and per block kind, from the module tree.
 - MACs: one multiply-accumulate per conv/linear/matmul/attention product, the convention of fvcore and of
   the paper's tables (SNAPGEN.md: "38 GFLOPs" for SnapGen is 38 G multiply-accumulates). Two engines:
@@ -46,14 +48,17 @@ def stage_of(name: str, spec: Spec) -> str:
 
 
 def count_params(model: nn.Module, spec: Spec) -> dict:
+    return group_params({name: p.numel() for name, p in model.named_parameters()}, spec)
+
+
+def group_params(numel: dict[str, int], spec: Spec) -> dict:
+    """Total, per-stage and per-block-kind parameter counts from the count of each named parameter."""
     per_stage: dict[str, int] = defaultdict(int)
     per_kind: dict[str, int] = defaultdict(int)
-    total = 0
-    for name, p in model.named_parameters():
-        total += p.numel()
-        per_stage[stage_of(name, spec)] += p.numel()
-        per_kind[block_kind(name)] += p.numel()
-    return {"total": total, "per_stage": dict(per_stage), "per_kind": dict(per_kind)}
+    for name, n in numel.items():
+        per_stage[stage_of(name, spec)] += n
+        per_kind[block_kind(name)] += n
+    return {"total": sum(numel.values()), "per_stage": dict(per_stage), "per_kind": dict(per_kind)}
 
 
 # --- MACs ---------------------------------------------------------------------------------------------
@@ -89,18 +94,35 @@ def count_macs_torch(model: nn.Module, inputs: tuple) -> MacReport:
 
     with attention_backend("math"):
         table = features_from_torch(model, inputs)
+    return mac_report([f.macs for f in table.ops], [f.op for f in table.ops], [f.module for f in table.ops])
+
+
+def mac_report(macs: list[float], ops: list[str], modules: list[str]) -> MacReport:
+    """The MAC view of an op trace, given per op its MACs, aten op name and module path."""
     per_module: dict[str, int] = defaultdict(int)
     per_op: dict[str, int] = defaultdict(int)
-    for f in table.ops:
-        if not f.macs:
+    for m, op, module in zip(macs, ops, modules):
+        if not m:
             continue
-        macs = int(f.macs)
-        per_op[f.op] += macs
-        per_module[""] += macs
-        parts = f.module.split(".") if f.module else []
+        m = int(m)
+        per_op[op] += m
+        per_module[""] += m
+        parts = module.split(".") if module else []
         for i in range(1, len(parts) + 1):
-            per_module[".".join(parts[:i])] += macs
+            per_module[".".join(parts[:i])] += m
     return MacReport(total=sum(per_op.values()), per_module=dict(per_module), per_op=dict(per_op))
+
+
+def traced_costs(spec: Spec, latent: int) -> tuple[dict, MacReport]:
+    """(grouped params, MACs) of the full-size model as views of its one op trace: the walk the latency
+    evaluator predicts from (latency_models.api.model_features: batch 1, the math attention backend, fp16
+    weights), cached in memory and on disk by spec_id, latent and the code fingerprint, so a trial walks and
+    builds its model once, and a spec seen before not at all."""
+    from latency_models.api import model_features
+
+    feats = model_features(spec, None, latent=latent, batch=1)[0]
+    ops = feats.ops
+    return group_params(feats.params, spec), mac_report(ops["macs"], ops["op"], ops["module"])
 
 
 def _sdpa_handle(inputs, outputs) -> int:
@@ -237,11 +259,9 @@ def stage_table(spec: Spec, params: dict, macs: MacReport, latent: int, text_tok
 
 
 def describe_cost(spec: Spec, latent: int = DEFAULT_LATENT, memory: bool = True) -> dict:
-    """Everything `pocketdiff describe` prints: totals, per-stage rows, per-kind params, per-op MACs."""
-    model = build_model(spec, "meta")
-    inputs = example_inputs(spec, latent, device="meta")
-    params = count_params(model, spec)
-    macs = count_macs_torch(model, inputs)
+    """Everything `pocketdiff describe` prints: totals, per-stage rows, per-kind params, per-op MACs (views of
+    the cached op trace, `traced_costs`), and with `memory` the peak activation memory of one forward."""
+    params, macs = traced_costs(spec, latent)
     # attention products: the sdpa kernels, or the bmm they decompose into (no other layer here uses bmm)
     attention_macs = sum(v for k, v in macs.per_op.items() if k == "bmm" or "attention" in k)
     out = {
@@ -256,7 +276,8 @@ def describe_cost(spec: Spec, latent: int = DEFAULT_LATENT, memory: bool = True)
         "stages": stage_table(spec, params, macs, latent),
     }
     if memory:
-        out["peak_activation_bytes"] = peak_activation_bytes(model, inputs)
+        out["peak_activation_bytes"] = peak_activation_bytes(build_model(spec, "meta"),
+                                                             example_inputs(spec, latent, device="meta"))
     return out
 
 

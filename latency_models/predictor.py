@@ -18,6 +18,7 @@ the profile records the feature source it was fitted on and prediction uses the 
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -35,7 +36,11 @@ from .fingerprint import current_fingerprint
 from .measurements import Measurement
 
 FEATURE_SOURCE = "torch-meta"
-FEATURE_VERSION = 2  # the cache layout (ModelFeatures); code changes are caught by the fingerprint
+FEATURE_VERSION = 2  # what the features mean (profiles record it); code changes are caught by the fingerprint
+# The cached JSON layout of ModelFeatures: 3 added the cost evaluator's views (parameters by name; MACs and the
+# aten op of every traced op), so one walk serves the cost and the latency evaluators.
+CACHE_LAYOUT = 3
+MEMO_SIZE = 32  # feature sets kept in memory per process (a study asks for the same spec's features 3 times)
 
 # Units the coefficients are stored in (ms per GFLOP, ms per MB, ms per op).
 UNITS = {"flops": 1e9, "act_bytes": 1e6, "weight_bytes": 1e6, "ops": 1.0, "bytes": 1e6}
@@ -79,32 +84,36 @@ def totals_of(table: FeatureTable, params: int) -> dict[str, float]:
 
 @dataclasses.dataclass
 class ModelFeatures:
-    """Every view of one op trace that prediction needs, small enough to cache as JSON.
+    """Every view of one op trace that prediction and costing need, small enough to cache as JSON.
 
-    totals: op-class sums of the linear model; fused: the roofline's fused ops; ops: per-op arrays of the
-    linear model (class index, FLOPs, activation and weight bytes, module path) for its breakdown.
+    totals: op-class sums of the linear model; fused: the roofline's fused ops; ops: per-op arrays (class
+    index, FLOPs, activation and weight bytes, module path for the linear model's breakdown; MACs and aten op
+    name for the cost evaluator's MAC counts); params: parameter count by parameter name (the cost evaluator
+    groups it by stage and block kind). Read-only: one instance is shared by every caller in a process.
     """
     totals: dict[str, float]
     fused: "roofline.Fused"
     ops: dict[str, list]
+    params: dict[str, int]
 
     def to_json(self) -> dict:
-        return {"totals": self.totals, "fused": self.fused.to_json(), "ops": self.ops}
+        return {"totals": self.totals, "fused": self.fused.to_json(), "ops": self.ops, "params": self.params}
 
     @classmethod
     def from_json(cls, d: dict) -> "ModelFeatures":
-        return cls(d["totals"], roofline.Fused.from_json(d["fused"]), d["ops"])
+        return cls(d["totals"], roofline.Fused.from_json(d["fused"]), d["ops"], d["params"])
 
 
-def features_of(table: FeatureTable, params: int) -> ModelFeatures:
+def features_of(table: FeatureTable, params: dict[str, int]) -> ModelFeatures:
     ops = {"op_class": [OP_CLASSES.index(f.op_class) for f in table.ops],
            "flops": [f.flops for f in table.ops], "act_bytes": [f.act_bytes for f in table.ops],
-           "weight_bytes": [f.weight_bytes for f in table.ops], "module": [f.module for f in table.ops]}
-    return ModelFeatures(totals_of(table, params), roofline.fuse(table), ops)
+           "weight_bytes": [f.weight_bytes for f in table.ops], "module": [f.module for f in table.ops],
+           "macs": [f.macs for f in table.ops], "op": [f.op for f in table.ops]}
+    return ModelFeatures(totals_of(table, sum(params.values())), roofline.fuse(table), ops, params)
 
 
 def source_model_features(src, weight_bits: int = 16) -> ModelFeatures:
-    params = sum(p.numel() for p in src.module.parameters())
+    params = {name: p.numel() for name, p in src.module.named_parameters()}
     return features_of(source_features(src, weight_bits), params)
 
 
@@ -116,14 +125,31 @@ def _feature_cache_path(key: str) -> Path:
 
 def feature_cache_key(key: str) -> str:
     """The cache key of a model: the code fingerprint of the builders and feature code, then `key`."""
-    return f"v{FEATURE_VERSION}|{current_fingerprint()}|{key}"
+    return f"v{FEATURE_VERSION}.{CACHE_LAYOUT}|{current_fingerprint()}|{key}"
+
+
+_MEMO: "collections.OrderedDict[tuple[str, str], ModelFeatures]" = collections.OrderedDict()
 
 
 def cached_features(key: str, compute) -> tuple[ModelFeatures, bool]:
-    """Features for `key` (model id, shape, weight bits) from the disk cache, else `compute()` stored there.
-    Keyed by the code fingerprint too (fingerprint.py), so edits to the builders or the walk recompute."""
+    """Features for `key` (model id, shape, weight bits) from the disk cache, else `compute()` stored there;
+    entries this process read or wrote are kept in memory too (by file and key, so another cache root misses).
+    Keyed by the code fingerprint too (fingerprint.py), so edits to the builders or the walk recompute. A study
+    trial asks three times (cost, latency, its breakdown): one walk, no re-read."""
     full = feature_cache_key(key)
     path = _feature_cache_path(full)
+    memo_key = (str(path), full)
+    if memo_key in _MEMO:
+        _MEMO.move_to_end(memo_key)
+        return _MEMO[memo_key], True
+    feats, hit = _disk_cached_features(path, full, compute)
+    _MEMO[memo_key] = feats
+    while len(_MEMO) > MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return feats, hit
+
+
+def _disk_cached_features(path: Path, full: str, compute) -> tuple[ModelFeatures, bool]:
     if path.exists():
         try:
             data = json.loads(path.read_text())
