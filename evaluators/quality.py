@@ -298,7 +298,8 @@ def compare_verdict(name: str, m: dict, n_seeds: int) -> str:
 def _run(spec: UNetSpec, config: dict, seed: int, report) -> dict:
     """The study's call: `evaluate_quality_seeds` at the configured proxy, reporting (budget fraction, values)
     while it trains. Returns float metrics, `_user_attrs` (proxy mapping, artifact paths, per-seed records) and
-    `_evaluator_seconds` (training and sampling time, for the workbench's overhead share)."""
+    `_evaluator_seconds` (training, sampling and scoring time summed over the seeds, for the workbench's
+    overhead share)."""
     budget = Budget.parse(config["budget"])
     callback = budget_callback(budget, report)
 
@@ -307,7 +308,9 @@ def _run(spec: UNetSpec, config: dict, seed: int, report) -> dict:
     result = evaluate_quality_seeds(spec, config["data"], budget, seed, config["seeds"], out_dir=config["out_dir"],
                                     callback=callback, progress=False, **options)
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    metrics["_evaluator_seconds"] = result.get("seconds_train", 0.0) + result.get("seconds_sample", 0.0)
+    runs = result.get("per_seed") or [result]  # the aggregate holds the seed MEAN of each seconds_* field
+    metrics["_evaluator_seconds"] = sum(r.get("seconds_train", 0.0) + r.get("seconds_sample", 0.0)
+                                        + r.get("seconds_metrics", 0.0) for r in runs)
     status = str(result.get("status", "ok"))
     if status.startswith("diverged"):
         metrics["diverged_at_step"] = float(status.split("step")[1].split()[0])

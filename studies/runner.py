@@ -271,8 +271,11 @@ def _first_difference(stored: Any, file: Any) -> str:
 
 @dataclass
 class RunStats:
-    """Where the time went, for the overhead share printed at the end of a run."""
-    trial_seconds: float = 0.0
+    """Where the time went, for the overhead share printed at the end of a run: everything that is not the
+    quality evaluator's training, sampling and scoring is overhead, Optuna's sampling and storage between
+    trials, promotions and the opening of the storage included."""
+    run_seconds: float = 0.0  # wall clock of run_study, from opening the storage to the last trial's end
+    trial_seconds: float = 0.0  # inside the objective (the rest of run_seconds is Optuna and the storage)
     evaluator_seconds: float = 0.0  # training + sampling + scoring inside the quality evaluator
     finished: list[str] = field(default_factory=list)
     states: list[str] = field(default_factory=list)  # each trial this run ended, by state name
@@ -284,7 +287,8 @@ class RunStats:
 
     @property
     def overhead_share(self) -> float:
-        return 0.0 if self.trial_seconds <= 0 else max(0.0, 1 - self.evaluator_seconds / self.trial_seconds)
+        total = max(self.run_seconds, self.trial_seconds)
+        return 0.0 if total <= 0 else max(0.0, 1 - self.evaluator_seconds / total)
 
 
 def _spec_for_trial(cfg: StudyConfig, trial: optuna.Trial) -> Spec:
@@ -602,6 +606,7 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     if timeout is not None and not timeout > 0:
         raise StudyError(f"--timeout {timeout} must be a number of seconds > 0")
     check_runnable_here(cfg)
+    t_start = time.perf_counter()
     storage = open_storage(cfg.storage, cfg)
     study = open_study(cfg, storage, claim_worker=True)
     worker = getattr(study, "worker_index", 0)
@@ -616,6 +621,16 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
         optuna.storages.fail_stale_trials(study)  # other hosts' killed runs (heartbeat expired)
     stats = RunStats()
     objective = Objective(cfg, study, stats, artifact_dir(cfg))
+    try:
+        _optimize(cfg, study, objective, stats, n_trials, timeout, progress, echo)
+    finally:
+        stats.run_seconds = time.perf_counter() - t_start
+    return study, stats
+
+
+def _optimize(cfg: StudyConfig, study: optuna.Study, objective: "Objective", stats: RunStats, n_trials: int | None,
+              timeout: float | None, progress: bool, echo: Callable[[str], None]) -> None:
+    """run_study's trial loop (timed as a whole by run_study, for the overhead share)."""
     timeout = timeout if timeout is not None else cfg.timeout
     callbacks: list = []
     grid_left = None
@@ -647,7 +662,6 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
         study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
                        callbacks=[summary, *callbacks], show_progress_bar=progress and n_trials is not None,
                        gc_after_trial=True)
-    return study, stats
 
 
 REPROPOSAL_LIMIT = 3  # first-rung trials per asked-for candidate before a stuck sampler ends the run

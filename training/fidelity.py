@@ -213,15 +213,22 @@ def extractor_validity(record: dict, data: FlowData, num_samples: int) -> str | 
     return None
 
 
+_FLOORS: dict[tuple, dict] = {}  # (extractor, data, resolution, n) -> floor: the same for every candidate
+
+
 def domain_floor(data: FlowData, num_samples: int) -> dict:
     """The metric's noise floor: FD and KID of `num_samples` held-out REAL images against the reference set. A
-    sample scoring near it is as close as this many images can show (lower values are noise)."""
+    sample scoring near it is as close as this many images can show (lower values are noise). It depends on the
+    data and the image count only, so it is computed once per process (a study asked for it every trial)."""
     n = min(num_samples, len(data.val_y))
     name, _ = register_domain_extractor(data)
-    ref_cache = f"{data.name}-train-r{data.resolution}"
-    metrics = _fidelity(data.domain_view(data.val_x[:n]), data.domain_view(data.ref_x), name, ref_cache)
-    out = _rename(metrics, "domain", "fd_domain")
-    return {"fd_domain_floor": out["fd_domain"], "kid_domain_floor": out["kid_domain"], "floor_images": n}
+    key = (name, data.name, data.resolution, n)
+    if key not in _FLOORS:
+        ref_cache = f"{data.name}-train-r{data.resolution}"
+        metrics = _fidelity(data.domain_view(data.val_x[:n]), data.domain_view(data.ref_x), name, ref_cache)
+        out = _rename(metrics, "domain", "fd_domain")
+        _FLOORS[key] = {"fd_domain_floor": out["fd_domain"], "kid_domain_floor": out["kid_domain"], "floor_images": n}
+    return dict(_FLOORS[key])
 
 
 def inception_weights(fid_weights: str | None, download: bool) -> str | None:
