@@ -65,3 +65,37 @@ def test_evaluate_returns_floats():
     out = evaluate(PRESETS["tiny-debug"], latent=16)
     assert set(out) == {"params_m", "gmacs", "gmacs_no_attention", "peak_activation_mb"}
     assert all(isinstance(v, float) and v > 0 for v in out.values())
+
+
+def test_a_trial_walks_and_builds_its_candidate_once_for_cost_and_latency(monkeypatch, tmp_path):
+    """The cheap evaluators of a study trial (params, MACs, predicted latency and its breakdown) are views of
+    one op trace: one model build and one walk per spec and latent; the same spec again (a promotion, a
+    re-proposal) neither builds nor walks; a fresh cache root walks again, and the counts equal a direct walk."""
+    import latency_models.export as export
+    import latency_models.predictor as predictor
+    from studies.evaluate import cheap_metrics
+
+    calls = {"walk": 0, "build": 0}
+    walk, build = predictor.features_from_torch, export.build_model
+
+    def counted_walk(*a, **k):
+        calls["walk"] += 1
+        return walk(*a, **k)
+
+    def counted_build(*a, **k):
+        calls["build"] += 1
+        return build(*a, **k)
+
+    monkeypatch.setattr(predictor, "features_from_torch", counted_walk)
+    monkeypatch.setattr(export, "build_model", counted_build)
+    monkeypatch.setattr("evaluators.cost.build_model", counted_build)
+    monkeypatch.setenv("POCKETDIFF_CACHE", str(tmp_path / "a"))
+    spec = PRESETS["tiny-debug"]
+    first = cheap_metrics(spec, 16, "a17pro")
+    assert calls == {"walk": 1, "build": 1}
+    assert cheap_metrics(spec, 16, "a17pro") == first and calls == {"walk": 1, "build": 1}
+    monkeypatch.setenv("POCKETDIFF_CACHE", str(tmp_path / "b"))
+    assert cheap_metrics(spec, 16, "a17pro") == first and calls == {"walk": 2, "build": 2}
+    direct = count_macs_torch(build_model(spec, "meta"), example_inputs(spec, 16, device="meta"))
+    assert first["gmacs"] == direct.total / 1e9
+    assert first["params_m"] == count_params(build_model(spec, "meta"), spec)["total"] / 1e6

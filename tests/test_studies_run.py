@@ -231,3 +231,47 @@ def test_only_step_budgets_share_results_across_studies():
     store_cache("k1", {"val_loss": 0.5}, {"curve": []})
     assert load_cache("k1")["metrics"] == {"val_loss": 0.5}
     assert load_cache("k2") is None
+
+
+def test_the_overhead_share_counts_the_whole_run_not_only_the_objective(tmp_path, monkeypatch):
+    """Everything but the evaluator's training, sampling and scoring is overhead: work between trials (Optuna's
+    sampling, storage, promotions; here a slow promotion check) is in the run time the share divides by."""
+    import studies.runner as runner
+    from studies import evaluate as ev
+
+    path = tmp_path / "o.toml"
+    path.write_text(CHEAP_STUDY.format(name="o", n_trials=3, max_params=10000.0).replace(
+        "[objectives]", '[quality]\nevaluator = "flow"\nrungs = ["11steps", "22steps"]\nreduction = 3\n\n[objectives]\n'
+                        'val_loss = "minimize"'))
+    monkeypatch.setattr(ev, "cheap_metrics", lambda spec, latent, device: {"params_m": 1.0, "latency_ms": 1.0})
+    monkeypatch.setattr(ev, "quality_metrics", lambda spec, cfg, out_dir, on_report: {
+        "val_loss": spec.ffn_ratio, "_evaluator_seconds": 0.25, "_user_attrs": {}})
+    promote = runner.promote
+
+    def slow_promote(study, rungs):
+        time.sleep(0.2)  # stands in for Optuna's and the storage's work between trials
+        return promote(study, rungs)
+
+    monkeypatch.setattr(runner, "promote", slow_promote)
+    cfg = load_study_file(path, storage=f"sqlite:///{tmp_path}/s.db")
+    study, stats = run_study(cfg, progress=False, echo=lambda s: None)
+    n = len(stats.states)
+    assert n == 4 and stats.evaluator_seconds == pytest.approx(0.25 * n)
+    assert stats.run_seconds >= stats.trial_seconds + 0.2 * n  # the time between trials is counted
+    assert stats.overhead_share == pytest.approx(1 - stats.evaluator_seconds / stats.run_seconds)
+
+
+def test_the_flow_evaluator_reports_training_sampling_and_scoring_of_every_seed(monkeypatch):
+    """The seconds the overhead share treats as evaluation: train + sample + score summed over the seeds (the
+    aggregate record holds their seed means)."""
+    import evaluators.quality as quality
+    from evaluators import registry
+    from search_space import PRESETS
+
+    per_seed = [{"seed": 0, "seconds_train": 10.0, "seconds_sample": 2.0, "seconds_metrics": 1.0},
+                {"seed": 1, "seconds_train": 12.0, "seconds_sample": 3.0, "seconds_metrics": 2.0}]
+    monkeypatch.setattr(quality, "evaluate_quality_seeds", lambda *a, **k: quality.aggregate_seeds(
+        [{**r, "val_loss": 0.5, "status": "ok"} for r in per_seed]))
+    flow = registry.get("flow")
+    out = registry.runner("flow")(PRESETS["tiny-debug"], flow.check_config({"seeds": 2}), 0, None)
+    assert out["_evaluator_seconds"] == pytest.approx(30.0)
