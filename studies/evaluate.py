@@ -1,8 +1,9 @@
 """A study's calls into the evaluator registry (evaluators/registry.py), and the on-disk evaluation cache.
 
 - `cheap_metrics(spec, latent, device)`: every cheap evaluator of the registry (cost: params and MACs on the
-  meta device; latency: predicted Neural Engine latency) on the full-size candidate; no weights are allocated.
-  Beside the metrics it returns what they store on the trial for the explorer (`stage_costs`,
+  meta device; latency: predicted Neural Engine latency) on the full-size candidate; no weights are allocated,
+  and both are views of one op trace of the candidate (cached in memory and on disk, so a promoted or
+  re-proposed spec is not walked again). Beside the metrics it returns what they store on the trial for the explorer (`stage_costs`,
   `latency_breakdown`), so no page has to build a model.
 - `quality_metrics(spec, cfg, out_dir, on_report)`: the study's quality evaluator, by name from the registry,
   with the study's [quality] options (at the study's one proxy width multiplier for the flow evaluator).
@@ -111,7 +112,8 @@ def store_cache(key: str, metrics: dict[str, Any], user_attrs: dict[str, Any]) -
 def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,
                     on_report: Callable[[float, dict], None]) -> dict[str, Any]:
     """Run the study's quality evaluator through the registry; returns float metrics plus `_user_attrs` (proxy
-    mapping, paths) and `_evaluator_seconds` (the time spent training and sampling, for the overhead share)."""
+    mapping, paths) and `_evaluator_seconds` (the time spent training, sampling and scoring, for the overhead
+    share)."""
     wall_clock_notice(cfg)
     evaluator = registry.get(cfg.quality_evaluator)
     config = {k: v for k, v in cfg.quality.items() if k != "evaluator"}

@@ -165,7 +165,8 @@ def _engine_kwargs(u: StorageUrl, readonly: bool) -> dict[str, Any]:
 
 def open_for_writing(url: str, **rdb_kwargs: Any):
     """An RDB storage for a writer: the SQLite folder is made, and Optuna's tables are created (or found) under
-    the storage's `pocketdiff-schema` lock, so simultaneous first workers do not race."""
+    the storage's `pocketdiff-schema` lock, so simultaneous first workers do not race. A SQLite file is switched
+    to write-ahead logging (`_sqlite_write_ahead`)."""
     import optuna
 
     u = parse_url(url)
@@ -174,11 +175,34 @@ def open_for_writing(url: str, **rdb_kwargs: Any):
     try:
         with named_lock(u, "pocketdiff-schema"), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental
-            return optuna.storages.RDBStorage(u.url, engine_kwargs=_engine_kwargs(u, readonly=False), **rdb_kwargs)
+            storage = optuna.storages.RDBStorage(u.url, engine_kwargs=_engine_kwargs(u, readonly=False),
+                                                 **rdb_kwargs)
+            if u.path is not None:
+                _sqlite_write_ahead(storage.engine)
+            return storage
     except StorageError:
         raise
     except Exception as e:  # sqlalchemy raises many kinds; the user needs the URL and the reason
         raise StorageError(f"cannot open storage {url}: {_reason(e)}") from None
+
+
+def _sqlite_write_ahead(engine: Any) -> None:
+    """Every connection of a SQLite writer uses write-ahead logging with synchronous=NORMAL: a commit appends to
+    the -wal file without an fsync (0.1 ms instead of 15-25 ms on the 2-core machine's disk; a trial writes
+    about a hundred user attributes, each its own Optuna commit). A killed process loses nothing committed, and
+    the file is never corrupted; only an OS crash or power cut can undo the last commits. WAL is the file's
+    mode from then on (readers, read-only ones included, work as before); it needs a local filesystem, like
+    every SQLite study shared by several processes (many hosts: PostgreSQL)."""
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", on_connect)
+    engine.dispose()  # connections opened while Optuna created its tables reconnect with the pragmas
 
 
 def readonly_url(url: str) -> str:
