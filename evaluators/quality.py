@@ -105,6 +105,7 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
         "train_seconds": round(result.seconds, 3), "train_images_per_s": round(result.images_per_s, 2),
         "val_loss": result.val_loss, "params_proxy": sum(p.numel() for p in result.model.parameters()),
         "num_samples": num_samples, "sample_steps": sample_steps, "cfg_scale": cfg_scale,
+        **result.throughput,  # train_flops_per_s and its ratio to the host's matmul peak (training/throughput.py)
     }
     vae_model = None
     if result.status == "ok" or result.status.startswith("stopped"):

@@ -39,6 +39,7 @@ from .data import FlowData
 from .distributed import DistContext, rng_state, set_rng_state
 from .objectives import Objective
 from .text import PromptEmbeddings
+from .throughput import matmul_peak, throughput_metrics, training_flops_per_step
 from .trainer import (VAL_MAX, VAL_REPORT, Budget, Conditioner, TrainStream, ema_update, lr_factor, sample,
                       validation_loss)
 
@@ -287,7 +288,9 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
                unit="step" if end is not None else "s", disable=not (progress and ctx.main), leave=out is not None)
     start = time.perf_counter()  # includes periodic validation: a seconds budget is wall time for the whole run
     images = 0
+    step_seconds, steps_timed = 0.0, 0  # the training steps alone (no validation, checkpoints, samples)
     while (step < stop) if stop is not None else not budget.done(step, time.perf_counter() - start):
+        t_step = time.perf_counter()
         factor = (schedule(step) if schedule is not None
                   else wall_clock_factor(config, step, time.perf_counter() - start, budget.seconds))
         for group in opt.param_groups:
@@ -325,6 +328,8 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
         # dominated by the random initialisation.
         ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
         logs_sum.update(objective.aux_step(step))
+        step_seconds += time.perf_counter() - t_step
+        steps_timed += 1
         running = logs_sum["loss"] if running is None else 0.9 * running + 0.1 * logs_sum["loss"]
         elapsed = time.perf_counter() - start
         bar.update(1 if end is not None else int(elapsed) - bar.n)
@@ -382,12 +387,14 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
     seconds = time.perf_counter() - start
     bar.close()
     metrics: dict = {}
+    throughput = _throughput(spec, data, prompts, config, device, autocast, steps_timed, step_seconds)
     if status == "ok" and end is not None and step < end:
         status = f"stopped at step {step} of {end}; continue with --resume"
     elif out is not None and ctx.main:
         if status == "ok":
             metrics = evaluate(ema, spec, data, prompts, config, out, step, device, autocast)
             _log(writer, metrics_path, {"step": step, **metrics})
+        metrics.update(throughput)
         (out / "summary.json").write_text(json.dumps({"status": status, "step": step,
                                                       "checkpoint": str(last_ckpt) if last_ckpt else None,
                                                       **metrics}, indent=1))
@@ -399,11 +406,24 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
         if val is not None and not math.isfinite(val):
             status, val = f"diverged at step {step}", None
         metrics = {"val_loss": val}
+    metrics.update(throughput)
     if writer is not None:
         writer.close()
     ctx.barrier()
     return LoopResult(status, step, model, ema, images, seconds, history, metrics,
                       Path(last_ckpt) if last_ckpt else None, batches.digest)
+
+
+def _throughput(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopConfig, device,
+                autocast: bool, steps: int, step_seconds: float) -> dict:
+    """Achieved training FLOP/s of this process and its share of the host's measured matmul peak at the
+    training dtype (training/throughput.py); the student's FLOPs only (a teacher's forward is not counted)."""
+    if steps == 0:
+        return {}
+    flops = training_flops_per_step(spec, (data.channels, data.size, data.size), prompts.tokens.shape[1],
+                                    prompts.dim, config.batch_size * config.grad_accum)
+    peak = matmul_peak(device, torch.bfloat16 if autocast else torch.float32)
+    return throughput_metrics(flops, steps, step_seconds, peak)
 
 
 def replace_steps(config: LoopConfig, steps: int) -> LoopConfig:

@@ -1,0 +1,116 @@
+"""Training throughput (issue 15, item 1): the host's matmul peak is measured once per key and cached under the
+cache root; every run records achieved FLOP/s from the one op trace and its ratio to that peak."""
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from search_space import PRESETS, build_model
+from search_space.attention import attention_backend
+from training import throughput
+from training.data import FlowData
+from training.text import PromptEmbeddings
+from training.trainer import TrainConfig, train
+
+SPEC = PRESETS["tiny-debug"]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """measure_matmul_peak replaced by a fixed 1e9 FLOP/s that counts its calls; no in-process memo."""
+    calls = []
+
+    def fake(device="cpu", dtype=torch.float32, size=None, repeats=throughput.PEAK_REPEATS):
+        calls.append((str(device), dtype, torch.get_num_threads()))
+        return {"flops_per_s": 1e9, "median_flops_per_s": 9e8, "size": 8, "repeats": 1}
+
+    monkeypatch.setattr(throughput, "measure_matmul_peak", fake)
+    monkeypatch.setattr(throughput, "_MEMO", {})
+    return calls
+
+
+def test_peak_is_measured_once_and_cached_under_the_cache_root(counted, tmp_path, monkeypatch):
+    monkeypatch.setenv("POCKETDIFF_CACHE", str(tmp_path))
+    first = throughput.matmul_peak("cpu")
+    again = throughput.matmul_peak("cpu")
+    assert len(counted) == 1 and not first["cached"] and again["cached"]
+    files = list((tmp_path / "throughput").glob("matmul-peak-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["flops_per_s"] == 1e9
+    monkeypatch.setattr(throughput, "_MEMO", {})  # a new process: the file alone serves it
+    assert throughput.matmul_peak("cpu")["cached"] and len(counted) == 1
+    assert not throughput.matmul_peak("cpu", refresh=True)["cached"] and len(counted) == 2
+
+
+def test_peak_is_keyed_by_host_threads_and_dtype(counted, tmp_path, monkeypatch):
+    monkeypatch.setenv("POCKETDIFF_CACHE", str(tmp_path))
+    threads = torch.get_num_threads()
+    throughput.matmul_peak("cpu")
+    try:
+        torch.set_num_threads(1 if threads != 1 else 2)
+        throughput.matmul_peak("cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert len(counted) == 2 and counted[0][2] != counted[1][2]
+    throughput.matmul_peak("cpu", torch.bfloat16)
+    assert len(counted) == 3
+    monkeypatch.setattr(throughput.socket, "gethostname", lambda: "another-host")
+    throughput.matmul_peak("cpu")
+    assert len(counted) == 4
+    assert len(list((tmp_path / "throughput").glob("*.json"))) == 4
+
+
+def test_a_foreign_or_torn_cache_file_is_measured_again(counted, tmp_path, monkeypatch):
+    monkeypatch.setenv("POCKETDIFF_CACHE", str(tmp_path))
+    path = throughput.peak_path(throughput.peak_key("cpu"))
+    path.write_text("{not json")
+    assert not throughput.matmul_peak("cpu")["cached"] and len(counted) == 1
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "key": {**record["key"], "host": "elsewhere"}}))
+    monkeypatch.setattr(throughput, "_MEMO", {})
+    assert not throughput.matmul_peak("cpu")["cached"] and len(counted) == 2
+
+
+def test_real_measurement_is_a_plausible_rate():
+    m = throughput.measure_matmul_peak("cpu", size=128, repeats=2)
+    assert 1e6 < m["flops_per_s"] < 1e15 and m["flops_per_s"] >= m["median_flops_per_s"]
+
+
+def test_flops_per_step_from_the_trace_match_torch_flop_counter():
+    """The one op trace's count against an independent count (torch's FlopCounterMode on real weights)."""
+    model = build_model(SPEC).eval()
+    inputs = (torch.zeros(1, 4, 8, 8), torch.zeros(1), torch.zeros(1, 5, SPEC.text_dim), None, None)
+    with attention_backend("math"), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    ours = throughput.training_flops_per_step(SPEC, (4, 8, 8), 5, SPEC.text_dim, images_per_step=7)
+    assert ours == 3 * 7 * counter.get_total_flops() > 0
+
+
+def _data(n=32):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, SPEC.latent_channels, 8, 8, generator=g), torch.arange(n) % 2
+    data = FlowData(name="toy", kind="latent", class_names=["a", "b"], resolution=8, channels=x.shape[1], size=8,
+                    val_x=x[:8], val_y=y[:8], ref_x=x, ref_y=y, train_x=x, train_y=y)
+    prompts = PromptEmbeddings(tokens=torch.randn(3, 4, SPEC.text_dim, generator=g),
+                               pooled=torch.randn(3, SPEC.text_dim, generator=g), encoder="toy")
+    return data, prompts
+
+
+def test_a_run_records_flops_per_second_and_its_ratio_to_the_peak(counted):
+    data, prompts = _data()
+    r = train(SPEC, data, prompts, "4steps", seed=0, config=TrainConfig(batch_size=8, warmup_steps=1),
+              progress=False)
+    t = r.throughput
+    flops = throughput.training_flops_per_step(SPEC, (4, 8, 8), 4, SPEC.text_dim, images_per_step=8)
+    assert t["train_flops_per_step"] == flops
+    assert 0 < t["train_step_seconds"] * 4 <= r.seconds  # the steps alone, measured, within the run's wall time
+    assert t["train_flops_per_s"] == pytest.approx(flops / t["train_step_seconds"])
+    assert t["matmul_peak_flops_per_s"] == 1e9 and len(counted) == 1
+    assert t["roofline_ratio"] == pytest.approx(t["train_flops_per_s"] / 1e9)
+
+
+def test_no_steps_no_throughput_fields(counted):
+    data, prompts = _data()
+    r = train(SPEC, data, prompts, "0steps", seed=0, config=TrainConfig(batch_size=8, warmup_steps=1),
+              progress=False)
+    assert r.throughput == {} and counted == []
