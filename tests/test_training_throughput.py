@@ -114,3 +114,55 @@ def test_no_steps_no_throughput_fields(counted):
     r = train(SPEC, data, prompts, "0steps", seed=0, config=TrainConfig(batch_size=8, warmup_steps=1),
               progress=False)
     assert r.throughput == {} and counted == []
+
+
+def test_fast_step_agrees_with_the_per_tensor_step():
+    """The loop's fused AdamW + multi-tensor clipping and EMA train the same weights as torch's per-tensor loops,
+    up to float rounding (with a learning rate large enough that a wrong update would show)."""
+    from dataclasses import replace
+
+    from training.distributed import DistContext
+    from training.loop import LoopConfig, fit
+
+    data, prompts = _data()
+    config = LoopConfig(steps=6, batch_size=8, warmup_steps=1, schedule="constant", lr=3e-3, weight_decay=0.01)
+    runs = [fit(SPEC, data, prompts, replace(config, fast_step=fast), DistContext(), stream="crn", progress=False)
+            for fast in (True, False)]
+    moved = 0
+    for (name, a), b, init in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values(),
+                                  _initial_weights(config.seed).values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        moved += int(not torch.equal(a, init))
+    assert moved > 10  # the weights did train
+    for a, b in zip(runs[0].ema.state_dict().values(), runs[1].ema.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert runs[0].metrics["val_loss"] == pytest.approx(runs[1].metrics["val_loss"], rel=1e-4)
+
+
+def _initial_weights(seed: int) -> dict:
+    torch.manual_seed(seed)
+    return build_model(SPEC).state_dict()
+
+
+def test_fast_ema_and_clipping_equal_the_loops():
+    from training.loop import clip_gradients
+    from training.trainer import ema_update
+
+    torch.manual_seed(0)
+    model, ema_a = build_model(SPEC), build_model(SPEC)
+    ema_b = build_model(SPEC)
+    ema_b.load_state_dict(ema_a.state_dict())
+    ema_update(ema_a, model, 0.9, fast=True)
+    ema_update(ema_b, model, 0.9, fast=False)
+    for a, b in zip(ema_a.parameters(), ema_b.parameters()):
+        assert torch.equal(a, b)
+    grads = [torch.randn(5, 3) * 10, torch.randn(7) * 10]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    twins = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, q, g in zip(params, twins, grads):
+        p.grad, q.grad = g.clone(), g.clone()
+    norm_a, norm_b = clip_gradients(params, 1.0, fast=True), clip_gradients(twins, 1.0, fast=False)
+    torch.testing.assert_close(norm_a, norm_b)
+    assert norm_a > 1
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p.grad, q.grad)

@@ -168,3 +168,26 @@ def throughput_metrics(flops_per_step: float, steps: int, step_seconds: float, p
         out["matmul_peak_flops_per_s"] = peak["flops_per_s"]
         out["roofline_ratio"] = achieved / peak["flops_per_s"]
     return out
+
+
+# Published dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from NVIDIA's datasheets: H100 / H200 (the
+# "H100 Tensor Core GPU" and "H200" product pages' spec tables list BF16 "with sparsity"; dense is half),
+# A100 ("NVIDIA A100 Tensor Core GPU" datasheet: BF16 312 TFLOPS dense, 624 with sparsity, every A100 form).
+# Matched against torch.cuda.get_device_name() in this order (the first rule whose words all occur wins).
+PUBLISHED_BF16_PEAK = {
+    "H200 NVL": 835e12,  # 1,671 TFLOPS with sparsity
+    "H200": 989e12,  # SXM: 1,979 with sparsity
+    "H100 NVL": 835e12,  # 1,671 with sparsity
+    "H100 PCIe": 756e12,  # 1,513 with sparsity
+    "H100": 989e12,  # SXM5 (device name "NVIDIA H100 80GB HBM3"): 1,979 with sparsity
+    "A100": 312e12,
+}
+
+
+def published_peak(device_name: str) -> float | None:
+    """The published dense bf16 peak of a GPU by its torch device name; None for a GPU not in the table."""
+    name = device_name.lower()
+    for key, value in PUBLISHED_BF16_PEAK.items():
+        if all(word.lower() in name for word in key.split()):
+            return value
+    return None
