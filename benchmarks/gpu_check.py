@@ -16,6 +16,7 @@ Then `python benchmarks/proxy_throughput.py --device cuda` gives the bf16 throug
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import tempfile
@@ -23,7 +24,11 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
+# Idle OpenMP threads spin by default; beside other work on a small machine that slows every op (as
+# pocketdiff/__init__.py sets it). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -35,7 +35,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# Idle OpenMP threads spin by default; beside other work on a small machine that slows every op (as
+# pocketdiff/__init__.py sets it). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
