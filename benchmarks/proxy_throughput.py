@@ -76,7 +76,9 @@ class Contender:
     call: object  # (model, x_t, t, tokens) -> prediction
     flops: float
     fast: bool
+    autocast: bool = False  # bf16 autocast (the loop's `autocast`; always on for --device cuda)
     times: list = dataclasses.field(default_factory=list)
+    first: float = 0.0  # the first step: includes torch.compile's compilation when it is on
 
 
 class Stepper:
@@ -99,7 +101,7 @@ class Stepper:
         t0 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         tokens, _, _ = self.cond(labels)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast or self.c.autocast):
             pred = self.c.call(self.c.model, interpolate(x0, noise, t), t * TIMESTEP_SCALE, tokens)
         loss = flow_loss(pred, x0, noise)
         loss.backward()
@@ -143,7 +145,8 @@ def build_contenders(name, pconfig, data, prompts, device, args) -> list[Contend
                 model = model.to(memory_format=torch.channels_last)
             if fast and args.compile:
                 model = torch.compile(model)
-            out.append(Contender(f"{name}{suffix} {label}", model, call, flops, fast))
+            out.append(Contender(f"{name}{suffix} {label}", model, call, flops, fast,
+                                 autocast=fast and args.bf16))
         try:
             config = diffusers_unet_config(spec)
         except SpecError:
@@ -158,9 +161,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--iters", type=int, default=15)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration (at least 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the project configuration")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory for the project configuration")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the project configuration on CPU")
+    p.add_argument("--refresh-peak", action="store_true", help="measure the matmul peak again (else the cached one)")
     p.add_argument("--only", nargs="*", default=None, help="preset names to run (default: all three)")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -177,7 +182,8 @@ def main() -> None:
     data = load_data(STUDY_DATA)
     prompts = class_prompt_embeddings(data.class_names, DEFAULT_ENCODER)
     cond = Conditioner(PRESETS["tiny-debug"], prompts, data.resolution, device)
-    peak = matmul_peak(device, dtype)
+    peak = matmul_peak(device, dtype, refresh=args.refresh_peak)
+    peak_bf16 = matmul_peak(device, torch.bfloat16, refresh=args.refresh_peak) if args.bf16 else peak
     started = time.time()
     load0 = os.getloadavg()[0]
     rows = []
@@ -186,7 +192,9 @@ def main() -> None:
             continue
         contenders = build_contenders(name, pconfig, data, prompts, device, args)
         steppers = [Stepper(c, data, cond, device, autocast, seed=i) for i, c in enumerate(contenders)]
-        for _ in range(args.warmup):
+        for s in steppers:
+            s.c.first = s()
+        for _ in range(args.warmup - 1):
             for s in steppers:
                 s()
         for i in range(args.iters):
@@ -199,11 +207,14 @@ def main() -> None:
     print(f"device {device} ({peak['key']['device_name']}), torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, dtype {str(dtype).removeprefix('torch.')}, batch {BATCH_SIZE}, data "
           f"{STUDY_DATA}, width_mult {STUDY_WIDTH_MULT}, median of {args.iters} interleaved steps after "
-          f"{args.warmup} warm-up, compile={args.compile}, channels_last={args.channels_last}")
-    print(f"measured dense matmul peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({'cached' if peak['cached'] else 'measured now'}, "
-          f"load average then {peak.get('load_average')}); load average {load0:.2f} at start, {load1:.2f} at end; "
+          f"{args.warmup} warm-up, compile={args.compile}, channels_last={args.channels_last}, bf16={args.bf16}")
+    source = "cached" if peak["cached"] else "measured now"
+    print(f"measured dense matmul peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s {peak['key']['dtype']}"
+          + (f", {peak_bf16['flops_per_s'] / 1e9:.1f} GFLOP/s bf16 (bf16 rows' roofline)" if args.bf16 else "")
+          + f" ({source}, load average then {peak.get('load_average'):.2f}); load average {load0:.2f} at start, {load1:.2f} at end; "
           f"{time.time() - started:.0f} s")
-    head = "| proxy / configuration | step (ms) [IQR] | GFLOP/step | achieved GFLOP/s | roofline ratio |"
+    head = ("| proxy / configuration | step (ms) [IQR] | first step (s) | GFLOP/step | achieved GFLOP/s | "
+            "roofline ratio |")
     head += " MFU (published) |" if published else ""
     print(head + " speed vs diffusers eager |")
     print("|---" * (head.count("|") - 1 + 1) + "|")
@@ -215,8 +226,10 @@ def main() -> None:
             q = statistics.quantiles(c.times, n=4) if len(c.times) > 1 else [med, med, med]
             achieved = c.flops / med
             base = ref.get(c.label.rsplit(" ", 1)[0])
-            line = (f"| {c.label} | {med * 1e3:.0f} [{q[0] * 1e3:.0f}-{q[2] * 1e3:.0f}] | {c.flops / 1e9:.2f} | "
-                    f"{achieved / 1e9:.2f} | {achieved / peak['flops_per_s']:.3f} |")
+            roof = (peak_bf16 if c.autocast else peak)["flops_per_s"]
+            line = (f"| {c.label}{' bf16' if c.autocast else ''} | {med * 1e3:.0f} [{q[0] * 1e3:.0f}-{q[2] * 1e3:.0f}] | {c.first:.1f} | "
+                    f"{c.flops / 1e9:.2f} | "
+                    f"{achieved / 1e9:.2f} | {achieved / roof:.3f} |")
             if published:
                 line += f" {achieved / published:.4f} |"
             line += f" {base / med:.2f}x |" if base else " (no diffusers equivalent) |"
