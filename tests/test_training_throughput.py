@@ -181,3 +181,17 @@ def test_a_peak_measured_under_more_load_is_measured_again_keeping_the_best(coun
     assert not again["cached"] and len(counted) == 2 and again["load_average"] == 1.0
     monkeypatch.setattr(throughput, "_MEMO", {})
     assert throughput.matmul_peak("cpu")["cached"] and len(counted) == 2
+
+
+def test_the_flop_count_is_cached_on_disk_by_spec_and_shape(tmp_path, monkeypatch):
+    monkeypatch.setenv("POCKETDIFF_CACHE", str(tmp_path))
+    walks = []
+    real = throughput._walk_macs
+    monkeypatch.setattr(throughput, "_walk_macs", lambda *a: walks.append(a) or real(*a))
+    throughput.forward_macs.cache_clear()
+    first = throughput.training_flops_per_step(SPEC, (4, 8, 8), 5, SPEC.text_dim, 2)
+    throughput.forward_macs.cache_clear()  # a new process: the file serves it
+    assert throughput.training_flops_per_step(SPEC, (4, 8, 8), 5, SPEC.text_dim, 2) == first and len(walks) == 1
+    throughput.training_flops_per_step(SPEC, (4, 16, 16), 5, SPEC.text_dim, 2)  # another shape: walked
+    assert len(walks) == 2 and len(list((tmp_path / "throughput").glob("macs-*.json"))) == 2
+    throughput.forward_macs.cache_clear()

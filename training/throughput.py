@@ -147,7 +147,25 @@ def _write(path: Path, record: dict) -> None:
 def forward_macs(spec, in_shape: tuple[int, int, int], text_tokens: int, text_dim: int) -> float:
     """Multiply-accumulates of one forward pass of `spec` on one (C, H, W) input with `text_tokens` prompt
     tokens: the project's one op trace on the meta device, attention through the explicit-matmul backend so
-    its products are counted (as evaluators/cost.py counts them)."""
+    its products are counted (as evaluators/cost.py counts them). The walk of a proxy takes about 0.7 s on the
+    2-core machine, so the count is cached under the cache root by spec_id, shapes and the fingerprint of the
+    builder and feature code (latency_models/fingerprint.py): seeds, promotions and reruns do not walk again."""
+    from latency_models.fingerprint import current_fingerprint
+
+    c, h, w = in_shape
+    path = cache_dir("throughput") / (f"macs-{spec.spec_id}-{c}x{h}x{w}-t{text_tokens}x{text_dim}-"
+                                      f"{current_fingerprint()}.json")
+    try:
+        return float(json.loads(path.read_text())["macs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not cached yet (or a torn file): walk
+    macs = _walk_macs(spec, in_shape, text_tokens, text_dim)
+    _write(path, {"macs": macs, "spec_id": spec.spec_id, "in_shape": list(in_shape), "text_tokens": text_tokens,
+                  "text_dim": text_dim})
+    return macs
+
+
+def _walk_macs(spec, in_shape: tuple[int, int, int], text_tokens: int, text_dim: int) -> float:
     from latency_models.features import features_from_torch
     from search_space import build_model
     from search_space.attention import attention_backend
