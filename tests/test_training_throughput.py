@@ -195,3 +195,11 @@ def test_the_flop_count_is_cached_on_disk_by_spec_and_shape(tmp_path, monkeypatc
     throughput.training_flops_per_step(SPEC, (4, 16, 16), 5, SPEC.text_dim, 2)  # another shape: walked
     assert len(walks) == 2 and len(list((tmp_path / "throughput").glob("macs-*.json"))) == 2
     throughput.forward_macs.cache_clear()
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                        ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200", 989e12),
+                                        ("NVIDIA H200 NVL", 835e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+                                        ("NVIDIA A100 80GB PCIe", 312e12), ("NVIDIA GeForce RTX 4090", None)])
+def test_published_bf16_peaks_by_device_name(name, peak):
+    assert throughput.published_peak(name) == peak
