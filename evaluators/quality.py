@@ -34,9 +34,16 @@ from training.trainer import (WALL_CLOCK_NOTICE, Budget, MetricsCallback, TrainC
 from .registry import Evaluator, Option, budget_callback, register
 
 # Bump when a change makes old records incomparable (studies key their evaluation cache on it).
-EVALUATOR_VERSION = "quality-2"  # 2: study-wide proxy width, budget schedule, CRN, stratified val loss
+# 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW
+EVALUATOR_VERSION = "quality-3"
 DEFAULT_BUDGET = "500steps"  # [choose] tiny-debug on MNIST-5k: ~1 min on 2 quiet cores, fd_domain near its floor
-NUM_SAMPLES = 500  # the proxy protocol: at least 500 generated images where the data allow
+# [measured] the default sample count from the FD's noise (benchmarks/fd_sample_count.md: quick.toml's snapgen
+# proxy after 48 steps, 3 sampling seeds): FD ~458 at every n; SD over sampling seeds 5.6 / 5.1 / 3.6 / 3.5 at
+# n = 192 / 256 / 384 / 512, real-image floor 4.65 / 3.01 / 1.14 at 192 / 256 / 384. Rule: the smallest n above
+# the FD's 128 feature dimensions whose small-sample bias (the real-image floor at n) is within the sampling
+# noise at n (SD over sampling seeds); more samples shrink the SD slowly (x2.7 the sampling time for /1.6).
+# A run near the floor (FD of a few units) should ask for more with --samples.
+NUM_SAMPLES = 192
 # [choose] 8 Euler steps: rectified-flow paths are near straight, and at 8 steps sampling 500 images with CFG
 # stays under half of a 60 s training budget on 2 CPU cores.
 SAMPLE_STEPS = 8
@@ -105,6 +112,7 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
         "train_seconds": round(result.seconds, 3), "train_images_per_s": round(result.images_per_s, 2),
         "val_loss": result.val_loss, "params_proxy": sum(p.numel() for p in result.model.parameters()),
         "num_samples": num_samples, "sample_steps": sample_steps, "cfg_scale": cfg_scale,
+        **result.throughput,  # train_flops_per_s and its ratio to the host's matmul peak (training/throughput.py)
     }
     vae_model = None
     if result.status == "ok" or result.status.startswith("stopped"):
@@ -327,7 +335,7 @@ register(Evaluator(
     options=(Option("data", str, "mnist5k", "training data, e.g. mnist5k"),
              Option("budget", str, DEFAULT_BUDGET, "training budget, e.g. 500steps or 60s"),
              Option("seeds", int, 1, "seeds per candidate; 3 gives a 95% interval"),
-             Option("n_samples", int, None, "generated images per seed (default: up to 500)"),
+             Option("n_samples", int, None, f"generated images per seed (default: up to {NUM_SAMPLES})"),
              Option("sample_steps", int, SAMPLE_STEPS, "Euler steps when sampling"),
              Option("guidance", float, CFG_SCALE, "classifier-free guidance scale"),
              Option("proxy", dict, {}, "proxy mapping, e.g. { width_mult = 0.125 }"),

@@ -27,7 +27,8 @@ TEXT_ATTRS = ("spec_id", "compact", "kind", "preset", "base_preset", "enqueued_p
 # Numeric user attributes that describe the run, not the design (kept in the table, left off the axes).
 BOOKKEEPING = {"number", "violation", "duration_s", "evaluator_seconds", "seed", "steps", "num_samples",
                "sample_steps", "cfg_scale", "train_images", "train_images_per_s", "train_seconds", "train_share",
-               "params_proxy", "domain_classifier_val_accuracy", "rung", "promoted_from"}
+               "params_proxy", "domain_classifier_val_accuracy", "rung", "promoted_from", "train_flops_per_step",
+               "train_step_seconds", "train_flops_per_s", "matmul_peak_flops_per_s", "roofline_ratio"}
 REASON_ATTRS = ("infeasible", "early_stopped", "fail_reason")
 # Metrics where larger is better when a metric is plotted that is not one of the study's objectives.
 MAXIMIZE_METRICS = ("psnr", "precision", "recall", "precision_domain", "recall_domain")

@@ -45,6 +45,8 @@ def test_evaluate_quality_record_and_outputs(tmp_path):
     assert record["status"] == "ok" and record["steps"] == 3 and record["train_images"] == 3 * TrainConfig().batch_size
     for key in ("fd_domain", "kid_domain", "precision_domain", "recall_domain", "val_loss", "train_images_per_s"):
         assert math.isfinite(record[key]), key
+    assert 0 < record["roofline_ratio"] == record["train_flops_per_s"] / record["matmul_peak_flops_per_s"]
+    assert record["train_flops_per_s"] * record["train_step_seconds"] == pytest.approx(record["train_flops_per_step"])
     assert "fid" not in record  # no Inception weights offline: never a domain number under the FID name
     assert "fid_note" in record
     assert record["proxy"]["source_spec_id"] == record["spec_id"]

@@ -43,6 +43,9 @@ class LoopConfig:
     cfg_scale: float = 2.0
     autocast: str = "auto"  # bf16 autocast: auto = on GPU only
     grad_checkpoint: str = "auto"  # activation checkpointing: auto = on GPU only
+    # Fused AdamW, multi-tensor gradient clipping and EMA (training/loop.py's make_optimizer, clip_gradients):
+    # faster per step, equal to the per-tensor loops up to float rounding (benchmarks/proxy_throughput.md).
+    fast_step: bool = True
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "sample_steps"):

@@ -39,6 +39,7 @@ from .data import FlowData
 from .distributed import DistContext, rng_state, set_rng_state
 from .objectives import Objective
 from .text import PromptEmbeddings
+from .throughput import matmul_peak, throughput_metrics, training_flops_per_step
 from .trainer import (VAL_MAX, VAL_REPORT, Budget, Conditioner, TrainStream, ema_update, lr_factor, sample,
                       validation_loss)
 
@@ -192,6 +193,20 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
     return count
 
 
+# --- the optimiser step (issue 15: fused where it is measured to help) -------------------------------------
+
+def make_optimizer(groups: list[dict], lr: float, weight_decay: float, fast: bool = True) -> torch.optim.Optimizer:
+    """AdamW (torch's default betas and eps); `fast`: the fused kernel (one pass over each parameter for all of
+    Adam's arithmetic; CPU and CUDA) instead of torch's per-tensor loop on CPU."""
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True if fast else None)
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float, fast: bool = True) -> torch.Tensor:
+    """Clip the global gradient norm; returns the norm before clipping. `fast`: multi-tensor kernels (torch only
+    picks them by itself on GPU)."""
+    return nn.utils.clip_grad_norm_(params, max_norm, foreach=True if fast else None)
+
+
 # --- the loop -----------------------------------------------------------------------------------------------
 
 def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopConfig, ctx: DistContext, *,
@@ -237,8 +252,8 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     cond = Conditioner(spec, prompts, data.resolution, device)
-    opt = torch.optim.AdamW([{"params": list(model.parameters())}, {"params": extra_params}],
-                            lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_optimizer([{"params": list(model.parameters())}, {"params": extra_params}], config.lr,
+                         config.weight_decay, config.fast_step)
     schedule = lr_lambda(replace_steps(config, budget.steps)) if budget.steps is not None else None
     batches = StepStream(data, config, ctx) if stream == "step" else CRNStream(data, config, ctx)
     identity = {"spec_id": spec.spec_id, "data": data.name, "encoder": prompts.encoder,
@@ -287,7 +302,9 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
                unit="step" if end is not None else "s", disable=not (progress and ctx.main), leave=out is not None)
     start = time.perf_counter()  # includes periodic validation: a seconds budget is wall time for the whole run
     images = 0
+    step_seconds, steps_timed = 0.0, 0  # the training steps alone (no validation, checkpoints, samples)
     while (step < stop) if stop is not None else not budget.done(step, time.perf_counter() - start):
+        t_step = time.perf_counter()
         factor = (schedule(step) if schedule is not None
                   else wall_clock_factor(config, step, time.perf_counter() - start, budget.seconds))
         for group in opt.param_groups:
@@ -311,7 +328,7 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
             images += len(x0) * ctx.world
         if finite:
             ctx.average_grads(extra_params)
-            grad_norm = nn.utils.clip_grad_norm_(list(model.parameters()) + extra_params, config.grad_clip)
+            grad_norm = clip_gradients(list(model.parameters()) + extra_params, config.grad_clip, config.fast_step)
             finite = bool(torch.isfinite(grad_norm))  # gradients are all-reduced: every rank sees the same norm
         if not finite:
             status = f"diverged at step {step}"
@@ -323,8 +340,10 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
         step += 1
         # EMA warm-up (TensorFlow's ExponentialMovingAverage num_updates rule): a short run's EMA must not be
         # dominated by the random initialisation.
-        ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+        ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)), fast=config.fast_step)
         logs_sum.update(objective.aux_step(step))
+        step_seconds += time.perf_counter() - t_step
+        steps_timed += 1
         running = logs_sum["loss"] if running is None else 0.9 * running + 0.1 * logs_sum["loss"]
         elapsed = time.perf_counter() - start
         bar.update(1 if end is not None else int(elapsed) - bar.n)
@@ -382,12 +401,14 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
     seconds = time.perf_counter() - start
     bar.close()
     metrics: dict = {}
+    throughput = _throughput(spec, data, prompts, config, device, autocast, steps_timed, step_seconds)
     if status == "ok" and end is not None and step < end:
         status = f"stopped at step {step} of {end}; continue with --resume"
     elif out is not None and ctx.main:
         if status == "ok":
             metrics = evaluate(ema, spec, data, prompts, config, out, step, device, autocast)
             _log(writer, metrics_path, {"step": step, **metrics})
+        metrics.update(throughput)
         (out / "summary.json").write_text(json.dumps({"status": status, "step": step,
                                                       "checkpoint": str(last_ckpt) if last_ckpt else None,
                                                       **metrics}, indent=1))
@@ -399,11 +420,24 @@ def fit(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopC
         if val is not None and not math.isfinite(val):
             status, val = f"diverged at step {step}", None
         metrics = {"val_loss": val}
+    metrics.update(throughput)
     if writer is not None:
         writer.close()
     ctx.barrier()
     return LoopResult(status, step, model, ema, images, seconds, history, metrics,
                       Path(last_ckpt) if last_ckpt else None, batches.digest)
+
+
+def _throughput(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopConfig, device,
+                autocast: bool, steps: int, step_seconds: float) -> dict:
+    """Achieved training FLOP/s of this process and its share of the host's measured matmul peak at the
+    training dtype (training/throughput.py); the student's FLOPs only (a teacher's forward is not counted)."""
+    if steps == 0:
+        return {}
+    flops = training_flops_per_step(spec, (data.channels, data.size, data.size), prompts.tokens.shape[1],
+                                    prompts.dim, config.batch_size * config.grad_accum)
+    peak = matmul_peak(device, torch.bfloat16 if autocast else torch.float32)
+    return throughput_metrics(flops, steps, step_seconds, peak)
 
 
 def replace_steps(config: LoopConfig, steps: int) -> LoopConfig:

@@ -54,8 +54,6 @@ VAL_REPORT = 200  # held-out images in the loss reported DURING a run (pruning);
 VAL_TIMESTEPS = 8
 VAL_SEED = 1234  # the held-out noise never depends on the run's seed or the model
 REPORT_FRACTION = 0.2  # report metrics (val loss) every fifth of the budget: enough points to prune on
-# Kaplan et al. 2020: a training step costs about 3 forward passes (forward + backward twice as expensive).
-TRAIN_FLOPS_PER_FORWARD = 3
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -128,6 +126,7 @@ class TrainResult:
     stream_digest: str = ""  # TrainStream.digest: equal for every candidate trained with one seed and budget
     budget_steps: int | None = None  # the resolved step budget (None for wall-clock budgets)
     raw: nn.Module | None = None  # the raw (non-EMA) weights, kept in the run's checkpoint beside the EMA
+    throughput: dict = field(default_factory=dict)  # training/throughput.py's fields: FLOP/s, roofline ratio
 
     @property
     def images_per_s(self) -> float:
@@ -191,25 +190,26 @@ def validation_loss(model: nn.Module, cond: Conditioner, data: FlowData, device:
 
 
 @torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, fast: bool = True) -> None:
+    """ema <- ema + (1 - decay) (model - ema); `fast`: one multi-tensor kernel per dtype instead of a Python
+    loop over tensors (the same arithmetic, issue 15's throughput benchmark)."""
+    pairs = [(e, p.detach()) for e, p in zip(ema.parameters(), model.parameters())]
+    if fast and pairs:
+        torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1 - decay)
+    else:
+        for e, p in pairs:
+            e.lerp_(p, 1 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
 
 def training_flops_per_step(spec: UNetSpec, data: FlowData, batch_size: int, text_tokens: int,
                             text_dim: int) -> float:
-    """FLOPs of one training step: 3 x one forward pass (counted by torch's FlopCounterMode) x batch size."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Matmul FLOPs of one training step at this data's shape (training/throughput.py: the project's one op
+    trace, 2 FLOPs per multiply-accumulate, 3 x one forward pass, times the batch size)."""
+    from .throughput import training_flops_per_step as flops
 
-    model = build_model(spec).eval()
-    x = torch.zeros(1, data.channels, data.size, data.size)
-    pooled = torch.zeros(1, spec.pooled_dim) if spec.pooled_dim else None
-    time_ids = torch.zeros(1, 6) if spec.size_conditioning else None
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, torch.zeros(1), torch.zeros(1, text_tokens, text_dim), pooled, time_ids)
-    return float(TRAIN_FLOPS_PER_FORWARD * counter.get_total_flops() * batch_size)
+    return flops(spec, (data.channels, data.size, data.size), text_tokens, text_dim, batch_size)
 
 
 def resolve_budget(budget: "Budget | str", spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings,
@@ -248,7 +248,8 @@ def train(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, budget: Bud
             progress=progress)
     return TrainResult(model=r.ema, status=r.status, steps=r.step, images=r.images, seconds=r.seconds,
                        val_loss=r.metrics.get("val_loss"), history=r.history, stream_digest=r.stream_digest,
-                       budget_steps=budget.steps, raw=r.model)
+                       budget_steps=budget.steps, raw=r.model,
+                       throughput={k: v for k, v in r.metrics.items() if k != "val_loss"})
 
 
 @torch.no_grad()
