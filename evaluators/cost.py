@@ -32,9 +32,8 @@ from search_space import DecoderSpec, Spec, UNetSpec, build_model, example_input
 from latency_models.features import block_kind, stage_of as trace_stage_of  # noqa: F401 (block_kind: API)
 from search_space.attention import attention_backend
 
-from .registry import Evaluator, Option, register
+from .registry import provide
 
-EVALUATOR_VERSION = "cost-1"
 DEFAULT_LATENT = 128  # SNAPGEN.md: FLOPs reported at a 128x128 latent (1024 px) unless stated otherwise
 
 BLOCK_KINDS = ("res", "self_attn", "cross_attn", "ffn", "transformer_io", "resample", "embed", "stem_head")
@@ -302,8 +301,5 @@ def _run(spec: Spec, config: dict, seed: int, report) -> dict:
             "gmacs_no_attention": costs["gmacs_no_attention"], "_user_attrs": {"stage_costs": costs}}
 
 
-register(Evaluator(
-    name="cost", version=EVALUATOR_VERSION, cheap=True, run=_run, code=("evaluators.cost",),
-    metrics={"params_m": "minimize", "gmacs": "minimize", "gmacs_no_attention": "minimize"},
-    options=(Option("latent", int, DEFAULT_LATENT, "full-size latent side the model is counted at"),),
-    doc="params and MACs of the full-size model on the meta device, per stage and per op kind"))
+provide("cost", _run)  # the declaration (name, version, metrics, options) is the static one in
+# evaluators/registry.py: one place

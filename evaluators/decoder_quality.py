@@ -16,9 +16,8 @@ from search_space import DecoderSpec
 from training.decoder import DecoderTrainConfig, load_encoder, load_patches, save_reconstructions, train_decoder
 from training.trainer import Budget
 
-from .registry import Evaluator, Option, budget_callback, register
+from .registry import budget_callback, provide
 
-EVALUATOR_VERSION = "decoder-quality-1"
 
 
 def evaluate_decoder_quality(spec: DecoderSpec, data: str = "sample-images", budget: str = "60s", seed: int = 0,
@@ -69,12 +68,5 @@ def _run(spec: DecoderSpec, config: dict, seed: int, report) -> dict:
     return metrics
 
 
-register(Evaluator(
-    name="decoder", version=EVALUATOR_VERSION, run=_run, spec_kinds=("decoder",),
-    code=("evaluators.decoder_quality",),
-    metrics={"psnr": "maximize", "val_loss": "minimize", "lpips": "minimize", "baseline_psnr": "maximize"},
-    options=(Option("data", str, "sample-images", "images the decoder reconstructs, e.g. sample-images"),
-             Option("budget", str, "60s", "training budget, e.g. 30s or 400steps"),
-             Option("encoder", str, "tiny-ae", "frozen encoder: tiny-ae or vae:/path/to/vae"),
-             Option("out_dir", str, None, "artifact folder (set by the study runner)")),
-    doc="short decoder training with a frozen encoder, scored by held-out reconstruction PSNR"))
+provide("decoder", _run)  # the declaration (name, version, metrics, options) is the static one in
+# evaluators/registry.py: one place

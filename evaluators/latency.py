@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from search_space import Spec
 
-from .registry import Evaluator, Option, register
+from .registry import provide
 
 # Bump when a change makes old predictions incomparable (the profiles carry their own fitted versions).
-EVALUATOR_VERSION = "latency-1"
 DEFAULT_DEVICE = "a17pro"
 
 
@@ -35,9 +34,5 @@ def _run(spec: Spec, config: dict, seed: int, report) -> dict:
             "_user_attrs": {"latency_breakdown": latency_breakdown(spec, config["latent"], config["device"])}}
 
 
-register(Evaluator(
-    name="latency", version=EVALUATOR_VERSION, cheap=True, run=_run, code=("evaluators.latency",),
-    metrics={"latency_ms": "minimize", "latency_low_ms": "minimize", "latency_high_ms": "minimize"},
-    options=(Option("latent", int, 128, "full-size latent side the latency is predicted at"),
-             Option("device", str, DEFAULT_DEVICE, "latency profile, e.g. a17pro (latency_models/profiles/)")),
-    doc="predicted Neural Engine latency of the full-size model, with its band and per-stage split"))
+provide("latency", _run)  # the declaration (name, version, metrics, options) is the static one in
+# evaluators/registry.py: one place

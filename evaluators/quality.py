@@ -31,11 +31,10 @@ from training.text import DEFAULT_ENCODER, class_prompt_embeddings
 from training.trainer import (WALL_CLOCK_NOTICE, Budget, MetricsCallback, TrainConfig, config_dict,
                               resolve_budget, sample, save_run_checkpoint, train)
 
-from .registry import Evaluator, Option, budget_callback, register
+from .registry import budget_callback, provide
 
 # Bump when a change makes old records incomparable (studies key their evaluation cache on it).
 # 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW
-EVALUATOR_VERSION = "quality-3"
 DEFAULT_BUDGET = "500steps"  # [choose] tiny-debug on MNIST-5k: ~1 min on 2 quiet cores, fd_domain near its floor
 # [measured] the default sample count from the FD's noise (benchmarks/fd_sample_count.md: quick.toml's snapgen
 # proxy after 48 steps, 3 sampling seeds): FD ~458 at every n; SD over sampling seeds 5.6 / 5.1 / 3.6 / 3.5 at
@@ -327,17 +326,5 @@ def _run(spec: UNetSpec, config: dict, seed: int, report) -> dict:
     return metrics
 
 
-register(Evaluator(
-    name="flow", version=EVALUATOR_VERSION, run=_run, spec_kinds=("unet",), code=("evaluators.quality",),
-    metrics={"val_loss": "minimize", "fd_domain": "minimize", "kid_domain": "minimize",
-             "precision_domain": "maximize", "recall_domain": "maximize", "fid": "minimize", "kid": "minimize",
-             "precision": "maximize", "recall": "maximize"},
-    options=(Option("data", str, "mnist5k", "training data, e.g. mnist5k"),
-             Option("budget", str, DEFAULT_BUDGET, "training budget, e.g. 500steps or 60s"),
-             Option("seeds", int, 1, "seeds per candidate; 3 gives a 95% interval"),
-             Option("n_samples", int, None, f"generated images per seed (default: up to {NUM_SAMPLES})"),
-             Option("sample_steps", int, SAMPLE_STEPS, "Euler steps when sampling"),
-             Option("guidance", float, CFG_SCALE, "classifier-free guidance scale"),
-             Option("proxy", dict, {}, "proxy mapping, e.g. { width_mult = 0.125 }"),
-             Option("out_dir", str, None, "artifact folder (set by the study runner)")),
-    doc="proxy flow-matching run, scored by validation loss and domain FD (Inception FID when available)"))
+provide("flow", _run)  # the declaration (name, version, metrics, options) is the static one in
+# evaluators/registry.py: one place

@@ -136,6 +136,16 @@ def register(evaluator: Evaluator) -> Evaluator:
     return REGISTRY[evaluator.name]
 
 
+def provide(name: str, run: Callable[..., dict]) -> Evaluator:
+    """Called by a shipped evaluator's module at import: its run function for the static declaration above, which
+    is the evaluator's one declaration (its version included: bump it there when the evaluator's results change)."""
+    if name not in REGISTRY or not REGISTRY[name].module:
+        raise ValueError(f"evaluator {name!r} has no static declaration in evaluators/registry.py; a plug-in calls "
+                         f"register() with its full declaration")
+    _RUNS[name] = run
+    return REGISTRY[name]
+
+
 def runner(name: str) -> Callable[..., dict]:
     """The `run` function of evaluator `name`, importing its module the first time."""
     if name not in _RUNS:
@@ -262,7 +272,7 @@ declare(Evaluator(
     doc="predicted Neural Engine latency of the full-size model, with its band and per-stage split"))
 
 declare(Evaluator(
-    name="flow", version="quality-2", spec_kinds=("unet",), code=("evaluators.quality",),
+    name="flow", version="quality-3", spec_kinds=("unet",), code=("evaluators.quality",),
     module="evaluators.quality",
     metrics={"val_loss": "minimize", "fd_domain": "minimize", "kid_domain": "minimize",
              "precision_domain": "maximize", "recall_domain": "maximize", "fid": "minimize", "kid": "minimize",
@@ -270,7 +280,7 @@ declare(Evaluator(
     options=(Option("data", str, "mnist5k", "training data, e.g. mnist5k"),
              Option("budget", str, "500steps", "training budget, e.g. 500steps or 60s"),
              Option("seeds", int, 1, "seeds per candidate; 3 gives a 95% interval"),
-             Option("n_samples", int, None, "generated images per seed (default: up to 500)"),
+             Option("n_samples", int, None, "generated images per seed (default: up to 192, evaluators/quality.py NUM_SAMPLES)"),
              Option("sample_steps", int, 8, "Euler steps when sampling"),
              Option("guidance", float, 2.0, "classifier-free guidance scale"),
              Option("proxy", dict, {}, "proxy mapping, e.g. { width_mult = 0.125 }"),
@@ -290,7 +300,7 @@ declare(Evaluator(
 SHIPPED = tuple(REGISTRY)  # the statically declared evaluators, by name
 
 
-__all__ = ["Evaluator", "EvaluatorError", "Option", "REGISTRY", "declare", "register", "runner", "get", "evaluators",
+__all__ = ["Evaluator", "EvaluatorError", "Option", "REGISTRY", "declare", "register", "provide", "runner", "get", "evaluators",
            "producers",
            "direction_of", "quality_metrics", "is_quality_metric", "check_study", "cache_tag", "code_fingerprint",
            "fingerprint_paths"]
