@@ -167,15 +167,15 @@ def forward_macs(spec, in_shape: tuple[int, int, int], text_tokens: int, text_di
 
 def _walk_macs(spec, in_shape: tuple[int, int, int], text_tokens: int, text_dim: int) -> float:
     from latency_models.features import features_from_torch
-    from search_space import build_model
+    from search_space import build_model, example_inputs
     from search_space.attention import attention_backend
 
-    with torch.device("meta"):
-        model = build_model(spec)
     c, h, w = in_shape
-    pooled = torch.zeros(1, spec.pooled_dim) if spec.pooled_dim else None
-    time_ids = torch.zeros(1, 6) if spec.size_conditioning else None
-    inputs = (torch.zeros(1, c, h, w), torch.zeros(1), torch.zeros(1, text_tokens, text_dim), pooled, time_ids)
+    if (c, h, text_dim) != (spec.latent_channels, w, spec.text_dim):
+        raise ValueError(f"input {c}x{h}x{w} with {text_dim}-d text does not fit spec {spec.spec_id} "
+                         f"({spec.latent_channels} latent channels, {spec.text_dim}-d text, square latents)")
+    model = build_model(spec, "meta")
+    inputs = example_inputs(spec, h, text_tokens=text_tokens, device="meta")  # the project's one input builder
     with attention_backend("math"):
         table = features_from_torch(model, inputs)
     return float(sum(f.macs for f in table.ops))
