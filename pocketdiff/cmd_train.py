@@ -95,6 +95,9 @@ def unet_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     kd.add_argument("--teacher-cfg", type=float, default=None,
                     help="guidance of the teacher velocity distilled into the student (default 2; the student "
                          "then samples at CFG 1)")
+    kd.add_argument("--teacher-substeps", type=int, default=None,
+                    help="teacher Euler steps per student step for the few-step target (default 4; 1 is enough "
+                         "where the teacher's N-step samples already match its 28-step ones, as on mnist5k)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=train_unet_cmd)
     return p
@@ -146,7 +149,8 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
     config.validate()
     step_distill = None
     if a.step_distill is not None:
-        given = {"adv_weight": a.adv_weight, "adv_start": a.adv_start, "teacher_cfg": a.teacher_cfg}
+        given = {"adv_weight": a.adv_weight, "adv_start": a.adv_start, "teacher_cfg": a.teacher_cfg,
+                 "teacher_substeps": a.teacher_substeps}
         step_distill = StepDistillConfig(sampler_steps=a.step_distill, **{k: v for k, v in given.items() if v is not None})
         config = replace(config, sample_steps=a.step_distill, cfg_scale=1.0)  # guidance is distilled in
     objective, teacher_line = distillation_objective(

@@ -147,9 +147,22 @@ def test_bad_distillation_input_is_one_line_and_touches_nothing(quality_run, tmp
     q = str(quality_run)
     assert main(["train", "tiny-debug", "--step-distill", "3", "--teacher", q, "--init", q, "--out", str(run)]) == 2
     assert "the sampler supports 2, 4, 8 steps" in capsys.readouterr().err and not run.exists()
+    assert main(["train", "tiny-debug", "--step-distill", "4", "--teacher-substeps", "0", "--teacher", q, "--init",
+                 q, "--out", str(run)]) == 2
+    assert "teacher_substeps=0 must be >= 1" in capsys.readouterr().err and not run.exists()
     assert main(["train", "tiny-debug", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(run)]) == 2
     assert "no-such-teacher" in capsys.readouterr().err and not run.exists()
     before = {p: p.read_bytes() for p in quality_run.rglob("*") if p.is_file()}
     assert main(["train", "tiny-debug", "--kd", "fixed", "--kd-share", "2", "--teacher", q, "--out", str(run)]) == 2
     assert "share" in capsys.readouterr().err and not run.exists()
     assert before == {p: p.read_bytes() for p in quality_run.rglob("*") if p.is_file()}
+
+
+def test_step_distill_flags_reach_the_objective(quality_run, tmp_path):
+    run = tmp_path / "sd"
+    q = str(quality_run)
+    assert main(["train", "tiny-debug", "--step-distill", "2", "--teacher-substeps", "1", "--teacher-cfg", "1.5",
+                 "--teacher", q, "--init", q, "--out", str(run), "--steps", "1", "--batch-size", "4", "-q"]) == 0
+    objective = json.loads((run / "run.json").read_text())["objective"]
+    assert (objective["kind"], objective["sampler_steps"], objective["teacher_substeps"],
+            objective["teacher_cfg"]) == ("step_distill", 2, 1, 1.5)
