@@ -1,35 +1,34 @@
-"""Distillation benchmark (issue 12): does step distillation beat plain few-step sampling, does KD help at equal
-steps and at equal compute, and does the timestep-aware weighting beat a fixed one at the same KD share?
+"""Distillation benchmark (issue 12): does step distillation beat plain few-step sampling of a base that more
+plain training no longer improves, does KD help at equal steps and at equal compute, and does the timestep-aware
+weighting beat a fixed one at the same KD share?
 
-CPU, tiny scale, MNIST-5k through 4x4 space-to-depth (`mnist5k-p4`, an 8x8x16 model space), >= 3 seeds, every
-number a mean over seeds with its 95% t-interval, every comparison a paired difference (same seed) with its
-interval. Scores: the domain FD of training/fidelity.py (lower is better) on class-balanced samples.
-  teacher     tiny-debug widened to [64, 128], --teacher-steps plain steps (one teacher, seed 0)
-  base        tiny-debug's proxy, --base-steps plain steps per seed (checkpoints at half and full: its 4-step FD
-              says whether more plain training still helps; the continuations below say it again)
-  continue    base + --extra-steps plain steps ("same steps") and + 3x as many ("equal compute": a step
-              distillation step costs about three plain ones, measured below), constant lr --finetune-lr
-  step 4 / 8  base + --extra-steps of step distillation (training/step_distill.py: teacher = the base itself,
-              guided at CFG 2, integrated in 4 sub-steps per student step; rollout states; discriminator after
-              a KD-only first half), constant lr --finetune-lr; sampled at CFG 1 (the guidance is distilled in)
-  KD          from scratch, --base-steps each: no KD (= the base), KD timestep-aware (shape 1), KD fixed at the
-              KD share the timestep-aware run measured, and no KD for 2x the steps (equal compute: a KD step
-              costs about two plain ones); shape sweep 0.5 / 2 on --sweep-seeds seeds
-The undistilled models are sampled at CFG 2 (their training default), step-distilled ones at CFG 1.
+CPU, tiny scale, MNIST-5k through 4x4 space-to-depth (`mnist5k-p4`, an 8x8x16 model space). Scores: the domain
+FD of training/fidelity.py (lower is better) on class-balanced samples; every number a mean over seeds with its
+95% t-interval, every comparison a paired difference (same seed, same sampling noise) with its interval.
 
-Sizing [measured on the shared 2-core machine, load ~5, one thread per worker, before writing the defaults]:
-plain step 0.35 s, KD step 0.7 s, step-distillation step 1.3 s (4 steps) / 1.4 s (8 steps), teacher step
-0.6 s; 500 samples at 28 Euler steps with CFG took 61 s, so FD uses 256 samples (above the 128 feature
-dimensions the FD needs) and 28-step FD only where the issue asks for it. Defaults: teacher 480 steps, base
-240, extra 80 (x3 = 240 for equal compute), 3 seeds, 2 workers: about 1,200 worker-seconds per seed plus the
-teacher and the sweep, and ~700 worker-seconds of sampling and scoring: ~38 min in all at that load.
-`--smoke` runs every path with tiny settings (2-8 steps): 9 min on that machine, mostly sampling and scoring.
-Run: .venv/bin/python benchmarks/distillation.py > benchmarks/distillation.md
+Part `step` (the issue's evidence item: "from a base trained until more plain steps no longer improve"):
+  teacher     tiny-debug widened to [64, 128], --teacher-steps plain steps, lr decayed to 0 (seed 0)
+  base        tiny-debug, --base-steps plain steps, lr decayed to 0 (seed 0; one base: the seeds below are seeds
+              of what is done to it). Its 4-step FD at 1/2, 3/4 and the end of its run says whether it is done.
+  continue    base + plain steps at the fine-tuning rate for the step-distillation run's compute (counted
+              FLOPs: `step_cost`), per seed; its 4-step FD at every --extra-steps (same steps .. equal compute)
+  step N      base + --extra-steps of step distillation to the N-step sampler (training/step_distill.py) with the
+              converged teacher's guided (CFG 2) trajectory as target; sampled at CFG 1 (the guidance is in it)
+  The undistilled models are sampled at CFG 2 (their best, and their training default).
+Part `kd` (students from scratch, --kd-steps each, per seed): no KD, KD timestep-aware (shape 1), KD fixed at the
+  KD share the timestep-aware run measured, no KD for the KD run's counted compute; shape sweep 0.5 / 2.
+
+Equal compute is counted, not timed: forward multiply-accumulates of student and teacher from the project's op
+trace (training/throughput.forward_macs), times the forwards and backwards each step makes (`step_cost`,
+`kd_cost`). A shared machine's wall clock does not enter any comparison.
+Run: .venv/bin/python benchmarks/distillation.py [--parts step,kd] > benchmarks/distillation.md
+(`--smoke`: every path with tiny settings.)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -45,13 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 DATA = "mnist5k-p4"
 STUDENT = ("tiny-debug", ())
 TEACHER = ("tiny-debug", ("stages.0.channels=64", "stages.1.channels=128"))
-BASE_LR = 3e-3  # the quality runs' rate: these are short runs
-FINETUNE_LR = 3e-4  # [choose] continuations (plain and distilled) at 1/10 of the base rate, constant
+BASE_LR = 3e-3  # the quality runs' rate, decayed linearly to 0
+FINETUNE_LR = 3e-4  # [choose] plain continuations at 1/10 of the base rate, constant
+DISTILL_LR = 1e-3  # [measured] step distillation, constant: a 400-step pilot (seed 0) moved the 4-step FD
+# 1.29 -> 1.13 at 1e-3 and 1.30 at 200 steps of 3e-4, still falling
 CFG = 2.0
-EQUAL_COMPUTE_SD = 3  # [measured] one step-distillation step ~ 3-4 plain steps (1.3-1.4 s vs 0.35 s)
-EQUAL_COMPUTE_KD = 2  # [measured] one KD step ~ 2 plain steps (0.7 s vs 0.35 s)
 SWEEP_SHAPES = (0.5, 2.0)
 SAMPLER_STEPS = (4, 8, 28)
+PARTS = ("step", "kd")
 
 _CTX: dict = {}
 
@@ -74,6 +74,34 @@ def _setup():
     return _CTX
 
 
+def forward_gflops(spec) -> float:
+    """GFLOPs of one forward pass on one image of the benchmark's data (counted, not timed)."""
+    from training.throughput import FLOPS_PER_MAC, forward_macs
+    c = _setup()
+    data, prompts = c["data"], c["prompts"]
+    return FLOPS_PER_MAC * forward_macs(spec, (data.channels, data.size, data.size), prompts.tokens.shape[1],
+                                        prompts.dim) / 1e9
+
+
+def step_cost(config, ratio: float) -> float:
+    """One step-distillation step in plain training steps (same batch), from counted forwards: the student's
+    forward + backward (3, as a plain step), its no-grad rollout (rollout_share x mean k of (N-1)/2 forwards),
+    the teacher's guided target (substeps x 2 forwards), and after the warm-up the generator's pass through the
+    teacher (forward + backward to the input: 3) and the discriminator's two teacher forwards. `ratio` = teacher
+    forward FLOPs / student forward FLOPs."""
+    guided = 2 if config.teacher_cfg != 1.0 else 1
+    student = 3 + config.rollout_share * (config.sampler_steps - 1) / 2
+    teacher = config.teacher_substeps * guided
+    if config.adv_weight > 0:
+        teacher += (1 - config.adv_start) * (3 + 2)
+    return (student + teacher * ratio) / 3
+
+
+def kd_cost(ratio: float) -> float:
+    """One KD step in plain steps: the student's forward + backward (3) and one teacher forward."""
+    return (3 + ratio) / 3
+
+
 def _config(steps: int, seed: int, a, **kw):
     from training.full import FullConfig
     base = dict(steps=steps, batch_size=a.batch_size, seed=seed, checkpoint_every=steps, keep_checkpoints=0,
@@ -83,6 +111,8 @@ def _config(steps: int, seed: int, a, **kw):
 
 
 def fd(folder: str | Path, steps: int, cfg: float, seed: int, samples: int) -> float:
+    """Domain FD of `samples` class-balanced samples; the noise is a function of `seed` only, so two models
+    scored with the same seed start from the same noise (paired comparisons)."""
     import torch
     from training.checkpoint import load_trained
     from training.fidelity import domain_metrics
@@ -94,51 +124,64 @@ def fd(folder: str | Path, steps: int, cfg: float, seed: int, samples: int) -> f
     return float(domain_metrics(x, c["data"])["fd_domain"])
 
 
+def _checkpoints(folder: Path) -> list[Path]:
+    return sorted((folder / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def sd_config(a, n: int):
+    from training.step_distill import StepDistillConfig
+    return StepDistillConfig(sampler_steps=n, teacher_substeps=a.teacher_substeps)
+
+
 def job(kind: str, name: str, seed: int, a, deps: dict) -> dict:
     """Train one model (resumable: a finished run folder is reused) and score it."""
     from training.distill import KDObjective, load_teacher
     from training.full import train_full
     from training.kd_scaling import KDWeighting
-    from training.step_distill import StepDistillConfig, StepDistillObjective
+    from training.step_distill import StepDistillObjective
     c = _setup()
     data, prompts = c["data"], c["prompts"]
     folder = Path(a.out) / name
     start = time.perf_counter()
     spec, objective, init, cfg_scale, steps_list, extra = c["student"], None, None, CFG, (4, 8), {}
+    every_ckpt = False
     if kind == "teacher":
-        spec, config = c["teacher"], _config(a.teacher_steps, seed, a)
-        steps_list = (4,)
+        spec, config, steps_list = c["teacher"], _config(a.teacher_steps, seed, a), (4, 28)
     elif kind == "base":
-        config = _config(a.base_steps, seed, a, checkpoint_every=max(1, a.base_steps // 2))
-        steps_list = SAMPLER_STEPS
+        config = _config(a.base_steps, seed, a, checkpoint_every=max(1, a.base_steps // 4))
+        steps_list, every_ckpt = (), True
+    elif kind == "base-eval":  # the base, scored with this seed's sampling noise
+        config, steps_list, folder = None, SAMPLER_STEPS, Path(deps["base"])
     elif kind == "continue":
-        mult = deps["mult"]
-        config = _config(a.extra_steps * mult, seed, a, lr=FINETUNE_LR, schedule="constant",
-                         checkpoint_every=a.extra_steps, warmup_steps=1)
-        init, steps_list = deps["base"], SAMPLER_STEPS
+        config = _config(deps["steps"], seed, a, lr=FINETUNE_LR, schedule="constant", warmup_steps=1,
+                         checkpoint_every=max(1, a.extra_steps // 4))
+        init, steps_list, every_ckpt = deps["base"], SAMPLER_STEPS, True
     elif kind == "step":
         n = deps["n"]
-        objective = StepDistillObjective(load_teacher(deps["base"]), prompts, data.resolution, data.size,
-                                         StepDistillConfig(sampler_steps=n), data.class_names)
-        config = _config(a.extra_steps, seed, a, lr=FINETUNE_LR, schedule="constant", warmup_steps=1,
-                         cfg_scale=1.0, sample_steps=n)
-        init, cfg_scale, steps_list = deps["base"], 1.0, SAMPLER_STEPS
+        objective = StepDistillObjective(load_teacher(deps["teacher"]), prompts, data.resolution, data.size,
+                                         sd_config(a, n), data.class_names)
+        config = _config(a.extra_steps, seed, a, lr=DISTILL_LR, schedule="constant", warmup_steps=1,
+                         cfg_scale=1.0, sample_steps=n, checkpoint_every=max(1, a.extra_steps // 4))
+        init, cfg_scale, steps_list, every_ckpt = deps["base"], 1.0, SAMPLER_STEPS, True
     elif kind == "kd":
         weighting = KDWeighting(deps["weighting"], deps.get("shape", 1.0), deps.get("share"))
         objective = KDObjective(load_teacher(deps["teacher"]), prompts, data.resolution, data.size, weighting,
                                 class_names=data.class_names)
-        config = _config(a.base_steps, seed, a)
+        config = _config(a.kd_steps, seed, a)
         extra["weighting"] = weighting.identity()
     elif kind == "plain":
-        config = _config(a.base_steps * deps["mult"], seed, a)
+        config = _config(deps["steps"], seed, a)
     else:
         raise ValueError(kind)
-    resume = (folder / "checkpoints" / "latest").is_file()
-    r = train_full(spec, data, prompts, folder, config, objective, resume=resume or None, init=init, progress=False)
-    if r.status != "ok":
-        raise RuntimeError(f"{name}: {r.status}")
+    if config is not None:
+        resume = (folder / "checkpoints" / "latest").is_file()
+        r = train_full(spec, data, prompts, folder, config, objective, resume=resume or None, init=init,
+                       progress=False)
+        if r.status != "ok":
+            raise RuntimeError(f"{name}: {r.status}")
     train_s = time.perf_counter() - start
-    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    metrics = folder / "metrics.jsonl"
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()] if config is not None else []
     shares = [x["kd_share"] for x in rows if "kd_share" in x]
     if shares:
         extra["kd_share"] = sum(shares) / len(shares)
@@ -147,43 +190,60 @@ def job(kind: str, name: str, seed: int, a, deps: dict) -> dict:
         if vals:
             extra[key] = sum(vals) / len(vals)
     scores = {f"fd{s}": fd(folder, s, cfg_scale, seed, a.samples) for s in steps_list}
-    if kind == "base" or (kind == "continue" and deps["mult"] > 1):  # the earlier checkpoint: same run
-        half = sorted((folder / "checkpoints").glob("step_*"))[0]
-        scores["fd4_early"] = fd(half, 4, cfg_scale, seed, a.samples)
-        extra["early_step"] = int(half.name.split("_")[1])
+    if every_ckpt:  # the 4-step FD along the run: is more plain training still helping?
+        extra["curve"] = [[int(p.name.split("_")[1]), fd(p, 4, cfg_scale, seed, a.samples)]
+                          for p in _checkpoints(folder)]
     return {"name": name, "kind": kind, "seed": seed, "train_s": round(train_s, 1), "folder": str(folder),
             "score_s": round(time.perf_counter() - start - train_s, 1), **scores, **extra}
 
 
-def plan(a) -> list[tuple[str, str, int, dict, list[str]]]:
+def costs(a) -> dict:
+    c = _setup()
+    ratio = forward_gflops(c["teacher"]) / forward_gflops(c["student"])
+    out = {"student_gflops": forward_gflops(c["student"]), "teacher_gflops": forward_gflops(c["teacher"]),
+           "ratio": ratio, "kd": kd_cost(ratio)}
+    for n in a.samplers:
+        out[f"step{n}"] = step_cost(sd_config(a, n), ratio)
+    return out
+
+
+def plan(a, cost: dict) -> list[tuple[str, str, int, dict, list[str]]]:
     """(kind, name, seed, deps, names it waits for); deps name other jobs' folders or results."""
     out = Path(a.out)
     jobs = [("teacher", "teacher", 0, {}, [])]
-    for s in range(a.seeds):
-        base = f"base-s{s}"
-        jobs += [("base", base, s, {}, []),
-                 ("continue", f"continue-x3-s{s}", s, {"base": str(out / base), "mult": EQUAL_COMPUTE_SD}, [base]),
-                 ("step", f"step4-s{s}", s, {"base": str(out / base), "n": 4}, [base]),
-                 ("step", f"step8-s{s}", s, {"base": str(out / base), "n": 8}, [base]),
-                 ("kd", f"kd-timestep-s{s}", s, {"teacher": str(out / "teacher"), "weighting": "timestep"},
-                  ["teacher"]),
-                 ("kd", f"kd-fixed-s{s}", s, {"teacher": str(out / "teacher"), "weighting": "fixed",
-                                              "share_from": f"kd-timestep-s{s}"}, ["teacher", f"kd-timestep-s{s}"]),
-                 ("plain", f"nokd-x2-s{s}", s, {"mult": EQUAL_COMPUTE_KD}, [])]
-        if s < a.sweep_seeds:
-            jobs += [("kd", f"kd-shape{g:g}-s{s}", s, {"teacher": str(out / "teacher"), "weighting": "timestep",
-                                                       "shape": g}, ["teacher"]) for g in SWEEP_SHAPES]
+    teacher = str(out / "teacher")
+    if "step" in a.parts:
+        base = str(out / "base")
+        jobs.append(("base", "base", 0, {}, []))
+        longest = max(cost[f"step{n}"] for n in a.samplers)
+        cont_steps = a.extra_steps * math.ceil(longest)
+        for s in range(a.seeds):
+            jobs.append(("base-eval", f"base-eval-s{s}", s, {"base": base}, ["base"]))
+            jobs += [("step", f"step{n}-s{s}", s, {"base": base, "teacher": teacher, "n": n}, ["base", "teacher"])
+                     for n in a.samplers]
+            jobs.append(("continue", f"continue-s{s}", s, {"base": base, "steps": cont_steps}, ["base"]))
+    if "kd" in a.parts:
+        for s in range(a.seeds):
+            jobs += [("plain", f"nokd-s{s}", s, {"steps": a.kd_steps}, []),
+                     ("kd", f"kd-timestep-s{s}", s, {"teacher": teacher, "weighting": "timestep"}, ["teacher"]),
+                     ("kd", f"kd-fixed-s{s}", s, {"teacher": teacher, "weighting": "fixed",
+                                                  "share_from": f"kd-timestep-s{s}"},
+                      ["teacher", f"kd-timestep-s{s}"]),
+                     ("plain", f"nokd-eq-s{s}", s, {"steps": round(a.kd_steps * cost["kd"])}, [])]
+            if s < a.sweep_seeds:
+                jobs += [("kd", f"kd-shape{g:g}-s{s}", s, {"teacher": teacher, "weighting": "timestep",
+                                                           "shape": g}, ["teacher"]) for g in SWEEP_SHAPES]
     return jobs
 
 
-def run_all(a) -> dict[str, dict]:
+def run_all(a, cost: dict) -> dict[str, dict]:
     results: dict[str, dict] = {}
     path = Path(a.out) / "results.jsonl"
     if path.is_file():
         for line in path.read_text().splitlines():
             r = json.loads(line)
             results[r["name"]] = r
-    todo = [j for j in plan(a) if j[1] not in results]
+    todo = [j for j in plan(a, cost) if j[1] not in results]
     t0 = time.perf_counter()
     running = {}
     with ProcessPoolExecutor(a.workers) as pool:
@@ -194,6 +254,8 @@ def run_all(a) -> dict[str, dict]:
                     deps = {**deps, "share": results[deps["share_from"]]["kd_share"]}
                 running[pool.submit(job, kind, name, seed, a, deps)] = name
                 todo.remove(j)
+            if not running:
+                raise RuntimeError(f"jobs wait for results that no job makes: {[j[1] for j in todo]}")
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for f in done:
                 name = running.pop(f)
@@ -202,8 +264,8 @@ def run_all(a) -> dict[str, dict]:
                 with open(path, "a") as fh:
                     fh.write(json.dumps(r) + "\n")
                 print(f"[{time.perf_counter() - t0:6.0f} s] {name}: train {r['train_s']:.0f} s, "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k.startswith("fd")), file=sys.stderr,
-                      flush=True)
+                      + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k.startswith("fd"))
+                      + (f", curve {r['curve']}" if "curve" in r else ""), file=sys.stderr, flush=True)
     return results
 
 
@@ -227,81 +289,112 @@ def _paired(a_vals: list[float], b_vals: list[float]) -> tuple[str, str]:
     return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]", verdict
 
 
-def report(results: dict[str, dict], a, minutes: float) -> str:
+def _curve(points: list[list[float]]) -> str:
+    return ", ".join(f"{int(k)}: {v:.2f}" for k, v in points)
+
+
+def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
     seeds = range(a.seeds)
     col = lambda prefix, key: [results[f"{prefix}-s{s}"][key] for s in seeds]  # noqa: E731
     lines = ["# Distillation benchmark (issue 12)", "",
-             f"`python benchmarks/distillation.py` on CPU ({a.workers} workers, one thread each), {DATA}, "
-             f"{a.seeds} seeds (0-{a.seeds - 1}), batch {a.batch_size}; domain FD (lower is better) of "
-             f"{a.samples} class-balanced samples, mean over seeds [95% t-interval]; differences are paired by "
-             f"seed. Total {minutes:.1f} min. Written by the script.", "",
-             f"Teacher (KD): tiny-debug widened to [64, 128], {a.teacher_steps} steps: FD "
-             f"{results['teacher']['fd4']:.2f} at 4 steps (CFG {CFG:g}).", "",
-             f"## Step distillation from a base of {a.base_steps} plain steps", "",
-             f"Is the base done? 4-step FD at step {results['base-s0'].get('early_step')}: "
-             f"{_ci(col('base', 'fd4_early'))}; at {a.base_steps}: {_ci(col('base', 'fd4'))}. Continued at lr "
-             f"{FINETUNE_LR:g}: +{a.extra_steps} steps {_ci(col('continue-x3', 'fd4_early'))}, "
-             f"+{a.extra_steps * EQUAL_COMPUTE_SD} steps {_ci(col('continue-x3', 'fd4'))}.", "",
-             "| model | CFG | FD, 4 steps | FD, 8 steps | FD, 28 steps | train s (seed mean) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"`python benchmarks/distillation.py --parts {','.join(a.parts)}` on CPU ({a.workers} workers, one "
+             f"thread each), {DATA}, {a.seeds} seeds (0-{a.seeds - 1}), batch {a.batch_size}; domain FD (lower is "
+             f"better) of {a.samples} class-balanced samples, mean over seeds [95% t-interval]; differences are "
+             f"paired by seed (same training seed, same sampling noise). Total {minutes:.1f} min. Written by the "
+             "script.", "",
+             f"Counted forward cost per image: student {cost['student_gflops'] * 1e3:.1f} MFLOP, teacher "
+             f"{cost['teacher_gflops'] * 1e3:.1f} MFLOP (x{cost['ratio']:.2f}). One KD step = {cost['kd']:.2f} "
+             "plain steps; one step-distillation step = "
+             + ", ".join(f"{cost[f'step{n}']:.1f} ({n}-step sampler)" for n in a.samplers) + " plain steps.", "",
+             f"Teacher: tiny-debug widened to [64, 128], {a.teacher_steps} plain steps (seed 0): FD "
+             f"{results['teacher']['fd4']:.2f} at 4 steps, {results['teacher']['fd28']:.2f} at 28 (CFG {CFG:g})."]
+    if "step" in a.parts:
+        b = results["base"]
+        cont = [results[f"continue-s{s}"]["curve"] for s in seeds]
+        same = [next(v for k, v in cv if k == a.extra_steps) for cv in cont]
+        n_eq = {n: a.extra_steps * cost[f"step{n}"] for n in a.samplers}
+        lines += ["", f"## Step distillation from a converged base ({a.base_steps} plain steps)", "",
+                  f"Is the base done? Its 4-step FD along its run (step: FD, seed-0 noise): {_curve(b['curve'])}. "
+                  f"Continued with plain steps at lr {FINETUNE_LR:g}, 4-step FD per seed (step: FD): "
+                  + "; ".join(f"seed {s}: {_curve(cv)}" for s, cv in zip(seeds, cont)) + ".", "",
+                  f"Step distillation: {a.extra_steps} steps at lr {DISTILL_LR:g} from the base, the teacher "
+                  f"above as the few-step target (CFG 2, {a.teacher_substeps} Euler sub-steps per student step), "
+                  "half of each batch on the student's own rollout states, discriminator on the state the sampler "
+                  "reaches next from the second half of the run. Equal compute for the N-step student = "
+                  + ", ".join(f"{n_eq[n]:.0f} plain steps ({n}-step)" for n in a.samplers)
+                  + f"; the continuation ran {max(k for k, _ in cont[0])} (the nearest checkpoint at or above it "
+                  "is used; \"best\" is the continuation's best 4-step FD up to that point, the baseline's most "
+                  "favourable reading). The students' 4-step FD along their runs (step: FD): "
+                  + "; ".join(f"{n}-step seed {s}: {_curve(results[f'step{n}-s{s}']['curve'])}"
+                              for n in a.samplers for s in seeds) + ".", "",
+                  "| model | CFG | FD, 4 steps | FD, 8 steps | FD, 28 steps |", "|---|---:|---:|---:|---:|"]
 
-    def row(label, prefix, cfg, keys=("fd4", "fd8", "fd28")):
-        cells = [_ci(col(prefix, k)) if all(k in results[f"{prefix}-s{s}"] for s in seeds) else "-" for k in keys]
-        secs = sum(col(prefix, "train_s")) / a.seeds
-        lines.append(f"| {label} | {cfg:g} | " + " | ".join(cells) + f" | {secs:.0f} |")
+        def row(label, prefix, cfg):
+            cells = [_ci(col(prefix, k)) for k in ("fd4", "fd8", "fd28")]
+            lines.append(f"| {label} | {cfg:g} | " + " | ".join(cells) + " |")
 
-    row(f"base, undistilled ({a.base_steps} steps)", "base", CFG)
-    lines.append(f"| base + {a.extra_steps} plain steps (same steps) | {CFG:g} | "
-                 f"{_ci(col('continue-x3', 'fd4_early'))} | - | - | - |")
-    row(f"base + {a.extra_steps * EQUAL_COMPUTE_SD} plain steps (equal compute)", "continue-x3", CFG)
-    row(f"base + {a.extra_steps} step-distillation steps, 4-step sampler", "step4", 1.0)
-    row(f"base + {a.extra_steps} step-distillation steps, 8-step sampler", "step8", 1.0)
-    lines += ["", "| claim | difference in FD | verdict |", "|---|---:|---|"]
-    claims = [
-        ("4-step student vs undistilled base, 4 steps", col("step4", "fd4"), col("base", "fd4")),
-        ("4-step student vs base + same steps, 4 steps", col("step4", "fd4"), col("continue-x3", "fd4_early")),
-        ("4-step student vs base + equal compute, 4 steps", col("step4", "fd4"), col("continue-x3", "fd4")),
-        ("8-step student vs undistilled base, 8 steps", col("step8", "fd8"), col("base", "fd8")),
-        ("8-step student vs base + equal compute, 8 steps", col("step8", "fd8"), col("continue-x3", "fd8")),
-        ("4-step student at 4 steps vs undistilled base at 28 steps", col("step4", "fd4"), col("base", "fd28")),
-    ]
-    for label, x, y in claims:
-        d, v = _paired(x, y)
-        lines.append(f"| {label} | {d} | {v} |")
+        def at_or_above(cv, steps):
+            return next(v for k, v in cv if k >= steps - 1e-9)
 
-    lines += ["", f"## Knowledge distillation, students from scratch, {a.base_steps} steps", "",
-              "| student | FD, 4 steps | FD, 8 steps | KD share of the loss | train s (seed mean) |",
-              "|---|---:|---:|---:|---:|"]
+        row(f"base, undistilled ({a.base_steps} steps)", "base-eval", CFG)
+        lines.append(f"| base + {a.extra_steps} plain steps (same steps) | {CFG:g} | {_ci(same)} | - | - |")
+        row(f"base + {max(k for k, _ in cont[0])} plain steps (continuation's end)", "continue", CFG)
+        for n in a.samplers:
+            row(f"base + {a.extra_steps} step-distillation steps, {n}-step sampler", f"step{n}", 1.0)
+        lines += ["", "| claim | difference in FD | verdict |", "|---|---:|---|"]
+        claims = []
+        for n in a.samplers:
+            eq = [at_or_above(cv, n_eq[n]) for cv in cont]
+            claims += [
+                (f"{n}-step student vs undistilled base, {n} steps", col(f"step{n}", f"fd{n}"), col("base-eval", f"fd{n}")),
+                (f"{n}-step student vs base + same steps, 4 steps" if n == 4 else None, col(f"step{n}", "fd4"), same),
+                (f"{n}-step student vs base + equal compute, 4 steps" if n == 4 else None, col(f"step{n}", "fd4"), eq),
+                (f"{n}-step student vs the best 4-step FD of the continuation up to equal compute" if n == 4 else None,
+                 col(f"step{n}", "fd4"), [min(v for k, v in cv if k <= n_eq[n] + cv[0][0]) for cv in cont]),
+                (f"{n}-step student at {n} steps vs undistilled base at 28 steps", col(f"step{n}", f"fd{n}"),
+                 col("base-eval", "fd28")),
+                (f"{n}-step student at {n} steps vs the teacher at 28 steps (seed-0 noise)", col(f"step{n}", f"fd{n}"),
+                 [results["teacher"]["fd28"]] * a.seeds),
+            ]
+        for label, x, y in claims:
+            if label:
+                d, v = _paired(x, y)
+                lines.append(f"| {label} | {d} | {v} |")
+    if "kd" in a.parts:
+        eq_steps = round(a.kd_steps * cost["kd"])
+        lines += ["", f"## Knowledge distillation, students from scratch, {a.kd_steps} steps", "",
+                  "| student | FD, 4 steps | FD, 8 steps | KD share of the loss | train s (seed mean) |",
+                  "|---|---:|---:|---:|---:|"]
 
-    def kd_row(label, prefix):
-        share = col(prefix, "kd_share") if "kd_share" in results[f"{prefix}-s0"] else None
-        secs = sum(col(prefix, "train_s")) / a.seeds
-        lines.append(f"| {label} | {_ci(col(prefix, 'fd4'))} | {_ci(col(prefix, 'fd8'))} | "
-                     f"{_ci(share) if share else '-'} | {secs:.0f} |")
+        def kd_row(label, prefix):
+            share = col(prefix, "kd_share") if "kd_share" in results[f"{prefix}-s0"] else None
+            secs = sum(col(prefix, "train_s")) / a.seeds
+            lines.append(f"| {label} | {_ci(col(prefix, 'fd4'))} | {_ci(col(prefix, 'fd8'))} | "
+                         f"{_ci(share) if share else '-'} | {secs:.0f} |")
 
-    kd_row("no KD (the base)", "base")
-    kd_row("KD, timestep-aware (shape 1, magnitudes per timestep bin)", "kd-timestep")
-    kd_row("KD, fixed weighting at the timestep-aware run's KD share", "kd-fixed")
-    kd_row(f"no KD, {a.base_steps * EQUAL_COMPUTE_KD} steps (equal compute)", "nokd-x2")
-    lines += ["", "| claim | difference in FD, 4 steps | verdict |", "|---|---:|---|"]
-    for label, x, y in [("KD (timestep) vs no KD, equal steps", col("kd-timestep", "fd4"), col("base", "fd4")),
-                        ("KD (timestep) vs no KD, equal compute", col("kd-timestep", "fd4"), col("nokd-x2", "fd4")),
-                        ("timestep-aware vs fixed at matched KD share", col("kd-timestep", "fd4"),
-                         col("kd-fixed", "fd4"))]:
-        d, v = _paired(x, y)
-        lines.append(f"| {label} | {d} | {v} |")
-    if a.sweep_seeds:
-        lines += ["", f"Shape sweep (task weight a_t = density(t)^shape), seed(s) 0-{a.sweep_seeds - 1}:", "",
-                  "| shape | FD, 4 steps | FD, 8 steps | KD share |", "|---:|---:|---:|---:|"]
-        for g in (SWEEP_SHAPES[0], 1.0, SWEEP_SHAPES[1]):
-            names = [f"kd-shape{g:g}-s{s}" if g != 1.0 else f"kd-timestep-s{s}" for s in range(a.sweep_seeds)]
-            rs = [results[n] for n in names]
-            lines.append(f"| {g:g} | {_ci([r['fd4'] for r in rs])} | {_ci([r['fd8'] for r in rs])} | "
-                         f"{_ci([r['kd_share'] for r in rs])} |")
-    grads = {k: _ci(col("kd-timestep", k)) for k in ("grad_task", "grad_kd_out", "grad_kd_feat")
-             if k in results["kd-timestep-s0"]}
-    lines += ["", "Mean gradient norms of the timestep-aware run's terms (w.r.t. the student's output and tapped "
-              "features): " + ", ".join(f"{k} {v}" for k, v in grads.items()) + "."]
+        kd_row("no KD", "nokd")
+        kd_row("KD, timestep-aware (shape 1, magnitudes per timestep bin)", "kd-timestep")
+        kd_row("KD, fixed weighting at the timestep-aware run's KD share", "kd-fixed")
+        kd_row(f"no KD, {eq_steps} steps (equal counted compute)", "nokd-eq")
+        lines += ["", "| claim | difference in FD, 4 steps | verdict |", "|---|---:|---|"]
+        for label, x, y in [("KD (timestep) vs no KD, equal steps", col("kd-timestep", "fd4"), col("nokd", "fd4")),
+                            ("KD (timestep) vs no KD, equal compute", col("kd-timestep", "fd4"), col("nokd-eq", "fd4")),
+                            ("timestep-aware vs fixed at matched KD share", col("kd-timestep", "fd4"),
+                             col("kd-fixed", "fd4"))]:
+            d, v = _paired(x, y)
+            lines.append(f"| {label} | {d} | {v} |")
+        if a.sweep_seeds:
+            lines += ["", f"Shape sweep (task weight a_t = density(t)^shape), seed(s) 0-{a.sweep_seeds - 1}:", "",
+                      "| shape | FD, 4 steps | FD, 8 steps | KD share |", "|---:|---:|---:|---:|"]
+            for g in (SWEEP_SHAPES[0], 1.0, SWEEP_SHAPES[1]):
+                names = [f"kd-shape{g:g}-s{s}" if g != 1.0 else f"kd-timestep-s{s}" for s in range(a.sweep_seeds)]
+                rs = [results[n] for n in names]
+                lines.append(f"| {g:g} | {_ci([r['fd4'] for r in rs])} | {_ci([r['fd8'] for r in rs])} | "
+                             f"{_ci([r['kd_share'] for r in rs])} |")
+        grads = {k: _ci(col("kd-timestep", k)) for k in ("grad_task", "grad_kd_out", "grad_kd_feat")
+                 if k in results["kd-timestep-s0"]}
+        lines += ["", "Mean gradient norms of the timestep-aware run's terms (w.r.t. the student's output and tapped "
+                  "features): " + ", ".join(f"{k} {v}" for k, v in grads.items()) + "."]
     lines += ["", "Where a verdict says \"not resolved\" or \"worse\", the paper's claim is not reproduced at this "
               "scale; the table is written by the script, not edited."]
     return "\n".join(lines) + "\n"
@@ -310,23 +403,34 @@ def report(results: dict[str, dict], a, minutes: float) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/distillation-bench")
+    p.add_argument("--parts", default="step,kd", help="comma-separated: step, kd")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--sweep-seeds", type=int, default=1)
-    p.add_argument("--teacher-steps", type=int, default=480)
-    p.add_argument("--base-steps", type=int, default=240)
-    p.add_argument("--extra-steps", type=int, default=80)
-    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--teacher-steps", type=int, default=1500)
+    p.add_argument("--base-steps", type=int, default=3000)
+    p.add_argument("--extra-steps", type=int, default=800)
+    p.add_argument("--kd-steps", type=int, default=240)
+    p.add_argument("--samplers", default="4", help="step-distillation samplers (steps), comma-separated")
+    p.add_argument("--teacher-substeps", type=int, default=1)
+    p.add_argument("--samples", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--smoke", action="store_true", help="every path with tiny settings (about a minute)")
+    p.add_argument("--smoke", action="store_true", help="every path with tiny settings")
     a = p.parse_args()
+    a.parts = tuple(x.strip() for x in a.parts.split(",") if x.strip())
+    a.samplers = tuple(int(x) for x in a.samplers.split(",") if x.strip())
     if a.smoke:
-        a.teacher_steps, a.base_steps, a.extra_steps, a.samples, a.batch_size = 4, 4, 2, 160, 8
+        a.teacher_steps, a.base_steps, a.extra_steps, a.kd_steps, a.samples, a.batch_size = 4, 4, 2, 4, 160, 8
     if a.seeds < 1 or a.sweep_seeds > a.seeds:
         p.error("--seeds must be >= 1 and --sweep-seeds <= --seeds")
+    if not a.parts or set(a.parts) - set(PARTS):
+        p.error(f"--parts {','.join(a.parts)}: choose from {', '.join(PARTS)}")
+    if 4 not in a.samplers:
+        p.error("--samplers must include 4 (the issue's claim is about the 4-step student)")
     t0 = time.perf_counter()
-    results = run_all(a)
-    print(report(results, a, (time.perf_counter() - t0) / 60), end="")
+    cost = costs(a)
+    results = run_all(a, cost)
+    print(report(results, a, cost, (time.perf_counter() - t0) / 60), end="")
 
 
 if __name__ == "__main__":
