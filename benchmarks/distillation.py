@@ -21,8 +21,10 @@ Part `kd` (students from scratch, --kd-steps each, per seed): no KD, KD timestep
 Equal compute is counted, not timed: forward multiply-accumulates of student and teacher from the project's op
 trace (training/throughput.forward_macs), times the forwards and backwards each step makes (`step_cost`,
 `kd_cost`). A shared machine's wall clock does not enter any comparison.
-Run: .venv/bin/python benchmarks/distillation.py [--parts step,kd] > benchmarks/distillation.md
-(`--smoke`: every path with tiny settings.)
+  (`--samplers 4,8` adds the 8-step student; `--kd-only` adds the students without the adversarial term.)
+Sizing [measured, 2-core machine]: `--parts step` 47.5 min with 2 workers (2000 samples per FD, 28 checkpoints of
+the continuation scored); `--kd-only` adds about 15 min. `--smoke` runs every path in about 6 min.
+Run: .venv/bin/python benchmarks/distillation.py [--parts step,kd] [--kd-only] > benchmarks/distillation.md
 """
 from __future__ import annotations
 
@@ -128,9 +130,19 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted((folder / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
-def sd_config(a, n: int):
+def sd_config(a, n: int, adv_weight: float | None = None):
     from training.step_distill import StepDistillConfig
-    return StepDistillConfig(sampler_steps=n, teacher_substeps=a.teacher_substeps)
+    extra = {} if adv_weight is None else {"adv_weight": adv_weight}
+    return StepDistillConfig(sampler_steps=n, teacher_substeps=a.teacher_substeps, **extra)
+
+
+def students(a) -> list[tuple[str, int, float | None]]:
+    """(result key, sampler steps, adversarial weight or None for the default) of each step-distilled student:
+    the objective as shipped and, with --kd-only, the same without its adversarial term."""
+    out = [(f"step{n}", n, None) for n in a.samplers]
+    if a.kd_only:
+        out += [(f"step{n}-kdonly", n, 0.0) for n in a.samplers]
+    return out
 
 
 def job(kind: str, name: str, seed: int, a, deps: dict) -> dict:
@@ -159,7 +171,7 @@ def job(kind: str, name: str, seed: int, a, deps: dict) -> dict:
     elif kind == "step":
         n = deps["n"]
         objective = StepDistillObjective(load_teacher(deps["teacher"]), prompts, data.resolution, data.size,
-                                         sd_config(a, n), data.class_names)
+                                         sd_config(a, n, deps.get("adv")), data.class_names)
         config = _config(a.extra_steps, seed, a, lr=DISTILL_LR, schedule="constant", warmup_steps=1,
                          cfg_scale=1.0, sample_steps=n, checkpoint_every=max(1, a.extra_steps // 4))
         init, cfg_scale, steps_list, every_ckpt = deps["base"], 1.0, SAMPLER_STEPS, True
@@ -202,8 +214,8 @@ def costs(a) -> dict:
     ratio = forward_gflops(c["teacher"]) / forward_gflops(c["student"])
     out = {"student_gflops": forward_gflops(c["student"]), "teacher_gflops": forward_gflops(c["teacher"]),
            "ratio": ratio, "kd": kd_cost(ratio)}
-    for n in a.samplers:
-        out[f"step{n}"] = step_cost(sd_config(a, n), ratio)
+    for key, n, adv in students(a):
+        out[key] = step_cost(sd_config(a, n, adv), ratio)
     return out
 
 
@@ -215,12 +227,12 @@ def plan(a, cost: dict) -> list[tuple[str, str, int, dict, list[str]]]:
     if "step" in a.parts:
         base = str(out / "base")
         jobs.append(("base", "base", 0, {}, []))
-        longest = max(cost[f"step{n}"] for n in a.samplers)
+        longest = max(cost[key] for key, _, _ in students(a))
         cont_steps = a.extra_steps * math.ceil(longest)
         for s in range(a.seeds):
             jobs.append(("base-eval", f"base-eval-s{s}", s, {"base": base}, ["base"]))
-            jobs += [("step", f"step{n}-s{s}", s, {"base": base, "teacher": teacher, "n": n}, ["base", "teacher"])
-                     for n in a.samplers]
+            jobs += [("step", f"{key}-s{s}", s, {"base": base, "teacher": teacher, "n": n, "adv": adv},
+                      ["base", "teacher"]) for key, n, adv in students(a)]
             jobs.append(("continue", f"continue-s{s}", s, {"base": base, "steps": cont_steps}, ["base"]))
     if "kd" in a.parts:
         for s in range(a.seeds):
@@ -289,6 +301,11 @@ def _paired(a_vals: list[float], b_vals: list[float]) -> tuple[str, str]:
     return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]", verdict
 
 
+def _mean_logged(folder: str, key: str) -> float:
+    vals = [r[key] for r in map(json.loads, (Path(folder) / "metrics.jsonl").read_text().splitlines()) if key in r]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
 def _curve(points: list[list[float]]) -> str:
     return ", ".join(f"{int(k)}: {v:.2f}" for k, v in points)
 
@@ -297,36 +314,36 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
     seeds = range(a.seeds)
     col = lambda prefix, key: [results[f"{prefix}-s{s}"][key] for s in seeds]  # noqa: E731
     lines = ["# Distillation benchmark (issue 12)", "",
-             f"`python benchmarks/distillation.py --parts {','.join(a.parts)}` on CPU ({a.workers} workers, one "
+             f"`python benchmarks/distillation.py --parts {','.join(a.parts)}{' --kd-only' if a.kd_only else ''}` on CPU ({a.workers} workers, one "
              f"thread each), {DATA}, {a.seeds} seeds (0-{a.seeds - 1}), batch {a.batch_size}; domain FD (lower is "
              f"better) of {a.samples} class-balanced samples, mean over seeds [95% t-interval]; differences are "
-             f"paired by seed (same training seed, same sampling noise). Total {minutes:.1f} min. Written by the "
-             "script.", "",
+             f"paired by seed (same training seed, same sampling noise). This invocation: {minutes:.1f} min (jobs "
+             "already in the output folder's results.jsonl are read, not rerun). Written by the script.", "",
              f"Counted forward cost per image: student {cost['student_gflops'] * 1e3:.1f} MFLOP, teacher "
              f"{cost['teacher_gflops'] * 1e3:.1f} MFLOP (x{cost['ratio']:.2f}). One KD step = {cost['kd']:.2f} "
              "plain steps; one step-distillation step = "
-             + ", ".join(f"{cost[f'step{n}']:.1f} ({n}-step sampler)" for n in a.samplers) + " plain steps.", "",
+             + ", ".join(f"{cost[key]:.1f} ({key})" for key, _, _ in students(a)) + " plain steps.", "",
              f"Teacher: tiny-debug widened to [64, 128], {a.teacher_steps} plain steps (seed 0): FD "
              f"{results['teacher']['fd4']:.2f} at 4 steps, {results['teacher']['fd28']:.2f} at 28 (CFG {CFG:g})."]
     if "step" in a.parts:
         b = results["base"]
         cont = [results[f"continue-s{s}"]["curve"] for s in seeds]
         same = [next(v for k, v in cv if k == a.extra_steps) for cv in cont]
-        n_eq = {n: a.extra_steps * cost[f"step{n}"] for n in a.samplers}
-        lines += ["", f"## Step distillation from a converged base ({a.base_steps} plain steps)", "",
+        n_eq = {key: a.extra_steps * cost[key] for key, _, _ in students(a)}
+        lines += ["", f"## Step distillation from a base of {a.base_steps} plain steps", "",
                   f"Is the base done? Its 4-step FD along its run (step: FD, seed-0 noise): {_curve(b['curve'])}. "
                   f"Continued with plain steps at lr {FINETUNE_LR:g}, 4-step FD per seed (step: FD): "
                   + "; ".join(f"seed {s}: {_curve(cv)}" for s, cv in zip(seeds, cont)) + ".", "",
                   f"Step distillation: {a.extra_steps} steps at lr {DISTILL_LR:g} from the base, the teacher "
                   f"above as the few-step target (CFG 2, {a.teacher_substeps} Euler sub-steps per student step), "
                   "half of each batch on the student's own rollout states, discriminator on the state the sampler "
-                  "reaches next from the second half of the run. Equal compute for the N-step student = "
-                  + ", ".join(f"{n_eq[n]:.0f} plain steps ({n}-step)" for n in a.samplers)
+                  "reaches next from the second half of the run (`-kdonly`: the same without the adversarial term). "
+                  "Equal compute = " + ", ".join(f"{n_eq[key]:.0f} plain steps ({key})" for key, _, _ in students(a))
                   + f"; the continuation ran {max(k for k, _ in cont[0])} (the nearest checkpoint at or above it "
                   "is used; \"best\" is the continuation's best 4-step FD up to that point, the baseline's most "
                   "favourable reading). The students' 4-step FD along their runs (step: FD): "
-                  + "; ".join(f"{n}-step seed {s}: {_curve(results[f'step{n}-s{s}']['curve'])}"
-                              for n in a.samplers for s in seeds) + ".", "",
+                  + "; ".join(f"{key} seed {s}: {_curve(results[f'{key}-s{s}']['curve'])}"
+                              for key, _, _ in students(a) for s in seeds) + ".", "",
                   "| model | CFG | FD, 4 steps | FD, 8 steps | FD, 28 steps |", "|---|---:|---:|---:|---:|"]
 
         def row(label, prefix, cfg):
@@ -339,27 +356,35 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
         row(f"base, undistilled ({a.base_steps} steps)", "base-eval", CFG)
         lines.append(f"| base + {a.extra_steps} plain steps (same steps) | {CFG:g} | {_ci(same)} | - | - |")
         row(f"base + {max(k for k, _ in cont[0])} plain steps (continuation's end)", "continue", CFG)
-        for n in a.samplers:
-            row(f"base + {a.extra_steps} step-distillation steps, {n}-step sampler", f"step{n}", 1.0)
+        for key, n, adv in students(a):
+            what = "step-distillation" if adv is None else "KD-only step-distillation"
+            row(f"base + {a.extra_steps} {what} steps, {n}-step sampler (`{key}`)", key, 1.0)
         lines += ["", "| claim | difference in FD | verdict |", "|---|---:|---|"]
         claims = []
-        for n in a.samplers:
-            eq = [at_or_above(cv, n_eq[n]) for cv in cont]
+        for key, n, _ in students(a):
+            eq = [at_or_above(cv, n_eq[key]) for cv in cont]
             claims += [
-                (f"{n}-step student vs undistilled base, {n} steps", col(f"step{n}", f"fd{n}"), col("base-eval", f"fd{n}")),
-                (f"{n}-step student vs base + same steps, 4 steps" if n == 4 else None, col(f"step{n}", "fd4"), same),
-                (f"{n}-step student vs base + equal compute, 4 steps" if n == 4 else None, col(f"step{n}", "fd4"), eq),
-                (f"{n}-step student vs the best 4-step FD of the continuation up to equal compute" if n == 4 else None,
-                 col(f"step{n}", "fd4"), [min(v for k, v in cv if k <= n_eq[n] + cv[0][0]) for cv in cont]),
-                (f"{n}-step student at {n} steps vs undistilled base at 28 steps", col(f"step{n}", f"fd{n}"),
+                (f"`{key}` vs undistilled base, {n} steps", col(key, f"fd{n}"), col("base-eval", f"fd{n}")),
+                (f"`{key}` vs base + same steps, 4 steps" if n == 4 else None, col(key, "fd4"), same),
+                (f"`{key}` vs base + equal compute, 4 steps" if n == 4 else None, col(key, "fd4"), eq),
+                (f"`{key}` vs the best 4-step FD of the continuation up to equal compute" if n == 4 else None,
+                 col(key, "fd4"), [min(v for k, v in cv if k <= n_eq[key] + cv[0][0]) for cv in cont]),
+                (f"`{key}` at {n} steps vs undistilled base at 28 steps", col(key, f"fd{n}"),
                  col("base-eval", "fd28")),
-                (f"{n}-step student at {n} steps vs the teacher at 28 steps (seed-0 noise)", col(f"step{n}", f"fd{n}"),
+                (f"`{key}` at {n} steps vs the teacher at 28 steps (seed-0 noise)", col(key, f"fd{n}"),
                  [results["teacher"]["fd28"]] * a.seeds),
             ]
         for label, x, y in claims:
             if label:
                 d, v = _paired(x, y)
                 lines.append(f"| {label} | {d} | {v} |")
+        disc = {}
+        for key, _, adv in students(a):
+            if adv is None:
+                disc[key] = [_mean_logged(results[f"{key}-s{s}"]["folder"], "loss_disc") for s in seeds]
+        lines += ["", "Discriminator hinge loss over the adversarial phase, mean per seed (2.0 = it cannot tell the "
+                  "student's next states from noised real data; lower = it can): "
+                  + "; ".join(f"{key}: " + ", ".join(f"{v:.3f}" for v in vals) for key, vals in disc.items()) + "."]
     if "kd" in a.parts:
         eq_steps = round(a.kd_steps * cost["kd"])
         lines += ["", f"## Knowledge distillation, students from scratch, {a.kd_steps} steps", "",
@@ -408,11 +433,13 @@ def main() -> None:
     p.add_argument("--sweep-seeds", type=int, default=1)
     p.add_argument("--teacher-steps", type=int, default=1500)
     p.add_argument("--base-steps", type=int, default=3000)
-    p.add_argument("--extra-steps", type=int, default=800)
+    p.add_argument("--extra-steps", type=int, default=400)
     p.add_argument("--kd-steps", type=int, default=240)
     p.add_argument("--samplers", default="4", help="step-distillation samplers (steps), comma-separated")
     p.add_argument("--teacher-substeps", type=int, default=1)
-    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--kd-only", action="store_true",
+                   help="also the step-distilled students without the adversarial term (an ablation)")
+    p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="every path with tiny settings")
