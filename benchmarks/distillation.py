@@ -15,6 +15,9 @@ Part `step` (the issue's evidence item: "from a base trained until more plain st
   step N      base + --extra-steps of step distillation to the N-step sampler (training/step_distill.py) with the
               converged teacher's guided (CFG 2) trajectory as target; sampled at CFG 1 (the guidance is in it)
   The undistilled models are sampled at CFG 2 (their best, and their training default).
+  `--step-teacher base` makes the base its own step teacher (self-distillation): the student's one step must
+  land where the base's `--teacher-substeps` x N-step guided trajectory lands, so the sampler error of few-step
+  Euler is what is distilled away; the committed table uses it with 7 sub-steps (the base's 28-step sampler).
 Part `kd` (students from scratch, --kd-steps each, per seed): no KD, KD timestep-aware (shape 1), KD fixed at the
   KD share the timestep-aware run measured, no KD for the KD run's counted compute; shape sweep 0.5 / 2.
 
@@ -25,6 +28,9 @@ trace (training/throughput.forward_macs), times the forwards and backwards each 
 Sizing [measured, 2-core machine]: `--parts step` 47.5 min with 2 workers (2000 samples per FD, 28 checkpoints of
 the continuation scored); `--kd-only` adds about 15 min. `--smoke` runs every path in about 6 min.
 Run: .venv/bin/python benchmarks/distillation.py [--parts step,kd] [--kd-only] > benchmarks/distillation.md
+The committed step table: --parts step --skip-adv --samplers 4,8 --step-teacher base --teacher-substeps 7
+  --base-steps 16000 --teacher-steps 6000 (about 60 min for the base, teacher and continuations, then about 15 min
+  for the six students, 2 workers).
 """
 from __future__ import annotations
 
@@ -139,8 +145,8 @@ def sd_config(a, n: int, adv_weight: float | None = None):
 def students(a) -> list[tuple[str, int, float | None]]:
     """(result key, sampler steps, adversarial weight or None for the default) of each step-distilled student:
     the objective as shipped and, with --kd-only, the same without its adversarial term."""
-    out = [(f"step{n}", n, None) for n in a.samplers]
-    if a.kd_only:
+    out = [] if a.skip_adv else [(f"step{n}", n, None) for n in a.samplers]
+    if a.kd_only or a.skip_adv:
         out += [(f"step{n}-kdonly", n, 0.0) for n in a.samplers]
     return out
 
@@ -172,7 +178,7 @@ def job(kind: str, name: str, seed: int, a, deps: dict) -> dict:
         n = deps["n"]
         objective = StepDistillObjective(load_teacher(deps["teacher"]), prompts, data.resolution, data.size,
                                          sd_config(a, n, deps.get("adv")), data.class_names)
-        config = _config(a.extra_steps, seed, a, lr=DISTILL_LR, schedule="constant", warmup_steps=1,
+        config = _config(a.extra_steps, seed, a, lr=a.distill_lr, schedule="constant", warmup_steps=1,
                          cfg_scale=1.0, sample_steps=n, checkpoint_every=max(1, a.extra_steps // 4))
         init, cfg_scale, steps_list, every_ckpt = deps["base"], 1.0, SAMPLER_STEPS, True
     elif kind == "kd":
@@ -214,8 +220,9 @@ def costs(a) -> dict:
     ratio = forward_gflops(c["teacher"]) / forward_gflops(c["student"])
     out = {"student_gflops": forward_gflops(c["student"]), "teacher_gflops": forward_gflops(c["teacher"]),
            "ratio": ratio, "kd": kd_cost(ratio)}
+    step_ratio = 1.0 if a.step_teacher == "base" else ratio  # self-distillation: the base is its own teacher
     for key, n, adv in students(a):
-        out[key] = step_cost(sd_config(a, n, adv), ratio)
+        out[key] = step_cost(sd_config(a, n, adv), step_ratio)
     return out
 
 
@@ -231,7 +238,8 @@ def plan(a, cost: dict) -> list[tuple[str, str, int, dict, list[str]]]:
         cont_steps = a.extra_steps * math.ceil(longest)
         for s in range(a.seeds):
             jobs.append(("base-eval", f"base-eval-s{s}", s, {"base": base}, ["base"]))
-            jobs += [("step", f"{key}-s{s}", s, {"base": base, "teacher": teacher, "n": n, "adv": adv},
+            step_teacher = base if a.step_teacher == "base" else teacher
+            jobs += [("step", f"{key}-s{s}", s, {"base": base, "teacher": step_teacher, "n": n, "adv": adv},
                       ["base", "teacher"]) for key, n, adv in students(a)]
             jobs.append(("continue", f"continue-s{s}", s, {"base": base, "steps": cont_steps}, ["base"]))
     if "kd" in a.parts:
@@ -324,7 +332,9 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
              "plain steps; one step-distillation step = "
              + ", ".join(f"{cost[key]:.1f} ({key})" for key, _, _ in students(a)) + " plain steps.", "",
              f"Teacher: tiny-debug widened to [64, 128], {a.teacher_steps} plain steps (seed 0): FD "
-             f"{results['teacher']['fd4']:.2f} at 4 steps, {results['teacher']['fd28']:.2f} at 28 (CFG {CFG:g})."]
+             f"{results['teacher']['fd4']:.2f} at 4 steps, {results['teacher']['fd28']:.2f} at 28 (CFG {CFG:g})"
+             + (" (the KD teacher; the step-distillation target here is the base itself, `--step-teacher base`)."
+                if a.step_teacher == "base" else ".")]
     if "step" in a.parts:
         b = results["base"]
         cont = [results[f"continue-s{s}"]["curve"] for s in seeds]
@@ -334,8 +344,9 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
                   f"Is the base done? Its 4-step FD along its run (step: FD, seed-0 noise): {_curve(b['curve'])}. "
                   f"Continued with plain steps at lr {FINETUNE_LR:g}, 4-step FD per seed (step: FD): "
                   + "; ".join(f"seed {s}: {_curve(cv)}" for s, cv in zip(seeds, cont)) + ".", "",
-                  f"Step distillation: {a.extra_steps} steps at lr {DISTILL_LR:g} from the base, the teacher "
-                  f"above as the few-step target (CFG 2, {a.teacher_substeps} Euler sub-steps per student step), "
+                  f"Step distillation: {a.extra_steps} steps at lr {a.distill_lr:g} from the base, "
+                  + ("the base itself" if a.step_teacher == "base" else "the teacher above")
+                  + f" as the few-step target (CFG 2, {a.teacher_substeps} Euler sub-steps per student step), "
                   "half of each batch on the student's own rollout states, discriminator on the state the sampler "
                   "reaches next from the second half of the run (`-kdonly`: the same without the adversarial term). "
                   "Equal compute = " + ", ".join(f"{n_eq[key]:.0f} plain steps ({key})" for key, _, _ in students(a))
@@ -360,7 +371,8 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
             what = "step-distillation" if adv is None else "KD-only step-distillation"
             row(f"base + {a.extra_steps} {what} steps, {n}-step sampler (`{key}`)", key, 1.0)
         lines += ["", "| claim | difference in FD | verdict |", "|---|---:|---|"]
-        claims = []
+        claims = [(f"is the base done? base + {max(k for k, _ in cont[0])} plain steps vs the base, 4 steps",
+                   col("continue", "fd4"), col("base-eval", "fd4"))]
         for key, n, _ in students(a):
             eq = [at_or_above(cv, n_eq[key]) for cv in cont]
             claims += [
@@ -371,8 +383,8 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
                  col(key, "fd4"), [min(v for k, v in cv if k <= n_eq[key] + cv[0][0]) for cv in cont]),
                 (f"`{key}` at {n} steps vs undistilled base at 28 steps", col(key, f"fd{n}"),
                  col("base-eval", "fd28")),
-                (f"`{key}` at {n} steps vs the teacher at 28 steps (seed-0 noise)", col(key, f"fd{n}"),
-                 [results["teacher"]["fd28"]] * a.seeds),
+                (f"`{key}` at {n} steps vs the teacher at 28 steps (seed-0 noise)" if a.step_teacher == "wide"
+                 else None, col(key, f"fd{n}"), [results["teacher"]["fd28"]] * a.seeds),
             ]
         for label, x, y in claims:
             if label:
@@ -382,9 +394,11 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
         for key, _, adv in students(a):
             if adv is None:
                 disc[key] = [_mean_logged(results[f"{key}-s{s}"]["folder"], "loss_disc") for s in seeds]
-        lines += ["", "Discriminator hinge loss over the adversarial phase, mean per seed (2.0 = it cannot tell the "
-                  "student's next states from noised real data; lower = it can): "
-                  + "; ".join(f"{key}: " + ", ".join(f"{v:.3f}" for v in vals) for key, vals in disc.items()) + "."]
+        if disc:
+            lines += ["", "Discriminator hinge loss over the adversarial phase, mean per seed (2.0 = it cannot tell the "
+                      "student's next states from noised real data; lower = it can): "
+                      + "; ".join(f"{key}: " + ", ".join(f"{v:.3f}" for v in vals) for key, vals in disc.items())
+                      + "."]
     if "kd" in a.parts:
         eq_steps = round(a.kd_steps * cost["kd"])
         lines += ["", f"## Knowledge distillation, students from scratch, {a.kd_steps} steps", "",
@@ -439,6 +453,11 @@ def main() -> None:
     p.add_argument("--teacher-substeps", type=int, default=1)
     p.add_argument("--kd-only", action="store_true",
                    help="also the step-distilled students without the adversarial term (an ablation)")
+    p.add_argument("--skip-adv", action="store_true", help="only the students without the adversarial term")
+    p.add_argument("--step-teacher", choices=("wide", "base"), default="wide",
+                   help="the step-distillation target: the wide teacher, or the base itself (self-distillation "
+                        "of its --teacher-substeps x N-step trajectory)")
+    p.add_argument("--distill-lr", type=float, default=DISTILL_LR)
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
