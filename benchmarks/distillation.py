@@ -322,7 +322,7 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
     seeds = range(a.seeds)
     col = lambda prefix, key: [results[f"{prefix}-s{s}"][key] for s in seeds]  # noqa: E731
     lines = ["# Distillation benchmark (issue 12)", "",
-             f"`python benchmarks/distillation.py --parts {','.join(a.parts)}{' --kd-only' if a.kd_only else ''}` on CPU ({a.workers} workers, one "
+             f"`python benchmarks/distillation.py {' '.join(sys.argv[1:])}` on CPU ({a.workers} workers, one "
              f"thread each), {DATA}, {a.seeds} seeds (0-{a.seeds - 1}), batch {a.batch_size}; domain FD (lower is "
              f"better) of {a.samples} class-balanced samples, mean over seeds [95% t-interval]; differences are "
              f"paired by seed (same training seed, same sampling noise). This invocation: {minutes:.1f} min (jobs "
