@@ -94,14 +94,14 @@ def forward_gflops(spec) -> float:
 def step_cost(config, ratio: float) -> float:
     """One step-distillation step in plain training steps (same batch), from counted forwards: the student's
     forward + backward (3, as a plain step), its no-grad rollout (rollout_share x mean k of (N-1)/2 forwards),
-    the teacher's guided target (substeps x 2 forwards), and after the warm-up the generator's pass through the
-    teacher (forward + backward to the input: 3) and the discriminator's two teacher forwards. `ratio` = teacher
+    the teacher's guided target (substeps x 2 forwards), the discriminator's two teacher forwards (every step)
+    and after the warm-up the generator's pass through the teacher (forward + backward to the input: 3). `ratio` = teacher
     forward FLOPs / student forward FLOPs."""
     guided = 2 if config.teacher_cfg != 1.0 else 1
     student = 3 + config.rollout_share * (config.sampler_steps - 1) / 2
     teacher = config.teacher_substeps * guided
-    if config.adv_weight > 0:
-        teacher += (1 - config.adv_start) * (3 + 2)
+    if config.adv_weight > 0:  # the discriminator's two teacher forwards every step, the generator's after warm-up
+        teacher += 2 + (1 - config.adv_start) * 3
     return (student + teacher * ratio) / 3
 
 
@@ -386,6 +386,9 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
                 (f"`{key}` at {n} steps vs the teacher at 28 steps (seed-0 noise)" if a.step_teacher == "wide"
                  else None, col(key, f"fd{n}"), [results["teacher"]["fd28"]] * a.seeds),
             ]
+        keys = {key for key, _, _ in students(a)}
+        claims += [(f"`step{n}` vs `step{n}-kdonly` at {n} steps (the adversarial term)", col(f"step{n}", f"fd{n}"),
+                    col(f"step{n}-kdonly", f"fd{n}")) for n in a.samplers if {f"step{n}", f"step{n}-kdonly"} <= keys]
         for label, x, y in claims:
             if label:
                 d, v = _paired(x, y)

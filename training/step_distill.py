@@ -13,9 +13,11 @@ t_k = 1 - k/N, on the states the sampler meets there [choose, values in StepDist
   guidance (`task_weight` adds it back on the forward-process half);
 - diffusion-GAN: the discriminator judges the state the sampler reaches NEXT, x_{t_{k+1}} = x_t - (t_k -
   t_{k+1}) v, against real data forward-noised to the same t_{k+1} (at the last step: the final sample against
-  clean data). It reads frozen teacher features at t_{k+1} through small trainable heads; hinge losses; the
-  generator's gradient flows through the frozen teacher into the student. It starts after a KD-only warm-up
-  (`adv_start` of the run), so it never judges an untrained one-step student.
+  clean data). It reads frozen teacher features at t_{k+1}, standardised per sample (the raw features' scales
+  differ by orders of magnitude between taps), through small trainable heads; hinge losses; the generator's
+  gradient flows through the frozen teacher into the student. The discriminator trains from the first step;
+  its generator term joins after a KD-only warm-up (`adv_start` of the run), so the student is never pushed by
+  an untrained discriminator.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ class StepDistillConfig:
     adv_weight: float = 0.1  # [choose] generator GAN weight next to the few-step KD (ADD uses 2.5 on a
     # normalised hinge; at this scale 0.1 keeps the KD term in charge)
     adv_start: float = 0.5  # share of the run that is KD only before the discriminator joins
-    disc_lr: float = 2e-4
+    disc_lr: float = 1e-3  # [choose] the heads are small and see every step from the start
 
     def validate(self) -> None:
         if self.sampler_steps not in SAMPLER_STEPS:
@@ -70,7 +72,8 @@ class DiscriminatorHeads(nn.Module):
 
     def __init__(self, widths: list[int]):
         super().__init__()
-        self.heads = nn.ModuleList(nn.Sequential(nn.Conv2d(c, HEAD_WIDTH, 3, padding=1), nn.SiLU(),
+        self.heads = nn.ModuleList(nn.Sequential(nn.GroupNorm(1, c, affine=False),
+                                                 nn.Conv2d(c, HEAD_WIDTH, 3, padding=1), nn.SiLU(),
                                                  nn.Conv2d(HEAD_WIDTH, 1, 1)) for c in widths)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -187,7 +190,7 @@ class StepDistillObjective(Objective):
 
     def aux_step(self, step: int) -> dict:
         self._step = step
-        if self._pending is None or self.config.adv_weight <= 0 or step - 1 < self.adv_from:
+        if self._pending is None or self.config.adv_weight <= 0:
             return {}
         x0, x_next, eps, t_next, labels = self._pending
         self._pending = None
