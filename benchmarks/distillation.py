@@ -28,9 +28,9 @@ trace (training/throughput.forward_macs), times the forwards and backwards each 
 Sizing [measured, 2-core machine]: `--parts step` 47.5 min with 2 workers (2000 samples per FD, 28 checkpoints of
 the continuation scored); `--kd-only` adds about 15 min. `--smoke` runs every path in about 6 min.
 Run: .venv/bin/python benchmarks/distillation.py [--parts step,kd] [--kd-only] > benchmarks/distillation.md
-The committed step table: --parts step --skip-adv --samplers 4,8 --step-teacher base --teacher-substeps 7
-  --base-steps 16000 --teacher-steps 6000 (about 60 min for the base, teacher and continuations, then about 15 min
-  for the six students, 2 workers).
+The committed step tables: --parts step --kd-only --samplers 4 --step-teacher base --teacher-substeps 7
+  --base-steps 16000 --teacher-steps 6000 (about 60 min for the base, teacher and continuations, then 7-9 min per
+  three students, 2 workers); the same with --skip-adv --samplers 4,8 for the 8-step KD-only students.
 """
 from __future__ import annotations
 
@@ -398,7 +398,7 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
             if adv is None:
                 disc[key] = [_mean_logged(results[f"{key}-s{s}"]["folder"], "loss_disc") for s in seeds]
         if disc:
-            lines += ["", "Discriminator hinge loss over the adversarial phase, mean per seed (2.0 = it cannot tell the "
+            lines += ["", "Discriminator hinge loss, mean per seed over the run (warm-up included) (2.0 = it cannot tell the "
                       "student's next states from noised real data; lower = it can): "
                       + "; ".join(f"{key}: " + ", ".join(f"{v:.3f}" for v in vals) for key, vals in disc.items())
                       + "."]
