@@ -95,8 +95,8 @@ def step_cost(config, ratio: float) -> float:
     """One step-distillation step in plain training steps (same batch), from counted forwards: the student's
     forward + backward (3, as a plain step), its no-grad rollout (rollout_share x mean k of (N-1)/2 forwards),
     the teacher's guided target (substeps x 2 forwards), the discriminator's two teacher forwards (every step)
-    and after the warm-up the generator's pass through the teacher (forward + backward to the input: 3). `ratio` = teacher
-    forward FLOPs / student forward FLOPs."""
+    and after the warm-up the generator's pass through the teacher (forward + backward to the input: 3).
+    `ratio` = teacher forward FLOPs / student forward FLOPs."""
     guided = 2 if config.teacher_cfg != 1.0 else 1
     student = 3 + config.rollout_share * (config.sampler_steps - 1) / 2
     teacher = config.teacher_substeps * guided
@@ -398,8 +398,8 @@ def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
             if adv is None:
                 disc[key] = [_mean_logged(results[f"{key}-s{s}"]["folder"], "loss_disc") for s in seeds]
         if disc:
-            lines += ["", "Discriminator hinge loss, mean per seed over the run (warm-up included) (2.0 = it cannot tell the "
-                      "student's next states from noised real data; lower = it can): "
+            lines += ["", "Discriminator hinge loss, mean per seed over the run, warm-up included (2.0 = it cannot "
+                      "tell the student's next states from noised real data; lower = it can): "
                       + "; ".join(f"{key}: " + ", ".join(f"{v:.3f}" for v in vals) for key, vals in disc.items())
                       + "."]
     if "kd" in a.parts:

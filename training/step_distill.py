@@ -54,7 +54,7 @@ class StepDistillConfig:
     task_weight: float = 0.0
     adv_weight: float = 0.1  # [choose] generator GAN weight next to the few-step KD (ADD uses 2.5 on a
     # normalised hinge; at this scale 0.1 keeps the KD term in charge)
-    adv_start: float = 0.5  # share of the run that is KD only before the discriminator joins
+    adv_start: float = 0.5  # share of the run that is KD only before the generator's adversarial term joins
     disc_lr: float = 1e-3  # [choose] the heads are small and see every step from the start
 
     def validate(self) -> None:
