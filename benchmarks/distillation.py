@@ -28,9 +28,9 @@ trace (training/throughput.forward_macs), times the forwards and backwards each 
 Sizing [measured, 2-core machine]: `--parts step` 47.5 min with 2 workers (2000 samples per FD, 28 checkpoints of
 the continuation scored); `--kd-only` adds about 15 min. `--smoke` runs every path in about 6 min.
 Run: .venv/bin/python benchmarks/distillation.py [--parts step,kd] [--kd-only] > benchmarks/distillation.md
-The committed step tables: --parts step --kd-only --samplers 4 --step-teacher base --teacher-substeps 7
+The committed step table: --parts step --kd-only --samplers 4,8 --step-teacher base --teacher-substeps 7
   --base-steps 16000 --teacher-steps 6000 (about 60 min for the base, teacher and continuations, then 7-9 min per
-  three students, 2 workers); the same with --skip-adv --samplers 4,8 for the 8-step KD-only students.
+  three students, 2 workers).
 """
 from __future__ import annotations
 
