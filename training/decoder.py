@@ -29,7 +29,7 @@ from torch import nn
 from search_space import DecoderSpec, build_model
 from search_space.errors import UserError
 
-from .cache import cache_dir
+from search_space.cache import cache_dir
 from .trainer import Budget
 
 PATCH = 32  # [paper] trains on 256x256 patches; 32x32 (4x4 latents) keeps a CPU step of a 1-2M-param decoder short

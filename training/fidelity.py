@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from search_space.errors import UserError
 
-from .cache import cache_dir
+from search_space.cache import cache_dir
 from .data import FlowData, file_sha256
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity 0.3/0.4's Inception v3 weights

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import cache_dir
+from search_space.cache import cache_dir
 
 PROMPT_TEMPLATE = "a photo of a {}"  # [paper] SNAPGEN.md section 1
 DEFAULT_ENCODER = "minilm"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import cache_dir
+from search_space.cache import cache_dir
 
 PEAK_VERSION = 1  # bump when the measurement changes: it names the cache files
 # [choose] square matmuls of 1024 (CPU: ~2 GFLOP each, tens of ms on 2 cores) or 8192 (GPU: ~1 TFLOP, a few ms
