@@ -14,7 +14,7 @@ from typing import Callable
 
 from search_space import DecoderSpec
 from training.decoder import DecoderTrainConfig, load_encoder, load_patches, save_reconstructions, train_decoder
-from training.trainer import Budget
+from training.budget import Budget
 
 from .registry import budget_callback, provide
 

@@ -40,8 +40,8 @@ TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (Kaplan et al. 2020)
 FLOPS_PER_MAC = 2
 
 # A peak measured while the 1-minute load average was this much higher than now is measured again (keeping the
-# better of the two): a busy machine measures low (2026-12-05: 41 GFLOP/s at load 3.8 with spinning OpenMP
-# threads, 163 GFLOP/s at load 2 with passive ones, same host).
+# better of the two): a busy machine measures low (one 2-core host: 41 GFLOP/s at load 3.8 with spinning OpenMP
+# threads, 163 GFLOP/s at load 2 with passive ones).
 RELOAD_MARGIN = 1.0
 
 _MEMO: dict[str, dict] = {}
@@ -186,6 +186,10 @@ def training_flops_per_step(spec, in_shape: tuple[int, int, int], text_tokens: i
     """Matmul FLOPs of one training step: 2 x MACs of one forward pass x 3 (forward + backward) x images."""
     macs = forward_macs(spec, tuple(in_shape), text_tokens, text_dim)
     return float(FLOPS_PER_MAC * TRAIN_FLOPS_PER_FORWARD * macs * images_per_step)
+
+
+THROUGHPUT_FIELDS = ("train_flops_per_step", "train_step_seconds", "train_flops_per_s", "matmul_peak_flops_per_s",
+                     "roofline_ratio")
 
 
 def throughput_metrics(flops_per_step: float, steps: int, step_seconds: float, peak: dict | None) -> dict:
