@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from search_space.trace import CONV_OPS, LAYOUT_OPS, SDPA_OPS, TracedOp, numel, trace_forward
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FEATURE_SOURCES = ("coreml", "torch-meta")
 
@@ -129,7 +133,7 @@ def op_feature(op: TracedOp, weight_bits: int = FP16_WEIGHT_BITS) -> OpFeature:
                      in_bytes=tuple(float(n * ACTIVATION_BYTES) for n in op.in_elems))
 
 
-def features_from_torch(module: "torch.nn.Module", inputs: tuple, weight_bits: int = FP16_WEIGHT_BITS,
+def features_from_torch(module: nn.Module, inputs: tuple, weight_bits: int = FP16_WEIGHT_BITS,
                         note: str = "") -> FeatureTable:
     """The feature table of one forward pass of `module` (ideally built on the meta device): the project's one
     op trace (search_space/trace.py), each op classified and priced.
