@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 
-from .spec import DecoderSpec, Spec, SpecError, StageSpec, UNetSpec
+from .errors import SpecError
+from .spec import DecoderSpec, Spec, StageSpec, UNetSpec
 
 _STAGE_RE = re.compile(r"^c(\d+)d(\d+)u(\d+)t(\d+)\.(\d+)(s?)(x?)(!r)?$")
 _DEC_STAGE_RE = re.compile(r"^c(\d+)r(\d+)(n?)$")

@@ -40,7 +40,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .spec import DecoderSpec, SpecError, StageSpec, UNetSpec
+from .errors import SpecError
+from .spec import DecoderSpec, StageSpec, UNetSpec
 from .unet import SIZE_COND_DIM
 
 _UNET_RULES = [

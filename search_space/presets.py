@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from .spec import DecoderSpec, Spec, SpecError, StageSpec, UNetSpec
+from .errors import SpecError
+from .spec import DecoderSpec, Spec, StageSpec, UNetSpec
 
 PRESETS: dict[str, Spec] = {}
 PRESET_DOCS: dict[str, str] = {}

@@ -5,6 +5,7 @@ import pytest
 
 from pocketdiff.cli import main
 from search_space import PRESETS
+from search_space.compact import encode
 
 
 def test_presets_list_comes_from_the_registry(capsys):
@@ -17,7 +18,7 @@ def test_presets_list_comes_from_the_registry(capsys):
 def test_describe_prints_spec_id_compact_and_counts(capsys):
     assert main(["describe", "sdxl-unet", "--latent", "128", "--no-memory"]) == 0
     out = capsys.readouterr().out
-    assert PRESETS["sdxl-unet"].spec_id in out and PRESETS["sdxl-unet"].compact in out
+    assert PRESETS["sdxl-unet"].spec_id in out and encode(PRESETS["sdxl-unet"]) in out
     assert "params 2,567,463,684" in out
     assert "stage3   1280" in out
 
