@@ -1,8 +1,9 @@
-"""Typed architecture specs for the UNet and the VAE decoder (SNAPGEN.md sections 1 and 2).
+"""Typed architecture specs for the UNet and the VAE decoder (docs/paper.md sections 1 and 2).
 
 A spec is a frozen dataclass holding JSON-native values only (ints, floats, bools, strings, tuples of
 those, nested stage specs), so specs hash, compare, serialise and name caches through `spec_id`.
-Everything a builder needs is here; everything derived (heads, time-embedding width) is a property.
+Everything a builder needs is here; everything derived (heads, time-embedding width) is a property. The
+fields and their views (compact token, diffusers key, cost) are tabled in docs/specs-and-presets.md.
 
 Versioning: every serialised spec carries `schema` (SCHEMA_VERSION). `from_dict` reads older JSON through
 `migrate_spec_dict` (schema 1 = no `schema` key: `mqa_in_cross_attention` was renamed, `sep_block` did not

@@ -42,7 +42,7 @@ def test_compare_shows_the_design_step(capsys):
 
 
 def test_compare_under_the_uib_reading(capsys):
-    """Issue 14 acceptance: --set sep_block=uib shows step c2 read as one inverted bottleneck per res block."""
+    """--set sep_block=uib shows step c2 read as one inverted bottleneck per res block."""
     assert main(["describe", "--compare", "fig3-b", "fig3-c2", "--set", "sep_block=uib", "--no-memory"]) == 0
     out = capsys.readouterr().out
     assert "sep_block: per_conv -> uib" in out and "_uib2_" in out
