@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import SpecError
