@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from search_space.spec import SpecError
+from search_space.errors import SpecError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
