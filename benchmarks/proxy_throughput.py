@@ -130,7 +130,7 @@ def diffusers_call(model, x, t, tokens):
 def build_contenders(name, pconfig, data, prompts, device, args) -> list[Contender]:
     from diffusers import UNet2DConditionModel
     from search_space.diffusers_compat import diffusers_unet_config
-    from search_space.spec import SpecError
+    from search_space.errors import SpecError
 
     proxy, _ = proxy_spec(PRESETS[name], data.channels, prompts.dim, prompts.pooled_dim, pconfig)
     twin = diffusers_twin(proxy)

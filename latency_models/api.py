@@ -14,7 +14,8 @@ import time
 
 from torch import nn
 
-from search_space.spec import Spec, SpecError
+from search_space.errors import SpecError
+from search_space.spec import Spec
 
 from . import predictor, profiles
 from .export import ModelSource, model_for

@@ -1,14 +1,14 @@
 """Device names: the chips the workbench knows, the phones that carry them, and which chips have a profile.
 
 Plain Python (no numpy, no fitted models), so a study file's `[target] device` is checked when it loads without
-importing the predictors (issue 15: `study status` starts at once). profiles.py re-exports all of it.
+importing the predictors (`study status` starts at once; docs/architecture.md). profiles.py re-exports all of it.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from search_space.spec import SpecError
+from search_space.errors import SpecError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 

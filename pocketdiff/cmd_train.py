@@ -124,6 +124,7 @@ def decoder_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def train_unet_cmd(a: argparse.Namespace) -> int:
     from search_space import UNetSpec, load_spec
+    from search_space.compact import encode
     from training.config import LoopConfig
     from training.data import load_data
     from training.full_run import distillation_objective, prepare_spec, train_full
@@ -139,9 +140,9 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
     data = load_data(a.data)
     prompts = class_prompt_embeddings(data.class_names, a.encoder)
     train_spec, mapping = prepare_spec(spec, data, prompts, a.as_is)
-    say(f"spec {spec.spec_id} {spec.compact}")
+    say(f"spec {spec.spec_id} {encode(spec)}")
     if mapping is not None:
-        say(f"  -> proxy {train_spec.spec_id} {train_spec.compact} (channels {mapping['channels'][0]} -> "
+        say(f"  -> proxy {train_spec.spec_id} {encode(train_spec)} (channels {mapping['channels'][0]} -> "
             f"{mapping['channels'][1]}; --as-is trains the spec itself)")
     config = config_from_flags(a, LoopConfig)
     config.validate()

@@ -1,12 +1,12 @@
 """Search space: typed UNet / decoder specs, their compact strings, presets and builders.
 
 Specs, presets and errors are plain Python; the builders need torch, so `build_model`, `load_spec` and
-`example_inputs` are imported on first use (PEP 562). `pocketdiff --help` and `presets list` then start
-without loading torch (issue 15: CLI start under 0.5 s).
+`example_inputs` are imported on first use (PEP 562): `pocketdiff --help` and `presets list` start without
+loading torch (docs/architecture.md: the CLI and study-file loading import no torch).
 """
-from .spec import (
-    SCHEMA_VERSION, DecoderSpec, Spec, SpecError, StageSpec, UNetSpec, apply_overrides, migrate_spec_dict, spec_from_dict,
-)
+from .errors import SpecError
+from .spec import SCHEMA_VERSION, DecoderSpec, Spec, StageSpec, UNetSpec, migrate_spec_dict, spec_from_dict
+from .overrides import apply_overrides
 from .presets import PRESETS, PRESET_DOCS, get_preset
 
 _LAZY = {"build_model": "build", "load_spec": "build", "example_inputs": "build"}

@@ -1,7 +1,7 @@
 """Attention: the module owns the weights, a swappable backend owns the math (as diffusers' processors).
 
-Covers the attention knobs of SNAPGEN.md section 1: MHSA / MQA / GQA (shared key-value heads, step e),
-QK normalisation after the projections and 2D rotary position embedding (step g).
+Covers the attention knobs of docs/paper.md section 1 (the paper's Figure 3): MHSA / MQA / GQA (shared key-value
+heads, step e), QK normalisation after the projections and 2D rotary position embedding (step g).
 Backends: "sdpa" (torch's fused kernel) and "math" (explicit matmuls, the export-friendly form that Core ML
 maps well and that tracers such as fvcore see op by op).
 """
@@ -67,7 +67,7 @@ def _attend_folded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm over the last dim with a learned gain (QK norm, SNAPGEN.md step g)."""
+    """RMSNorm over the last dim with a learned gain (QK norm, the paper's Figure 3 step g)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()

@@ -2,7 +2,7 @@
 
 Numerics mirror diffusers' SDXL modules (ResnetBlock2D, Transformer2DModel with linear projections,
 BasicTransformerBlock with GEGLU) so that diffusers weights load through `diffusers_compat.py` and give the
-same outputs. The separable conv is SNAPGEN.md section 1, steps c1 (depthwise 3x3 + pointwise) and c2
+same outputs. The separable conv is docs/paper.md section 1, steps c1 (depthwise 3x3 + pointwise) and c2
 (pointwise expansion C -> eC -> C, as MobileNetV4's Universal Inverted Bottleneck). Step c2 has two readings
 (`UNetSpec.sep_block`): the expansion inside each conv ("per_conv"), or across the res block's two convs
 ("uib", as diffusers' `ResnetBlock2DDreamLite`, whose weights load into `ResBlock` with `sep_block="uib"`).

@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from .decoder import Decoder
+from .errors import SpecError
+from .overrides import apply_overrides
 from .presets import PRESETS, get_preset
-from .spec import DecoderSpec, Spec, SpecError, UNetSpec, apply_overrides, spec_from_dict
+from .spec import DecoderSpec, Spec, UNetSpec, spec_from_dict
 from .unet import SIZE_COND_COUNT, UNet
 
 DEFAULT_TEXT_TOKENS = 77  # CLIP's context length: the cross-attention sequence length used for costing

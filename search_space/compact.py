@@ -6,14 +6,16 @@ Decoder: dec_lat16_out3_c92r1-c128r2n-c128r2n-c128r2n_mid2n_sep2_scnone_g32
 Stage tokens (joined by '-'): c<channels> d<down layers> u<up layers> t<down depth>.<up depth>, then flags:
 s = self-attention, x = cross-attention, !r = no res block (UNet); r<res blocks>, n = GroupNorm (decoder).
 Conv token: reg (regular), sep<e> (separable, sep_block "per_conv"), uib<e> (separable, sep_block "uib").
-`xkv` = share_kv_in_cross_attention. Global tokens (joined by '_'): see `_UNET_TOKENS` / `_DECODER_TOKENS`. `decode(encode(spec)) == spec` and
+`xkv` = share_kv_in_cross_attention. Global tokens (joined by '_'): see `_encode_unet` / `_encode_decoder`, and
+the table of every field's token in docs/spec-fields.md. `decode(encode(spec)) == spec` and
 `encode(decode(s)) == s`; an unknown or malformed token raises SpecError.
 """
 from __future__ import annotations
 
 import re
 
-from .spec import DecoderSpec, Spec, SpecError, StageSpec, UNetSpec
+from .errors import SpecError
+from .spec import DecoderSpec, Spec, StageSpec, UNetSpec
 
 _STAGE_RE = re.compile(r"^c(\d+)d(\d+)u(\d+)t(\d+)\.(\d+)(s?)(x?)(!r)?$")
 _DEC_STAGE_RE = re.compile(r"^c(\d+)r(\d+)(n?)$")

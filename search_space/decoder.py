@@ -1,4 +1,4 @@
-"""VAE decoder builder: `Decoder(spec)` for any `DecoderSpec` (SNAPGEN.md section 2).
+"""VAE decoder builder: `Decoder(spec)` for any `DecoderSpec` (docs/paper.md section 2, Table 2).
 
 Layout as diffusers' `Decoder` inside `AutoencoderKL`: [post_quant_conv], conv_in, a mid block
 (res, attention, res), up stages from the lowest resolution to the highest with a nearest-2x + conv

@@ -1,9 +1,12 @@
-"""diffusers interop: configs -> specs, and the documented state-dict key mapping (SNAPGEN.md section 4).
+"""diffusers interop: configs <-> specs, and the documented state-dict key mapping (docs/paper.md section 4).
 
 `unet_spec_from_diffusers(config)` reads a UNet2DConditionModel config (SDXL layout: linear projections,
-"text_time" addition embedding, default time-embedding settings) and `decoder_spec_from_diffusers(config)` an
-AutoencoderKL config. `unet_state_dict_from_diffusers` / `decoder_state_dict_from_diffusers` rename
-diffusers' keys to ours; loaded with `strict=True` the model then gives diffusers' outputs.
+"text_time" addition embedding, sinusoidal time embedding) and `decoder_spec_from_diffusers(config)` an
+AutoencoderKL config; `diffusers_unet_config(spec)` / `diffusers_decoder_config(spec)` go the other way and
+refuse what diffusers' classes cannot build. Each spec field either maps to a config key or is listed in
+`DIFFUSERS_REFUSALS` with the reason (docs/spec-fields.md has the table; tests/test_search_space_fields.py
+fails on a field that does neither). `unet_state_dict_from_diffusers` / `decoder_state_dict_from_diffusers`
+rename diffusers' keys to ours; loaded with `strict=True` the model then gives diffusers' outputs.
 
 Key mapping (diffusers -> pocketdiff), applied to each key in order:
     down_blocks.i.resnets.j.*           -> down.i.layers.j.res.*
@@ -40,8 +43,36 @@ from typing import Any, Mapping
 
 import torch
 
-from .spec import DecoderSpec, SpecError, StageSpec, UNetSpec
+from .errors import SpecError
+from .spec import DecoderSpec, StageSpec, UNetSpec
 from .unet import SIZE_COND_DIM
+
+# The spec fields whose non-default values diffusers' UNet2DConditionModel / AutoencoderKL cannot hold, and why.
+# Every other field maps to a config key (diffusers_unet_config / diffusers_decoder_config).
+DIFFUSERS_REFUSALS: dict[str, str] = {
+    "StageSpec.up_transformer_depth": "diffusers' up blocks have the down blocks' transformer depth",
+    "StageSpec.self_attention": "diffusers' transformer blocks always have self-attention",
+    "StageSpec.cross_attention": "diffusers' transformer blocks always have cross-attention",
+    "StageSpec.res_block": "diffusers' layers always start with a res block",
+    "UNetSpec.conv": "UNet2DConditionModel's res blocks and resamplers are regular 3x3 convs",
+    "UNetSpec.conv_expansion": "applies to separable convs only (conv)",
+    "UNetSpec.sep_block": "applies to separable convs only (conv)",
+    "UNetSpec.ffn_ratio": "diffusers' GEGLU feed-forward widens x4",
+    "UNetSpec.attention": "diffusers' attention has one K/V head per query head (mhsa)",
+    "UNetSpec.kv_heads": "applies to attention='gqa' only (attention)",
+    "UNetSpec.share_kv_in_cross_attention": "K/V sharing needs attention='mqa' or 'gqa' (attention); under "
+                                            "'mhsa' it changes nothing and is not written",
+    "UNetSpec.qk_norm": "diffusers' SDXL attention has no QK normalisation",
+    "UNetSpec.pos_embed": "UNet2DConditionModel has no 2D rotary position embedding",
+    "DecoderSpec.mid_res_blocks": "diffusers' decoder mid block has 2 res blocks",
+    "DecoderSpec.norm_stages": "diffusers' decoder has GroupNorm in every res block",
+    "DecoderSpec.norm_mid": "diffusers' decoder has GroupNorm in the mid block",
+    "DecoderSpec.norm_out": "diffusers' decoder has GroupNorm before conv_out",
+    "DecoderSpec.conv": "diffusers' decoder has regular 3x3 convs",
+    "DecoderSpec.conv_expansion": "applies to separable convs only (conv)",
+    "DecoderSpec.sep_block": "applies to separable convs only (conv)",
+    "DecoderSpec.shortcut": "diffusers' res blocks change width through a 1x1 conv shortcut",
+}
 
 _UNET_RULES = [
     (r"^down_blocks\.(\d+)\.resnets\.(\d+)\.", r"down.\1.layers.\2.res."),
@@ -160,11 +191,16 @@ def unet_spec_from_diffusers(config: Mapping[str, Any]) -> UNetSpec:
                             f"{SIZE_COND_DIM}")
         size_cond = True
         pooled = c["projection_class_embeddings_input_dim"] - 6 * c["addition_time_embed_dim"]
+    time_embed_dim = c.get("time_embedding_dim") or 4 * channels[0]  # diffusers' default: 4 x the first width
+    if time_embed_dim % channels[0]:
+        raise SpecError(f"time_embedding_dim={time_embed_dim} is not a multiple of block_out_channels[0]="
+                        f"{channels[0]}; UNetSpec has time_embed_ratio = time_embedding_dim / block_out_channels[0]")
     return UNetSpec(
         stages=tuple(stages), latent_channels=c.get("in_channels", 4),
-        mid_transformer_depth=depth[-1] if c.get("mid_block_type", "UNetMidBlock2DCrossAttn") else 0,
+        mid_block=c.get("mid_block_type", "UNetMidBlock2DCrossAttn") is not None, mid_transformer_depth=depth[-1],
         text_dim=c["cross_attention_dim"], pooled_dim=pooled, size_conditioning=size_cond,
         head_dim=head_dims.pop(), norm_groups=c.get("norm_num_groups", 32),
+        time_embed_ratio=time_embed_dim // channels[0],
     )
 
 
@@ -177,6 +213,26 @@ def decoder_spec_from_diffusers(config: Mapping[str, Any]) -> DecoderSpec:
         mid_attention=c.get("mid_block_add_attention", True),
         post_quant_conv=c.get("use_post_quant_conv", True), norm_groups=c.get("norm_num_groups", 32),
     )
+
+
+def diffusers_decoder_config(spec: DecoderSpec) -> dict[str, Any]:
+    """The AutoencoderKL config whose decoder (and post_quant_conv) is `spec`: diffusers' layout only."""
+    for field, ok in (("mid_res_blocks", spec.mid_res_blocks == 2), ("norm_stages", all(spec.norm_stages)),
+                      ("norm_mid", spec.norm_mid), ("norm_out", spec.norm_out), ("conv", spec.conv == "regular"),
+                      ("shortcut", spec.shortcut == "conv1x1")):
+        if not ok:
+            raise SpecError(f"{field}={getattr(spec, field)!r} has no diffusers AutoencoderKL equivalent")
+    if len(set(spec.res_blocks)) != 1:
+        raise SpecError(f"res_blocks={list(spec.res_blocks)}: diffusers' decoder has layers_per_block + 1 res "
+                        f"blocks in every stage; give every stage the same count")
+    n = len(spec.channels)
+    return {
+        "in_channels": spec.out_channels, "out_channels": spec.out_channels, "block_out_channels": list(spec.channels),
+        "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n,
+        "layers_per_block": spec.res_blocks[0] - 1, "latent_channels": spec.latent_channels,
+        "norm_num_groups": spec.norm_groups, "mid_block_add_attention": spec.mid_attention,
+        "use_quant_conv": spec.post_quant_conv, "use_post_quant_conv": spec.post_quant_conv,
+    }
 
 
 def diffusers_unet_config(spec: UNetSpec) -> dict[str, Any]:
@@ -203,8 +259,11 @@ def diffusers_unet_config(spec: UNetSpec) -> dict[str, Any]:
         "transformer_layers_per_block": [max(1, s.down_transformer_depth) for s in spec.stages],
         "attention_head_dim": [s.channels // spec.head_dim for s in spec.stages],
         "cross_attention_dim": spec.text_dim, "use_linear_projection": True,
-        "norm_num_groups": spec.norm_groups, "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "norm_num_groups": spec.norm_groups,
+        "mid_block_type": "UNetMidBlock2DCrossAttn" if spec.mid_block else None,
     }
+    if spec.time_embed_ratio != 4:  # diffusers' default is 4 x block_out_channels[0]
+        cfg["time_embedding_dim"] = spec.time_embed_dim
     if spec.mid_transformer_depth != cfg["transformer_layers_per_block"][-1]:
         raise SpecError("diffusers ties the mid block depth to the last stage's transformer depth")
     if spec.size_conditioning:

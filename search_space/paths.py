@@ -1,17 +1,17 @@
 """Dotted paths into a spec's dict form: `stages.1.channels`, `attention`, `decoder.channels.0`.
 
-The one knob grammar of the project: `--set key=value` (spec.apply_overrides), study-file knobs
-(sampling.py), `describe --compare` and the explorer's knob columns and trial diffs all go through `get`,
-`set`, `flatten` and `diff` here, so the same mistake gives the same message everywhere. A path is keys of
-objects and indices of lists joined by dots; `set` replaces a leaf value only (a per-stage list or a nested
-object is changed one field at a time).
+The one knob grammar of the project: `--set key=value` (overrides.apply_overrides), study-file knobs
+(sampling.py), `describe --compare` and the explorer's knob columns and trial diffs all go through
+`get_path`, `set_path`, `flatten` and `diff` here, so the same mistake gives the same message everywhere. A
+path is keys of objects and indices of lists joined by dots; `set_path` replaces a leaf value only (a
+per-stage list or a nested object is changed one field at a time).
 """
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from .spec import SpecError
+from .errors import SpecError
 
 MISSING = object()
 
@@ -29,7 +29,7 @@ def _step(node: Any, part: str, path: str, where: str) -> Any:
     raise SpecError(f"{where}{path}: {part!r} goes below a single value; the path ends one level higher")
 
 
-def get(d: Any, path: str, default: Any = MISSING, where: str = "") -> Any:
+def get_path(d: Any, path: str, default: Any = MISSING, where: str = "") -> Any:
     """The value at `path`; a missing step raises SpecError naming it, unless a `default` is given."""
     node = d
     for part in path.split("."):
@@ -50,7 +50,7 @@ def _describe(v: Any) -> str:
     return "a single value"
 
 
-def set(d: Any, path: str, value: Any, where: str = "") -> None:  # noqa: A001 (the grammar's verb)
+def set_path(d: Any, path: str, value: Any, where: str = "") -> None:
     """Set the leaf at `path` in place. Replacing a list or an object by another shape is refused: set one
     field of it instead (`stages.0.channels=256`, not `stages=3`)."""
     parts = path.split(".")

@@ -1,4 +1,4 @@
-"""Preset registry: published models (exact) and the SnapGen design chain (SNAPGEN.md sections 1-2).
+"""Preset registry: published models (exact) and the SnapGen design chain (docs/paper.md sections 1-2).
 
 Each preset is a function returning a spec, registered by name as timm registers models; its docstring is
 the preset's documentation and states every value the paper leaves open ([choose]) with the reason.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from .spec import DecoderSpec, Spec, SpecError, StageSpec, UNetSpec
+from .errors import SpecError
+from .spec import DecoderSpec, Spec, StageSpec, UNetSpec
 
 PRESETS: dict[str, Spec] = {}
 PRESET_DOCS: dict[str, str] = {}

@@ -16,9 +16,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import paths as dotted
+from .errors import SpecError
+from .paths import get_path, set_path
 from .presets import PRESETS
-from .spec import RENAMED_FIELDS, Spec, SpecError, _renamed_notice, spec_from_dict
+from .spec import RENAMED_FIELDS, Spec, renamed_field, spec_from_dict
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def parse_space(table: dict[str, Any], where: str = "space") -> SearchSpace:
     knobs: list[Knob] = []
     for key, value in table.items():
         if key in RENAMED_FIELDS:  # a study file written for an older schema
-            key = _renamed_notice(key, f"[{where}]")
+            key = renamed_field(key, f"[{where}]")
         for path in _expand(key, base_dict, where):
             knobs.append(_knob(path, value, base_dict, where))
     paths = {k.path for k in knobs}
@@ -142,7 +143,7 @@ def _knob(path: str, value: Any, base_dict: dict, where: str) -> Knob:
             raise SpecError(f"[{where}] preset: unknown preset(s) {', '.join(map(str, bad))}")
         return Knob(path, choices=tuple(choices)) if isinstance(value, dict) else Knob(path, fixed=value)
     try:
-        current = dotted.get(base_dict, path)
+        current = get_path(base_dict, path)
     except SpecError as e:  # the reason in the words --set uses for the same mistake
         raise SpecError(f"[{where}] unknown knob {path!r}: {str(e).removeprefix(path + ': ')}") from None
     if not isinstance(value, dict):
@@ -247,8 +248,8 @@ def _expand(key: str, base_dict: dict, where: str) -> list[str]:
 
 
 def _get(d: Any, path: str, missing: Any = None) -> Any:
-    return dotted.get(d, path, default=missing)
+    return get_path(d, path, default=missing)
 
 
 def _set(d: dict, path: str, value: Any) -> None:
-    dotted.set(d, path, value, where="knob ")
+    set_path(d, path, value, where="knob ")

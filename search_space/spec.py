@@ -1,8 +1,9 @@
-"""Typed architecture specs for the UNet and the VAE decoder (SNAPGEN.md sections 1 and 2).
+"""Typed architecture specs for the UNet and the VAE decoder (docs/paper.md sections 1 and 2).
 
 A spec is a frozen dataclass holding JSON-native values only (ints, floats, bools, strings, tuples of
 those, nested stage specs), so specs hash, compare, serialise and name caches through `spec_id`.
-Everything a builder needs is here; everything derived (heads, time-embedding width) is a property.
+Everything a builder needs is here; everything derived (heads, time-embedding width) is a property. The
+fields and their views (compact token, diffusers key, cost) are tabled in docs/specs-and-presets.md.
 
 Versioning: every serialised spec carries `schema` (SCHEMA_VERSION). `from_dict` reads older JSON through
 `migrate_spec_dict` (schema 1 = no `schema` key: `mqa_in_cross_attention` was renamed, `sep_block` did not
@@ -15,10 +16,10 @@ import dataclasses
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import UserError
+from .errors import SpecError
 
 CONV_TYPES = ("regular", "separable")
 ATTENTION_TYPES = ("mhsa", "mqa", "gqa")
@@ -45,15 +46,12 @@ def _notice_once(msg: str) -> None:
         _log.warning(msg)
 
 
-def _renamed_notice(old: str, where: str) -> str:
+def renamed_field(old: str, where: str) -> str:
+    """The current name of the schema-1 field `old`, with a one-line notice naming `where` it was read."""
     new = RENAMED_FIELDS[old]
     msg = f"notice: {where} uses the old spec field name {old!r}; read as {new!r} (rename it to silence this)"
     _notice_once(msg)
     return new
-
-
-class SpecError(UserError):
-    """A spec value is invalid; the message names the field and how to fix it."""
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -145,15 +143,9 @@ class _SpecBase:
         canonical = json.dumps({"kind": self.kind, **d}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
-    @property
-    def compact(self) -> str:
-        """The compact string form (search_space.compact), e.g. unet_lat16_c256d2u3t1.1x!r-..."""
-        from .compact import encode
-        return encode(self)
-
     def replace(self, **changes: Any):
         for old in [k for k in changes if k in RENAMED_FIELDS]:
-            changes[_renamed_notice(old, "replace()")] = changes.pop(old)
+            changes[renamed_field(old, "replace()")] = changes.pop(old)
         return dataclasses.replace(self, **changes)
 
 
@@ -207,7 +199,7 @@ class UNetSpec(_SpecBase):
     @property
     def mqa_in_cross_attention(self) -> bool:
         """Schema-1 name of `share_kv_in_cross_attention`, kept so older callers keep working."""
-        _renamed_notice("mqa_in_cross_attention", "code")
+        renamed_field("mqa_in_cross_attention", "code")
         return self.share_kv_in_cross_attention
 
     def validate(self) -> None:
@@ -411,7 +403,7 @@ def migrate_spec_dict(d: dict[str, Any], where: str = "spec JSON") -> dict[str, 
     for old in [k for k in d if k in RENAMED_FIELDS]:
         new = RENAMED_FIELDS[old]
         _check(new not in d, f"{where}: both {old!r} (schema 1) and {new!r} are given; keep only {new!r}")
-        d[_renamed_notice(old, where)] = d.pop(old)
+        d[renamed_field(old, where)] = d.pop(old)
     return d
 
 
@@ -488,20 +480,3 @@ def _coerce(v: Any, t: str, where: str) -> Any:
         _check(isinstance(v, str), f"{where} must be a string, got {v!r}")
         return v
     return v
-
-
-def apply_overrides(spec: Spec, overrides: list[str] | tuple[str, ...]) -> Spec:
-    """Apply `key=value` overrides (`stages.1.channels=512`, `attention=mqa`) and re-validate.
-
-    Values are parsed as JSON where they parse (numbers, true/false, null, lists), else taken as strings; the
-    paths are search_space/paths.py's grammar (the same as study knobs).
-    """
-    from . import paths
-
-    d = spec.to_dict()
-    for item in overrides:
-        key, value = paths.parse_assignment(item)
-        if "." not in key and key in RENAMED_FIELDS and RENAMED_FIELDS[key] in d:
-            key = _renamed_notice(key, f"--set {key}")
-        paths.set(d, key, value, where="--set ")
-    return type(spec).from_dict(d)

@@ -24,7 +24,7 @@ from typing import Any
 
 from evaluators import registry
 from search_space.sampling import SearchSpace, parse_space
-from search_space.spec import SpecError
+from search_space.errors import SpecError
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 QUALITY_EVALUATORS = ("flow", "decoder", "none")

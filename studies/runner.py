@@ -37,8 +37,8 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from search_space import PRESETS, Spec
-from search_space.spec import SpecError
-from search_space.errors import UserError
+from search_space.compact import encode
+from search_space.errors import SpecError, UserError
 from evaluators import registry
 
 from . import evaluate as ev
@@ -371,7 +371,7 @@ class Objective:
             trial.set_user_attr("fail_reason", f"invalid spec: {e}")
             raise
         trial.set_user_attr("spec", json.loads(spec.to_json()))
-        trial.set_user_attr("compact", spec.compact)
+        trial.set_user_attr("compact", encode(spec))
         trial.set_user_attr("kind", spec.kind)
         rung = rung_of(trial)
         sampled = not (trial.user_attrs.get("promoted_spec") or trial.user_attrs.get("enqueued_preset"))

@@ -5,6 +5,7 @@ import pytest
 
 from pocketdiff.cli import main
 from search_space import PRESETS
+from search_space.compact import encode
 
 
 def test_presets_list_comes_from_the_registry(capsys):
@@ -17,7 +18,7 @@ def test_presets_list_comes_from_the_registry(capsys):
 def test_describe_prints_spec_id_compact_and_counts(capsys):
     assert main(["describe", "sdxl-unet", "--latent", "128", "--no-memory"]) == 0
     out = capsys.readouterr().out
-    assert PRESETS["sdxl-unet"].spec_id in out and PRESETS["sdxl-unet"].compact in out
+    assert PRESETS["sdxl-unet"].spec_id in out and encode(PRESETS["sdxl-unet"]) in out
     assert "params 2,567,463,684" in out
     assert "stage3   1280" in out
 
@@ -41,7 +42,7 @@ def test_compare_shows_the_design_step(capsys):
 
 
 def test_compare_under_the_uib_reading(capsys):
-    """Issue 14 acceptance: --set sep_block=uib shows step c2 read as one inverted bottleneck per res block."""
+    """--set sep_block=uib shows step c2 read as one inverted bottleneck per res block."""
     assert main(["describe", "--compare", "fig3-b", "fig3-c2", "--set", "sep_block=uib", "--no-memory"]) == 0
     out = capsys.readouterr().out
     assert "sep_block: per_conv -> uib" in out and "_uib2_" in out

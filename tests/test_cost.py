@@ -56,7 +56,7 @@ def test_describe_rows_add_up_and_published_decoder_counts():
     d = describe_cost(PRESETS["sd3-decoder"], latent=128, memory=False)
     assert sum(r["macs"] for r in d["stages"]) == d["macs"]
     assert d["params"] == 49_545_475
-    # SNAPGEN.md Table 2 counts 4970 GFLOPs for the SD3 decoder: multiply-accumulates without the
+    # The paper's Table 2 (docs/paper.md section 2) counts 4970 GFLOPs for the SD3 decoder: multiply-accumulates without the
     # mid-block attention products (which are 275 GMACs at 128x128); ours lands within 1% of that
     assert abs(d["gmacs_no_attention"] / 4970 - 1) < 0.01
 

@@ -1,4 +1,4 @@
-"""Specs, compact strings, presets and builders (STYLE.md: parametrize over the registry)."""
+"""Specs, compact strings, presets and builders, parametrized over the preset registry."""
 import dataclasses
 import hashlib
 import json
@@ -28,8 +28,8 @@ def test_spec_dict_json_and_compact_round_trip(name):
 def test_golden_spec_ids():
     # Pinned: a change here renames every cache, artifact and trial keyed on these presets. Schema 2 (the
     # `schema` key, `sep_block`, the renamed `share_kv_in_cross_attention`) left these ids as they were.
-    # snapgen-unet changed on purpose (issue 14): step f now keeps 1 down / 2 up layers in stage 1, a
-    # different model; its schema-1 spec (405fb627de62) still loads with its id, see the test below.
+    # snapgen-unet's step f keeps 1 down / 2 up layers in stage 1 (fig3-f's docstring); the schema-1 spec
+    # with 2 / 3 layers there (405fb627de62) is a different model and still loads with its id: the test below.
     assert PRESETS["sdxl-unet"].spec_id == "55866aa12fd3"
     assert PRESETS["fig3-e"].spec_id == "3980270a36e5"
     assert PRESETS["snapgen-unet"].spec_id == "2b2883516da8"
@@ -37,7 +37,7 @@ def test_golden_spec_ids():
     assert PRESETS["snapgen-decoder"].spec_id == "d6edbb7727a2"
 
 
-# snapgen-unet as schema 1 wrote it (before issue 14): no `schema`, the old field name, step f at 2 / 3 layers.
+# A schema-1 snapgen-unet: no `schema`, the old field name, step f at 2 / 3 layers (not today's preset).
 SCHEMA1_SNAPGEN = (
     '{"attention": "mqa", "conv": "separable", "conv_expansion": 2.0, "ffn_ratio": 3.0, "head_dim": 64, '
     '"kind": "unet", "kv_heads": null, "latent_channels": 16, "mid_block": true, "mid_transformer_depth": 4, '
@@ -172,7 +172,8 @@ def test_fig3_chain_changes_one_thing_per_step():
 
 
 def test_step_f_has_the_published_sign():
-    """SNAPGEN.md step f: smaller and lower FLOPs than step e (with the preset's stage-1 layer counts)."""
+    """The paper's Figure 3 step f (docs/paper.md section 1): smaller and lower FLOPs than step e (with the
+    preset's stage-1 layer counts)."""
     from evaluators.cost import describe_cost
     e, f = (describe_cost(PRESETS[n], latent=32, memory=False) for n in ("fig3-e", "fig3-f"))
     assert f["params"] < e["params"] and f["gmacs"] < e["gmacs"]
@@ -183,7 +184,8 @@ def test_step_f_has_the_published_sign():
 
 
 def test_snapgen_unet_is_the_reading_closer_to_the_published_counts():
-    """SNAPGEN.md: 372M params, 38 GFLOPs (MACs) at a 32x32 latent; `snapgen-unet` takes the nearer reading."""
+    """docs/paper.md section 1: 372M params, 38 GFLOPs (MACs) at a 32x32 latent; `snapgen-unet` takes the nearer
+    reading."""
     from evaluators.cost import describe_cost
 
     def gap(spec):
@@ -224,10 +226,10 @@ def test_sep_block_is_normalised_without_separable_convs_and_validated():
 
 def test_compact_string_carries_the_reading():
     spec = PRESETS["snapgen-unet"].replace(sep_block="uib")
-    assert "_uib2_" in spec.compact and "_sep2_" in PRESETS["snapgen-unet"].compact
-    assert decode(spec.compact) == spec and encode(decode(spec.compact)) == spec.compact
+    assert "_uib2_" in encode(spec) and "_sep2_" in encode(PRESETS["snapgen-unet"])
+    assert decode(encode(spec)) == spec and encode(decode(encode(spec))) == encode(spec)
     dec = PRESETS["snapgen-decoder"].replace(sep_block="uib")
-    assert decode(dec.compact) == dec and "_uib2_" in dec.compact
+    assert decode(encode(dec)) == dec and "_uib2_" in encode(dec)
 
 
 @pytest.mark.parametrize("change,match", [

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from search_space import PRESETS, build_model
+from search_space.errors import SpecError
 from search_space.diffusers_compat import (
-    decoder_spec_from_diffusers, decoder_state_dict_from_diffusers, diffusers_unet_config,
+    decoder_spec_from_diffusers, decoder_state_dict_from_diffusers, diffusers_decoder_config, diffusers_unet_config,
     unet_spec_from_diffusers, unet_state_dict_from_diffusers,
 )
 
@@ -53,6 +54,9 @@ def test_decoder_param_count_matches_diffusers(preset, config):
     ours = build_model(PRESETS[preset], "meta")
     assert _n_params(ours) == ref_decoder
     assert decoder_spec_from_diffusers(ref.config) == PRESETS[preset]
+    # and the other way: the preset's own AutoencoderKL config builds the same decoder
+    written = diffusers_decoder_config(PRESETS[preset])
+    assert {k: written[k] for k in config} == config
 
 
 def test_tiny_sdxl_unet_outputs_match_diffusers():
@@ -82,6 +86,10 @@ def test_diffusers_config_round_trip():
     spec = unet_spec_from_diffusers(TINY_SDXL)
     cfg = diffusers_unet_config(spec)
     assert unet_spec_from_diffusers(cfg) == spec
+    for name in ("sd3-decoder", "sdxl-decoder"):
+        assert decoder_spec_from_diffusers(diffusers_decoder_config(PRESETS[name])) == PRESETS[name]
+    with pytest.raises(SpecError, match="shortcut='none' has no diffusers AutoencoderKL equivalent"):
+        diffusers_decoder_config(PRESETS["sd3-decoder"].replace(shortcut="none"))
 
 
 @pytest.mark.parametrize("config", [

@@ -1,22 +1,22 @@
-"""Dotted paths (search_space/paths.py): one grammar for --set, study knobs, describe and the explorer, with the
-same message for the same mistake."""
+"""Dotted paths (search_space/paths.py): one grammar for --set (search_space/overrides.py), study knobs, describe
+and the explorer, with the same message for the same mistake."""
 import pytest
 
 from pocketdiff.cli import main
 from search_space import PRESETS, apply_overrides, paths
 from search_space.sampling import parse_space
-from search_space.spec import SpecError
+from search_space.errors import SpecError
 
 D = {"stages": [{"channels": 32, "heads": [1, 2]}, {"channels": 64, "heads": [2]}], "attention": "mqa",
      "kv_heads": None}
 
 
-def test_get_set_flatten_diff():
-    assert paths.get(D, "stages.1.channels") == 64 and paths.get(D, "stages.0.heads") == [1, 2]
-    assert paths.get(D, "stages.5.channels", default="x") == "x"
+def test_get_path_set_path_flatten_diff():
+    assert paths.get_path(D, "stages.1.channels") == 64 and paths.get_path(D, "stages.0.heads") == [1, 2]
+    assert paths.get_path(D, "stages.5.channels", default="x") == "x"
     d = {"stages": [dict(s) for s in D["stages"]], "attention": "mqa", "kv_heads": None}
-    paths.set(d, "stages.1.channels", 96)
-    paths.set(d, "kv_heads", 2)
+    paths.set_path(d, "stages.1.channels", 96)
+    paths.set_path(d, "kv_heads", 2)
     assert d["stages"][1]["channels"] == 96 and d["kv_heads"] == 2
     assert paths.flatten(D) == {"stages.0.channels": 32, "stages.0.heads": [1, 2], "stages.1.channels": 64,
                                 "stages.1.heads": [2], "attention": "mqa", "kv_heads": None}
@@ -38,7 +38,7 @@ def test_get_set_flatten_diff():
 def test_set_refuses_a_wrong_path_or_shape(path, value, match):
     d = {"stages": [dict(s) for s in D["stages"]], "attention": "mqa", "kv_heads": None}
     with pytest.raises(SpecError, match=match):
-        paths.set(d, path, value)
+        paths.set_path(d, path, value)
     assert d == D  # nothing changed
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from search_space import load_spec
+from search_space.compact import encode
 from training.checkpoint import CheckpointError, read_checkpoint
 from training.config import LoopConfig, TrainError
 from training.data import load_data
@@ -53,7 +54,7 @@ def _winner(tmp_path: Path) -> Path:
     spec = load_spec("tiny-debug")
     path = tmp_path / "winner.json"
     path.write_text(json.dumps({"spec": json.loads(spec.to_json()), "spec_id": spec.spec_id,
-                                "compact": spec.compact, "study": "t", "trial": 0, "metrics": {}}))
+                                "compact": encode(spec), "study": "t", "trial": 0, "metrics": {}}))
     return path
 
 

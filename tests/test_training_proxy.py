@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from search_space import PRESETS, UNetSpec, apply_overrides, build_model
-from search_space.spec import SpecError
+from search_space.compact import encode
+from search_space.errors import SpecError
 from studies.config import load_study_file
 from training.data import FlowData
 from training.proxy import (NOT_REPRESENTED, PROXY_MAX_CHANNELS, ProxyConfig, ProxyError, proxy_spec, represented,
@@ -132,8 +133,8 @@ def test_no_two_specs_of_a_shipped_study_share_a_proxy(path):
         view = represented(spec)
         if proxy.spec_id in seen:
             other_view, other = seen[proxy.spec_id]
-            assert other_view == view, f"{spec.compact} and {other} differ in a represented knob but share a proxy"
-        seen[proxy.spec_id] = (view, spec.compact)
+            assert other_view == view, f"{encode(spec)} and {other} differ in a represented knob but share a proxy"
+        seen[proxy.spec_id] = (view, encode(spec))
         n += 1
     assert n > 0 and len(seen) > 1
 
