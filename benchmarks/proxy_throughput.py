@@ -1,4 +1,4 @@
-"""Benchmark: proxy training throughput against the machine's limit and against diffusers (docs/training.md).
+"""Benchmark: proxy training throughput against the machine's limit and against diffusers (docs/benchmarks.md).
 
 The proxies the quality evaluator trains: studies/quick.toml's presets (snapgen-unet, fig3-a) at the study's width
 multiplier on its data (mnist5k-p4: 16 x 8 x 8, MiniLM prompts, 10 tokens), and tiny-debug as a single evaluation

@@ -1,12 +1,12 @@
 """Quality evaluator: train a spec (at proxy scale) with rectified flow for a budget, sample, score.
 
-SNAPGEN.md section 1 (ablation protocol [paper]): class-conditional training on ImageNet-1K latents, FID of
+docs/paper.md section 1 (ablation protocol [paper]): class-conditional training on ImageNet-1K latents, FID of
 class-conditional samples with CFG. The same protocol runs here at any scale: the spec is mapped to a proxy
 that fits the data and text encoder (`training.proxy`), trained for a budget (`training.quality_run`), sampled with
 the Euler ODE sampler and scored with torch-fidelity (`training.fidelity`): the domain-feature FD always
 (offline), Inception FID when its weights are at hand. The record says which is which.
 
-Issue 10 (paired evaluation with confidence): `evaluate_quality_seeds` repeats the run over seeds and reports
+Paired evaluation with confidence (docs/quality.md): `evaluate_quality_seeds` repeats the run over seeds and reports
 each metric's mean with a 95% t-interval; `compare_quality` trains two specs on the same seeds (common random
 numbers: identical batches, noise and timesteps per seed) and reports the paired difference of each metric.
 Metrics that would mean nothing are withheld with the reason (`metrics_invalid`): a domain feature extractor
@@ -186,7 +186,7 @@ def _save_grid(samples: torch.Tensor, labels: torch.Tensor, data: FlowData, path
     save_image(data.to_images(rows, vae).float() / 255, path, nrow=per_class)
 
 
-# --- repeated seeds and paired comparisons (issue 10) -----------------------------------------------------
+# --- repeated seeds and paired comparisons -----------------------------------------------------------------
 
 def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float | None, float | None]:
     """(mean, low, high): the Student-t interval of the mean over seeds; no interval from a single value."""

@@ -30,9 +30,9 @@ QUALITY_RUN_LR = 3e-3
 FULL_RUN_LR = 1e-3
 
 
-def flag(default, help: str, choices: tuple | None = None):
+def flag(default, help_line: str, choices: tuple | None = None):
     """A config field that is also a CLI flag: its default, its help line and its allowed values."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+    return field(default=default, metadata={"help": help_line, "choices": choices})
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Training throughput against the machine's limit (docs/training.md).
+"""Training throughput against the machine's limit (docs/quality.md, "Throughput").
 
 Two numbers make a run's speed readable: the FLOPs one training step costs and the host's dense matmul peak.
 - FLOPs per step come from the project's one op trace (search_space/trace.py, the walk the cost evaluator's
