@@ -1,4 +1,4 @@
-"""Distillation benchmark (issue 12): does step distillation beat plain few-step sampling of a base that more
+"""Distillation benchmark (docs/training.md): does step distillation beat plain few-step sampling of a base that more
 plain training no longer improves, does KD help at equal steps and at equal compute, and does the timestep-aware
 weighting beat a fixed one at the same KD share?
 
@@ -6,7 +6,8 @@ CPU, tiny scale, MNIST-5k through 4x4 space-to-depth (`mnist5k-p4`, an 8x8x16 mo
 FD of training/fidelity.py (lower is better) on class-balanced samples; every number a mean over seeds with its
 95% t-interval, every comparison a paired difference (same seed, same sampling noise) with its interval.
 
-Part `step` (the issue's evidence item: "from a base trained until more plain steps no longer improve"):
+Part `step` (the paper's claim at this scale, docs/paper.md section 3; the base is trained until more plain steps
+no longer improve it):
   teacher     tiny-debug widened to [64, 128], --teacher-steps plain steps, lr decayed to 0 (seed 0)
   base        tiny-debug, --base-steps plain steps, lr decayed to 0 (seed 0; one base: the seeds below are seeds
               of what is done to it). Its 4-step FD at 1/2, 3/4 and the end of its run says whether it is done.
@@ -71,7 +72,7 @@ def _setup():
         from search_space import load_spec
         from training.data import load_data
         from training.fidelity import register_domain_extractor
-        from training.full import prepare_spec
+        from training.full_run import prepare_spec
         from training.text import class_prompt_embeddings
         data = load_data(DATA)
         prompts = class_prompt_embeddings(data.class_names)
@@ -111,11 +112,11 @@ def kd_cost(ratio: float) -> float:
 
 
 def _config(steps: int, seed: int, a, **kw):
-    from training.full import FullConfig
+    from training.config import LoopConfig
     base = dict(steps=steps, batch_size=a.batch_size, seed=seed, checkpoint_every=steps, keep_checkpoints=0,
                 log_every=max(1, steps // 20), warmup_steps=min(10, max(1, steps // 4)), lr=BASE_LR,
                 schedule="linear", min_lr_ratio=0.0, sample_steps=4, cfg_scale=CFG)
-    return FullConfig(**{**base, **kw})
+    return LoopConfig(**{**base, **kw})
 
 
 def fd(folder: str | Path, steps: int, cfg: float, seed: int, samples: int) -> float:
@@ -124,11 +125,11 @@ def fd(folder: str | Path, steps: int, cfg: float, seed: int, samples: int) -> f
     import torch
     from training.checkpoint import load_trained
     from training.fidelity import domain_metrics
-    from training.trainer import sample
+    from training.sample import sample_classes
     c = _setup()
     model, spec, _ = load_trained(folder)
     labels = torch.arange(samples) % c["data"].num_classes
-    x = sample(model, spec, c["data"], c["prompts"], labels, 10_000 + seed, steps, cfg, progress=False)
+    x = sample_classes(model, spec, c["data"], c["prompts"], labels, 10_000 + seed, steps, cfg, progress=False)
     return float(domain_metrics(x, c["data"])["fd_domain"])
 
 
@@ -153,10 +154,11 @@ def students(a) -> list[tuple[str, int, float | None]]:
 
 def job(kind: str, name: str, seed: int, a, deps: dict) -> dict:
     """Train one model (resumable: a finished run folder is reused) and score it."""
-    from training.distill import KDObjective, load_teacher
-    from training.full import train_full
+    from training.full_run import train_full
+    from training.kd import KDObjective
     from training.kd_scaling import KDWeighting
     from training.step_distill import StepDistillObjective
+    from training.teachers import load_teacher
     c = _setup()
     data, prompts = c["data"], c["prompts"]
     folder = Path(a.out) / name
@@ -321,7 +323,7 @@ def _curve(points: list[list[float]]) -> str:
 def report(results: dict[str, dict], a, cost: dict, minutes: float) -> str:
     seeds = range(a.seeds)
     col = lambda prefix, key: [results[f"{prefix}-s{s}"][key] for s in seeds]  # noqa: E731
-    lines = ["# Distillation benchmark (issue 12)", "",
+    lines = ["# Distillation benchmark", "",
              f"`python benchmarks/distillation.py {' '.join(sys.argv[1:])}` on CPU ({a.workers} workers, one "
              f"thread each), {DATA}, {a.seeds} seeds (0-{a.seeds - 1}), batch {a.batch_size}; domain FD (lower is "
              f"better) of {a.samples} class-balanced samples, mean over seeds [95% t-interval]; differences are "
@@ -475,7 +477,7 @@ def main() -> None:
     if not a.parts or set(a.parts) - set(PARTS):
         p.error(f"--parts {','.join(a.parts)}: choose from {', '.join(PARTS)}")
     if 4 not in a.samplers:
-        p.error("--samplers must include 4 (the issue's claim is about the 4-step student)")
+        p.error("--samplers must include 4 (the claim under test is about the 4-step student)")
     t0 = time.perf_counter()
     cost = costs(a)
     results = run_all(a, cost)

@@ -1,4 +1,4 @@
-"""Measurement: the domain FD's sample-to-sample spread at several sample counts (issue 15, item 2).
+"""Measurement: the domain FD's sample-to-sample spread at several sample counts (docs/quality.md).
 
 One proxy as studies/quick.toml trains it (snapgen-unet at width_mult 0.0714 on mnist5k-p4, 48 steps, seed 0) is
 sampled --seeds times with different sampling seeds (512 images each, the evaluator's sampler: Euler 8 steps,
@@ -32,7 +32,9 @@ from training.data import load_data  # noqa: E402
 from training.fidelity import domain_floor, domain_metrics  # noqa: E402
 from training.proxy import ProxyConfig, proxy_spec  # noqa: E402
 from training.text import DEFAULT_ENCODER, class_prompt_embeddings  # noqa: E402
-from training.trainer import sample, train  # noqa: E402
+from training.config import LoopConfig  # noqa: E402
+from training.quality_run import train  # noqa: E402
+from training.sample import sample_classes  # noqa: E402
 
 
 def main() -> None:
@@ -46,7 +48,7 @@ def main() -> None:
     proxy, _ = proxy_spec(PRESETS["snapgen-unet"], data.channels, prompts.dim, prompts.pooled_dim,
                           ProxyConfig(width_mult=0.0714))
     t0 = time.perf_counter()
-    result = train(proxy, data, prompts, args.budget, seed=0, progress=False)
+    result = train(proxy, data, prompts, args.budget, LoopConfig.quality_preset(seed=0), progress=False)
     print(f"trained {proxy.spec_id} for {args.budget} in {time.perf_counter() - t0:.0f} s, val_loss "
           f"{result.val_loss:.4f}; load average {os.getloadavg()[0]:.2f}", flush=True)
     top = max(args.counts)
@@ -55,7 +57,7 @@ def main() -> None:
     seconds = []
     for seed in range(args.seeds):
         t0 = time.perf_counter()
-        x = sample(result.model, proxy, data, prompts, labels, seed, 8, 2.0, progress=False)
+        x = sample_classes(result.ema, proxy, data, prompts, labels, seed, 8, 2.0, progress=False)
         seconds.append(time.perf_counter() - t0)
         for n in args.counts:
             fds[n].append(domain_metrics(x[:n], data)["fd_domain"])

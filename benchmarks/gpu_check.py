@@ -1,4 +1,4 @@
-"""Run every CUDA path of the training code once, in a few minutes (issue 15, item 5).
+"""Run every CUDA path of the training code once, in a few minutes (docs/training.md).
 
 For anyone with a GPU: each check is the library's own code path at a tiny size, not a re-implementation.
 - `bf16-checkpointed-training`: the one loop (training/loop.py) on tiny-debug with bf16 autocast and activation
@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from search_space import PRESETS  # noqa: E402
 from training.data import FlowData  # noqa: E402
 from training.distributed import DistContext  # noqa: E402
-from training.loop import LoopConfig, fit  # noqa: E402
+from training.config import LoopConfig  # noqa: E402
+from training.loop import fit  # noqa: E402
 from training.text import PromptEmbeddings  # noqa: E402
 
 SPEC = PRESETS["tiny-debug"]

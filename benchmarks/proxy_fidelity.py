@@ -1,6 +1,6 @@
-"""Proxy fidelity: does a short quality run rank architectures the way the reference budget does? (issue 10)
+"""Proxy fidelity: does a short quality run rank architectures the way the reference budget does? (docs/quality.md)
 
-SNAPGEN.md section 1 scores each design step by FID after long ImageNet training; a search can only afford
+The paper (docs/paper.md section 1) scores each design step by FID after long ImageNet training; a search can only afford
 short proxy runs. This benchmark trains specs that are each ONE knob away from a common base (covering every
 knob of studies/quick.toml) on MNIST-5k at several step budgets and seeds, then reports
 - the ceiling: Kendall tau between the rankings of two seeds at the reference budget (no short budget can agree
@@ -106,12 +106,12 @@ def build_spec(overrides: tuple[str, ...]):
 def run_one(label: str, overrides: tuple[str, ...], steps: int, seed: int, batch: int, samples: int,
             width_mult: float) -> dict:
     from evaluators.quality import evaluate_quality
+    from training.config import LoopConfig
     from training.proxy import ProxyConfig
-    from training.trainer import TrainConfig
 
     r = evaluate_quality(build_spec(overrides), _DATA, f"{steps}steps", seed, num_samples=samples,
-                         train_config=TrainConfig(batch_size=batch), proxy_config=ProxyConfig(width_mult=width_mult),
-                         progress=False)
+                         train_config=LoopConfig.quality_preset(batch_size=batch),
+                         proxy_config=ProxyConfig(width_mult=width_mult), progress=False)
     keep = ("status", "steps", "val_loss", "fd_domain", "kid_domain", "fd_domain_floor", "kid_domain_floor",
             "params_proxy", "proxy_spec_id", "seconds_train", "seconds_sample", "seconds_total", "stream_digest",
             "metrics_invalid")

@@ -1,4 +1,4 @@
-"""Benchmark: proxy training throughput against the machine's limit and against diffusers (issue 15, items 1, 5).
+"""Benchmark: proxy training throughput against the machine's limit and against diffusers (docs/benchmarks.md).
 
 The proxies the quality evaluator trains: studies/quick.toml's presets (snapgen-unet, fig3-a) at the study's width
 multiplier on its data (mnist5k-p4: 16 x 8 x 8, MiniLM prompts, 10 tokens), and tiny-debug as a single evaluation
@@ -8,7 +8,7 @@ evaluator's), fresh data, noise and timesteps each step.
 
 Configurations, timed interleaved in one process (A B C A B C ..., the order rotated each round), median of
 --iters steps after --warmup steps:
-- `eager`: the loop as it trained before issue 15 (per-tensor AdamW, clipping and EMA loops).
+- `eager`: torch's per-tensor AdamW, clipping and EMA loops (`LoopConfig.fast_step` off).
 - `project`: the loop's configuration now (`LoopConfig.fast_step`: fused AdamW, foreach clipping and EMA), plus
   what --compile / --channels-last add when asked (they are measured, and off in the loop unless they help).
 - `diffusers`: diffusers' `UNet2DConditionModel` built to the same architecture, trained by the eager step.
@@ -46,13 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from search_space import PRESETS, build_model  # noqa: E402
 from training.data import load_data  # noqa: E402
 from training.flow import flow_loss, interpolate, sample_timesteps, TIMESTEP_SCALE  # noqa: E402
-from training.loop import clip_gradients, make_optimizer  # noqa: E402
+from training.conditioning import Conditioner  # noqa: E402
+from training.config import LoopConfig  # noqa: E402
+from training.optim import clip_gradients, ema_update, make_optimizer  # noqa: E402
 from training.proxy import ProxyConfig, proxy_spec  # noqa: E402
 from training.text import DEFAULT_ENCODER, class_prompt_embeddings  # noqa: E402
 from training.throughput import (PUBLISHED_BF16_PEAK, matmul_peak, published_peak,  # noqa: E402
                                  training_flops_per_step)
-from training.trainer import BATCH_SIZE, Conditioner, ema_update  # noqa: E402
 
+BATCH_SIZE = LoopConfig.quality_preset().batch_size  # the quality evaluator's
 STUDY_WIDTH_MULT = 0.0714  # studies/quick.toml's [quality] proxy = { width_mult = 0.0714 }
 STUDY_DATA = "mnist5k-p4"
 PROXIES = (("snapgen-unet", ProxyConfig(width_mult=STUDY_WIDTH_MULT)),

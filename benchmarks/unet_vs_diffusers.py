@@ -1,4 +1,4 @@
-"""Benchmark: our UNet blocks against diffusers' on the same architecture and input (issue 2, item 6).
+"""Benchmark: our UNet blocks against diffusers' on the same architecture and input (docs/benchmarks.md).
 
 1. `sdxl-unet` layout, width-reduced to fit a CPU, vs diffusers' UNet2DConditionModel with the equivalent
    config and the same weights (loaded through the documented key mapping).

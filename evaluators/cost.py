@@ -7,8 +7,8 @@ disk with the code fingerprint), so a study trial walks its candidate once for b
 - Parameters: total, per stage and per block kind, from the module tree.
 - MACs: one multiply-accumulate per conv/linear/matmul/attention product, the convention of fvcore and of
   the paper's tables (SNAPGEN.md: "38 GFLOPs" for SnapGen is 38 G multiply-accumulates). Two engines:
-  "torch" is a view of the op trace that the latency models also use (latency_models/features.py: aten ops
-  with torch.utils.flop_counter's formulas, on meta tensors); "fvcore" traces with
+  "torch" is a view of the project's one op trace, which the latency models also use (search_space/trace.py:
+  aten ops with torch.utils.flop_counter's formulas, on meta tensors); "fvcore" traces with
   fvcore's FlopCountAnalysis plus our handler for scaled_dot_product_attention (fvcore has none) and
   needs real weights, so it is for small models and for cross-checking. Norms, activations and
   element-wise ops are not counted by either.
@@ -29,8 +29,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from search_space import DecoderSpec, Spec, UNetSpec, build_model, example_inputs
-from latency_models.features import block_kind, stage_of as trace_stage_of  # noqa: F401 (block_kind: API)
 from search_space.attention import attention_backend
+from search_space.trace import block_kind, stage_of as trace_stage_of, trace_forward
 
 from .registry import provide
 
@@ -82,18 +82,16 @@ class MacReport:
 
 
 def count_macs_torch(model: nn.Module, inputs: tuple) -> MacReport:
-    """MACs as a view of the project's one op trace (latency_models.features.features_from_torch), so the
+    """MACs as a view of the project's one op trace (search_space.trace.trace_forward), so the
     cost evaluator, the latency features and the latency breakdown all count the same walk; meta device.
 
     Attention runs through the explicit-matmul backend so that its products are counted the same on every
     device (the fused CPU/CUDA kernels have no flop formula in torch's counter). Each op's MACs go to the
     module that ran it and to every module above it, as torch's FlopCounterMode attributes them.
     """
-    from latency_models.features import features_from_torch
-
     with attention_backend("math"):
-        table = features_from_torch(model, inputs)
-    return mac_report([f.macs for f in table.ops], [f.op for f in table.ops], [f.module for f in table.ops])
+        ops = trace_forward(model, inputs)
+    return mac_report([op.macs for op in ops], [op.op for op in ops], [op.module for op in ops])
 
 
 def mac_report(macs: list[float], ops: list[str], modules: list[str]) -> MacReport:

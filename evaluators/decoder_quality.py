@@ -1,6 +1,6 @@
 """Decoder quality evaluator: a short decoder training with a frozen encoder, scored by held-out PSNR.
 
-The decoder-search counterpart of the UNet quality evaluator (SNAPGEN.md section 2, Table 2): candidates are
+The decoder-search counterpart of the UNet quality evaluator (docs/paper.md section 2, Table 2): candidates are
 small enough (1-2M params) to train at full size on CPU; only the patch size and budget are reduced.
 `evaluate_decoder_quality(spec, data, budget, seed) -> dict of floats` plus the baseline (the frozen
 encoder's own decoder) for comparison.
@@ -14,7 +14,7 @@ from typing import Callable
 
 from search_space import DecoderSpec
 from training.decoder import DecoderTrainConfig, load_encoder, load_patches, save_reconstructions, train_decoder
-from training.trainer import Budget
+from training.budget import Budget
 
 from .registry import budget_callback, provide
 

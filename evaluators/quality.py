@@ -1,12 +1,12 @@
 """Quality evaluator: train a spec (at proxy scale) with rectified flow for a budget, sample, score.
 
-SNAPGEN.md section 1 (ablation protocol [paper]): class-conditional training on ImageNet-1K latents, FID of
+docs/paper.md section 1 (ablation protocol [paper]): class-conditional training on ImageNet-1K latents, FID of
 class-conditional samples with CFG. The same protocol runs here at any scale: the spec is mapped to a proxy
-that fits the data and text encoder (`training.proxy`), trained for a budget (`training.trainer`), sampled with
+that fits the data and text encoder (`training.proxy`), trained for a budget (`training.quality_run`), sampled with
 the Euler ODE sampler and scored with torch-fidelity (`training.fidelity`): the domain-feature FD always
 (offline), Inception FID when its weights are at hand. The record says which is which.
 
-Issue 10 (paired evaluation with confidence): `evaluate_quality_seeds` repeats the run over seeds and reports
+Paired evaluation with confidence (docs/quality.md): `evaluate_quality_seeds` repeats the run over seeds and reports
 each metric's mean with a 95% t-interval; `compare_quality` trains two specs on the same seeds (common random
 numbers: identical batches, noise and timesteps per seed) and reports the paired difference of each metric.
 Metrics that would mean nothing are withheld with the reason (`metrics_invalid`): a domain feature extractor
@@ -17,19 +17,23 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from search_space import UNetSpec, load_spec
 from search_space.errors import UserError
+from training.budget import WALL_CLOCK_NOTICE, Budget
+from training.config import LoopConfig
 from training.data import DataError, FlowData, load_data, load_vae
 from training.fidelity import (MetricError, domain_floor, domain_metrics, extractor_validity, inception_metrics,
                               inception_weights, register_domain_extractor)
 from training.proxy import ProxyConfig, proxy_spec, width_mult_for
+from training.loop import MetricsCallback
+from training.quality_run import resolve_budget, save_run_checkpoint, train
+from training.sample import sample_classes
 from training.text import DEFAULT_ENCODER, class_prompt_embeddings
-from training.trainer import (WALL_CLOCK_NOTICE, Budget, MetricsCallback, TrainConfig, config_dict,
-                              resolve_budget, sample, save_run_checkpoint, train)
 
 from .registry import budget_callback, provide
 
@@ -73,11 +77,12 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
                      seed: int = 0, *, out_dir: str | Path | None = None, num_samples: int | None = None,
                      sample_steps: int = SAMPLE_STEPS, cfg_scale: float = CFG_SCALE, fid: str = "auto",
                      fid_weights: str | None = None, vae: str | None = None, encoder: str = DEFAULT_ENCODER,
-                     train_config: TrainConfig = TrainConfig(), proxy_config: ProxyConfig = ProxyConfig(),
+                     train_config: LoopConfig | None = None, proxy_config: ProxyConfig = ProxyConfig(),
                      callback: MetricsCallback | None = None, device: str | None = None,
                      progress: bool = True) -> dict:
     """Train `spec`'s proxy on `data` for `budget`, sample `num_samples` images, return a flat record of floats
-    and strings (metrics, throughput, timings, the proxy mapping). Budget "0steps" scores the untrained model."""
+    and strings (metrics, throughput, timings, the proxy mapping). Budget "0steps" scores the untrained model.
+    `train_config` defaults to `LoopConfig.quality_preset()`; its seed is replaced by `seed`."""
     t0 = time.perf_counter()
     spec = load_spec(spec) if isinstance(spec, str) else spec
     if not isinstance(spec, UNetSpec):
@@ -85,12 +90,13 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
     if fid not in FID_MODES:
         raise MetricError(f"fid={fid!r} is not one of {', '.join(FID_MODES)}")
     budget = Budget.parse(budget)
+    config = replace(train_config or LoopConfig.quality_preset(), seed=seed)
     weights = inception_weights(fid_weights, download=fid == "on") if fid != "off" else None
     data = load_data(data) if isinstance(data, str) else data
     num_samples = sample_count(num_samples, data)
     prompts = class_prompt_embeddings(data.class_names, encoder)
     proxy, mapping = proxy_spec(spec, data.channels, prompts.dim, prompts.pooled_dim, proxy_config)
-    steps_budget = resolve_budget(budget, proxy, data, prompts, train_config)  # a bad budget fails before any work
+    steps_budget = resolve_budget(budget, proxy, data, prompts, config)  # a bad budget fails before any work
     if data.size % proxy.downsample_factor:
         raise DataError(f"the data's {data.size}x{data.size} model-space size is not a multiple of the proxy's "
                          f"downsample factor {proxy.downsample_factor} (2 ** (stages - 1)); use a resolution "
@@ -102,25 +108,25 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
     invalid = extractor_validity(extractor, data, num_samples)
     t_domain = time.perf_counter()
 
-    result = train(proxy, data, prompts, steps_budget, seed, train_config, device, callback, progress)
+    result = train(proxy, data, prompts, steps_budget, config, device=device, callback=callback, progress=progress)
     t_train = time.perf_counter()
     record = {
         "spec_id": spec.spec_id, "proxy_spec_id": proxy.spec_id, "data": data.name, "budget": str(budget),
         "budget_steps": result.budget_steps, "stream_digest": result.stream_digest,
-        "seed": seed, "status": result.status, "steps": result.steps, "train_images": result.images,
+        "seed": seed, "status": result.status, "steps": result.step, "train_images": result.images,
         "train_seconds": round(result.seconds, 3), "train_images_per_s": round(result.images_per_s, 2),
-        "val_loss": result.val_loss, "params_proxy": sum(p.numel() for p in result.model.parameters()),
+        "val_loss": result.val_loss, "params_proxy": sum(p.numel() for p in result.ema.parameters()),
         "num_samples": num_samples, "sample_steps": sample_steps, "cfg_scale": cfg_scale,
         **result.throughput,  # train_flops_per_s and its ratio to the host's matmul peak (training/throughput.py)
     }
     vae_model = None
     if result.status == "ok" or result.status.startswith("stopped"):
         labels = torch.arange(num_samples) % data.num_classes  # balanced classes, as class-conditional FID
-        samples = sample(result.model, proxy, data, prompts, labels, seed, sample_steps, cfg_scale,
-                         progress=progress)
+        samples = sample_classes(result.ema, proxy, data, prompts, labels, seed, sample_steps, cfg_scale,
+                                 progress=progress)
         t_sample = time.perf_counter()
         if not torch.isfinite(samples).all():
-            record["status"] = f"diverged at step {result.steps} (non-finite samples)"
+            record["status"] = f"diverged at step {result.step} (non-finite samples)"
         else:
             if invalid is None:
                 record.update(domain_metrics(samples, data))
@@ -157,7 +163,7 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
         out.mkdir(parents=True, exist_ok=True)
         save_run_checkpoint(out, result, proxy, data, prompts, cfg_scale, sample_steps,
                             {"source_spec": json.loads(spec.to_json()), "source_spec_id": spec.spec_id,
-                             "proxy": mapping, "train_config": config_dict(train_config), "status": result.status,
+                             "proxy": mapping, "train_config": asdict(config), "status": result.status,
                              "seed": seed, "budget": str(budget)})
         if samples is not None and torch.isfinite(samples).all():
             _save_grid(samples, labels, data, out / "samples.png", vae_model)
@@ -180,7 +186,7 @@ def _save_grid(samples: torch.Tensor, labels: torch.Tensor, data: FlowData, path
     save_image(data.to_images(rows, vae).float() / 255, path, nrow=per_class)
 
 
-# --- repeated seeds and paired comparisons (issue 10) -----------------------------------------------------
+# --- repeated seeds and paired comparisons -----------------------------------------------------------------
 
 def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float | None, float | None]:
     """(mean, low, high): the Student-t interval of the mean over seeds; no interval from a single value."""

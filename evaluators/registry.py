@@ -244,7 +244,7 @@ def fingerprint_paths(name: str) -> list[Path]:
 
 @functools.lru_cache(maxsize=None)
 def code_fingerprint(name: str) -> str:
-    from latency_models.fingerprint import code_fingerprint as digest
+    from search_space.fingerprint import code_fingerprint as digest
     return digest(fingerprint_paths(name), ROOT)
 
 

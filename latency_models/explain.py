@@ -4,7 +4,7 @@ between two models (`pocketdiff latency explain NAME --device D [--compare B]`).
 Computed from the same cached features and by the same formula as the prediction (api.predict_ms): the
 roofline's per-op terms (roofline.op_terms) or the linear model's per-op shares (`linear_op_ms`). Every split
 sums, with the protocol overhead, to the predicted total. Ops are placed by the module that ran them (the
-trace's `module` field): stages via features.stage_of, blocks via features.block_kind.
+trace's `module` field): stages via search_space.trace.stage_of, blocks via search_space.trace.block_kind.
 """
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from collections import defaultdict
 
 import numpy as np
 
+from search_space.trace import block_kind, stage_of
+
 from . import api, predictor, profiles, roofline
-from .features import OP_CLASSES, block_kind, stage_of
+from .features import OP_CLASSES
 
 TERMS = ("compute_ms", "memory_ms", "dispatch_ms")
 

@@ -32,7 +32,7 @@ from search_space import PRESETS, SpecError, build_model, example_inputs, load_s
 from search_space.attention import attention_backend
 from search_space.spec import Spec
 from search_space.errors import UserError
-from training.cache import CACHE_ENV  # noqa: F401 (the one cache root's variable; tests set it)
+from search_space.cache import CACHE_ENV  # noqa: F401 (the one cache root's variable; tests set it)
 
 from .targets import DEFAULT_TARGET, TARGETS  # noqa: E402 (re-exported)
 
@@ -42,8 +42,8 @@ class ExportError(UserError, RuntimeError):
 
 
 def cache_root() -> Path:
-    """The one cache root (training/cache.py)."""
-    from training.cache import cache_root as root
+    """The one cache root (search_space/cache.py)."""
+    from search_space.cache import cache_root as root
     return root()
 
 

@@ -1,4 +1,4 @@
-"""`pocketdiff data`: one-time latent pre-encoding and dataset summaries (SNAPGEN.md section 1: SD3 latents).
+"""`pocketdiff data`: one-time latent pre-encoding and dataset summaries (docs/paper.md section 1: SD3 latents).
 
 `data encode SOURCE --vae PATH --out DIR` runs a diffusers AutoencoderKL encoder over an ImageFolder once and
 writes sharded latents + a manifest (resumable); `data info SOURCE` prints what a source holds.

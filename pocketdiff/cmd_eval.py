@@ -1,5 +1,5 @@
 """`pocketdiff eval quality` and `pocketdiff eval compare`: the quality evaluator from the command line
-(SNAPGEN.md section 1 protocol; issue 10's seeds and paired comparisons).
+(docs/paper.md section 1 protocol; seeds and paired comparisons as docs/quality.md describes them).
 
 Parses, calls `evaluators.quality`, prints a one-screen summary (or the record with --json) and writes
 samples + record.json + checkpoints/ (the one checkpoint format) under --out.
@@ -18,6 +18,8 @@ SUMMARY_KEYS = ("status", "steps", "train_images_per_s", "val_loss", "fd_domain"
 
 
 def _common(p: argparse.ArgumentParser, default_budget: str, default_seeds: int) -> None:
+    from training.config import LoopConfig
+
     p.add_argument("--data", default="mnist5k", help="mnist5k | imagenet:PATH | folder:PATH | latents:PATH")
     p.add_argument("--budget", default=default_budget,
                    help="training budget: 2000steps, 3epochs, 5e12flops (reproducible) or 60s / 2m (wall clock); "
@@ -29,7 +31,8 @@ def _common(p: argparse.ArgumentParser, default_budget: str, default_seeds: int)
                                                               "the reference set)")
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps (default 8)")
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (default 2)")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 32)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"training batch size (default {LoopConfig.batch_size})")
     p.add_argument("--width-mult", type=float, default=None,
                    help="proxy width multiplier (default: 128 / the widest stage)")
     p.add_argument("--fid", choices=("auto", "on", "off"), default="auto",
@@ -68,8 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _options(args: argparse.Namespace) -> dict:
     """Validated evaluator keyword arguments shared by both commands (bad values: UsageError, one line)."""
     from evaluators.quality import CFG_SCALE, SAMPLE_STEPS
+    from training.budget import WALL_CLOCK_NOTICE, Budget
+    from training.config import LoopConfig
     from training.proxy import ProxyConfig
-    from training.trainer import Budget, TrainConfig
 
     Budget.parse(args.budget)
     for name in ("samples", "sample_steps", "batch_size", "seeds"):
@@ -77,9 +81,9 @@ def _options(args: argparse.Namespace) -> dict:
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     proxy = ProxyConfig(width_mult=args.width_mult)
-    config = TrainConfig() if args.batch_size is None else TrainConfig(batch_size=args.batch_size)
+    config = (LoopConfig.quality_preset() if args.batch_size is None
+              else LoopConfig.quality_preset(batch_size=args.batch_size))
     if Budget.parse(args.budget).wall_clock and not (args.json or args.quiet):
-        from training.trainer import WALL_CLOCK_NOTICE
         print(WALL_CLOCK_NOTICE, file=sys.stderr)
     return dict(num_samples=args.samples, sample_steps=args.sample_steps or SAMPLE_STEPS,
                 cfg_scale=CFG_SCALE if args.cfg_scale is None else args.cfg_scale, fid=args.fid,

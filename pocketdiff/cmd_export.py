@@ -111,7 +111,7 @@ def checkpoint_source(args):
 
     from latency_models.export import model_for
     from pocketdiff.cli import UsageError
-    from training.full import load_trained
+    from training.checkpoint import load_trained
 
     if args.spec or args.torchvision or args.timm or args.overrides:
         raise UsageError("--checkpoint takes the spec from the checkpoint; do not name a model or --set as well")

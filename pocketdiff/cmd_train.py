@@ -1,17 +1,19 @@
 """`pocketdiff train unet SPEC ...`, `pocketdiff train decoder SPEC ...`, `pocketdiff sample CHECKPOINT ...`.
 
-SNAPGEN.md section 3 (UNet: flow matching, multi-level KD, step distillation) and section 2 (tiny decoder).
-Thin: parse, call training.full / training.distill / training.decoder / training.sample, print a summary.
+docs/paper.md section 3 (UNet: flow matching, multi-level KD, step distillation) and section 2 (tiny decoder).
+Thin: parse, call training.full_run / training.decoder / training.sample, print a summary. The training
+loop's flags are the fields of training.config.LoopConfig (`add_config_flags`).
 `train SPEC` (no subcommand) is `train unet SPEC` (pocketdiff/cli.py reads it so).
 Data parallel: `torchrun --nproc_per_node N -m pocketdiff.cli train unet SPEC ...` (one process per device).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from dataclasses import replace
+import typing
 from pathlib import Path
 
 from pocketdiff.cli import UsageError
@@ -40,10 +42,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_sample)
 
 
+def add_config_flags(p: argparse.ArgumentParser, config_type: type) -> None:
+    """One flag per field of a config dataclass: --field-name, typed and defaulted by the field, with the help
+    line and allowed values of its metadata (training/config.py's `flag`)."""
+    hints = typing.get_type_hints(config_type)
+    for f in dataclasses.fields(config_type):
+        flag = "--" + f.name.replace("_", "-")
+        help_line = f.metadata.get("help")
+        if hints[f.name] is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=f"{help_line} (default: %(default)s)" if help_line else None)
+        else:
+            p.add_argument(flag, type=hints[f.name], default=f.default, choices=f.metadata.get("choices"),
+                           help=f"{help_line} (default: %(default)s)" if help_line else None)
+
+
+def config_from_flags(a: argparse.Namespace, config_type: type):
+    return config_type(**{f.name: getattr(a, f.name) for f in dataclasses.fields(config_type)})
+
+
 def unet_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from training.config import LoopConfig
 
-    d = LoopConfig()
     p.description = ("Train a UNet spec with rectified flow (optionally with KD or step distillation); resumable; "
                      "run under torchrun for DDP.")
     p.add_argument("spec", help="preset name, spec JSON or a study's winner.json")
@@ -55,27 +75,10 @@ def unet_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (checkpoints/, metrics.jsonl, tb/, samples/)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from --out's latest checkpoint (or the one given)")
-    p.add_argument("--steps", type=int, default=d.steps, help="total steps (the LR schedule's length)")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="checkpoint and exit at this step; --resume continues (time-sliced jobs)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process and micro-batch")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--schedule", default=d.schedule, choices=("constant", "cosine", "linear"))
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help="0 = only at the end")
-    p.add_argument("--fd-samples", type=int, default=d.fd_samples, help="domain FD of N samples when sampling")
-    p.add_argument("--sample-steps", type=int, default=d.sample_steps)
-    p.add_argument("--cfg-scale", type=float, default=d.cfg_scale)
-    p.add_argument("--autocast", default=d.autocast, choices=("auto", "on", "off"), help="bf16 (auto: GPU)")
-    p.add_argument("--grad-checkpoint", default=d.grad_checkpoint, choices=("auto", "on", "off"),
-                   help="activation checkpointing (auto: GPU)")
-    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_config_flags(p.add_argument_group("training loop"), LoopConfig)
     kd = p.add_argument_group("distillation")
     kd.add_argument("--teacher", default=None, help="trained run/checkpoint of ours or a diffusers model folder")
     kd.add_argument("--kd", default="timestep", choices=("timestep", "fixed"),
@@ -122,9 +125,9 @@ def decoder_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def train_unet_cmd(a: argparse.Namespace) -> int:
     from search_space import UNetSpec, load_spec
     from search_space.compact import encode
+    from training.config import LoopConfig
     from training.data import load_data
-    from training.distill import distillation_objective
-    from training.full import FullConfig, prepare_spec, train_full
+    from training.full_run import distillation_objective, prepare_spec, train_full
     from training.kd_scaling import KDWeighting
     from training.step_distill import StepDistillConfig
     from training.text import class_prompt_embeddings
@@ -141,19 +144,14 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
     if mapping is not None:
         say(f"  -> proxy {train_spec.spec_id} {encode(train_spec)} (channels {mapping['channels'][0]} -> "
             f"{mapping['channels'][1]}; --as-is trains the spec itself)")
-    config = FullConfig(
-        steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr, warmup_steps=a.warmup_steps,
-        schedule=a.schedule, ema_decay=a.ema_decay, seed=a.seed, checkpoint_every=a.checkpoint_every,
-        keep_checkpoints=a.keep_checkpoints, log_every=a.log_every, sample_every=a.sample_every,
-        fd_samples=a.fd_samples, sample_steps=a.sample_steps, cfg_scale=a.cfg_scale, autocast=a.autocast,
-        grad_checkpoint=a.grad_checkpoint)
+    config = config_from_flags(a, LoopConfig)
     config.validate()
     step_distill = None
     if a.step_distill is not None:
         given = {"adv_weight": a.adv_weight, "adv_start": a.adv_start, "teacher_cfg": a.teacher_cfg,
                  "teacher_substeps": a.teacher_substeps}
         step_distill = StepDistillConfig(sampler_steps=a.step_distill, **{k: v for k, v in given.items() if v is not None})
-        config = replace(config, sample_steps=a.step_distill, cfg_scale=1.0)  # guidance is distilled in
+        config = dataclasses.replace(config, sample_steps=a.step_distill, cfg_scale=1.0)  # guidance is distilled in
     objective, teacher_line = distillation_objective(
         a.teacher, train_spec, prompts, data, KDWeighting(a.kd, a.kd_shape, a.kd_share), not a.no_feature_kd,
         a.teacher_dtype, step_distill, a.init)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from evaluators import registry
 from search_space import Spec
-from training.cache import cache_dir
+from search_space.cache import cache_dir
 
 from .config import QUALITY_METRICS, StudyConfig
 

@@ -1,4 +1,4 @@
-"""Tiny-decoder training with a frozen encoder, and the decoder quality evaluator (SNAPGEN.md section 2)."""
+"""Tiny-decoder training with a frozen encoder, and the decoder quality evaluator (docs/paper.md section 2)."""
 import json
 
 import pytest

@@ -59,7 +59,7 @@ def test_study_metrics_must_be_produced_by_an_evaluator_it_runs():
 def test_the_fingerprint_covers_the_builder_modules():
     """Without editing the project: the hashed files include every search_space module (the builders) and the
     evaluator's own module, and a changed source string changes the hash."""
-    from latency_models.fingerprint import code_fingerprint
+    from search_space.fingerprint import code_fingerprint
 
     builders = {p.relative_to(REPO).as_posix() for p in (REPO / "search_space").rglob("*.py")}
     assert {"search_space/blocks.py", "search_space/unet.py", "search_space/decoder.py"} <= builders

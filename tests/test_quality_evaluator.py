@@ -8,12 +8,12 @@ import torch
 import pocketdiff.cli as cli
 from evaluators.quality import evaluate_quality
 from training.fidelity import INCEPTION_FILE
-from training.trainer import TrainConfig
+from training.config import LoopConfig
 
 # 150 samples: more than the domain features' 128 dimensions, below which FD is withheld as meaningless.
 # Warm-up 1 step so tiny step budgets are valid (the default 10-step warm-up needs at least 11 steps).
 FAST = dict(num_samples=150, sample_steps=2)
-TINY = TrainConfig(warmup_steps=1)
+TINY = LoopConfig.quality_preset(warmup_steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def _module_cache(shared_cache, monkeypatch):
 
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
-    # Only this issue's command groups: the test does not depend on other groups importing cleanly.
+    # Only the data and eval command groups: the test does not depend on other groups importing cleanly.
     monkeypatch.setattr(cli, "COMMAND_MODULES", ("pocketdiff.cmd_data", "pocketdiff.cmd_eval"))
 
     def run(*argv):
@@ -42,7 +42,7 @@ def run_cli(monkeypatch, capsys):
 def test_evaluate_quality_record_and_outputs(tmp_path):
     record = evaluate_quality("tiny-debug", "mnist5k", "3steps", seed=0, out_dir=tmp_path, progress=False,
                               train_config=TINY, **FAST)
-    assert record["status"] == "ok" and record["steps"] == 3 and record["train_images"] == 3 * TrainConfig().batch_size
+    assert record["status"] == "ok" and record["steps"] == 3 and record["train_images"] == 3 * TINY.batch_size
     for key in ("fd_domain", "kid_domain", "precision_domain", "recall_domain", "val_loss", "train_images_per_s"):
         assert math.isfinite(record[key]), key
     assert 0 < record["roofline_ratio"] == record["train_flops_per_s"] / record["matmul_peak_flops_per_s"]
@@ -59,7 +59,7 @@ def test_evaluate_quality_record_and_outputs(tmp_path):
 
 
 def test_training_improves_fd_over_untrained():
-    config = TrainConfig(batch_size=16, lr=3e-3, warmup_steps=5)
+    config = LoopConfig.quality_preset(batch_size=16, lr=3e-3, warmup_steps=5)
     untrained = evaluate_quality("tiny-debug", "mnist5k", "0steps", seed=0, progress=False, **FAST)
     trained = evaluate_quality("tiny-debug", "mnist5k", "25steps", seed=0, train_config=config, progress=False,
                                **FAST)
@@ -168,7 +168,7 @@ def test_inception_fid_with_local_weights_file(tmp_path, monkeypatch):
                 root / c / f"{i}.png")
     record = evaluate_quality("tiny-debug", f"folder:{root}", "1steps", seed=0, num_samples=6, sample_steps=1,
                               fid_weights=str(tmp_path / INCEPTION_FILE),
-                              train_config=TrainConfig(batch_size=4, warmup_steps=0), progress=False)
+                              train_config=LoopConfig.quality_preset(batch_size=4, warmup_steps=0), progress=False)
     assert math.isfinite(record["fid"]) and "fid_note" not in record
     assert "metrics_invalid" in record and "fd_domain" not in record  # 12 images: no domain score
     assert {"kid", "precision", "recall"} <= set(record)

@@ -58,7 +58,7 @@ fd_domain = "minimize"
 FAKE_QUALITY = '''
 def fake_quality(spec, cfg, out_dir, on_report):
     import time, os
-    from training.trainer import Budget
+    from training.budget import Budget
     steps = Budget.parse(cfg.quality["budget"]).steps
     time.sleep(float(os.environ.get("FAKE_QUALITY_SLEEP", "0")))
     st = spec.stages

@@ -24,6 +24,31 @@ def trained(tmp_path, one_thread):
     return run
 
 
+def test_every_loop_config_field_is_a_train_flag_with_its_default(capsys):
+    """The flags of `train unet` are LoopConfig's fields: same names, defaults and types, none copied by hand."""
+    from dataclasses import fields
+
+    from pocketdiff.cli import build_parser
+    from pocketdiff.cmd_train import config_from_flags
+    from training.config import LoopConfig
+
+    parser = build_parser()
+    assert config_from_flags(parser.parse_args(["train", "unet", "tiny-debug", "--out", "x"]), LoopConfig) == LoopConfig()
+    changed = parser.parse_args(["train", "unet", "tiny-debug", "--out", "x", "--weight-decay", "0.01",
+                                 "--min-lr-ratio", "0.05", "--grad-clip", "0.5", "--cond-dropout", "0.2",
+                                 "--no-fast-step", "--steps", "7", "--schedule", "linear", "--autocast", "off"])
+    config = config_from_flags(changed, LoopConfig)
+    assert (config.weight_decay, config.min_lr_ratio, config.grad_clip, config.cond_dropout, config.fast_step,
+            config.steps, config.schedule, config.autocast) == (0.01, 0.05, 0.5, 0.2, False, 7, "linear", "off")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "unet", "--help"])
+    help_text = capsys.readouterr().out
+    for f in fields(LoopConfig):
+        assert "--" + f.name.replace("_", "-") in help_text, f.name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "unet", "tiny-debug", "--out", "x", "--schedule", "step"])
+
+
 def test_sample_writes_a_grid(trained, tmp_path, capsys):
     out = tmp_path / "img" / "digits.png"
     assert main(["sample", str(trained), "--prompt", "a photo of a handwritten digit seven", "--steps", "4",
@@ -49,7 +74,7 @@ def test_teacher_mismatch_is_a_usage_error_before_training(tmp_path, one_thread,
 def test_export_checkpoint_source_carries_the_trained_weights(trained):
     import argparse
     from pocketdiff.cmd_export import checkpoint_source
-    from training.full import load_trained
+    from training.checkpoint import load_trained
 
     args = argparse.Namespace(checkpoint=str(trained), spec=None, overrides=[], torchvision=None, timm=None, latent=16,
                               batch=1)
@@ -89,15 +114,16 @@ def test_train_decoder_cli_against_a_frozen_diffusers_vae(tmp_path, one_thread, 
 def quality_run(tmp_path, one_thread):
     """A quality run's checkpoint, written the way `eval quality --out` writes it (evaluators/quality.py)."""
     from search_space import load_spec
+    from training.config import LoopConfig
     from training.data import load_data
-    from training.full import prepare_spec
+    from training.full_run import prepare_spec
+    from training.quality_run import save_run_checkpoint, train
     from training.text import class_prompt_embeddings
-    from training.trainer import TrainConfig, save_run_checkpoint, train
 
     data = load_data("mnist5k")
     prompts = class_prompt_embeddings(data.class_names)
     spec, _ = prepare_spec(load_spec("tiny-debug"), data, prompts)
-    result = train(spec, data, prompts, "3steps", seed=0, config=TrainConfig(batch_size=8, warmup_steps=1),
+    result = train(spec, data, prompts, "3steps", LoopConfig.quality_preset(batch_size=8, warmup_steps=1),
                    progress=False)
     out = tmp_path / "quality"
     save_run_checkpoint(out, result, spec, data, prompts, 2.0, 8, {"budget": "3steps"})
@@ -110,7 +136,7 @@ def test_a_quality_runs_checkpoint_feeds_every_consumer(quality_run, tmp_path, c
     import argparse
     from pocketdiff.cmd_export import checkpoint_source
     from training.checkpoint import load_trained
-    from training.distill import SpecTeacher, load_teacher
+    from training.teachers import SpecTeacher, load_teacher
 
     model, spec, manifest = load_trained(quality_run)
     assert manifest["meta"]["kind"] == "quality" and not manifest["resumable"]

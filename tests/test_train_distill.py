@@ -1,4 +1,4 @@
-"""training/distill.py, kd_scaling.py, step_distill.py: teachers with their own conditioning (ours, a tiny SD3
+"""training/teachers.py, kd.py, kd_scaling.py, step_distill.py: teachers with their own conditioning (ours, a tiny SD3
 pipeline with its CLIP/T5 encoders, bare diffusers models), monotone depth pairing, per-channel standardisation,
 KD magnitudes per timestep bin, step distillation that trains the sampler's own states."""
 import json
@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from search_space import load_spec
+from training.config import LoopConfig
 from training.data import load_data
-from training.distill import (FeatureStandardizer, KDObjective, SpecTeacher, TeacherError, check_teacher,
-                              load_teacher, monotone_pairs, student_taps)
-from training.full import FullConfig, prepare_spec, train_full
+from training.full_run import prepare_spec, train_full
+from training.kd import FeatureStandardizer, KDObjective, monotone_pairs
 from training.kd_scaling import KDWeighting, LossMagnitudes, bin_edges, mean_kd_share, task_weight
 from training.step_distill import StepDistillConfig, StepDistillError, StepDistillObjective
+from training.teachers import SpecTeacher, TeacherError, check_teacher, load_teacher, student_taps
 from training.text import class_prompt_embeddings
 
 
@@ -85,7 +86,7 @@ def _sd3_pipeline(root, clip_l=8, clip_g=16, t5=32, layers=4):
 
 
 def _config(**kw):
-    return FullConfig(**{**dict(steps=2, batch_size=4, checkpoint_every=2, log_every=1, sample_steps=1), **kw})
+    return LoopConfig(**{**dict(steps=2, batch_size=4, checkpoint_every=2, log_every=1, sample_steps=1), **kw})
 
 
 @pytest.mark.parametrize("kind", ["sd3", "unet"])
@@ -228,7 +229,7 @@ def test_step_distillation_trains_the_samplers_own_states(setup, tmp_path):
 
     from search_space import build_model
     from training.distributed import DistContext
-    from training.trainer import Conditioner
+    from training.conditioning import Conditioner
     one = StepDistillObjective(load_teacher(base), prompts, data.resolution, data.size,
                                StepDistillConfig(sampler_steps=4, teacher_substeps=1, teacher_cfg=1.0))
     student = build_model(spec)
@@ -242,7 +243,7 @@ def test_step_distillation_trains_the_samplers_own_states(setup, tmp_path):
     torch.nn.init.normal_(student.conv_out.weight, std=0.1)
     states = one.rollout(student, cond, x, y, torch.tensor([0, 2]), False)
     assert torch.equal(states[0], x[0])
-    from training.trainer import velocity
+    from training.conditioning import velocity
     x1 = x[1:] - 0.25 * velocity(student, cond, x[1:], torch.ones(1), y[1:])
     x2 = x1 - 0.25 * velocity(student, cond, x1, torch.full((1,), 0.75), y[1:])
     assert torch.allclose(states[1:], x2, atol=1e-5)

@@ -1,4 +1,4 @@
-"""training/full.py: resumable at-scale trainer (kill + resume = uninterrupted), DDP on gloo, bad checkpoints, NaN."""
+"""training/full_run.py: resumable at-scale trainer (kill + resume = uninterrupted), DDP on gloo, bad checkpoints, NaN."""
 import json
 import os
 import signal
@@ -12,9 +12,12 @@ import torch
 
 from search_space import load_spec
 from search_space.compact import encode
+from training.checkpoint import CheckpointError, read_checkpoint
+from training.config import LoopConfig, TrainError
 from training.data import load_data
-from training.full import (CheckpointError, FullConfig, Objective, TrainError, enable_activation_checkpointing,
-                           prepare_spec, read_checkpoint, train_full)
+from training.full_run import prepare_spec, train_full
+from training.objectives import Objective
+from training.optim import enable_activation_checkpointing
 from training.text import class_prompt_embeddings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,9 +40,9 @@ def setup(mnist, monkeypatch):
     torch.set_num_threads(threads)
 
 
-def _config(**kw) -> FullConfig:
+def _config(**kw) -> LoopConfig:
     base = dict(steps=6, batch_size=8, checkpoint_every=2, log_every=1, sample_steps=1, warmup_steps=2)
-    return FullConfig(**{**base, **kw})
+    return LoopConfig(**{**base, **kw})
 
 
 def _losses(run: Path) -> dict[int, float]:

@@ -4,7 +4,7 @@ import torch
 
 from training.flow import (cfg_velocity, euler_sample, euler_timesteps, flow_loss, interpolate, sample_timesteps,
                            velocity_target)
-from training.trainer import Budget, BudgetError
+from training.budget import Budget, BudgetError
 
 
 def test_logit_normal_timesteps_are_in_open_interval_and_centred():

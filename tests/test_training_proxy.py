@@ -16,7 +16,8 @@ from training.data import FlowData
 from training.proxy import (NOT_REPRESENTED, PROXY_MAX_CHANNELS, ProxyConfig, ProxyError, proxy_spec, represented,
                             study_width_mult, widest_channels)
 from training.text import PromptEmbeddings
-from training.trainer import TrainConfig, train
+from training.config import LoopConfig
+from training.quality_run import train
 
 UNETS = sorted(n for n, s in PRESETS.items() if isinstance(s, UNetSpec))
 FIG3 = sorted(n for n in UNETS if n.startswith("fig3-"))
@@ -48,7 +49,7 @@ def test_proxy_keeps_structure_and_counts(name):
 
 
 def test_one_multiplier_keeps_widths_monotone_and_distinct():
-    """The issue's examples: 192/256/320 merged, 1088 got a smaller proxy than 1024; GQA became MQA."""
+    """The cases that once went wrong: 192/256/320 merged, 1088 got a smaller proxy than 1024; GQA became MQA."""
     base = PRESETS["snapgen-unet"]
     config = ProxyConfig(width_mult=128 / 1088)
     for i in range(3):
@@ -174,9 +175,9 @@ def _toy_data(channels=4, size=8, n=16, classes=3) -> tuple[FlowData, PromptEmbe
 def test_fig3_chain_trains_at_proxy_scale(name):
     data, prompts = _toy_data()
     proxy, _ = proxy_spec(PRESETS[name], data.channels, prompts.dim, prompts.pooled_dim, ProxyConfig(width_mult=1 / 14))
-    result = train(proxy, data, prompts, "2steps", seed=0, config=TrainConfig(batch_size=4, warmup_steps=1),
+    result = train(proxy, data, prompts, "2steps", LoopConfig.quality_preset(batch_size=4, warmup_steps=1),
                    progress=False)
-    assert result.status == "ok" and result.steps == 2
+    assert result.status == "ok" and result.step == 2
     assert result.val_loss is not None and torch.isfinite(torch.tensor(result.val_loss))
     n_params = sum(p.numel() for p in build_model(proxy).parameters())
     assert n_params < 12e6  # the full-size model has ~380-630M

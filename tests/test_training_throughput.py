@@ -1,4 +1,4 @@
-"""Training throughput (issue 15, item 1): the host's matmul peak is measured once per key and cached under the
+"""Training throughput (training/throughput.py): the host's matmul peak is measured once per key and cached under the
 cache root; every run records achieved FLOP/s from the one op trace and its ratio to that peak."""
 import json
 
@@ -11,7 +11,8 @@ from search_space.attention import attention_backend
 from training import throughput
 from training.data import FlowData
 from training.text import PromptEmbeddings
-from training.trainer import TrainConfig, train
+from training.config import LoopConfig
+from training.quality_run import train
 
 SPEC = PRESETS["tiny-debug"]
 
@@ -98,7 +99,7 @@ def _data(n=32):
 
 def test_a_run_records_flops_per_second_and_its_ratio_to_the_peak(counted):
     data, prompts = _data()
-    r = train(SPEC, data, prompts, "4steps", seed=0, config=TrainConfig(batch_size=8, warmup_steps=1),
+    r = train(SPEC, data, prompts, "4steps", LoopConfig.quality_preset(batch_size=8, warmup_steps=1),
               progress=False)
     t = r.throughput
     flops = throughput.training_flops_per_step(SPEC, (4, 8, 8), 4, SPEC.text_dim, images_per_step=8)
@@ -111,7 +112,7 @@ def test_a_run_records_flops_per_second_and_its_ratio_to_the_peak(counted):
 
 def test_no_steps_no_throughput_fields(counted):
     data, prompts = _data()
-    r = train(SPEC, data, prompts, "0steps", seed=0, config=TrainConfig(batch_size=8, warmup_steps=1),
+    r = train(SPEC, data, prompts, "0steps", LoopConfig.quality_preset(batch_size=8, warmup_steps=1),
               progress=False)
     assert r.throughput == {} and counted == []
 
@@ -122,14 +123,14 @@ def test_fast_step_agrees_with_the_per_tensor_step():
     from dataclasses import replace
 
     from training.distributed import DistContext
-    from training.loop import LoopConfig, fit
+    from training.loop import fit
 
     data, prompts = _data()
     config = LoopConfig(steps=6, batch_size=8, warmup_steps=1, schedule="constant", lr=3e-3, weight_decay=0.01)
     runs = [fit(SPEC, data, prompts, replace(config, fast_step=fast), DistContext(), stream="crn", progress=False)
             for fast in (True, False)]
     moved = 0
-    for (name, a), b, init in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values(),
+    for (name, a), b, init in zip(runs[0].raw.state_dict().items(), runs[1].raw.state_dict().values(),
                                   _initial_weights(config.seed).values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
         moved += int(not torch.equal(a, init))
@@ -145,8 +146,7 @@ def _initial_weights(seed: int) -> dict:
 
 
 def test_fast_ema_and_clipping_equal_the_loops():
-    from training.loop import clip_gradients
-    from training.trainer import ema_update
+    from training.optim import clip_gradients, ema_update
 
     torch.manual_seed(0)
     model, ema_a = build_model(SPEC), build_model(SPEC)

@@ -1,7 +1,7 @@
-"""Training budgets: `Budget` (steps, epochs, FLOPs or wall-clock seconds) and the trainer's warm-up length.
+"""Training budgets: `Budget` (steps, epochs, FLOPs or wall-clock seconds) and the loop's warm-up length.
 
-Plain Python (no torch), so a study file's budgets are checked when it loads without importing the trainer
-(issue 15: `study status` starts at once). training/trainer.py re-exports all of it.
+Plain Python (no torch), so a study file's budgets are checked when it loads without importing the training
+loop: `study status` and the CLI start at once (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Callable
 
 from search_space.errors import UserError
 
-WARMUP_STEPS = 10  # the trainer's linear learning-rate warm-up; a non-zero step budget must be longer
+WARMUP_STEPS = 10  # the loop's default linear learning-rate warm-up; a non-zero step budget must be longer
 
 
 class BudgetError(UserError):

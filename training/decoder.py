@@ -1,4 +1,4 @@
-"""Tiny decoder training with a frozen encoder (SNAPGEN.md section 2: MSE + LPIPS + adversarial, no KL).
+"""Tiny decoder training with a frozen encoder (docs/paper.md section 2: MSE + LPIPS + adversarial, no KL).
 
 The paper keeps the SD3 encoder frozen and trains only the new decoder. Here:
 - data: image patches. `sample-images` are the two real photos scikit-learn ships (china.jpg, flower.jpg;
@@ -29,8 +29,8 @@ from torch import nn
 from search_space import DecoderSpec, build_model
 from search_space.errors import UserError
 
-from .cache import cache_dir
-from .trainer import Budget
+from search_space.cache import cache_dir
+from .budget import Budget
 
 PATCH = 32  # [paper] trains on 256x256 patches; 32x32 (4x4 latents) keeps a CPU step of a 1-2M-param decoder short
 TRAIN_CROPS = 2048

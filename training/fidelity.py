@@ -1,6 +1,6 @@
 """Sample-quality metrics through torch-fidelity: Inception FID/KID/PR and an offline domain-feature FD.
 
-SNAPGEN.md section 1 (ablation protocol [paper]): every design step is scored by FID. Inception FID needs
+docs/paper.md section 1 (ablation protocol [paper]): every design step is scored by FID. Inception FID needs
 torch-fidelity's Inception weights (downloaded, or a local file via `--fid-weights`). Where neither is there
 (offline, as on the proxy machines), a small classifier trained once on the dataset itself is registered with
 torch-fidelity as a feature extractor and the same Frechet distance, KID and precision/recall are computed in
@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from search_space.errors import UserError
 
-from .cache import cache_dir
+from search_space.cache import cache_dir
 from .data import FlowData, file_sha256
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity 0.3/0.4's Inception v3 weights

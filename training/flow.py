@@ -1,6 +1,6 @@
 """Rectified-flow numerics: timestep sampling, the training target and loss, and the Euler ODE sampler.
 
-SNAPGEN.md section 3 (objective [paper], as SD3): x_t = (1 - t) x_0 + t eps, target v = eps - x_0,
+docs/paper.md section 3 (objective [paper], as SD3): x_t = (1 - t) x_0 + t eps, target v = eps - x_0,
 loss ||v_theta(x_t, t) - v||^2, timesteps from a logit-normal(0, 1) distribution [choose: SD3 default].
 Nothing here knows about a network: the sampler takes a velocity function, so the same code drives the
 UNet, a test's analytic field, or a teacher.

@@ -1,6 +1,6 @@
-"""KD loss scaling as SNAPGEN.md section 3 defines it: S(L_task, L_kd) = E_t[a_t L_task(t) + (1 - a_t)
+"""KD loss scaling as the paper defines it (docs/paper.md section 3): S(L_task, L_kd) = E_t[a_t L_task(t) + (1 - a_t)
 (|L_task(t)| / |L_kd(t)|) L_kd(t)], where |L(t)| is the loss MAGNITUDE AT TIMESTEP t, estimated here per
-timestep bin with running averages (issue 12), not per sample: scaling each sample by its own ratio makes the KD
+timestep bin with running averages, not per sample: scaling each sample by its own ratio makes the KD
 gradient grow without bound as the student nears the teacher.
 
 - `LossMagnitudes`: bias-corrected running averages of per-sample losses in equal-probability bins of the
@@ -8,7 +8,7 @@ gradient grow without bound as the student nears the teacher.
 - `KDWeighting`: the timestep-aware shape a_t = r(t)^gamma (r: the training density normalised to 1 at its
   mode; gamma = 1 is the project's reading, other gammas the shape sweep), or a fixed weighting: one constant
   a and one global magnitude ratio, whose KD share defaults to the timestep-aware shape's average E_t[1 - a_t],
-  so the two are compared at the same KD share (issue 12: otherwise the table compares how much KD, not when).
+  so the two are compared at the same KD share (otherwise a comparison measures how much KD, not when).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class KDConfigError(UserError):
     """A KD weighting setting out of range; the message names it."""
 
 WEIGHTINGS = ("timestep", "fixed")
-# [choose] 8 bins: equal-probability bins of the training density, as the validation grid (training/trainer.py);
+# [choose] 8 bins: equal-probability bins of the training density, as the validation grid (training/validation.py);
 # with batch 32 each bin sees 4 samples per step, so the running averages settle within tens of steps.
 MAGNITUDE_BINS = 8
 MAGNITUDE_MOMENTUM = 0.95  # [choose] about 20 steps of memory: follows the losses as training lowers them

@@ -1,17 +1,22 @@
 """What the training loop minimises: an `Objective` turns a batch (x_0, noise, t, labels) into a loss.
 
-Plain rectified flow lives here (SNAPGEN.md section 3, as SD3); knowledge distillation (training/distill.py)
-and adversarial step distillation (training/step_distill.py) subclass it. The loop (training/loop.py) knows
-nothing else about them: extra trainable modules, an auxiliary update after each step, the state a resumed
-run must restore, and the identity a resumed run must share.
+Plain rectified flow lives here (docs/paper.md section 3, as SD3); knowledge distillation (training/kd.py) and
+adversarial step distillation (training/step_distill.py) subclass it. The loop (training/loop.py) knows nothing
+else about them: extra trainable modules, an auxiliary update after each step, the state a resumed run must
+restore, and the identity a resumed run must share.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .conditioning import velocity
 from .flow import flow_loss, interpolate, sample_timesteps
-from .trainer import velocity
+
+
+def per_sample_mean_square(x: torch.Tensor) -> torch.Tensor:
+    """Mean of x^2 over all but the batch dimension, in float32: a per-sample loss (B,) that a weighting scales."""
+    return x.float().pow(2).flatten(1).mean(1)
 
 
 class Objective:

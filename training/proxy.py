@@ -1,6 +1,6 @@
 """Proxy scaler: map a UNet spec to a small trainable proxy of the same structure, and record the mapping.
 
-SNAPGEN.md section 4: "the workbench runs the same protocol at any scale, and on CPU at a proxy scale". The
+docs/paper.md section 4: "the workbench runs the same protocol at any scale, and on CPU at a proxy scale". The
 proxy keeps every structural choice of the Figure 3 chain (which stages have self-/cross-attention, res blocks
 or transformer-only layers, separable convs and their expansion, FFN ratio, MQA/GQA, QK norm, RoPE), keeps
 every count (layers, transformer depths, heads, kv heads) and shrinks only widths, by ONE multiplier per study:

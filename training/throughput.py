@@ -1,14 +1,14 @@
-"""Training throughput against the machine's limit (issue 15, item 1).
+"""Training throughput against the machine's limit (docs/quality.md, "Throughput").
 
 Two numbers make a run's speed readable: the FLOPs one training step costs and the host's dense matmul peak.
-- FLOPs per step come from the project's one op trace (latency_models/features.py, the walk the cost evaluator's
+- FLOPs per step come from the project's one op trace (search_space/trace.py, the walk the cost evaluator's
   MACs are a view of) on the meta device: 2 FLOPs per multiply-accumulate of the convs, linear layers and
   attention products of one forward pass, times 3 for forward + backward (Kaplan et al. 2020: the backward pass
   costs about twice the forward), times the images per step. Norms, activations and the optimiser are not
   counted: they are not matmul work, so the ratio below is the share of the matmul roofline the step reaches.
 - The matmul peak is measured, not looked up: the best of a few square matmuls at the training dtype, once per
   (host, CPU/GPU model, device, dtype, thread count, torch version) and cached as JSON under the cache root
-  (training/cache.py, $POCKETDIFF_CACHE), plus an in-process memo. A loaded machine measures lower: the load
+  (search_space/cache.py, $POCKETDIFF_CACHE), plus an in-process memo. A loaded machine measures lower: the load
   average at measurement time is stored beside the number, and a peak measured on a busier machine than now is
   measured again (the better one is kept).
 `throughput_metrics` turns (FLOPs per step, steps, seconds spent in training steps, peak) into the fields every
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import cache_dir
+from search_space.cache import cache_dir
 
 PEAK_VERSION = 1  # bump when the measurement changes: it names the cache files
 # [choose] square matmuls of 1024 (CPU: ~2 GFLOP each, tens of ms on 2 cores) or 8192 (GPU: ~1 TFLOP, a few ms
@@ -40,8 +40,8 @@ TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (Kaplan et al. 2020)
 FLOPS_PER_MAC = 2
 
 # A peak measured while the 1-minute load average was this much higher than now is measured again (keeping the
-# better of the two): a busy machine measures low (2026-12-05: 41 GFLOP/s at load 3.8 with spinning OpenMP
-# threads, 163 GFLOP/s at load 2 with passive ones, same host).
+# better of the two): a busy machine measures low (one 2-core host: 41 GFLOP/s at load 3.8 with spinning OpenMP
+# threads, 163 GFLOP/s at load 2 with passive ones).
 RELOAD_MARGIN = 1.0
 
 _MEMO: dict[str, dict] = {}
@@ -149,12 +149,12 @@ def forward_macs(spec, in_shape: tuple[int, int, int], text_tokens: int, text_di
     tokens: the project's one op trace on the meta device, attention through the explicit-matmul backend so
     its products are counted (as evaluators/cost.py counts them). The walk of a proxy takes about 0.7 s on the
     2-core machine, so the count is cached under the cache root by spec_id, shapes and the fingerprint of the
-    builder and feature code (latency_models/fingerprint.py): seeds, promotions and reruns do not walk again."""
-    from latency_models.fingerprint import current_fingerprint
+    builder and trace code (search_space/fingerprint.py): seeds, promotions and reruns do not walk again."""
+    from search_space.fingerprint import builder_fingerprint
 
     c, h, w = in_shape
     path = cache_dir("throughput") / (f"macs-{spec.spec_id}-{c}x{h}x{w}-t{text_tokens}x{text_dim}-"
-                                      f"{current_fingerprint()}.json")
+                                      f"{builder_fingerprint()}.json")
     try:
         return float(json.loads(path.read_text())["macs"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -166,9 +166,9 @@ def forward_macs(spec, in_shape: tuple[int, int, int], text_tokens: int, text_di
 
 
 def _walk_macs(spec, in_shape: tuple[int, int, int], text_tokens: int, text_dim: int) -> float:
-    from latency_models.features import features_from_torch
     from search_space import build_model, example_inputs
     from search_space.attention import attention_backend
+    from search_space.trace import trace_forward
 
     c, h, w = in_shape
     if (c, h, text_dim) != (spec.latent_channels, w, spec.text_dim):
@@ -177,8 +177,8 @@ def _walk_macs(spec, in_shape: tuple[int, int, int], text_tokens: int, text_dim:
     model = build_model(spec, "meta")
     inputs = example_inputs(spec, h, text_tokens=text_tokens, device="meta")  # the project's one input builder
     with attention_backend("math"):
-        table = features_from_torch(model, inputs)
-    return float(sum(f.macs for f in table.ops))
+        ops = trace_forward(model, inputs)
+    return float(sum(op.macs for op in ops))
 
 
 def training_flops_per_step(spec, in_shape: tuple[int, int, int], text_tokens: int, text_dim: int,
@@ -186,6 +186,10 @@ def training_flops_per_step(spec, in_shape: tuple[int, int, int], text_tokens: i
     """Matmul FLOPs of one training step: 2 x MACs of one forward pass x 3 (forward + backward) x images."""
     macs = forward_macs(spec, tuple(in_shape), text_tokens, text_dim)
     return float(FLOPS_PER_MAC * TRAIN_FLOPS_PER_FORWARD * macs * images_per_step)
+
+
+THROUGHPUT_FIELDS = ("train_flops_per_step", "train_step_seconds", "train_flops_per_s", "matmul_peak_flops_per_s",
+                     "roofline_ratio")
 
 
 def throughput_metrics(flops_per_step: float, steps: int, step_seconds: float, peak: dict | None) -> dict:
