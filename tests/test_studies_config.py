@@ -30,8 +30,8 @@ def test_quick_study_is_the_documented_default():
     assert cfg.metric_names[0] == "val_loss" and "latency_ms" in cfg.metric_names
     assert cfg.enqueue and all(p in PRESETS for p in cfg.enqueue)
     # the main job is multi-fidelity, and its candidate count lets at least one reach the top rung
-    assert cfg.halving is not None and len(cfg.rungs) >= 2
-    assert cfg.n_trials >= cfg.halving.min_candidates()
+    assert cfg.quality.rungs is not None and len(cfg.quality.rungs.budgets) >= 2
+    assert cfg.n_trials >= cfg.quality.rungs.min_candidates()
 
 
 def _base(**sections):
