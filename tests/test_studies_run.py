@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from studies.config import load_study_file
-from studies.opening import open_storage, open_study
+from studies.opening import open_study
 from studies.runner import run_study
 from studies.storage import StudyError
 
