@@ -118,7 +118,9 @@ class StudyConfig:
     heartbeat_interval: int = 30
     grace_period: int = 90
     max_retry: int = 1
-    latent: int = 128  # the paper measures latency and FLOPs at a 128x128 latent, 1024 px (docs/paper.md section 1)
+    # [target]: the cheap evaluators' own defaults (tests/test_evaluators_registry.py holds them equal); the paper
+    # measures latency and FLOPs at a 128x128 latent, 1024 px (docs/paper.md section 1)
+    latent: int = 128
     device: str = "a17pro"
     quality: QualityConfig = QualityConfig()
     objectives: tuple[tuple[str, str], ...] = (("latency_ms", "minimize"),)
@@ -135,6 +137,7 @@ class StudyConfig:
 
     @property
     def quality_evaluator(self) -> str:
+        """The quality evaluator's name ("none": no training); the same as `quality.evaluator`."""
         return self.quality.evaluator
 
     def at_rung(self, rung: int) -> "StudyConfig":

@@ -1,4 +1,4 @@
-"""The trial objective: what one trial of a study does (docs/studies.md, the objective contract).
+"""The trial objective: what one trial of a study does (docs/architecture.md, the objective contract).
 
 1. sample the spec from the space (an invalid combination ends the trial FAIL with the reason); a promotion
    trains exactly its lower-rung design, an enqueued preset its preset;
