@@ -15,7 +15,8 @@ disk with the code fingerprint), so a study trial walks its candidate once for b
 - Peak activation memory: bytes of live intermediate tensors during one inference forward pass, tracked
   by a dispatch mode that adds each new tensor's size and subtracts it when the tensor is freed.
 
-`evaluate(spec, latent=128) -> dict of floats` is the evaluator API used by studies.
+`evaluate(spec, latent=128) -> dict of floats` counts one spec; studies run the cost evaluator
+(evaluators/plugins/cost.py), which stores `stage_costs` on each trial.
 """
 from __future__ import annotations
 
@@ -31,8 +32,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from search_space import DecoderSpec, Spec, UNetSpec, build_model, example_inputs
 from search_space.attention import attention_backend
 from search_space.trace import block_kind, stage_of as trace_stage_of, trace_forward
-
-from .registry import provide
 
 DEFAULT_LATENT = 128  # SNAPGEN.md: FLOPs reported at a 128x128 latent (1024 px) unless stated otherwise
 
@@ -291,13 +290,3 @@ def stage_costs(spec: Spec, latent: int) -> dict:
     d = describe_cost(spec, latent, memory=False)
     return {"stages": d["stages"], "params_per_kind": d["params_per_kind"], "macs_per_op": d["macs_per_op"],
             "params": d["params"], "gmacs": d["gmacs"], "gmacs_no_attention": d["gmacs_no_attention"]}
-
-
-def _run(spec: Spec, config: dict, seed: int, report) -> dict:
-    costs = stage_costs(spec, config["latent"])
-    return {"params_m": costs["params"] / 1e6, "gmacs": costs["gmacs"],
-            "gmacs_no_attention": costs["gmacs_no_attention"], "_user_attrs": {"stage_costs": costs}}
-
-
-provide("cost", _run)  # the declaration (name, version, metrics, options) is the static one in
-# evaluators/registry.py: one place

@@ -14,10 +14,6 @@ from typing import Callable
 
 from search_space import DecoderSpec
 from training.decoder import DecoderTrainConfig, load_encoder, load_patches, save_reconstructions, train_decoder
-from training.budget import Budget
-
-from .registry import budget_callback, provide
-
 
 
 def evaluate_decoder_quality(spec: DecoderSpec, data: str = "sample-images", budget: str = "60s", seed: int = 0,
@@ -52,21 +48,3 @@ def evaluate_decoder_quality(spec: DecoderSpec, data: str = "sample-images", bud
         out["samples"] = str(out_dir / "reconstructions.png")
         out["record"] = str(out_dir / "record.json")
     return out
-
-
-# --- the registry entry (evaluators/registry.py): what studies call ----------------------------------------
-
-def _run(spec: DecoderSpec, config: dict, seed: int, report) -> dict:
-    budget = Budget.parse(config["budget"])
-    callback = budget_callback(budget, report)
-
-    result = evaluate_decoder_quality(spec, config["data"], budget, seed, out_dir=config["out_dir"],
-                                      callback=callback, encoder=config["encoder"])
-    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    metrics["_evaluator_seconds"] = result["train_seconds"]
-    metrics["_user_attrs"] = {k: result[k] for k in ("status", "samples", "record", "encoder") if k in result}
-    return metrics
-
-
-provide("decoder", _run)  # the declaration (name, version, metrics, options) is the static one in
-# evaluators/registry.py: one place

@@ -35,8 +35,6 @@ from training.quality_run import resolve_budget, save_run_checkpoint, train
 from training.sample import sample_classes
 from training.text import DEFAULT_ENCODER, class_prompt_embeddings
 
-from .registry import budget_callback, provide
-
 # Bump when a change makes old records incomparable (studies key their evaluation cache on it).
 # 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW
 DEFAULT_BUDGET = "500steps"  # [choose] tiny-debug on MNIST-5k: ~1 min on 2 quiet cores, fd_domain near its floor
@@ -304,33 +302,3 @@ def compare_verdict(name: str, m: dict, n_seeds: int) -> str:
     if m["apart"]:
         return f"{name}: {interval}: {m['better']} is better ({m['direction']} is better; {n_seeds} paired seeds)"
     return f"{name}: {interval}: the data do not tell A and B apart ({n_seeds} paired seeds)"
-
-
-# --- the registry entry (evaluators/registry.py): what studies call ----------------------------------------
-
-def _run(spec: UNetSpec, config: dict, seed: int, report) -> dict:
-    """The study's call: `evaluate_quality_seeds` at the configured proxy, reporting (budget fraction, values)
-    while it trains. Returns float metrics, `_user_attrs` (proxy mapping, artifact paths, per-seed records) and
-    `_evaluator_seconds` (training, sampling and scoring time summed over the seeds, for the workbench's
-    overhead share)."""
-    budget = Budget.parse(config["budget"])
-    callback = budget_callback(budget, report)
-
-    options = {"sample_steps": config["sample_steps"], "cfg_scale": config["guidance"],
-               "num_samples": config["n_samples"], "proxy_config": ProxyConfig(**config["proxy"])}
-    result = evaluate_quality_seeds(spec, config["data"], budget, seed, config["seeds"], out_dir=config["out_dir"],
-                                    callback=callback, progress=False, **options)
-    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    runs = result.get("per_seed") or [result]  # the aggregate holds the seed MEAN of each seconds_* field
-    metrics["_evaluator_seconds"] = sum(r.get("seconds_train", 0.0) + r.get("seconds_sample", 0.0)
-                                        + r.get("seconds_metrics", 0.0) for r in runs)
-    status = str(result.get("status", "ok"))
-    if status.startswith("diverged"):
-        metrics["diverged_at_step"] = float(status.split("step")[1].split()[0])
-    metrics["_user_attrs"] = {k: result[k] for k in ("proxy", "status", "out_dir", "samples", "record",
-                                                     "metrics_invalid", "seed_list") if k in result}
-    return metrics
-
-
-provide("flow", _run)  # the declaration (name, version, metrics, options) is the static one in
-# evaluators/registry.py: one place

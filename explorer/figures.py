@@ -55,7 +55,7 @@ def stage_bars(costs: dict, latency: dict | None) -> go.Figure:
 
 def fig3_figure(table: pd.DataFrame) -> go.Figure:
     """Ours per chain step (bars labelled with the change vs the parent step and the paper's published change),
-    then the paper's ImageNet FIDs where it gives numbers (SNAPGEN.md section 1)."""
+    then the paper's ImageNet FIDs where it gives numbers (docs/paper.md section 1)."""
     panels = [(m, t) for m, t in (("params_m", "params (M)"), ("gmacs", "GMACs"), ("latency_ms", "predicted ms"),
                                   ("fd_domain", "proxy FD (domain)")) if m in table.columns]
     fids = pd.to_numeric(table["paper ImageNet FID"], errors="coerce")

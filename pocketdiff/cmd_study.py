@@ -72,7 +72,7 @@ def _load_cfg(args):
 
 def _study(args):
     from pocketdiff.cli import UsageError
-    from studies.runner import resolve_study
+    from studies.queries import resolve_study
 
     if getattr(args, "file", None):
         cfg = _load_cfg(args)
@@ -89,11 +89,13 @@ def cmd_run(args) -> int:
     n_trials = args.n_trials
     print(f"study {cfg.name}  storage {cfg.storage}  sampler {cfg.sampler}  objectives "
           f"{', '.join(f'{m} ({d})' for m, d in cfg.objectives)}")
-    if cfg.rungs:
-        print(f"successive halving: rungs {' -> '.join(cfg.rungs)}, the best 1/{cfg.reduction} of each rung "
-              f"promoted, {cfg.n_trials} candidates at the first rung")
-        if "budget" in cfg.quality:
-            print(f"  [quality] budget = {cfg.quality['budget']!r} is not used: each rung sets its trials' budget")
+    rungs = cfg.quality.rungs
+    if rungs:
+        print(f"successive halving: rungs {' -> '.join(map(str, rungs.budgets))}, the best 1/{rungs.reduction} of "
+              f"each rung promoted, {cfg.n_trials} candidates at the first rung")
+        if "budget" in cfg.quality.written:
+            print(f"  [quality] budget = {cfg.quality.written['budget']!r} is not used: each rung sets its trials' "
+                  f"budget")
     study, stats = run_study(cfg, n_trials=n_trials, timeout=args.timeout, progress=not args.no_progress)
     _print_summary(study)
     if stats.run_seconds > 0 and stats.states:
@@ -109,8 +111,7 @@ def cmd_run(args) -> int:
 
 def _print_summary(study) -> None:
     from optuna.trial import TrialState
-    from studies.halving import rung_counts
-    from studies.runner import front_note, pareto_rows, study_rungs
+    from studies.queries import front_note, metric_names, pareto_rows, rung_counts, study_rungs
 
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
@@ -121,7 +122,7 @@ def _print_summary(study) -> None:
             budget = rungs[r] if r < len(rungs) else "?"
             print(f"  rung {r} ({budget}): " + (", ".join(f"{k} {v}" for k, v in c.items()) or "no trial yet"))
     rows = pareto_rows(study)
-    names = study.user_attrs.get("metric_names") or []
+    names = metric_names(study)
     print(f"Pareto set ({len(rows)} feasible trials) -- {front_note(study)}:")
     for r in rows:
         vals = "  ".join(_with_interval(r, n) for n in names)
@@ -138,16 +139,14 @@ def _with_interval(row: dict, name: str) -> str:
 
 def cmd_status(args) -> int:
     from optuna.trial import TrialState
-    from studies.halving import front_rung, rung_counts
     from studies.paper import fig3_pair_possible
-    from studies.runner import front_note, pareto_rows, study_rungs
+    from studies.queries import complete_rungs, front_note, front_rung, pareto_rows, rung_counts, study_rungs
+    from studies.record import TrialRecord
 
     study = _study(args)
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
-    failures = [{"number": t.number, "state": t.state.name,
-                 "reason": t.user_attrs.get("infeasible") or t.user_attrs.get("early_stopped")
-                 or t.user_attrs.get("fail_reason") or ""}
+    failures = [{"number": t.number, "state": t.state.name, "reason": TrialRecord.of(t).reason}
                 for t in trials if t.state in (TrialState.FAIL, TrialState.PRUNED)]
     rungs = study_rungs(study)
     fig3 = None
@@ -157,7 +156,7 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps({"study": study.study_name, "counts": counts, "failures": failures,
                           "rungs": rungs, "rung_counts": rung_counts(trials, len(rungs)),
-                          "front_rung": front_rung(trials, len(rungs)), "front": front_note(study),
+                          "front_rung": front_rung(complete_rungs(trials)), "front": front_note(study),
                           "pareto": pareto_rows(study),
                           **({"fig3_orderings": fig3.to_dict("records")} if fig3 is not None else {})},
                          indent=2, default=str))
@@ -172,10 +171,11 @@ def cmd_status(args) -> int:
 
 
 def _flat_rows(study, pareto: bool) -> list[dict]:
-    from studies.runner import pareto_rows
+    from studies import record as R
+    from studies.queries import metric_names, pareto_rows
 
     keep = {r["number"] for r in pareto_rows(study)} if pareto else None
-    names = study.user_attrs.get("metric_names") or []
+    names = metric_names(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
         if keep is not None and t.number not in keep:
@@ -184,7 +184,7 @@ def _flat_rows(study, pareto: bool) -> list[dict]:
         if t.values:
             row.update(dict(zip(names, t.values)))
         for k, v in t.user_attrs.items():
-            if k in ("spec", "curve"):
+            if k in (R.SPEC, R.CURVE):
                 row[k] = json.dumps(v)
             elif isinstance(v, (int, float, str, bool)) or v is None:
                 row.setdefault(k, v)
@@ -195,7 +195,7 @@ def _flat_rows(study, pareto: bool) -> list[dict]:
 
 
 def cmd_export(args) -> int:
-    from studies.runner import front_note
+    from studies.queries import front_note
 
     study = _study(args)
     rows = _flat_rows(study, args.pareto)
@@ -215,7 +215,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_best(args) -> int:
-    from studies.runner import front_note
+    from studies.queries import front_note
     from studies.winner import select_winner
 
     study = _study(args)

@@ -6,16 +6,18 @@
   re-proposed spec is not walked again). Beside the metrics it returns what they store on the trial for the explorer (`stage_costs`,
   `latency_breakdown`), so no page has to build a model.
 - `quality_metrics(spec, cfg, out_dir, on_report)`: the study's quality evaluator, by name from the registry,
-  with the study's [quality] options (at the study's one proxy width multiplier for the flow evaluator).
+  with the study's [quality] options, typed at load (studies/config.py: QualityConfig; at the study's one proxy
+  width multiplier where the evaluator trains a proxy).
 - `evaluation_key` names an evaluation by (spec_id, evaluator, its version, the fingerprint of the code that
   builds the model and its features, data, budget, seed, options): a duplicate spec is never trained twice
   within a study (looked up in the storage), and with a step budget not across studies on one machine either
-  (the JSON cache under the one cache root, training/cache.py). An entry written by an older evaluator version
+  (the JSON cache under the one cache root, search_space/cache.py). An entry written by an older evaluator version
   or older builder code has another key, so it is never served: the evaluation runs again. Results of
   wall-clock budgets depend on the machine's speed and load, so they are not shared across studies.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -25,10 +27,7 @@ from evaluators import registry
 from search_space import Spec
 from search_space.cache import cache_dir
 
-from .config import QUALITY_METRICS, StudyConfig
-
-
-DEFAULT_BUDGET = "500steps"  # a [quality] section without a budget: reproducible steps, not wall clock
+from .config import STUDY_QUALITY_KEYS, StudyConfig
 
 
 def cache_root() -> Path:
@@ -48,12 +47,14 @@ def cheap_metrics(spec: Spec, latent: int, device: str) -> dict[str, Any]:
 
 
 def evaluation_key(spec: Spec, cfg: StudyConfig) -> str:
+    """The name of one evaluation: the spec, the evaluator (version and code fingerprint) and every [quality]
+    value that changes its result."""
     q = cfg.quality
-    parts = {"spec_id": spec.spec_id, **registry.cache_tag(cfg.quality_evaluator),
-             "data": q.get("data", "mnist5k"), "budget": str(q.get("budget", DEFAULT_BUDGET)), "seed": cfg.seed,
-             "seeds": q.get("seeds", 1),
-             "options": {k: v for k, v in sorted(q.items()) if k not in ("evaluator", "data", "budget", "seeds")}}
-    if cfg.quality_evaluator == "flow":  # the proxy depends on the study's width multiplier, not the spec alone
+    options = {k: v for k, v in sorted(q.written.items())
+               if k not in STUDY_QUALITY_KEYS and k not in ("data", "budget", "seeds")}
+    parts = {"spec_id": spec.spec_id, **registry.cache_tag(q.evaluator), "data": q.data, "budget": str(q.budget),
+             "seed": cfg.seed, "seeds": q.seeds, "options": options}
+    if "proxy" in q.options:  # the proxy depends on the study's width multiplier, not the spec alone
         parts["width_mult"] = proxy_width_mult(cfg)
     return json.dumps(parts, sort_keys=True)
 
@@ -61,8 +62,8 @@ def evaluation_key(spec: Spec, cfg: StudyConfig) -> str:
 def proxy_width_mult(cfg: StudyConfig) -> float:
     """The study's one proxy width multiplier: [quality] proxy = {width_mult = ...}, else from the widest candidate
     of its search space (training.proxy.study_width_mult)."""
-    from training.proxy import ProxyConfig, study_width_mult
-    return study_width_mult(cfg.space, ProxyConfig(**cfg.quality.get("proxy", {})))
+    from training.proxy import study_width_mult
+    return study_width_mult(cfg.space, cfg.quality.options["proxy"])
 
 
 _NOTICED: set[str] = set()
@@ -70,9 +71,9 @@ _NOTICED: set[str] = set()
 
 def wall_clock_notice(cfg: StudyConfig, echo: Callable[[str], None] = print) -> None:
     """Say once per study and process that a wall-clock budget makes quality depend on the host."""
-    from training.budget import WALL_CLOCK_NOTICE, Budget
-    if cfg.quality_evaluator != "none" and cfg.name not in _NOTICED \
-            and Budget.parse(cfg.quality.get("budget", DEFAULT_BUDGET)).wall_clock:
+    from training.budget import WALL_CLOCK_NOTICE
+    q = cfg.quality
+    if q.evaluator != "none" and cfg.name not in _NOTICED and q.budget.wall_clock:
         _NOTICED.add(cfg.name)
         echo(f"study {cfg.name}: {WALL_CLOCK_NOTICE}")
 
@@ -80,8 +81,7 @@ def wall_clock_notice(cfg: StudyConfig, echo: Callable[[str], None] = print) -> 
 def portable(cfg: StudyConfig) -> bool:
     """Whether a result may be reused across studies: only step budgets give the same training on any machine
     and under any load; a wall-clock budget's result is reused only within its own study."""
-    from training.budget import Budget
-    return Budget.parse(cfg.quality.get("budget", DEFAULT_BUDGET)).steps is not None
+    return cfg.quality.budget.steps is not None
 
 
 def _cache_file(key: str) -> Path:
@@ -115,13 +115,11 @@ def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,
     mapping, paths) and `_evaluator_seconds` (the time spent training, sampling and scoring, for the overhead
     share)."""
     wall_clock_notice(cfg)
-    evaluator = registry.get(cfg.quality_evaluator)
-    config = {k: v for k, v in cfg.quality.items() if k != "evaluator"}
-    config.setdefault("budget", DEFAULT_BUDGET)
-    config["out_dir"] = str(out_dir)
-    if "proxy" in evaluator.option_names():  # the study's one width multiplier, not the spec's own
-        config["proxy"] = {**config.get("proxy", {}), "width_mult": proxy_width_mult(cfg)}
-    metrics = evaluator.evaluate(spec, config, cfg.seed, on_report)
+    evaluator = registry.get(cfg.quality.evaluator)
+    config = cfg.quality.evaluator_config()
+    if "proxy" in config:  # the study's one width multiplier, not the spec's own
+        config["proxy"] = dataclasses.replace(config["proxy"], width_mult=proxy_width_mult(cfg))
+    metrics = evaluator.evaluate(spec, config, cfg.seed, on_report, out_dir)
     invalid = metrics.get("_user_attrs", {}).get("metrics_invalid")
     # only the quality objectives come from here (params_m and the other cheap ones are measured before)
     withheld = [m for m in cfg.metric_names if registry.is_quality_metric(m) and m not in metrics and invalid]

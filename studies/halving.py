@@ -1,6 +1,5 @@
-"""Multi-fidelity multi-objective search: asynchronous successive halving decided from the Optuna storage.
-
-Issue 10, item 4. A study file may replace its single quality budget with rungs:
+"""Multi-fidelity multi-objective search: asynchronous successive halving decided from the Optuna storage
+(docs/studies.md, successive halving). A study file may replace its single quality budget with rungs:
 
     [quality]
     rungs = ["200steps", "800steps"]   # increasing budgets of one kind
@@ -43,22 +42,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-@dataclass(frozen=True)
-class Rungs:
-    """Budgets of the rungs, lowest first, and the reduction factor between rungs."""
-    budgets: tuple[str, ...]
-    reduction: int = 3
-
-    @property
-    def top(self) -> int:
-        return len(self.budgets) - 1
-
-    def min_candidates(self) -> int:
-        """Candidates rung 0 needs so that at least one reaches the top rung."""
-        return self.reduction ** self.top
+from . import record as R
+from .config import Rungs
+from .record import FINISHED, TrialRecord, feasible
 
 
 # --- ranking ------------------------------------------------------------------------------------------
@@ -121,20 +107,6 @@ def rank_order(values: np.ndarray, directions: Sequence[str]) -> list[int]:
 
 # --- rungs in the storage -----------------------------------------------------------------------------
 
-def rung_of(trial: FrozenTrial) -> int:
-    """A trial's rung; trials stored before rungs existed (or of single-budget studies) are at rung 0."""
-    r = trial.user_attrs.get("rung", 0)
-    return int(r) if isinstance(r, (int, float)) and not isinstance(r, bool) else 0
-
-
-def candidate_of(trial: FrozenTrial) -> str | None:
-    return trial.user_attrs.get("candidate") or trial.user_attrs.get("spec_id")
-
-
-def _feasible(t: FrozenTrial) -> bool:
-    return not any(v > 0 for v in (t.constraints or {}).values()) if isinstance(t.constraints, dict) else True
-
-
 @dataclass(frozen=True)
 class Promotion:
     source: FrozenTrial
@@ -142,28 +114,29 @@ class Promotion:
 
     @property
     def candidate(self) -> str:
-        return str(candidate_of(self.source))
+        return str(TrialRecord.of(self.source).candidate)
 
 
 def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequence[str]) -> list[Promotion]:
     """Promotions the stored trials call for that no trial holds yet (any state), top rungs first."""
     due: list[Promotion] = []
+    records = [(t, TrialRecord.of(t)) for t in trials]
     for r in range(rungs.top - 1, -1, -1):
-        at_rung = [t for t in trials if rung_of(t) == r and t.state in FINISHED and candidate_of(t)
-                   and t.user_attrs.get("duplicate_of") is None]  # a re-sampled duplicate was not evaluated
+        at_rung = [(t, rec) for t, rec in records if rec.rung == r and t.state in FINISHED and rec.candidate
+                   and rec.duplicate_of is None]  # a re-sampled duplicate was not evaluated
         finished: dict[str, FrozenTrial] = {}
-        for t in sorted(at_rung, key=lambda t: (t.state != TrialState.COMPLETE, t.number)):
-            finished.setdefault(candidate_of(t), t)  # a re-proposed spec is one candidate
+        for t, rec in sorted(at_rung, key=lambda p: (p[0].state != TrialState.COMPLETE, p[0].number)):
+            finished.setdefault(rec.candidate, t)  # a re-proposed spec is one candidate
         k = len(finished) // rungs.reduction
         if k == 0:
             continue
         ranked = [t for t in finished.values()
-                  if t.state == TrialState.COMPLETE and t.values is not None and _feasible(t)]
+                  if t.state == TrialState.COMPLETE and t.values is not None and feasible(t)]
         ranked.sort(key=lambda t: t.number)
         order = rank_order(np.array([t.values for t in ranked]), directions) if ranked else []
-        claimed = {candidate_of(t) for t in trials if rung_of(t) == r + 1}
+        claimed = {rec.candidate for _, rec in records if rec.rung == r + 1}
         for i in order[:k]:
-            if candidate_of(ranked[i]) not in claimed:
+            if TrialRecord.of(ranked[i]).candidate not in claimed:
                 due.append(Promotion(ranked[i], r + 1))
     return due
 
@@ -194,30 +167,6 @@ def promote(study: optuna.Study, rungs: Rungs) -> list[Promotion]:
     with promotion_lock(study._storage, study.study_name):
         due = due_promotions(study.get_trials(deepcopy=False), rungs, directions)
         for p in due:
-            src = p.source
-            study.enqueue_trial(src.params, user_attrs={
-                "rung": p.rung, "budget": rungs.budgets[p.rung], "promoted_from": src.number,
-                "candidate": p.candidate, "promoted_spec": src.user_attrs.get("spec"),
-                "params_fixed": bool(src.params),
-                # the source's preset name: two presets may share a spec (snapgen-unet and fig3-g)
-                **({"enqueued_preset": src.user_attrs["preset"]} if src.user_attrs.get("preset") else {})},
-                skip_if_exists=False)
+            study.enqueue_trial(p.source.params, user_attrs=R.promotion(p.source, p.rung, rungs.label(p.rung)),
+                                skip_if_exists=False)
     return due
-
-
-def front_rung(trials: Sequence[FrozenTrial], n_rungs: int) -> int | None:
-    """The rung the Pareto front is built from: the top rung, or while no trial finished there yet the
-    highest rung that has a COMPLETE trial (None when nothing completed)."""
-    done = [rung_of(t) for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
-    if not done:
-        return None
-    return max(done)
-
-
-def rung_counts(trials: Sequence[FrozenTrial], n_rungs: int) -> list[dict[str, int]]:
-    """Per rung: trials by state (for `study status`)."""
-    out = []
-    for r in range(max(n_rungs, 1 + max((rung_of(t) for t in trials), default=0))):
-        at = [t for t in trials if rung_of(t) == r]
-        out.append({s.name: sum(t.state == s for t in at) for s in TrialState if any(t.state == s for t in at)})
-    return out

@@ -1,12 +1,14 @@
-"""The paper's published Figure 3 and Table 2 numbers (SNAPGEN.md), and which stored trials stand for a Figure 3
-step. Plain Python: `study status` asks `fig3_pair_possible` before anything imports pandas (studies/results.py
-builds the tables from a pandas frame, and re-exports these names).
+"""The paper's published Figure 3 and Table 2 numbers (docs/paper.md sections 1 and 2), and whether stored trials
+hold a Figure 3 step and the step before it. No pandas: `study status` asks `fig3_pair_possible` before anything
+imports it (studies/results.py builds the tables from a pandas frame, and re-exports these names).
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
 
-# SNAPGEN.md section 1, Figure 3: change of each step relative to its parent step [paper].
+from .record import TrialRecord
+
+# The paper's Figure 3 (docs/paper.md section 1): change of each step relative to its parent step [paper].
 FIG3_PARENT = {"b": "a", "c1": "b", "c2": "b", "d": "c2", "e": "d", "f": "e", "f-1to1": "e", "g": "f"}
 FIG3_PAPER = {  # step: (change, params delta, FLOPs delta, ImageNet FID)
     "a": ("thin SDXL baseline", "-", "-", "3.76"),
@@ -20,25 +22,19 @@ FIG3_PAPER = {  # step: (change, params delta, FLOPs delta, ImageNet FID)
                "better"),
     "g": ("QK RMSNorm + 2D RoPE", "negligible", "negligible", "better"),
 }
-# SNAPGEN.md section 2, Table 2 (decode a 128x128 latent to 1024x1024; PSNR on COCO 2017 val) [paper].
+# The paper's Table 2 (docs/paper.md section 2): decode a 128x128 latent to 1024x1024; PSNR on COCO 2017 val [paper].
 TABLE2_PAPER = {"sdxl-decoder": (4, 24.89, 49.49, 4970), "sd3-decoder": (16, 27.92, 49.55, 4970),
                 "snapgen-decoder": (16, 27.85, 1.38, 224)}  # latent ch, PSNR, params (M), GFLOPs
 
-# SNAPGEN.md section 1, Figure 3: the published ImageNet FID of each step against its parent step [paper]:
+# The paper's Figure 3: the published ImageNet FID of each step against its parent step [paper]:
 # "better" = lower FID than the parent, "worse" = higher, "comparable" = the paper claims no real change
 # (d: "comparable", e: "minimal impact").
 FIG3_PAPER_ORDER = {"b": "better", "c1": "worse", "c2": "better", "d": "comparable", "e": "comparable",
                     "f": "better", "f-1to1": "better", "g": "better"}
 
 
-def chain_preset(user_attrs: dict[str, Any]) -> str:
-    """The Figure 3 preset a trial stands for: the grid's `preset` choice it started from (`base_preset`), else
-    the preset its spec equals (`preset`); "" for neither (results._chain_presets is the same rule on a frame)."""
-    return str(user_attrs.get("base_preset") or user_attrs.get("preset") or "")
-
-
 def fig3_pair_possible(trials: Iterable[Any]) -> bool:
     """Whether finished trials hold a Figure 3 step and the step before it (COMPLETE, any reading): the condition
     without which no ordering can be reported (results.fig3_orderings_of then checks the readings)."""
-    done = {chain_preset(t.user_attrs) for t in trials if t.state.name == "COMPLETE"}
+    done = {TrialRecord.of(t).chain_preset for t in trials if t.state.name == "COMPLETE"}
     return any(f"fig3-{step}" in done and f"fig3-{parent}" in done for step, parent in FIG3_PARENT.items())

@@ -2,8 +2,9 @@
 top rung of a successive-halving study), hypervolume history, and the paper's Figure 3 (with the proxy's verdict on each published quality ordering) / Table 2.
 
 Nothing here writes to Optuna storage: SQLite files are opened with SQLite's read-only URI mode, so even a
-bug cannot change a study, and a missing file is reported instead of created. Paper numbers are quoted from
-/work/shared/paper/SNAPGEN.md (section 1, Figure 3; section 2, Table 2).
+bug cannot change a study, and a missing file is reported instead of created. Trials are read through their
+record (studies/record.py); a frame's columns are the record's attribute names. Paper numbers are quoted in
+studies/paper.py (docs/paper.md section 1, Figure 3; section 2, Table 2).
 """
 from __future__ import annotations
 
@@ -18,18 +19,19 @@ import pandas as pd
 
 from search_space.errors import UserError
 
+from . import record as R
 from .paper import FIG3_PAPER, FIG3_PAPER_ORDER, FIG3_PARENT, TABLE2_PAPER, fig3_pair_possible  # noqa: F401
+from .queries import front_rung
+from .record import TrialRecord
 
-# User attributes that are bookkeeping, not metrics or knobs (kept out of the numeric metric columns).
-TEXT_ATTRS = ("spec_id", "compact", "kind", "preset", "base_preset", "enqueued_preset", "artifacts", "eval_key", "cached_from",
-              "infeasible", "early_stopped", "fail_reason", "study_file", "samples", "record", "status", "budget",
-              "candidate")
-# Numeric user attributes that describe the run, not the design (kept in the table, left off the axes).
-BOOKKEEPING = {"number", "violation", "duration_s", "evaluator_seconds", "seed", "steps", "num_samples",
+# Text attributes, kept out of the numeric metric columns: the record's, and the quality evaluators' own.
+TEXT_ATTRS = (*R.TEXT, "samples", "record", "status")
+# Numeric columns that describe the run, not the design (kept in the table, left off the axes): the frame's own,
+# the record's, and what the quality evaluator records about its run.
+BOOKKEEPING = {"number", "violation", "duration_s", *R.NUMERIC_BOOKKEEPING, "seed", "steps", "num_samples",
                "sample_steps", "cfg_scale", "train_images", "train_images_per_s", "train_seconds", "train_share",
-               "params_proxy", "domain_classifier_val_accuracy", "rung", "promoted_from", "train_flops_per_step",
+               "params_proxy", "domain_classifier_val_accuracy", "train_flops_per_step",
                "train_step_seconds", "train_flops_per_s", "matmul_peak_flops_per_s", "roofline_ratio"}
-REASON_ATTRS = ("infeasible", "early_stopped", "fail_reason")
 # Metrics where larger is better when a metric is plotted that is not one of the study's objectives.
 MAXIMIZE_METRICS = ("psnr", "precision", "recall", "precision_domain", "recall_domain")
 
@@ -123,15 +125,17 @@ def trials_frame(study) -> tuple[pd.DataFrame, StudyInfo]:
     """One row per trial: state, objectives, feasibility, every numeric metric, every knob of the spec."""
     from optuna.trial import TrialState
 
+    from .queries import metric_names
+
     attrs = study.user_attrs
-    names = list(attrs.get("metric_names") or study.metric_names or
-                 [f"objective_{i}" for i in range(len(study.directions))])
+    names = metric_names(study)
     directions = [d.name.lower() for d in study.directions]
-    definition = attrs.get("definition") or {}
+    definition = attrs.get(R.DEFINITION) or {}
     trials = study.get_trials(deepcopy=False)
     rows, knob_rows, constraint_names = [], [], []
     for t in trials:
-        a = t.user_attrs
+        rec = TrialRecord.of(t)
+        a = rec.attrs
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         for k in TEXT_ATTRS:
             if k in a and not isinstance(a[k], (dict, list)):
@@ -153,14 +157,13 @@ def trials_frame(study) -> tuple[pd.DataFrame, StudyInfo]:
                 constraint_names.append(cname)
         row["violation"] = float(sum(max(0.0, float(v)) for _, v in items)) if items else 0.0
         row["has_constraints"] = bool(items)
-        row["reason"] = next((str(a[k]) for k in REASON_ATTRS if a.get(k)), "")
+        row["reason"] = rec.reason
         row["duration_s"] = ((t.datetime_complete - t.datetime_start).total_seconds()
                              if t.datetime_complete and t.datetime_start else np.nan)
         row["datetime_complete"] = t.datetime_complete
-        spec = a.get("spec")
-        row["spec_json"] = json.dumps(spec, sort_keys=True) if isinstance(spec, dict) else ""
-        curve = a.get("curve")
-        row["curve_json"] = json.dumps(curve) if isinstance(curve, list) and curve else ""
+        spec = rec.spec
+        row["spec_json"] = json.dumps(spec, sort_keys=True) if spec is not None else ""
+        row["curve_json"] = json.dumps(rec.curve) if rec.curve else ""
         if isinstance(a.get("proxy"), dict):
             row["proxy_json"] = json.dumps(a["proxy"], sort_keys=True)
         for attr in ("stage_costs", "latency_breakdown"):  # stored by the cheap evaluators at evaluation
@@ -168,9 +171,9 @@ def trials_frame(study) -> tuple[pd.DataFrame, StudyInfo]:
                 row[f"{attr}_json"] = json.dumps(a[attr])
         if isinstance(a.get("per_seed"), dict):  # per-seed metric values, for paired differences
             row["per_seed_json"] = json.dumps(a["per_seed"], sort_keys=True)
-        row["rung"] = float(a["rung"]) if _is_number(a.get("rung")) else 0.0
+        row["rung"] = float(rec.rung)
         rows.append(row)
-        knob_rows.append(flatten_spec(spec) if isinstance(spec, dict) else {})
+        knob_rows.append(flatten_spec(spec) if spec is not None else {})
     frame = pd.DataFrame(rows)
     if frame.empty:
         frame = pd.DataFrame(columns=["number", "state", "violation", "reason", "spec_json", "curve_json"])
@@ -190,9 +193,9 @@ def trials_frame(study) -> tuple[pd.DataFrame, StudyInfo]:
     info = StudyInfo(
         name=study.study_name, storage="", metric_names=names, directions=directions,
         constraint_names=constraint_names, latent=definition.get("latent"), device=definition.get("device"),
-        study_file=attrs.get("study_file"), knobs=varying,
+        study_file=attrs.get(R.STUDY_FILE), knobs=varying,
         quality_metrics=[m for m in frame.columns if m in QUALITY_METRICS or m.endswith("_domain")],
-        rungs=list(attrs.get("rungs") or []))
+        rungs=list(attrs.get(R.RUNGS) or []))
     return frame, info
 
 
@@ -241,20 +244,18 @@ def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
     return mask
 
 
-def front_rung(frame: pd.DataFrame) -> int | None:
-    """The rung fronts are built from: the highest rung with a COMPLETE trial (the top rung once one finished
-    there; studies/halving.py's rule), None when nothing completed. Single-budget studies: rung 0."""
+def frame_front_rung(frame: pd.DataFrame) -> int | None:
+    """The rung a frame's front is built from: studies/queries.py's `front_rung` over the frame's COMPLETE rows
+    (single-budget studies: rung 0; None when nothing completed)."""
     done = frame[frame["state"] == "COMPLETE"] if "state" in frame.columns else frame.iloc[0:0]
-    if done.empty:
-        return None
-    return int(done["rung"].max()) if "rung" in done.columns else 0
+    return front_rung(int(r) for r in (done["rung"] if "rung" in done.columns else [0] * len(done)))
 
 
 def front_caption(frame: pd.DataFrame, info: StudyInfo) -> str:
     """Which rung the front comes from, in words."""
     if len(info.rungs) < 2:
         return "front over every finished trial (one training budget)"
-    r, top = front_rung(frame), len(info.rungs) - 1
+    r, top = frame_front_rung(frame), len(info.rungs) - 1
     if r is None:
         return f"no trial finished yet; the front will come from the top rung ({info.rungs[top]})"
     if r >= top:
@@ -268,7 +269,7 @@ def front(frame: pd.DataFrame, axes: list[str], info: StudyInfo) -> pd.DataFrame
     the plot). A lower rung's quality is over a shorter budget, so it never competes with the top rung."""
     have = frame.dropna(subset=axes) if all(a in frame.columns for a in axes) else frame.iloc[0:0]
     if "rung" in have.columns and len(have):
-        have = have[have["rung"] == front_rung(frame)]
+        have = have[have["rung"] == frame_front_rung(frame)]
     feasible = have[have["feasible"] & (have["state"] == "COMPLETE")].copy()
     feasible["pareto"] = pareto_mask(feasible[axes].to_numpy(float), [info.direction(a) for a in axes])
     return feasible
@@ -291,7 +292,7 @@ def hypervolume_history(frame: pd.DataFrame, info: StudyInfo, points: int = 200)
     names = [m for m in info.metric_names if m in frame.columns]
     done = frame[(frame["state"] == "COMPLETE") & frame["feasible"]].dropna(subset=names).sort_values("number")
     if "rung" in done.columns and len(done):
-        done = done[done["rung"] == front_rung(frame)]
+        done = done[done["rung"] == frame_front_rung(frame)]
     if done.empty or len(names) != len(info.metric_names):
         return pd.DataFrame(columns=["number", "hypervolume"])
     v = _as_minimized(done[names].to_numpy(float), info.directions)

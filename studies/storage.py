@@ -1,6 +1,6 @@
 """Opening Optuna storages safely: strict URLs, serialized creation, read-only opens that never write.
 
-Issue 16. Three rules:
+Three rules (docs/studies.md, storage):
 - A storage URL is parsed strictly before anything connects: `sqlite:///path.db` (a file, no `?query` or
   `#fragment`: SQLAlchemy would silently open another file), `postgresql://...`, `mysql://...`; anything else is
   refused with the reason.
@@ -34,6 +34,11 @@ EXAMPLES = "sqlite:///runs/NAME/study.db, postgresql://user@host/db or mysql://u
 class StorageError(UserError):
     """A storage URL is malformed, or the storage is missing or cannot be opened; the message says which (the
     CLI prints it as one line and exits 2)."""
+
+
+class StudyError(UserError):
+    """A study cannot be run or read as asked (unreachable storage, a clashing or missing study); the message
+    says why."""
 
 
 @dataclass(frozen=True)

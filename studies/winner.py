@@ -3,7 +3,7 @@ direction (the design `pocketdiff study best` hands to training).
 
 Rules, in order:
 - only COMPLETE trials with every constraint <= 0 (Optuna's feasibility) compete;
-- only trials of the front rung compete (studies/halving.py's `front_rung`: the top rung of a successive-halving
+- only trials of the front rung compete (studies/queries.py's `front_rung`: the top rung of a successive-halving
   study once a trial finished there); a lower rung's score is over a shorter budget and is not comparable;
 - an optional latency budget drops candidates predicted above it (or with no predicted latency);
 - the best value of the metric wins: the smallest for a minimized metric, the largest for a maximized one
@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search_space.errors import UserError
 
-from .halving import front_rung, rung_of
+from .queries import complete_rungs, front_rung, metric_names
+from .record import TrialRecord, feasible
 
 
 class NoWinner(UserError):
@@ -38,15 +39,14 @@ class Winner:
 
     @property
     def line(self) -> str:
-        latency = self.trial.user_attrs.get("latency_ms", float("nan"))
+        latency = TrialRecord.of(self.trial).get("latency_ms", float("nan"))
         return (f"trial {self.trial.number}: {self.metric}={self.value:.4g} ({self.direction}d), "
                 f"latency {latency:.2f} ms, spec_id {self.record['spec_id']}")
 
 
 def objectives_of(study) -> list[tuple[str, str]]:
     """(metric, direction) per objective of a stored study, in order."""
-    names = study.user_attrs.get("metric_names") or [f"objective_{i}" for i in range(len(study.directions))]
-    return list(zip(names, (d.name.lower() for d in study.directions)))
+    return list(zip(metric_names(study), (d.name.lower() for d in study.directions)))
 
 
 def default_metric(study) -> str:
@@ -64,31 +64,23 @@ def metric_direction(study, metric: str) -> str:
 
 def _value(trial: FrozenTrial, names: list[str], metric: str) -> float | None:
     values = dict(zip(names, trial.values or ()))
-    v = values.get(metric, trial.user_attrs.get(metric))
+    v = values.get(metric, TrialRecord.of(trial).get(metric))
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return None
     return float(v)
 
 
-def _feasible(trial: FrozenTrial) -> bool:
-    constraints = trial.constraints or {}
-    items = constraints.values() if isinstance(constraints, dict) else constraints
-    return not any(v > 0 for v in items)
-
-
 def select_winner(study, metric: str | None = None, max_latency_ms: float | None = None) -> Winner:
     """The winning trial of `study` (see the module docstring); raises NoWinner naming the filter that left none."""
-    from .runner import study_rungs
-
     names = [m for m, _ in objectives_of(study)]
     metric = metric or default_metric(study)
     direction = metric_direction(study, metric)
     trials = study.get_trials(deepcopy=False)
-    rung = front_rung(trials, len(study_rungs(study)))
+    rung = front_rung(complete_rungs(trials))
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
     if not done:
         raise NoWinner(f"study {study.study_name!r} has no complete trial yet; run it first (pocketdiff study run)")
-    pool = [t for t in done if rung_of(t) == rung and _feasible(t)]
+    pool = [t for t in done if TrialRecord.of(t).rung == rung and feasible(t)]
     if not pool:
         raise NoWinner(f"no complete trial of study {study.study_name!r} meets its constraints")
     scored = [(v, t) for t in pool if (v := _value(t, names, metric)) is not None]
@@ -97,18 +89,19 @@ def select_winner(study, metric: str | None = None, max_latency_ms: float | None
                        f"(pick one with --metric)")
     if max_latency_ms is not None:
         scored = [(v, t) for v, t in scored
-                  if isinstance(t.user_attrs.get("latency_ms"), (int, float))
-                  and t.user_attrs["latency_ms"] <= max_latency_ms]
+                  if isinstance(latency := TrialRecord.of(t).get("latency_ms"), (int, float))
+                  and latency <= max_latency_ms]
         if not scored:
             raise NoWinner(f"no complete, feasible trial with a predicted latency at or under "
                            f"{max_latency_ms:g} ms; "
                            f"raise --max-latency-ms")
     sign = -1.0 if direction == "maximize" else 1.0
     value, t = min(scored, key=lambda c: (sign * c[0], c[1].number))
-    a = t.user_attrs
-    record = {"spec": a["spec"], "spec_id": a["spec_id"], "compact": a["compact"], "study": study.study_name,
-              "trial": t.number, "rung": rung_of(t), "budget": a.get("budget", ""),
+    rec = TrialRecord.of(t)
+    record = {"spec": rec.spec, "spec_id": rec.spec_id, "compact": rec.compact, "study": study.study_name,
+              "trial": t.number, "rung": rec.rung, "budget": rec.budget,
               "metric": metric, "direction": direction,
-              "metrics": {metric: value, **{k: a[k] for k in ("latency_ms", "params_m", "gmacs", f"{metric}_ci_low",
-                                                              f"{metric}_ci_high") if k in a}}}
-    return Winner(trial=t, metric=metric, direction=direction, value=value, rung=rung_of(t), record=record)
+              "metrics": {metric: value, **{k: rec.attrs[k] for k in ("latency_ms", "params_m", "gmacs",
+                                                                      f"{metric}_ci_low", f"{metric}_ci_high")
+                                            if k in rec.attrs}}}
+    return Winner(trial=t, metric=metric, direction=direction, value=value, rung=rec.rung, record=record)

@@ -176,7 +176,7 @@ def test_storage_is_read_only_and_missing_file_not_created(store, tmp_path):
 def test_latency_breakdown_sums_to_prediction():
     from latency_models.api import predict
     from search_space import PRESETS
-    from evaluators.latency import latency_breakdown
+    from evaluators.plugins.latency import latency_breakdown
 
     for name in ("tiny-debug", "tiny-debug-decoder"):
         spec = PRESETS[name]

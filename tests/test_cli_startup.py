@@ -1,5 +1,5 @@
-"""The CLI starts without loading torch (issue 15: `pocketdiff --help`, `presets list` and `study status` answer at
-once). Checked by what a fresh interpreter has imported after the command, not by timing it.
+"""The CLI starts without loading torch (`pocketdiff --help`, `presets list` and `study status` answer at once;
+docs/architecture.md). Checked by what a fresh interpreter has imported after the command, not by timing it.
 
 Run in a fresh interpreter: the test process itself has torch loaded already.
 """
@@ -60,7 +60,7 @@ latency_ms = "minimize"
 
 
 def test_study_status_of_a_stored_study_loads_no_torch_and_no_pandas(tmp_path):
-    """Loading the study file (evaluators declared statically, budgets and devices checked in plain Python) and
+    """Loading the study file (evaluators registered from plain-Python modules, budgets and devices checked) and
     reading the storage need only Optuna's storage: no torch, pandas, scipy, streamlit or coremltools. Optuna
     itself is imported (it reads the storage), and so is sqlalchemy; alembic is imported by Optuna's
     RDBStorage and is listed so that this test says when that changes."""

@@ -1,5 +1,8 @@
-"""The evaluator registry (evaluators/registry.py): the contract every evaluator registers, the checks a study
-file goes through, and cache keys that carry the evaluator's version and a fingerprint of the builder code."""
+"""The evaluator registry (evaluators/registry.py): the contract every evaluator registers, once, in its own module
+(evaluators/plugins/), the checks a study file goes through, and cache keys that carry the evaluator's version and
+a fingerprint of the builder code."""
+import dataclasses
+import inspect
 import json
 
 import pytest
@@ -26,13 +29,20 @@ def test_every_shipped_evaluator_registers_the_contract():
 
 
 def test_options_are_typed_and_unknown_ones_are_refused():
+    from training.budget import Budget
+    from training.proxy import ProxyConfig
+
     flow = registry.get("flow")
     config = flow.check_config({"budget": "40steps", "guidance": 3})  # an int where a float is asked: fine
-    assert config["budget"] == "40steps" and config["guidance"] == 3.0 and config["seeds"] == 1
+    assert config["budget"] == Budget(steps=40) and config["guidance"] == 3.0 and config["seeds"] == 1
+    assert flow.check_config({"proxy": {"width_mult": 0.5}})["proxy"] == ProxyConfig(width_mult=0.5)
+    assert flow.check_config(config) == config  # typed values pass through unchanged
     with pytest.raises(EvaluatorError, match="unknown option\\(s\\) encoder for evaluator 'flow'; known: budget"):
         flow.check_config({"encoder": "tiny-ae"})
-    with pytest.raises(EvaluatorError, match="seeds = True must be a int"):
+    with pytest.raises(EvaluatorError, match="seeds = True must be a whole number >= 1"):
         flow.check_config({"seeds": True})
+    with pytest.raises(EvaluatorError, match="sample_steps = 2.5 must be a int"):
+        flow.check_config({"sample_steps": 2.5})
     with pytest.raises(UserError, match="unknown evaluator 'host'; known: cost, decoder, flow, latency"):
         registry.get("host")
     with pytest.raises(EvaluatorError, match="scores unet specs; decoder spec"):
@@ -48,12 +58,12 @@ def test_cheap_evaluators_run_through_the_registry():
 
 
 def test_study_metrics_must_be_produced_by_an_evaluator_it_runs():
-    registry.check_study("none", {}, [("objectives", "params_m"), ("constraints", "latency_ms")])
-    registry.check_study("flow", {"budget": "10steps"}, [("objectives", "val_loss")])
+    registry.check_metrics("none", [("objectives", "params_m"), ("constraints", "latency_ms")])
+    registry.check_metrics("flow", [("objectives", "val_loss")])
     with pytest.raises(EvaluatorError, match="\\[objectives\\] no evaluator produces 'host_ms'"):
-        registry.check_study("none", {}, [("objectives", "host_ms")])
+        registry.check_metrics("none", [("objectives", "host_ms")])
     with pytest.raises(EvaluatorError, match="psnr is produced by evaluator decoder"):
-        registry.check_study("flow", {}, [("objectives", "psnr")])
+        registry.check_metrics("flow", [("objectives", "psnr")])
 
 
 def test_the_fingerprint_covers_the_builder_modules():
@@ -110,13 +120,16 @@ def test_a_stale_cache_entry_is_recomputed_not_served(monkeypatch, tmp_path):
 PROBE_NO_TORCH = """
 import sys
 from evaluators import registry
-registry.check_study("flow", {"budget": "40steps", "proxy": {"width_mult": 0.5}}, [("objectives", "val_loss")])
+registry.get("flow").check_config({"budget": "40steps", "proxy": {"width_mult": 0.5}}, "[quality]")
+registry.check_metrics("flow", [("objectives", "val_loss")])
 names = sorted(registry.evaluators())
 print("NAMES=" + ",".join(names), "TORCH=" + str("torch" in sys.modules))
 """
 
 
-def test_the_static_declarations_answer_every_check_without_importing_an_evaluator():
+def test_the_declarations_answer_every_check_without_importing_torch():
+    """Importing `evaluators` registers every shipped evaluator from its own module; none imports torch at the
+    top (they import it inside `run`), so a study file is checked against the registry at once."""
     import subprocess
     import sys
 
@@ -125,35 +138,114 @@ def test_the_static_declarations_answer_every_check_without_importing_an_evaluat
     assert "NAMES=cost,decoder,flow,latency TORCH=False" in out.stdout, out.stdout + out.stderr
 
 
-def test_each_module_provides_the_run_of_its_static_declaration():
-    """The static declaration is each shipped evaluator's one declaration: importing its module hands the registry
-    the run function and nothing else; the module's own defaults agree with the options declared for it."""
-    import importlib
+# --- the contract, over the whole registry ------------------------------------------------------------------
 
-    for name in registry.SHIPPED:
-        static = registry.get(name)
-        module = importlib.import_module(static.module)
-        assert registry.runner(name).__module__ == module.__name__
-        assert registry.get(name) is static  # the static declaration stays the registry's entry
-    quality = importlib.import_module("evaluators.quality")
-    n_samples = next(o for o in registry.get("flow").options if o.name == "n_samples")
-    assert f"up to {quality.NUM_SAMPLES}" in n_samples.help  # the declared default is the one the module uses
-    with pytest.raises(ValueError, match="no static declaration"):
-        registry.provide("host", lambda *a: {})
+def test_every_evaluator_declares_the_whole_contract_once_in_its_own_module():
+    for name, e in registry.evaluators().items():
+        assert e.name == name and isinstance(e.version, str) and e.version and e.doc
+        assert e.metrics and set(e.metrics.values()) <= set(registry.DIRECTIONS), name
+        assert e.spec_kinds and set(e.spec_kinds) <= {"unet", "decoder"}
+        assert e.run.__module__ == f"evaluators.plugins.{name}"  # declared where it runs, nowhere else
+        for o in e.options:
+            assert isinstance(o.type, type) and o.help, (name, o.name)
+            if o.default is not None:  # a default is a value of the option's own type that its check accepts
+                assert isinstance(o.default, o.type) and o.check(o.default, name) == o.default, (name, o.name)
+        for m in e.code:
+            assert (REPO / (m.replace(".", "/") + ".py")).is_file(), (name, m)
 
 
-def test_a_module_declaration_that_disagrees_with_the_static_one_is_refused(monkeypatch):
-    import dataclasses
-
-    static = registry.get("cost")
-    monkeypatch.setattr(registry, "_RUNS", dict(registry._RUNS))
-    changed = dataclasses.replace(static.declaration(), version="cost-999",
-                                  metrics={**static.metrics, "gmacs": "maximize"}, run=lambda *a: {})
-    with pytest.raises(ValueError, match="'cost'.* differs from the static one .* in version, metrics"):
-        registry.register(changed)
-    assert registry.get("cost") is static and registry._RUNS.get("cost") is not changed.run
-    # an evaluator without a static declaration (a plug-in) is known once its module registers it
+def test_a_name_is_registered_once(monkeypatch):
     monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))
-    plugin = registry.register(registry.Evaluator(name="host", version="host-1", metrics={"host_ms": "minimize"},
-                                                  options=(), run=lambda spec, config, seed, report: {"host_ms": 1.0}))
+    cost = registry.get("cost")
+    assert registry.register(cost) is cost  # the same declaration again (a module imported twice): a no-op
+    changed = dataclasses.replace(cost, version="cost-999")
+    with pytest.raises(ValueError, match="'cost' is registered by evaluators.plugins.cost already"):
+        registry.register(changed)
+    assert registry.get("cost") is cost
+    with pytest.raises(ValueError, match="direction 'lower'"):
+        registry.register(dataclasses.replace(cost, name="bad", metrics={"x": "lower"}))
+    # an evaluator from outside the package (a plug-in) is known once its module registers it
+    plugin = registry.register(registry.Evaluator(
+        name="host", version="host-1", metrics={"host_ms": "minimize"}, options=(), doc="host latency",
+        run=lambda spec, config, seed, report, out_dir: {"host_ms": 1.0}))
     assert registry.producers("host_ms") == ["host"] and plugin.evaluate(PRESETS["tiny-debug"]) == {"host_ms": 1.0}
+
+
+def _defaults(fn) -> dict:
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+def _library_calls(monkeypatch) -> dict:
+    """Per evaluator: the library function its run calls (replaced by a spy that records its arguments), the
+    library's own defaults, and which library argument each option becomes."""
+    import evaluators.cost as cost
+    import evaluators.decoder_quality as decoder_quality
+    import evaluators.plugins.latency as latency_plugin
+    import evaluators.quality as quality
+    import latency_models.api as api
+
+    calls: dict[str, dict] = {}
+    seeds_defaults = {**_defaults(quality.evaluate_quality), **_defaults(quality.evaluate_quality_seeds)}
+    decoder_defaults = _defaults(decoder_quality.evaluate_decoder_quality)
+    predict_defaults = _defaults(api.predict)
+
+    def spy(name, result):
+        def record(*args, **kwargs):
+            calls[name] = {"args": args, "kwargs": kwargs}
+            return result
+        return record
+
+    monkeypatch.setattr(quality, "evaluate_quality_seeds", spy("flow", {"val_loss": 1.0, "status": "ok"}))
+    monkeypatch.setattr(decoder_quality, "evaluate_decoder_quality", spy("decoder", {"psnr": 20.0,
+                                                                                     "train_seconds": 1.0}))
+    monkeypatch.setattr(cost, "stage_costs", spy("cost", {"params": 1e6, "gmacs": 1.0, "gmacs_no_attention": 1.0}))
+
+    class Prediction:
+        ms = low_ms = high_ms = 1.0
+    monkeypatch.setattr(api, "predict", spy("latency", Prediction()))
+    monkeypatch.setattr(latency_plugin, "latency_breakdown", lambda *a: {})
+    return calls, {
+        # option -> (the library's argument: by keyword name or position, its default)
+        "flow": {"data": (1, seeds_defaults["data"]), "budget": (2, seeds_defaults["budget"]),
+                 "seeds": (4, seeds_defaults["seeds"]), "n_samples": ("num_samples", seeds_defaults["num_samples"]),
+                 "sample_steps": ("sample_steps", seeds_defaults["sample_steps"]),
+                 "guidance": ("cfg_scale", seeds_defaults["cfg_scale"]),
+                 "proxy": ("proxy_config", seeds_defaults["proxy_config"])},
+        "decoder": {name: ({"data": 1, "budget": 2}.get(name, name), default)
+                    for name, default in decoder_defaults.items()
+                    if name in ("data", "budget", "encoder")},
+        "cost": {"latent": (1, cost.DEFAULT_LATENT)},
+        "latency": {"device": (2, None), "latent": ("latent", predict_defaults["latent"])},
+    }
+
+
+def test_the_declared_defaults_are_what_each_run_uses(monkeypatch):
+    """Run every evaluator with its declared defaults against a spy of the library it calls: each option reaches
+    the library as declared, and equals the library's own default (so `pocketdiff eval quality` and a study
+    evaluate alike); the study's [target] defaults are the cheap evaluators' (studies/config.py)."""
+    from studies.config import StudyConfig
+    from training.budget import Budget
+
+    calls, mapping = _library_calls(monkeypatch)
+    target = {f.name: f.default for f in dataclasses.fields(StudyConfig)}
+    for name, e in registry.evaluators().items():
+        assert set(mapping[name]) == {o.name for o in e.options}, f"{name}: map every option to its library argument"
+        spec = PRESETS["tiny-debug-decoder" if "unet" not in e.spec_kinds else "tiny-debug"]
+        e.run(spec, e.check_config({}), 0, None, None)
+        call = calls[name]
+        for option, (argument, library_default) in mapping[name].items():
+            declared = e.defaults()[option]
+            passed = call["args"][argument] if isinstance(argument, int) else call["kwargs"][argument]
+            assert passed == declared, (name, option)
+            if option == "budget":
+                library_default = Budget.parse(library_default)
+            if option in ("latent", "device"):  # set by [target]: its defaults are the evaluators'
+                assert declared == target[option], (name, option)
+            if library_default is not None or option == "n_samples":
+                assert declared == library_default, (name, option, library_default)
+
+
+def test_the_flow_evaluator_tells_how_many_samples_it_scores_by_default():
+    import evaluators.quality as quality
+    n_samples = next(o for o in registry.get("flow").options if o.name == "n_samples")
+    assert f"up to {quality.NUM_SAMPLES}" in n_samples.help  # None: the library's NUM_SAMPLES, capped

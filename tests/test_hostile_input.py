@@ -1,4 +1,4 @@
-"""Hostile input (issue 16): every bad value in a study file or on the command line is one clean line naming
+"""Hostile input: every bad value in a study file or on the command line is one clean line naming
 the key (exit 2), never a traceback and never a study that loads and then fails every trial."""
 import contextlib
 import copy
@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from pocketdiff.cli import main
 from search_space import PRESETS
 from studies.config import StudyFileError, parse_study
-from studies.runner import StudyError, run_study
+from training.budget import Budget
+from studies.runner import run_study
+from studies.storage import StudyError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +62,7 @@ def _study(**changes) -> dict:
 
 def test_the_base_study_loads():
     cfg = parse_study(_study())
-    assert cfg.name == "hostile" and cfg.quality["budget"] == "12steps"
+    assert cfg.name == "hostile" and cfg.quality.budget == Budget(steps=12) and cfg.quality.data == "mnist5k"
 
 
 @pytest.mark.parametrize("change, key, says", [

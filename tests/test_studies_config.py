@@ -30,8 +30,8 @@ def test_quick_study_is_the_documented_default():
     assert cfg.metric_names[0] == "val_loss" and "latency_ms" in cfg.metric_names
     assert cfg.enqueue and all(p in PRESETS for p in cfg.enqueue)
     # the main job is multi-fidelity, and its candidate count lets at least one reach the top rung
-    assert cfg.halving is not None and len(cfg.rungs) >= 2
-    assert cfg.n_trials >= cfg.halving.min_candidates()
+    assert cfg.quality.rungs is not None and len(cfg.quality.rungs.budgets) >= 2
+    assert cfg.n_trials >= cfg.quality.rungs.min_candidates()
 
 
 def _base(**sections):
@@ -102,3 +102,51 @@ def test_conditional_knobs_and_per_stage_expansion():
         seen.add((spec.attention, spec.conv))
         study.tell(trial, 0.0)
     assert len(seen) == 4
+
+
+def test_quality_is_parsed_once_into_typed_values():
+    from training.budget import Budget
+    from training.proxy import ProxyConfig
+
+    cfg = load_study_file(Path(__file__).resolve().parents[1] / "studies" / "quick.toml")
+    q = cfg.quality
+    assert q.evaluator == "flow" and q.data == "mnist5k-p4" and q.seeds == 1
+    assert q.rungs.budgets == (Budget(steps=48), Budget(steps=96)) and q.rungs.seeds == (1, 2)
+    assert q.options["proxy"] == ProxyConfig(width_mult=0.0714) and q.options["n_samples"] == 200
+    assert q.options["sample_steps"] == 8 and q.early_stop.enabled is False  # declared default; the file's rule
+    top = cfg.at_rung(1).quality
+    assert (top.budget, top.seeds) == (Budget(steps=96), 2) and cfg.quality.budget == Budget(steps=500)
+    assert set(q.evaluator_config()) == {"data", "budget", "seeds", "n_samples", "sample_steps", "guidance", "proxy"}
+    # a study without a budget gets the evaluator's one declared default, typed
+    assert parse_study(_base(quality={"evaluator": "flow"}, objectives={"val_loss": "minimize"})).quality.budget \
+        == Budget(steps=500)
+    decoder = parse_study({"study": {"name": "d"}, "space": {"base": "tiny-debug-decoder"},
+                           "quality": {"evaluator": "decoder"}, "objectives": {"psnr": "maximize"}})
+    assert (decoder.quality.data, decoder.quality.budget) == ("sample-images", Budget(seconds=60.0))
+    none = parse_study(_base())
+    assert none.quality.evaluator == "none" and none.quality.budget is None and none.quality.rungs is None
+
+
+def test_the_stored_definition_is_the_file_as_written():
+    """A study stored before keeps matching its file: the definition holds the [quality] table as written (a budget
+    spelled "500 Steps" stays so), not the typed values."""
+    cfg = parse_study(_base(quality={"evaluator": "flow", "budget": "500 Steps", "guidance": 3},
+                            objectives={"val_loss": "minimize"}))
+    assert cfg.quality.budget.steps == 500 and cfg.quality.options["guidance"] == 3.0
+    assert cfg.fingerprint()["quality"] == {"budget": "500 Steps", "evaluator": "flow", "guidance": 3}
+    assert "rungs" not in cfg.fingerprint()
+
+
+@pytest.mark.parametrize("quality,study,match", [
+    ({"evaluator": "none", "budget": "40steps"}, {}, "\\[quality\\] budget set without an evaluator"),
+    ({"evaluator": "flow", "data": "imagenet"}, {}, "data = 'imagenet' is not a flow data source"),
+    ({"evaluator": "flow", "proxy": 0.5}, {}, "proxy must be a table"),
+    ({"evaluator": "decoder", "rungs": ["30s", "60s"], "rung_seeds": [1, 2]}, {"n_trials": 3},
+     "rung_seeds: evaluator 'decoder' has no seeds option"),
+])
+def test_quality_options_are_checked_by_their_evaluator(quality, study, match):
+    base = "tiny-debug-decoder" if quality["evaluator"] == "decoder" else "tiny-debug"
+    objective = {"psnr": "maximize"} if quality["evaluator"] == "decoder" else {"params_m": "minimize"}
+    with pytest.raises(StudyFileError, match=match):
+        parse_study({"study": {"name": "t", **study}, "space": {"base": base}, "quality": quality,
+                     "objectives": objective})

@@ -1,4 +1,4 @@
-"""Crash safety of studies (issue 16): worker seeds, no duplicate work, ghost trials, presets that survive kills,
+"""Crash safety of studies (docs/studies.md): worker seeds, no duplicate work, ghost trials, presets that survive kills,
 a creation cut short. In-process and cost-only, so each test takes seconds."""
 import socket
 import subprocess
@@ -9,8 +9,11 @@ import pytest
 from optuna.trial import TrialState
 
 from studies.config import load_study_file
-from studies.runner import (StudyError, _twin, fail_ghost_trials, open_storage, open_study, run_study,
-                            worker_seed)
+from studies.objective import _twin
+from studies.opening import open_storage, open_study, worker_seed
+from studies.runner import run_study
+from studies.storage import StudyError
+from studies.workers import fail_ghost_trials
 
 STUDY = """
 [study]

@@ -17,9 +17,14 @@ import pytest
 from optuna.trial import TrialState
 
 from studies import halving
-from studies.config import StudyFileError, load_study_file, parse_study
-from studies.halving import Rungs, crowding_distance, due_promotions, nondominated_ranks, rank_order, rung_of
-from studies.runner import front_note, open_study, pareto_rows, run_study
+from studies.config import Rungs, StudyFileError, load_study_file, parse_study
+from studies.halving import crowding_distance, due_promotions, nondominated_ranks, rank_order
+from studies.opening import open_study
+from studies.queries import front_note, pareto_rows
+from studies.record import TrialRecord
+from studies.runner import run_study
+from training.budget import Budget
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,8 +63,7 @@ fd_domain = "minimize"
 FAKE_QUALITY = '''
 def fake_quality(spec, cfg, out_dir, on_report):
     import time, os
-    from training.budget import Budget
-    steps = Budget.parse(cfg.quality["budget"]).steps
+    steps = cfg.quality.budget.steps
     time.sleep(float(os.environ.get("FAKE_QUALITY_SLEEP", "0")))
     st = spec.stages
     base = st[1].channels / 64 + st[2].channels / 128 + 3 * spec.ffn_ratio + (spec.attention == "mqa")
@@ -104,9 +108,9 @@ def _check_rung_invariants(trials, rungs: Rungs):
     """What successive halving promises, read from the storage."""
     by_rung: dict[int, list] = {}
     for t in trials:
-        by_rung.setdefault(rung_of(t), []).append(t)
+        by_rung.setdefault(TrialRecord.of(t).rung, []).append(t)
         if t.state == TrialState.COMPLETE:
-            assert t.user_attrs["budget"] == rungs.budgets[rung_of(t)]
+            assert t.user_attrs["budget"] == rungs.label(TrialRecord.of(t).rung) == str(rungs.budgets[TrialRecord.of(t).rung])
     for r, ts in by_rung.items():
         keys = [t.user_attrs["candidate"] for t in ts if t.state != TrialState.FAIL]
         if r > 0:  # a candidate is evaluated at most once per rung
@@ -134,7 +138,7 @@ def test_due_promotions_pick_the_best_share_once():
     study = optuna.create_study(directions=["minimize"])
     for i, value in enumerate([5.0, 1.0, 4.0, 2.0, 3.0, 6.0]):
         study.add_trial(optuna.trial.create_trial(values=[value], user_attrs={"rung": 0, "candidate": f"c{i}"}))
-    rungs = Rungs(("1steps", "3steps"), 3)
+    rungs = Rungs((Budget(steps=1), Budget(steps=3)), 3)
     due = due_promotions(study.get_trials(), rungs, ["minimize"])
     assert [(p.candidate, p.rung) for p in due] == [("c1", 1), ("c3", 1)]  # floor(6 / 3) = 2 best
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"rung": 1, "candidate": "c1"}))
@@ -151,7 +155,7 @@ def test_halving_study_promotes_and_builds_the_front_from_the_top_rung(tmp_path,
     lines: list[str] = []
     study, _ = run_study(cfg, progress=False, echo=lines.append)
     trials = study.get_trials()
-    by_rung = _check_rung_invariants(trials, cfg.halving)
+    by_rung = _check_rung_invariants(trials, cfg.quality.rungs)
     candidates0 = {t.user_attrs["candidate"] for t in by_rung[0]}
     assert len(candidates0) == 9 and set(by_rung) == {0, 1, 2}  # n_trials counts distinct designs
     assert len({t.user_attrs["candidate"] for t in by_rung[1]}) >= len(candidates0) // 3
@@ -170,7 +174,7 @@ def test_halving_study_promotes_and_builds_the_front_from_the_top_rung(tmp_path,
     assert len(study2.get_trials()) == len(trials)
 
     # status, export and best: the same front, said to come from the top rung
-    top = {t.number for t in trials if rung_of(t) == 2 and t.state == TrialState.COMPLETE}
+    top = {t.number for t in trials if TrialRecord.of(t).rung == 2 and t.state == TrialState.COMPLETE}
     capsys.readouterr()
     assert main(["study", "status", str(path), "--storage", storage]) == 0
     out = capsys.readouterr().out
@@ -203,11 +207,11 @@ def _check_two_workers(path, storage, outs):
     cfg = load_study_file(path, storage=storage)
     study = optuna.load_study(study_name=cfg.name, storage=storage)
     trials = study.get_trials()
-    by_rung = _check_rung_invariants(trials, cfg.halving)
+    by_rung = _check_rung_invariants(trials, cfg.quality.rungs)
     assert len(by_rung[0]) >= 9 and 1 in by_rung  # both workers' samplers share a seed: duplicates are one candidate
     assert all(t.state == TrialState.COMPLETE for t in trials)
     # nothing left to promote: the last worker to finish did every promotion the stored results call for
-    assert due_promotions(trials, cfg.halving, cfg.directions) == []
+    assert due_promotions(trials, cfg.quality.rungs, cfg.directions) == []
     done = [int(l.split()[1]) for out, _ in outs for l in out.splitlines() if l.startswith("trial ")]
     assert len(done) == len(set(done)) == len(trials)  # every trial ran in exactly one worker
     promoted = [int(l.split()[1]) for out, _ in outs for l in out.splitlines() if "[rung 1" in l or "[rung 2" in l]
@@ -239,7 +243,7 @@ def enqueue_then_die(*a, **k):
     real(*a, **k)
     os.kill(os.getpid(), signal.SIGKILL)  # between the first and the second promotion, lock held
 study.enqueue_trial = enqueue_then_die
-halving.promote(study, cfg.halving)
+halving.promote(study, cfg.quality.rungs)
 '''
 
 
@@ -271,10 +275,10 @@ def test_sigkill_during_promotion_loses_no_finished_trial(tmp_path):
     waiting = [t for t in after.values() if t.state == TrialState.WAITING]
     assert [t.user_attrs["candidate"] for t in waiting] == ["c0"]  # the kill came after the first enqueue
     # the next promote (any worker, after the kill) takes the lock the dead process held and finishes the job
-    done = halving.promote(study, cfg.halving)
+    done = halving.promote(study, cfg.quality.rungs)
     assert [p.candidate for p in done] == ["c1"]
-    assert halving.promote(study, cfg.halving) == []  # idempotent: nothing is enqueued twice
-    keys = [t.user_attrs["candidate"] for t in study.get_trials() if rung_of(t) == 1]
+    assert halving.promote(study, cfg.quality.rungs) == []  # idempotent: nothing is enqueued twice
+    keys = [t.user_attrs["candidate"] for t in study.get_trials() if TrialRecord.of(t).rung == 1]
     assert sorted(keys) == ["c0", "c1"]
 
 

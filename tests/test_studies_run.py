@@ -13,7 +13,9 @@ import pytest
 from optuna.trial import TrialState
 
 from studies.config import load_study_file
-from studies.runner import StudyError, open_storage, open_study, run_study
+from studies.opening import open_study
+from studies.runner import run_study
+from studies.storage import StudyError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,7 +179,7 @@ def test_early_stop_compares_curves_at_equal_budget_fractions(tmp_path):
     """Multi-objective studies cannot use Optuna's pruners: our rule stops a run whose validation loss is
     above the chosen quantile of finished trials at the same share of the budget."""
     from optuna.distributions import FloatDistribution
-    from studies.runner import _curve_threshold
+    from studies.objective import _curve_threshold
 
     study = optuna.create_study(directions=["minimize", "minimize"])
     for i, final in enumerate([0.30, 0.35, 0.40, 0.45]):
@@ -193,7 +195,7 @@ def test_early_stop_compares_curves_at_equal_budget_fractions(tmp_path):
 def test_objective_stops_a_clearly_worse_run(tmp_path, monkeypatch):
     from studies import evaluate as ev
     from studies.config import parse_study
-    from studies.runner import Objective, RunStats
+    from studies.objective import Objective, RunStats
 
     cfg = parse_study({
         "study": {"name": "es"}, "space": {"base": "tiny-debug"},
@@ -273,5 +275,5 @@ def test_the_flow_evaluator_reports_training_sampling_and_scoring_of_every_seed(
     monkeypatch.setattr(quality, "evaluate_quality_seeds", lambda *a, **k: quality.aggregate_seeds(
         [{**r, "val_loss": 0.5, "status": "ok"} for r in per_seed]))
     flow = registry.get("flow")
-    out = registry.runner("flow")(PRESETS["tiny-debug"], flow.check_config({"seeds": 2}), 0, None)
+    out = flow.run(PRESETS["tiny-debug"], flow.check_config({"seeds": 2}), 0, None, None)
     assert out["_evaluator_seconds"] == pytest.approx(30.0)

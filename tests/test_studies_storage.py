@@ -1,4 +1,4 @@
-"""Storage opened safely (issue 16): workers that start together, readers that never write, strict URLs."""
+"""Storage opened safely (studies/storage.py): workers that start together, readers that never write, strict URLs."""
 import os
 import subprocess
 import sys

@@ -1,21 +1,16 @@
-"""Latency evaluator: the predicted Neural Engine latency of the full-size model (latency_models/), with its
+"""The latency evaluator: the predicted Neural Engine latency of the full-size model (latency_models/), with its
 band from held-out residuals and the split of the prediction by stage and op kind.
 
 A wrapper over `latency_models.api.predict` and `latency_models.explain.breakdown` (one cached op trace feeds
-both), registered so that studies run it through the registry like every other evaluator. The breakdown is
-stored on each study trial, so the explorer reads it back instead of walking the model while a page renders.
+both). The breakdown is stored on each study trial, so the explorer reads it back instead of walking the model
+while a page renders (docs/latency.md).
 """
 from __future__ import annotations
 
-from search_space import Spec
-
-from .registry import provide
-
-# Bump when a change makes old predictions incomparable (the profiles carry their own fitted versions).
-DEFAULT_DEVICE = "a17pro"
+from ..registry import Evaluator, Option, register
 
 
-def latency_breakdown(spec: Spec, latent: int, device: str) -> dict:
+def latency_breakdown(spec, latent: int, device: str) -> dict:
     """Predicted Neural Engine latency split by op kind and by stage (latency_models.explain.breakdown: the
     predictor's own formula on its cached features; the shares plus the protocol overhead sum to the
     prediction). `per_class_ms` is the op-kind split under its older name."""
@@ -26,7 +21,7 @@ def latency_breakdown(spec: Spec, latent: int, device: str) -> dict:
     return b | {"per_class_ms": {k: v for k, v in b["per_kind_ms"].items() if v > 0}}
 
 
-def _run(spec: Spec, config: dict, seed: int, report) -> dict:
+def run(spec, config: dict, seed: int, report, out_dir) -> dict:
     from latency_models.api import predict
 
     pred = predict(spec, None, config["device"], latent=config["latent"])
@@ -34,5 +29,10 @@ def _run(spec: Spec, config: dict, seed: int, report) -> dict:
             "_user_attrs": {"latency_breakdown": latency_breakdown(spec, config["latent"], config["device"])}}
 
 
-provide("latency", _run)  # the declaration (name, version, metrics, options) is the static one in
-# evaluators/registry.py: one place
+# Bump the version when a change makes old predictions incomparable (the profiles carry their own fitted ones).
+EVALUATOR = register(Evaluator(
+    name="latency", version="latency-1", cheap=True, run=run,
+    metrics={"latency_ms": "minimize", "latency_low_ms": "minimize", "latency_high_ms": "minimize"},
+    options=(Option("latent", int, 128, "full-size latent side the latency is predicted at"),
+             Option("device", str, "a17pro", "latency profile, e.g. a17pro (latency_models/profiles/)")),
+    doc="predicted Neural Engine latency of the full-size model, with its band and per-stage split"))

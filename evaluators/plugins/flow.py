@@ -1,0 +1,92 @@
+"""The flow evaluator: a short flow-matching run of a UNet's proxy, sampled and scored by validation loss and the
+domain FD (Inception FID when its weights are at hand), repeated over seeds with a 95% interval per metric.
+evaluators/quality.py does the work; the protocol is docs/quality.md.
+
+Its one declaration is here; the defaults are those of evaluators/quality.py's `evaluate_quality` (the contract
+test in tests/test_evaluators_registry.py holds them equal), so a study and `pocketdiff eval quality` score alike.
+"""
+from __future__ import annotations
+
+from training.budget import WARMUP_STEPS, Budget
+from training.proxy import ProxyConfig
+
+from ..registry import Evaluator, Option, budget_callback, register, whole_number
+
+DATA_SOURCES = "mnist5k, mnist5k-p1|p2|p4|p8, imagenet:PATH, folder:PATH or latents:PATH"
+
+
+def parse_data(name: str, value) -> str:
+    """A data source the flow trainer loads, checked by form (a folder's existence is checked before a run)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} = {value!r} must be a string")
+    kind, _, where = value.partition(":")
+    if value == "mnist5k" or value in (f"mnist5k-p{p}" for p in (1, 2, 4, 8)) \
+            or (kind in ("imagenet", "folder", "latents") and where):
+        return value
+    raise ValueError(f"{name} = {value!r} is not a flow data source; use {DATA_SOURCES}")
+
+
+def parse_budget(name: str, value) -> Budget:
+    """A training budget; a step budget must be longer than the trainer's learning-rate warm-up."""
+    budget = Budget.parse(value)
+    if budget.steps is not None:
+        budget.resolve(train_count=1, batch_size=1, warmup_steps=WARMUP_STEPS)
+    return budget
+
+
+def parse_proxy(name: str, value) -> ProxyConfig:
+    """The [quality] proxy table, e.g. { width_mult = 0.125 } (training/proxy.py)."""
+    if isinstance(value, ProxyConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a table, e.g. {name} = {{ width_mult = 0.125 }}")
+    try:
+        return ProxyConfig(**value)
+    except TypeError:
+        raise ValueError(f"{name}: unknown key(s) {', '.join(sorted(value))}; known: width_mult, max_channels, "
+                         f"norm_groups") from None
+
+
+def run(spec, config: dict, seed: int, report, out_dir) -> dict:
+    """`evaluate_quality_seeds` at the configured proxy, reporting (budget fraction, values) while it trains.
+    Returns float metrics, `_user_attrs` (proxy mapping, artifact paths, per-seed records) and
+    `_evaluator_seconds` (training, sampling and scoring time summed over the seeds, for the workbench's
+    overhead share)."""
+    from evaluators import quality
+
+    budget = config["budget"]
+    result = quality.evaluate_quality_seeds(
+        spec, config["data"], budget, seed, config["seeds"], out_dir=out_dir,
+        callback=budget_callback(budget, report), progress=False, sample_steps=config["sample_steps"],
+        cfg_scale=config["guidance"], num_samples=config["n_samples"], proxy_config=config["proxy"])
+    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    runs = result.get("per_seed") or [result]  # the aggregate holds the seed MEAN of each seconds_* field
+    metrics["_evaluator_seconds"] = sum(r.get("seconds_train", 0.0) + r.get("seconds_sample", 0.0)
+                                        + r.get("seconds_metrics", 0.0) for r in runs)
+    status = str(result.get("status", "ok"))
+    if status.startswith("diverged"):
+        metrics["diverged_at_step"] = float(status.split("step")[1].split()[0])
+    metrics["_user_attrs"] = {k: result[k] for k in ("proxy", "status", "out_dir", "samples", "record",
+                                                     "metrics_invalid", "seed_list") if k in result}
+    return metrics
+
+
+# Bump the version when a change makes old records incomparable (studies key their evaluation cache on it).
+# 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW
+EVALUATOR = register(Evaluator(
+    name="flow", version="quality-3", spec_kinds=("unet",), code=("evaluators.quality",), run=run,
+    metrics={"val_loss": "minimize", "fd_domain": "minimize", "kid_domain": "minimize",
+             "precision_domain": "maximize", "recall_domain": "maximize", "fid": "minimize", "kid": "minimize",
+             "precision": "maximize", "recall": "maximize"},
+    options=(
+        Option("data", str, "mnist5k", f"training data: {DATA_SOURCES}", parse_data),
+        # [choose] reproducible steps, not wall clock: tiny-debug on MNIST-5k trains in about a minute on 2 cores
+        Option("budget", Budget, Budget(steps=500), "training budget, e.g. 500steps or 60s", parse_budget),
+        Option("seeds", int, 1, "seeds per candidate; 3 gives a 95% interval",
+               whole_number(1, " (3 gives a 95% interval)")),
+        Option("n_samples", int, None, "generated images per seed (default: up to 192, evaluators/quality.py "
+                                       "NUM_SAMPLES, at most the reference set)", whole_number(1)),
+        Option("sample_steps", int, 8, "Euler steps when sampling"),
+        Option("guidance", float, 2.0, "classifier-free guidance scale"),
+        Option("proxy", ProxyConfig, ProxyConfig(), "proxy mapping, e.g. { width_mult = 0.125 }", parse_proxy)),
+    doc="proxy flow-matching run, scored by validation loss and domain FD (Inception FID when available)"))

@@ -1,0 +1,104 @@
+"""Workers and their trials: who runs a trial, whether that process is still alive, and what happens to work
+whose process was killed (docs/studies.md, crash safety).
+
+Every trial stores the host, PID and start time of the process that runs it (`worker_identity`). A killed
+worker leaves its trial RUNNING: on its own host the next run fails it at once (`fail_ghost_trials`: the PID is
+gone, or now names another process); elsewhere Optuna's heartbeat marks it FAIL once it goes stale. Either way
+`RequeueKilled` puts the same parameters and record back in the queue, since a kill is never the trial's own
+failure.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from . import record as R
+from .record import RecordWriter, TrialRecord
+
+log = logging.getLogger("pocketdiff.study")
+
+KILL_RETRY_LIMIT = 20  # queued work (presets, promotions) killed this many times in a row is given up, loudly
+
+
+class RequeueKilled:
+    """Re-queue a trial whose process was killed (stale heartbeat, or a dead PID on this host) with the same
+    parameters and user attributes. A kill is never the trial's own failure: enqueued presets and promotions are
+    re-queued until they finish (up to KILL_RETRY_LIMIT kills, against a design that kills its worker every
+    time); sampled trials up to `max_retry` times (the sampler proposes others meanwhile). A trial that raises
+    fails for its own reason and is not retried."""
+
+    def __init__(self, max_retry: int):
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        limit = KILL_RETRY_LIMIT if TrialRecord.of(trial).queued else self.max_retry
+        if len(history) > limit:
+            log.warning("trial %d was killed %d times; not re-queued (limit %d)", trial.number, len(history), limit)
+            return
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs=R.requeued(trial.user_attrs),
+            system_attrs={**trial.system_attrs, "failed_trial": history[0], "retry_history": history}))
+        log.info("trial %d was killed: re-queued with the same parameters (kill %d)", trial.number, len(history))
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of a process in clock ticks since boot (Linux /proc), or None where unknown; with the PID
+    it names a process exactly (a PID is reused, a PID and its start time are not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":  # a zombie: dead, only not yet reaped by its parent
+        return -1
+    return int(fields[19])
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    if Path("/proc/self/stat").exists():
+        now = _process_start(pid)
+        return now is not None and now != -1 and (started is None or now == started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_identity() -> dict[str, Any]:
+    """Host, PID and process start time of this process: stored on every trial it runs (`RecordWriter.worker`)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid())}
+
+
+def fail_ghost_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-queue at once the RUNNING trials owned by a process on this host that is gone (a SIGKILL
+    leaves them RUNNING until their heartbeat goes stale, longer than a quick rerun takes). Other hosts'
+    trials keep the heartbeat rule. Returns the trial numbers failed here."""
+    host, failed = socket.gethostname(), []
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial_host, pid, started = TrialRecord.of(t).worker
+        if trial_host != host or pid is None or process_alive(pid, started):
+            continue
+        try:
+            RecordWriter(lambda k, v: storage.set_trial_user_attr(t._trial_id, k, v)).killed(
+                f"process {pid} on {host} is gone")
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another starting worker failed it first
+        failed.append(t.number)
+        callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+        if callback is not None:
+            callback(study, storage.get_trial(t._trial_id))
+    return failed
