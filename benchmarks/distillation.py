@@ -138,7 +138,7 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 
 def sd_config(a, n: int, adv_weight: float | None = None):
-    from training.step_distill import StepDistillConfig
+    from training.config import StepDistillConfig
     extra = {} if adv_weight is None else {"adv_weight": adv_weight}
     return StepDistillConfig(sampler_steps=n, teacher_substeps=a.teacher_substeps, **extra)
 

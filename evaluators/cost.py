@@ -6,7 +6,7 @@ walk is the latency evaluator's (`traced_costs`: one op trace per spec and laten
 disk with the code fingerprint), so a study trial walks its candidate once for both evaluators.
 - Parameters: total, per stage and per block kind, from the module tree.
 - MACs: one multiply-accumulate per conv/linear/matmul/attention product, the convention of fvcore and of
-  the paper's tables (SNAPGEN.md: "38 GFLOPs" for SnapGen is 38 G multiply-accumulates). Two engines:
+  the paper's tables (docs/paper.md section 1: "38 GFLOPs" for SnapGen is 38 G multiply-accumulates). Two engines:
   "torch" is a view of the project's one op trace, which the latency models also use (search_space/trace.py:
   aten ops with torch.utils.flop_counter's formulas, on meta tensors); "fvcore" traces with
   fvcore's FlopCountAnalysis plus our handler for scaled_dot_product_attention (fvcore has none) and
@@ -33,7 +33,7 @@ from search_space import DecoderSpec, Spec, UNetSpec, build_model, example_input
 from search_space.attention import attention_backend
 from search_space.trace import block_kind, stage_of as trace_stage_of, trace_forward
 
-DEFAULT_LATENT = 128  # SNAPGEN.md: FLOPs reported at a 128x128 latent (1024 px) unless stated otherwise
+DEFAULT_LATENT = 128  # docs/paper.md section 1: FLOPs reported at a 128x128 latent (1024 px) unless stated otherwise
 
 BLOCK_KINDS = ("res", "self_attn", "cross_attn", "ffn", "transformer_io", "resample", "embed", "stem_head")
 

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 from search_space import DecoderSpec
+from training.budget import DECODER_RUN_BUDGET, Budget
 from training.decoder import DecoderTrainConfig, load_encoder, load_patches, save_reconstructions, train_decoder
 
 
-def evaluate_decoder_quality(spec: DecoderSpec, data: str = "sample-images", budget: str = "60s", seed: int = 0,
+def evaluate_decoder_quality(spec: DecoderSpec, data: str = "sample-images", budget: "Budget | str" = DECODER_RUN_BUDGET, seed: int = 0,
                              out_dir: str | Path | None = None, callback: Callable[[dict], bool | None] | None = None,
                              encoder: str = "tiny-ae", progress: bool = False, ae_steps: int | None = None,
                              **options) -> dict:

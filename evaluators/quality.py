@@ -24,7 +24,7 @@ import torch
 
 from search_space import UNetSpec, load_spec
 from search_space.errors import UserError
-from training.budget import WALL_CLOCK_NOTICE, Budget
+from training.budget import QUALITY_RUN_BUDGET, WALL_CLOCK_NOTICE, Budget
 from training.config import LoopConfig
 from training.data import DataError, FlowData, load_data, load_vae
 from training.fidelity import (MetricError, domain_floor, domain_metrics, extractor_validity, inception_metrics,
@@ -37,7 +37,6 @@ from training.text import DEFAULT_ENCODER, class_prompt_embeddings
 
 # Bump when a change makes old records incomparable (studies key their evaluation cache on it).
 # 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW
-DEFAULT_BUDGET = "500steps"  # [choose] tiny-debug on MNIST-5k: ~1 min on 2 quiet cores, fd_domain near its floor
 # [measured] the default sample count from the FD's noise (benchmarks/fd_sample_count.md: quick.toml's snapgen
 # proxy after 48 steps, 3 sampling seeds): FD ~458 at every n; SD over sampling seeds 5.6 / 5.1 / 3.6 / 3.5 at
 # n = 192 / 256 / 384 / 512, real-image floor 4.65 / 3.01 / 1.14 at 192 / 256 / 384. Rule: the smallest n above
@@ -45,10 +44,9 @@ DEFAULT_BUDGET = "500steps"  # [choose] tiny-debug on MNIST-5k: ~1 min on 2 quie
 # noise at n (SD over sampling seeds); more samples shrink the SD slowly (x2.7 the sampling time for /1.6).
 # A run near the floor (FD of a few units) should ask for more with --samples.
 NUM_SAMPLES = 192
-# [choose] 8 Euler steps: rectified-flow paths are near straight, and at 8 steps sampling 500 images with CFG
-# stays under half of a 60 s training budget on 2 CPU cores.
-SAMPLE_STEPS = 8
-CFG_SCALE = 2.0  # [choose] moderate guidance; class-conditional ImageNet models are usually scored at 1.5-4
+# Sampling for the metrics uses the loop's sampler settings (training/config.py: 8 Euler steps, guidance 2).
+SAMPLE_STEPS = LoopConfig.sample_steps
+CFG_SCALE = LoopConfig.cfg_scale
 FID_MODES = ("auto", "on", "off")  # auto: Inception FID only if its weights are already on disk
 GRID_PER_CLASS = 10
 CONFIDENCE = 0.95
@@ -71,7 +69,7 @@ def sample_count(requested: int | None, data: FlowData) -> int:
     return requested if requested is not None else max(1, min(NUM_SAMPLES, len(data.ref_y)))
 
 def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
-                     budget: Budget | str = DEFAULT_BUDGET,
+                     budget: Budget | str = QUALITY_RUN_BUDGET,
                      seed: int = 0, *, out_dir: str | Path | None = None, num_samples: int | None = None,
                      sample_steps: int = SAMPLE_STEPS, cfg_scale: float = CFG_SCALE, fid: str = "auto",
                      fid_weights: str | None = None, vae: str | None = None, encoder: str = DEFAULT_ENCODER,
@@ -206,7 +204,7 @@ def _seed_list(seeds: int, seed: int) -> list[int]:
 
 
 def evaluate_quality_seeds(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
-                           budget: Budget | str = DEFAULT_BUDGET,
+                           budget: Budget | str = QUALITY_RUN_BUDGET,
                            seed: int = 0, seeds: int = 1, *, out_dir: str | Path | None = None, **kwargs) -> dict:
     """`evaluate_quality` over seeds seed .. seed+seeds-1. Each numeric metric m becomes the seed mean, with
     m_ci_low / m_ci_high (95% t-interval over seeds) when seeds > 1; `per_seed` keeps every run's record."""

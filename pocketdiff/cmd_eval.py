@@ -11,6 +11,7 @@ import json
 import sys
 
 from pocketdiff.cli import UsageError
+from training.budget import QUALITY_RUN_BUDGET
 
 SUMMARY_KEYS = ("status", "steps", "train_images_per_s", "val_loss", "fd_domain", "fd_domain_floor", "kid_domain",
                 "precision_domain", "recall_domain", "fid", "kid", "precision", "recall", "fid_note",
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="preset name or spec JSON file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a spec field, e.g. --set stages.1.channels=96 (repeatable)")
-    _common(p, "500steps", 1)
+    _common(p, str(QUALITY_RUN_BUDGET), 1)
     p.add_argument("--out", default=None, help="folder for samples.png, record.json and checkpoints/")
     p.set_defaults(func=cmd_quality)
     c = sub.add_parser("compare", help="paired comparison of two specs over seeds: difference per metric with "
@@ -70,7 +71,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _options(args: argparse.Namespace) -> dict:
     """Validated evaluator keyword arguments shared by both commands (bad values: UsageError, one line)."""
-    from evaluators.quality import CFG_SCALE, SAMPLE_STEPS
     from training.budget import WALL_CLOCK_NOTICE, Budget
     from training.config import LoopConfig
     from training.proxy import ProxyConfig
@@ -85,8 +85,8 @@ def _options(args: argparse.Namespace) -> dict:
               else LoopConfig.quality_preset(batch_size=args.batch_size))
     if Budget.parse(args.budget).wall_clock and not (args.json or args.quiet):
         print(WALL_CLOCK_NOTICE, file=sys.stderr)
-    return dict(num_samples=args.samples, sample_steps=args.sample_steps or SAMPLE_STEPS,
-                cfg_scale=CFG_SCALE if args.cfg_scale is None else args.cfg_scale, fid=args.fid,
+    return dict(num_samples=args.samples, sample_steps=args.sample_steps or LoopConfig.sample_steps,
+                cfg_scale=LoopConfig.cfg_scale if args.cfg_scale is None else args.cfg_scale, fid=args.fid,
                 fid_weights=args.fid_weights, vae=args.vae, encoder=args.encoder, train_config=config,
                 proxy_config=proxy, device=args.device, progress=not args.quiet)
 

@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 
 from pocketdiff.cli import UsageError
+from training.budget import DECODER_RUN_BUDGET
 
 TRAIN_COMMANDS = ("unet", "decoder")
 
@@ -42,11 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_sample)
 
 
-def add_config_flags(p: argparse.ArgumentParser, config_type: type) -> None:
+def add_config_flags(p: argparse.ArgumentParser, config_type: type, skip: tuple[str, ...] = ()) -> None:
     """One flag per field of a config dataclass: --field-name, typed and defaulted by the field, with the help
-    line and allowed values of its metadata (training/config.py's `flag`)."""
+    line and allowed values of its metadata (training/config.py's `flag`). `skip`: fields set another way."""
     hints = typing.get_type_hints(config_type)
     for f in dataclasses.fields(config_type):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         help_line = f.metadata.get("help")
         if hints[f.name] is bool:
@@ -57,12 +60,14 @@ def add_config_flags(p: argparse.ArgumentParser, config_type: type) -> None:
                            help=f"{help_line} (default: %(default)s)" if help_line else None)
 
 
-def config_from_flags(a: argparse.Namespace, config_type: type):
-    return config_type(**{f.name: getattr(a, f.name) for f in dataclasses.fields(config_type)})
+def config_from_flags(a: argparse.Namespace, config_type: type, **given):
+    """The config the flags describe; `given` sets the fields that have no flag of their own."""
+    return config_type(**{f.name: getattr(a, f.name) for f in dataclasses.fields(config_type)
+                          if f.name not in given}, **given)
 
 
 def unet_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from training.config import LoopConfig
+    from training.config import LoopConfig, StepDistillConfig
 
     p.description = ("Train a UNet spec with rectified flow (optionally with KD or step distillation); resumable; "
                      "run under torchrun for DDP.")
@@ -89,18 +94,11 @@ def unet_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                     help="fixed weighting's KD share (default: the timestep-aware shape's average, matched)")
     kd.add_argument("--no-feature-kd", action="store_true", help="output KD only")
     kd.add_argument("--teacher-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
-    kd.add_argument("--step-distill", type=int, default=None, metavar="STEPS",
-                    help="adversarial step distillation to a STEPS-step sampler (needs --init and --teacher)")
     kd.add_argument("--init", default=None, help="start from this checkpoint's EMA weights")
-    kd.add_argument("--adv-weight", type=float, default=None, help="generator GAN loss weight (step distillation)")
-    kd.add_argument("--adv-start", type=float, default=None,
-                    help="share of the run that is KD only before the discriminator joins (default 0.5)")
-    kd.add_argument("--teacher-cfg", type=float, default=None,
-                    help="guidance of the teacher velocity distilled into the student (default 2; the student "
-                         "then samples at CFG 1)")
-    kd.add_argument("--teacher-substeps", type=int, default=None,
-                    help="teacher Euler steps per student step for the few-step target (default 4; 1 is enough "
-                         "where the teacher's N-step samples already match its 28-step ones, as on mnist5k)")
+    sd = p.add_argument_group("step distillation")
+    sd.add_argument("--step-distill", type=int, default=None, metavar="STEPS",
+                    help="adversarial step distillation to a STEPS-step sampler (needs --init and --teacher)")
+    add_config_flags(sd, StepDistillConfig, skip=("sampler_steps",))
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=train_unet_cmd)
     return p
@@ -113,7 +111,7 @@ def decoder_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--data", default="sample-images", help="sample-images | folder:PATH")
     p.add_argument("--encoder", default="tiny-ae", help="tiny-ae | vae:PATH (diffusers AutoencoderKL folder)")
-    p.add_argument("--budget", default="60s", help="60s, 2m or 500steps")
+    p.add_argument("--budget", default=str(DECODER_RUN_BUDGET), help="60s, 2m or 500steps")
     p.add_argument("--ae-steps", type=int, default=None, help="training steps of the tiny-ae stand-in encoder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for decoder.safetensors, record.json, reconstructions.png")
@@ -125,11 +123,10 @@ def decoder_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def train_unet_cmd(a: argparse.Namespace) -> int:
     from search_space import UNetSpec, load_spec
     from search_space.compact import encode
-    from training.config import LoopConfig
+    from training.config import LoopConfig, StepDistillConfig
     from training.data import load_data
     from training.full_run import distillation_objective, prepare_spec, train_full
     from training.kd_scaling import KDWeighting
-    from training.step_distill import StepDistillConfig
     from training.text import class_prompt_embeddings
 
     spec = load_spec(a.spec, a.overrides)
@@ -148,9 +145,7 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
     config.validate()
     step_distill = None
     if a.step_distill is not None:
-        given = {"adv_weight": a.adv_weight, "adv_start": a.adv_start, "teacher_cfg": a.teacher_cfg,
-                 "teacher_substeps": a.teacher_substeps}
-        step_distill = StepDistillConfig(sampler_steps=a.step_distill, **{k: v for k, v in given.items() if v is not None})
+        step_distill = config_from_flags(a, StepDistillConfig, sampler_steps=a.step_distill)
         config = dataclasses.replace(config, sample_steps=a.step_distill, cfg_scale=1.0)  # guidance is distilled in
     objective, teacher_line = distillation_objective(
         a.teacher, train_spec, prompts, data, KDWeighting(a.kd, a.kd_shape, a.kd_share), not a.no_feature_kd,

@@ -184,6 +184,24 @@ def test_bad_distillation_input_is_one_line_and_touches_nothing(quality_run, tmp
     assert before == {p: p.read_bytes() for p in quality_run.rglob("*") if p.is_file()}
 
 
+def test_every_step_distill_field_is_a_flag_with_its_default():
+    """Step distillation's settings are StepDistillConfig's fields: --step-distill N sets sampler_steps and every
+    other field is a flag of the same name and default."""
+    from pocketdiff.cli import build_parser
+    from pocketdiff.cmd_train import config_from_flags
+    from training.config import StepDistillConfig
+
+    parser = build_parser()
+    plain = parser.parse_args(["train", "unet", "tiny-debug", "--out", "x", "--step-distill", "8"])
+    assert config_from_flags(plain, StepDistillConfig, sampler_steps=8) == StepDistillConfig(sampler_steps=8)
+    changed = parser.parse_args(["train", "unet", "tiny-debug", "--out", "x", "--step-distill", "4",
+                                 "--rollout-share", "0.25", "--task-weight", "0.5", "--disc-lr", "2e-4",
+                                 "--adv-weight", "0", "--adv-start", "0.2"])
+    config = config_from_flags(changed, StepDistillConfig, sampler_steps=4)
+    assert (config.rollout_share, config.task_weight, config.disc_lr, config.adv_weight, config.adv_start) \
+        == (0.25, 0.5, 2e-4, 0.0, 0.2)
+
+
 def test_step_distill_flags_reach_the_objective(quality_run, tmp_path):
     run = tmp_path / "sd"
     q = str(quality_run)

@@ -12,7 +12,8 @@ from training.data import load_data
 from training.full_run import prepare_spec, train_full
 from training.kd import FeatureStandardizer, KDObjective, monotone_pairs
 from training.kd_scaling import KDWeighting, LossMagnitudes, bin_edges, mean_kd_share, task_weight
-from training.step_distill import StepDistillConfig, StepDistillError, StepDistillObjective
+from training.config import StepDistillConfig, StepDistillError
+from training.step_distill import StepDistillObjective
 from training.teachers import SpecTeacher, TeacherError, check_teacher, load_teacher, student_taps
 from training.text import class_prompt_embeddings
 

@@ -104,3 +104,11 @@ class Budget:
 WALL_CLOCK_NOTICE = ("note: a wall-clock budget trains each candidate for as many steps as this host manages "
                      "in that time, so quality then depends on the host's speed and load; use a step budget "
                      "(e.g. 2000steps) to compare designs")
+
+
+# The default budgets of the two short runs an evaluator makes (each written once; the evaluator declarations,
+# the libraries and the CLI read them from here).
+# [choose] reproducible steps, not wall clock: tiny-debug on MNIST-5k trains in about a minute on 2 cores
+QUALITY_RUN_BUDGET = Budget(steps=500)
+# [choose] a decoder run at full size on CPU (docs/quality.md): a minute of training scores the held-out crops
+DECODER_RUN_BUDGET = Budget(seconds=60.0)

@@ -81,3 +81,44 @@ class LoopConfig:
                 raise TrainError(f"{name}={getattr(self, name)!r} is not one of {', '.join(AUTO_ON_OFF)}")
         if not self.lr > 0:
             raise TrainError(f"lr={self.lr} must be positive")
+
+
+# --- step distillation (training/step_distill.py) ------------------------------------------------------------
+
+SAMPLER_STEPS = (2, 4, 8)  # [choose] powers of two: the 8-step grid holds the 4-step one; [paper] 4 and 8
+
+
+class StepDistillError(UserError):
+    """A step-distillation setting the sampler or the run cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class StepDistillConfig:
+    """The step-distillation objective's settings. `sampler_steps` is `pocketdiff train unet --step-distill N`;
+    every other field is a flag of its own (used only with --step-distill)."""
+
+    sampler_steps: int = 4
+    # [choose] teacher Euler steps per student step: the teacher runs 4 x N steps
+    teacher_substeps: int = flag(4, "teacher Euler steps per student step for the few-step target (1 is enough "
+                                    "where the teacher's N-step samples already match its 28-step ones)")
+    # [choose] the guidance distilled into the student (the base runs score at CFG 2)
+    teacher_cfg: float = flag(2.0, "guidance of the teacher velocity distilled into the student (the student "
+                                   "then samples at CFG 1)")
+    # [choose] share of each batch trained on the student's own rollout states
+    rollout_share: float = flag(0.5, "share of each batch trained on the student's own rollout states")
+    task_weight: float = flag(0.0, "weight of the plain flow term on the forward-process half")
+    # [choose] generator GAN weight next to the few-step KD (ADD uses 2.5 on a normalised hinge; at this scale
+    # 0.1 keeps the KD term in charge)
+    adv_weight: float = flag(0.1, "generator GAN loss weight")
+    adv_start: float = flag(0.5, "share of the run that is KD only before the generator's adversarial term joins")
+    # [choose] the heads are small and see every step from the start
+    disc_lr: float = flag(1e-3, "learning rate of the discriminator heads")
+
+    def validate(self) -> None:
+        if self.sampler_steps not in SAMPLER_STEPS:
+            raise StepDistillError(f"--step-distill {self.sampler_steps}: the sampler supports "
+                                   f"{', '.join(map(str, SAMPLER_STEPS))} steps")
+        if self.teacher_substeps < 1:
+            raise StepDistillError(f"teacher_substeps={self.teacher_substeps} must be >= 1")
+        if not 0 <= self.rollout_share <= 1 or not 0 <= self.adv_start <= 1:
+            raise StepDistillError("rollout_share and adv_start are shares within [0, 1]")

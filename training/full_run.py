@@ -24,7 +24,8 @@ from .kd_scaling import KDWeighting
 from .loop import RunResult, fit
 from .objectives import Objective
 from .proxy import proxy_spec
-from .step_distill import StepDistillConfig, StepDistillObjective
+from .config import StepDistillConfig
+from .step_distill import StepDistillObjective
 from .teachers import TEACHER_DTYPES, TeacherError, check_teacher, load_teacher
 from .text import PromptEmbeddings
 

@@ -21,15 +21,14 @@ t_k = 1 - k/N, on the states the sampler meets there [choose, values in StepDist
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_space.errors import UserError
-
 from .conditioning import velocity
+from .config import StepDistillConfig
 from .distributed import DistContext
 from .flow import euler_timesteps, interpolate, velocity_target
 from .objectives import Objective, per_sample_mean_square
@@ -38,35 +37,6 @@ from .text import PromptEmbeddings
 
 HEAD_WIDTH = 32  # [choose] discriminator head width: small next to the frozen teacher features it reads
 DISC_TAPS = 3  # [choose] teacher features the discriminator reads: first, middle and last of its depth
-SAMPLER_STEPS = (2, 4, 8)  # [choose] powers of two: the 8-step grid holds the 4-step one; [paper] 4 and 8
-
-
-class StepDistillError(UserError):
-    """A step-distillation setting the sampler or the run cannot use; the message names it."""
-
-
-@dataclass(frozen=True)
-class StepDistillConfig:
-    sampler_steps: int = 4
-    teacher_substeps: int = 4  # [choose] teacher Euler steps per student step: the teacher runs 4 x N steps
-    teacher_cfg: float = 2.0  # [choose] the guidance distilled into the student (the base runs score at CFG 2)
-    rollout_share: float = 0.5  # [choose] share of each batch trained on the student's own rollout states
-    task_weight: float = 0.0
-    adv_weight: float = 0.1  # [choose] generator GAN weight next to the few-step KD (ADD uses 2.5 on a
-    # normalised hinge; at this scale 0.1 keeps the KD term in charge)
-    adv_start: float = 0.5  # share of the run that is KD only before the generator's adversarial term joins
-    disc_lr: float = 1e-3  # [choose] the heads are small and see every step from the start
-
-    def validate(self) -> None:
-        if self.sampler_steps not in SAMPLER_STEPS:
-            raise StepDistillError(f"--step-distill {self.sampler_steps}: the sampler supports "
-                                   f"{', '.join(map(str, SAMPLER_STEPS))} steps")
-        if self.teacher_substeps < 1:
-            raise StepDistillError(f"teacher_substeps={self.teacher_substeps} must be >= 1")
-        if not 0 <= self.rollout_share <= 1 or not 0 <= self.adv_start <= 1:
-            raise StepDistillError("rollout_share and adv_start are shares within [0, 1]")
-
-
 class DiscriminatorHeads(nn.Module):
     """One conv head per teacher feature map -> a logit per sample (mean over positions and heads)."""
 

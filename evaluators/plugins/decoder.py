@@ -6,7 +6,7 @@ in tests/test_evaluators_registry.py).
 """
 from __future__ import annotations
 
-from training.budget import Budget
+from training.budget import DECODER_RUN_BUDGET, Budget
 
 from ..registry import Evaluator, Option, budget_callback, register
 
@@ -40,6 +40,6 @@ EVALUATOR = register(Evaluator(
     run=run, metrics={"psnr": "maximize", "val_loss": "minimize", "lpips": "minimize", "baseline_psnr": "maximize"},
     options=(Option("data", str, "sample-images", "images the decoder reconstructs: sample-images or folder:PATH",
                     parse_data),
-             Option("budget", Budget, Budget(seconds=60.0), "training budget, e.g. 30s or 400steps", parse_budget),
+             Option("budget", Budget, DECODER_RUN_BUDGET, "training budget, e.g. 30s or 400steps", parse_budget),
              Option("encoder", str, "tiny-ae", "frozen encoder: tiny-ae or vae:/path/to/vae")),
     doc="short decoder training with a frozen encoder, scored by held-out reconstruction PSNR"))

@@ -7,7 +7,8 @@ test in tests/test_evaluators_registry.py holds them equal), so a study and `poc
 """
 from __future__ import annotations
 
-from training.budget import WARMUP_STEPS, Budget
+from training.budget import QUALITY_RUN_BUDGET, WARMUP_STEPS, Budget
+from training.config import LoopConfig
 from training.proxy import ProxyConfig
 
 from ..registry import Evaluator, Option, budget_callback, register, whole_number
@@ -80,13 +81,12 @@ EVALUATOR = register(Evaluator(
              "precision": "maximize", "recall": "maximize"},
     options=(
         Option("data", str, "mnist5k", f"training data: {DATA_SOURCES}", parse_data),
-        # [choose] reproducible steps, not wall clock: tiny-debug on MNIST-5k trains in about a minute on 2 cores
-        Option("budget", Budget, Budget(steps=500), "training budget, e.g. 500steps or 60s", parse_budget),
+        Option("budget", Budget, QUALITY_RUN_BUDGET, "training budget, e.g. 500steps or 60s", parse_budget),
         Option("seeds", int, 1, "seeds per candidate; 3 gives a 95% interval",
                whole_number(1, " (3 gives a 95% interval)")),
         Option("n_samples", int, None, "generated images per seed (default: up to 192, evaluators/quality.py "
                                        "NUM_SAMPLES, at most the reference set)", whole_number(1)),
-        Option("sample_steps", int, 8, "Euler steps when sampling"),
-        Option("guidance", float, 2.0, "classifier-free guidance scale"),
+        Option("sample_steps", int, LoopConfig.sample_steps, "Euler steps when sampling"),
+        Option("guidance", float, LoopConfig.cfg_scale, "classifier-free guidance scale"),
         Option("proxy", ProxyConfig, ProxyConfig(), "proxy mapping, e.g. { width_mult = 0.125 }", parse_proxy)),
     doc="proxy flow-matching run, scored by validation loss and domain FD (Inception FID when available)"))
