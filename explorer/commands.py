@@ -1,8 +1,10 @@
 """The `pocketdiff` commands the explorer suggests, in one place, so a test can run each one's `--help`
-(tests/test_app.py): the app never suggests a command that does not exist."""
+(tests/explorer/test_app.py): the app never suggests a command that does not exist."""
 from __future__ import annotations
 
 import json
+
+from training.budget import QUALITY_RUN_BUDGET
 
 STUDY_RUN = "pocketdiff study run studies/{name}.toml"
 
@@ -23,7 +25,7 @@ def design_commands(spec_id: str, kind: str, latent: int, device: str, eval_key:
             key = {}
         lines += [f"pocketdiff train unet {spec_id}.json --data {key.get('data', 'mnist5k')} --out runs/train/{spec_id}",
                   f"pocketdiff eval quality {spec_id}.json --data {key.get('data', 'mnist5k')} "
-                  f"--budget {key.get('budget', '60s')} --out runs/{spec_id}"]
+                  f"--budget {key.get('budget', str(QUALITY_RUN_BUDGET))} --out runs/{spec_id}"]
     else:
         lines.append(f"pocketdiff train decoder {spec_id}.json --out runs/train/{spec_id}")
     return lines

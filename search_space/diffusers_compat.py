@@ -4,7 +4,7 @@
 "text_time" addition embedding, sinusoidal time embedding) and `decoder_spec_from_diffusers(config)` an
 AutoencoderKL config; `diffusers_unet_config(spec)` / `diffusers_decoder_config(spec)` go the other way and
 refuse what diffusers' classes cannot build. Each spec field either maps to a config key or is listed in
-`DIFFUSERS_REFUSALS` with the reason (docs/spec-fields.md has the table; tests/test_search_space_fields.py
+`DIFFUSERS_REFUSALS` with the reason (docs/spec-fields.md has the table; tests/search_space/test_fields.py
 fails on a field that does neither). `unet_state_dict_from_diffusers` / `decoder_state_dict_from_diffusers`
 rename diffusers' keys to ours; loaded with `strict=True` the model then gives diffusers' outputs.
 

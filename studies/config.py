@@ -118,7 +118,7 @@ class StudyConfig:
     heartbeat_interval: int = 30
     grace_period: int = 90
     max_retry: int = 1
-    # [target]: the cheap evaluators' own defaults (tests/test_evaluators_registry.py holds them equal); the paper
+    # [target]: the cheap evaluators' own defaults (tests/evaluators/test_registry.py holds them equal); the paper
     # measures latency and FLOPs at a 128x128 latent, 1024 px (docs/paper.md section 1)
     latent: int = 128
     device: str = "a17pro"

@@ -31,3 +31,14 @@ def postgres_url():
     yield base.rsplit("/", 1)[0] + "/" + name
     with psycopg.connect(base, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    """Write a study file under the test's folder: study_file(name, **sections) -> its path (tests/studyfiles.py
+    says what the sections default to)."""
+    from tests import studyfiles
+
+    def write(name: str = "t", **sections):
+        return studyfiles.write(tmp_path / f"{name}.toml", studyfiles.study(name, **sections))
+    return write

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,37 +19,17 @@ from studies.config import StudyFileError, parse_study
 from training.budget import Budget
 from studies.runner import run_study
 from studies.storage import StudyError
+from tests import studyfiles
 
 REPO = Path(__file__).resolve().parents[1]
 
-BASE = """
-[study]
-name = "hostile"
-sampler = "random"
-n_trials = 2
-
-[target]
-latent = 32
-device = "a17pro"
-
-[space]
-base = "tiny-debug"
-ffn_ratio = { choices = [2.0, 3.0] }
-
-[quality]
-evaluator = "flow"
-data = "mnist5k"
-budget = "12steps"
-
-[objectives]
-val_loss = "minimize"
-latency_ms = "minimize"
-"""
-
-
 def _study(**changes) -> dict:
-    """The base study with `section.key = value` changes (value None removes the key)."""
-    data = tomllib.loads(BASE)
+    """The base study (a tiny-debug space, a 12-step flow run) with `section.key = value` changes (value None
+    removes the key)."""
+    data = studyfiles.study("hostile", target={"latent": 32, "device": "a17pro"},
+                            space={"base": "tiny-debug", "ffn_ratio": {"choices": [2.0, 3.0]}},
+                            quality={"evaluator": "flow", "data": "mnist5k", "budget": "12steps"},
+                            objectives={"val_loss": "minimize", "latency_ms": "minimize"})
     for dotted, value in changes.items():
         section, key = dotted.split(".", 1)
         if value is None:
@@ -131,8 +110,7 @@ def _cli(argv: list[str]) -> tuple[int, str]:
 ])
 def test_cli_mistakes_are_one_line_exit_2(tmp_path, argv, says):
     (tmp_path / "list.json").write_text("[1, 2]")
-    (tmp_path / "s.toml").write_text(BASE.replace('name = "hostile"', f'name = "hostile"\nstorage = '
-                                                  f'"sqlite:///{tmp_path}/s.db"'))
+    studyfiles.write(tmp_path / "s.toml", _study(**{"study.storage": f"sqlite:///{tmp_path}/s.db"}))
     code, err = _cli([a.format(tmp=tmp_path) for a in argv])
     assert code == 2 and says in err, err
     assert len(err.strip().splitlines()) == 1
@@ -140,10 +118,9 @@ def test_cli_mistakes_are_one_line_exit_2(tmp_path, argv, says):
 
 def test_study_run_exits_1_when_every_trial_failed(tmp_path):
     """A space whose every point is invalid (heads do not divide the widths) fails each trial."""
-    path = tmp_path / "bad.toml"
-    path.write_text(BASE.replace('ffn_ratio = { choices = [2.0, 3.0] }', 'head_dim = { choices = [7] }')
-                    .replace('[objectives]\nval_loss = "minimize"\n', '[objectives]\n')
-                    .replace('evaluator = "flow"\ndata = "mnist5k"\nbudget = "12steps"', 'evaluator = "none"'))
+    bad = _study(**{"space.ffn_ratio": None, "space.head_dim": {"choices": [7]}, "objectives.val_loss": None})
+    bad["quality"] = {"evaluator": "none"}
+    path = studyfiles.write(tmp_path / "bad.toml", bad)
     r = subprocess.run([sys.executable, "-m", "pocketdiff.cli", "study", "run", str(path), "--storage",
                         f"sqlite:///{tmp_path}/s.db", "--no-progress"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -212,7 +189,7 @@ RANGE = st.fixed_dictionaries({}, optional={"low": JSON, "high": JSON, "step": J
 def test_any_study_file_value_gives_exit_0_or_a_clean_exit_2(tmp_path, key, value):
     """Through the CLI's load path: `study status FILE` loads the file, then finds no storage (exit 2)."""
     path = tmp_path / "s.toml"
-    path.write_text(_toml(_study(**{key: value})))
+    studyfiles.write(path, _study(**{key: value}))
     cwd = os.getcwd()
     os.chdir(tmp_path)  # the default storage runs/NAME/study.db is looked for (never created) here
     try:
@@ -222,22 +199,3 @@ def test_any_study_file_value_gives_exit_0_or_a_clean_exit_2(tmp_path, key, valu
     assert not (tmp_path / "runs").exists()
 
 
-def _toml(data: dict) -> str:
-    """A minimal TOML writer for the generated tables (no dependency): strings, numbers, bools, lists, tables."""
-    def value(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v if x is not None) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items() if x is not None) + " }"
-        return '""'
-    out = []
-    for section, table in data.items():
-        out.append(f"[{section}]")
-        out += [f"{json.dumps(k)} = {value(v)}" for k, v in table.items() if v is not None]
-    return "\n".join(out) + "\n"

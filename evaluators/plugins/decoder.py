@@ -2,7 +2,7 @@
 beside the encoder's own decoder (evaluators/decoder_quality.py; the paper's Table 2, docs/paper.md section 2).
 
 Its one declaration is here; the defaults are those of `evaluate_decoder_quality` (held equal by the contract test
-in tests/test_evaluators_registry.py).
+in tests/evaluators/test_registry.py).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ domain FD (Inception FID when its weights are at hand), repeated over seeds with
 evaluators/quality.py does the work; the protocol is docs/quality.md.
 
 Its one declaration is here; the defaults are those of evaluators/quality.py's `evaluate_quality` (the contract
-test in tests/test_evaluators_registry.py holds them equal), so a study and `pocketdiff eval quality` score alike.
+test in tests/evaluators/test_registry.py holds them equal), so a study and `pocketdiff eval quality` score alike.
 """
 from __future__ import annotations
 

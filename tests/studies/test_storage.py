@@ -10,26 +10,11 @@ from optuna.trial import TrialState
 
 from studies import results as R
 from studies.storage import StorageError, open_readonly, parse_url
+from tests.studyfiles import TINY_SPACE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
-TINY = """
-[study]
-name = "{name}"
-sampler = "random"
-n_trials = {n_trials}
-
-[target]
-latent = 32
-
-[space]
-base = "tiny-debug"
-ffn_ratio = {{ choices = [2.0, 3.0, 4.0] }}
-attention = {{ choices = ["mqa", "mhsa"] }}
-
-[objectives]
-params_m = "minimize"
-"""
+SPACE = {**TINY_SPACE, "attention": {"choices": ["mqa", "mhsa"]}}
 
 
 def _cli(*args, cwd=None):
@@ -46,11 +31,10 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
-def test_four_workers_started_together_on_a_fresh_postgres_database(tmp_path, postgres_url):
+def test_four_workers_started_together_on_a_fresh_postgres_database(study_file, postgres_url):
     """Optuna's table creation is check-then-create; without the schema lock 1-2 of 4 workers died with a
     duplicate-key error on PostgreSQL's catalog."""
-    path = tmp_path / "together.toml"
-    path.write_text(TINY.format(name="together", n_trials=8))
+    path = study_file("together", n_trials=8, space=SPACE)
     cmd = [sys.executable, "-m", "pocketdiff.cli", "study", "worker", str(path), "--storage", postgres_url,
            "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -78,9 +62,8 @@ def test_readers_on_a_missing_sqlite_file_create_nothing(tmp_path):
     assert not db.exists() and not db.parent.exists()
 
 
-def test_study_status_from_a_file_never_creates_its_database(tmp_path):
-    path = tmp_path / "s.toml"
-    path.write_text(TINY.format(name="fresh", n_trials=2))
+def test_study_status_from_a_file_never_creates_its_database(tmp_path, study_file):
+    path = study_file("fresh", n_trials=2, space=SPACE)
     r = _cli("study", "status", str(path), cwd=tmp_path)
     assert r.returncode == 2 and "no SQLite file" in r.stderr, r.stderr
     assert not (tmp_path / "runs").exists()
@@ -122,9 +105,8 @@ def test_storage_urls_are_parsed_strictly(url, reason):
         parse_url(url)
 
 
-def test_a_bad_storage_url_is_refused_before_anything_is_written(tmp_path):
-    path = tmp_path / "s.toml"
-    path.write_text(TINY.format(name="s", n_trials=2))
+def test_a_bad_storage_url_is_refused_before_anything_is_written(tmp_path, study_file):
+    path = study_file("s", n_trials=2, space=SPACE)
     for url in (f"sqlite:///{tmp_path}/a#b.db", f"sqlite:///{tmp_path}/q?mode=ro", "ftp://x/y"):
         r = _cli("study", "run", str(path), "--storage", url, "--no-progress", cwd=tmp_path)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr

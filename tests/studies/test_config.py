@@ -7,7 +7,7 @@ import pytest
 from search_space import PRESETS
 from studies.config import StudyFileError, load_study_file, parse_study
 
-STUDIES = sorted(Path(__file__).resolve().parents[1].joinpath("studies").glob("*.toml"))
+STUDIES = sorted(Path(__file__).resolve().parents[2].joinpath("studies").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
@@ -24,7 +24,7 @@ def test_shipped_study_files_sample_valid_specs(path):
 
 
 def test_quick_study_is_the_documented_default():
-    cfg = load_study_file(Path(__file__).resolve().parents[1] / "studies" / "quick.toml")
+    cfg = load_study_file(Path(__file__).resolve().parents[2] / "studies" / "quick.toml")
     assert cfg.name == "quick" and cfg.storage == "sqlite:///runs/quick/study.db"
     # quality by the validation loss: FD is far above its noise floor at these budgets (benchmarks/proxy_fidelity.md)
     assert cfg.metric_names[0] == "val_loss" and "latency_ms" in cfg.metric_names
@@ -108,7 +108,7 @@ def test_quality_is_parsed_once_into_typed_values():
     from training.budget import Budget
     from training.proxy import ProxyConfig
 
-    cfg = load_study_file(Path(__file__).resolve().parents[1] / "studies" / "quick.toml")
+    cfg = load_study_file(Path(__file__).resolve().parents[2] / "studies" / "quick.toml")
     q = cfg.quality
     assert q.evaluator == "flow" and q.data == "mnist5k-p4" and q.seeds == 1
     assert q.rungs.budgets == (Budget(steps=48), Budget(steps=96)) and q.rungs.seeds == (1, 2)

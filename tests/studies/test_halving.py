@@ -24,39 +24,10 @@ from studies.queries import front_note, pareto_rows
 from studies.record import TrialRecord
 from studies.runner import run_study
 from training.budget import Budget
+from tests import studyfiles
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-STUDY = """
-[study]
-name = "{name}"
-sampler = "random"
-seed = {seed}
-n_trials = {n_trials}
-heartbeat_interval = 1
-grace_period = 3
-
-[target]
-latent = 64
-
-[space]
-base = "snapgen-unet"
-"stages.1.channels" = {{ choices = [384, 512, 640] }}
-"stages.2.channels" = {{ choices = [640, 768, 896] }}
-ffn_ratio = {{ choices = [2.0, 3.0, 4.0] }}
-attention = {{ choices = ["mqa", "mhsa"] }}
-
-[quality]
-evaluator = "flow"
-rungs = ["11steps", "33steps", "99steps"]
-reduction = 3
-early_stop = {{ enabled = false }}
-
-[objectives]
-fd_domain = "minimize"
-{extra_objectives}
-"""
+REPO = Path(__file__).resolve().parents[2]
 
 # The stand-in for the quality evaluator: a score from the spec alone, made *better* at lower rungs so that a
 # front mixing rungs would pick rung-0 trials (the front-from-the-top-rung test relies on it).
@@ -85,10 +56,14 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def _write(tmp_path, name="halving", n_trials=9, seed=0, extra_objectives="", text=None):
-    path = tmp_path / f"{name}.toml"
-    path.write_text(text or STUDY.format(name=name, n_trials=n_trials, seed=seed, extra_objectives=extra_objectives))
-    return path
+def _write(tmp_path, name="halving", n_trials=9, seed=0, params_objective=False):
+    """Full-size candidates ranked by the stand-in quality score over three rungs (11, 33, 99 steps)."""
+    objectives = {"fd_domain": "minimize", **({"params_m": "minimize"} if params_objective else {})}
+    return studyfiles.write(tmp_path / f"{name}.toml", studyfiles.study(
+        name, n_trials=n_trials, study={"seed": seed, "heartbeat_interval": 1, "grace_period": 3},
+        target={"latent": 64}, space=studyfiles.SNAPGEN_SPACE, objectives=objectives,
+        quality={"evaluator": "flow", "rungs": ["11steps", "33steps", "99steps"], "reduction": 3,
+                 "early_stop": {"enabled": False}}))
 
 
 @pytest.fixture
@@ -150,7 +125,7 @@ def test_due_promotions_pick_the_best_share_once():
 def test_halving_study_promotes_and_builds_the_front_from_the_top_rung(tmp_path, fake_evaluators, capsys):
     from pocketdiff.cli import main
 
-    path, storage = _write(tmp_path, extra_objectives='params_m = "minimize"'), f"sqlite:///{tmp_path}/s.db"
+    path, storage = _write(tmp_path, params_objective=True), f"sqlite:///{tmp_path}/s.db"
     cfg = load_study_file(path, storage=storage)
     lines: list[str] = []
     study, _ = run_study(cfg, progress=False, echo=lines.append)

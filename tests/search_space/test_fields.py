@@ -32,7 +32,7 @@ from search_space.diffusers_compat import (
 )
 from search_space.errors import SpecError
 
-FIELD_TABLE = Path(__file__).resolve().parents[1] / "docs" / "spec-fields.md"
+FIELD_TABLE = Path(__file__).resolve().parents[2] / "docs" / "spec-fields.md"
 
 # SDXL-layout tiny specs: every field at a value diffusers maps, so a field's change alone decides the mapping.
 BASE_UNET = UNetSpec(stages=(StageSpec(32, 1, 2, 1, 1), StageSpec(64, 1, 2, 1, 1)), latent_channels=4,
@@ -131,7 +131,7 @@ def _default(field: str):
 def _variant(field: str) -> tuple[Spec, Spec, str]:
     """(context spec, the spec with the field changed, the change as text) of a field's VARIATIONS entry."""
     if field not in VARIATIONS:
-        pytest.fail(f"{field}: no entry in VARIATIONS (tests/test_search_space_fields.py); add (context, change) "
+        pytest.fail(f"{field}: no entry in VARIATIONS (tests/search_space/test_fields.py); add (context, change) "
                     f"giving it a non-default value, so that the compact, diffusers and cost views can be checked")
     context, change = VARIATIONS[field]
     base = BASE_DECODER if field.startswith("DecoderSpec.") else BASE_UNET
@@ -240,7 +240,7 @@ def test_changing_the_field_changes_the_op_trace_or_is_listed(field):
     else:
         assert not same, f"{field}: {change} changes neither the op trace nor the parameters of a tiny model; " \
                          f"count it in the trace (the builder or evaluators/cost.py), or list it in " \
-                         f"NO_COST_FIELDS (tests/test_search_space_fields.py) with the reason"
+                         f"NO_COST_FIELDS (tests/search_space/test_fields.py) with the reason"
     torch.manual_seed(0)
     model = build_model(variant)
     inputs = example_inputs(variant, latent=8, text_tokens=5)

@@ -18,10 +18,11 @@ from training.proxy import (NOT_REPRESENTED, PROXY_MAX_CHANNELS, ProxyConfig, Pr
 from training.text import PromptEmbeddings
 from training.config import LoopConfig
 from training.quality_run import train
+from tests.toys import toy_flow
 
 UNETS = sorted(n for n, s in PRESETS.items() if isinstance(s, UNetSpec))
 FIG3 = sorted(n for n in UNETS if n.startswith("fig3-"))
-STUDIES = sorted(p for p in (Path(__file__).resolve().parents[1] / "studies").glob("*.toml"))
+STUDIES = sorted(p for p in (Path(__file__).resolve().parents[2] / "studies").glob("*.toml"))
 FULL_GRID_MAX = 5000  # grids up to this size are enumerated in full; larger ones (ranges) are sampled
 SAMPLED = 1000
 
@@ -162,13 +163,7 @@ def test_collision_check_catches_a_merging_map(monkeypatch):
 
 
 def _toy_data(channels=4, size=8, n=16, classes=3) -> tuple[FlowData, PromptEmbeddings]:
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(n, channels, size, size, generator=g), torch.arange(n) % classes
-    data = FlowData(name="toy", kind="latent", class_names=[f"c{i}" for i in range(classes)], resolution=size,
-                    channels=channels, size=size, val_x=x[:4], val_y=y[:4], ref_x=x, ref_y=y, train_x=x, train_y=y)
-    prompts = PromptEmbeddings(tokens=torch.randn(classes + 1, 5, 24, generator=g),
-                               pooled=torch.randn(classes + 1, 24, generator=g), encoder="toy")
-    return data, prompts
+    return toy_flow(n, classes, channels, size, n_val=4, text_dim=24, tokens=5)
 
 
 @pytest.mark.parametrize("name", ["fig3-a", "fig3-g"])

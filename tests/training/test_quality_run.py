@@ -17,20 +17,13 @@ from training.sample import sample_classes
 from training.schedule import lr_factor
 from training.streams import TrainStream
 from training.validation import validation_loss, validation_timesteps
+from tests.toys import toy_flow
 
 SPEC = PRESETS["tiny-debug"]
 
 
 def _data(n=32, nan=False) -> tuple[FlowData, PromptEmbeddings]:
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(n, SPEC.latent_channels, 8, 8, generator=g), torch.arange(n) % 2
-    if nan:
-        x[:] = float("nan")
-    data = FlowData(name="toy", kind="latent", class_names=["a", "b"], resolution=8, channels=x.shape[1], size=8,
-                    val_x=x[:8], val_y=y[:8], ref_x=x, ref_y=y, train_x=x, train_y=y)
-    prompts = PromptEmbeddings(tokens=torch.randn(3, 4, SPEC.text_dim, generator=g),
-                               pooled=torch.randn(3, SPEC.text_dim, generator=g), encoder="toy")
-    return data, prompts
+    return toy_flow(n, nan=nan, text_dim=SPEC.text_dim)
 
 
 CONFIG = LoopConfig.quality_preset(batch_size=8, warmup_steps=1)  # tiny budgets: the warm-up must be shorter

@@ -13,7 +13,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv(export.CACHE_ENV, str(tmp_path / "cache"))
 
 
-# The per_conv reading's export is tested on tiny-debug in tests/test_latency_export.py. Converting is the
+# The per_conv reading's export is tested on tiny-debug in tests/latency_models/test_export.py. Converting is the
 # slow part and grows with the op count, so the UNet here is one stage of uib res blocks and a mid block.
 RES_ONLY_UNET = UNetSpec(stages=(StageSpec(16, 1, 2, 0, 0),), latent_channels=4, mid_transformer_depth=0,
                          conv="separable", conv_expansion=2.0, sep_block="uib", text_dim=8, norm_groups=8)

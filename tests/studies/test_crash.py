@@ -14,33 +14,12 @@ from studies.opening import open_storage, open_study, worker_seed
 from studies.runner import run_study
 from studies.storage import StudyError
 from studies.workers import fail_ghost_trials
+from tests import studyfiles
 
-STUDY = """
-[study]
-name = "{name}"
-sampler = "random"
-seed = 7
-n_trials = {n_trials}
-max_retry = 1
-
-[target]
-latent = 32
-
-[space]
-base = "tiny-debug"
-ffn_ratio = {{ choices = {ffn} }}
-
-[objectives]
-params_m = "minimize"
-
-[enqueue]
-presets = {presets}
-"""
-
-
-def _cfg(tmp_path, name="c", n_trials=3, ffn="[2.0, 3.0, 4.0]", presets="[]"):
-    path = tmp_path / f"{name}.toml"
-    path.write_text(STUDY.format(name=name, n_trials=n_trials, ffn=ffn, presets=presets))
+def _cfg(tmp_path, name="c", n_trials=3, ffn=(2.0, 3.0, 4.0), presets=()):
+    path = studyfiles.write(tmp_path / f"{name}.toml", studyfiles.study(
+        name, n_trials=n_trials, study={"seed": 7, "max_retry": 1},
+        space={"base": "tiny-debug", "ffn_ratio": {"choices": list(ffn)}}, enqueue={"presets": list(presets)}))
     return load_study_file(path, storage=f"sqlite:///{tmp_path}/s.db")
 
 
@@ -75,7 +54,7 @@ def test_each_run_claims_its_own_sampler_seed(tmp_path):
 
 
 def test_a_spec_already_finished_is_reused_not_evaluated_again(tmp_path):
-    cfg = _cfg(tmp_path, n_trials=3, ffn="[2.0]")  # one point: every sampled spec is the same
+    cfg = _cfg(tmp_path, n_trials=3, ffn=(2.0,))  # one point: every sampled spec is the same
     study, lines = _quiet(cfg)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
@@ -86,7 +65,7 @@ def test_a_spec_already_finished_is_reused_not_evaluated_again(tmp_path):
 
 
 def test_a_spec_running_or_queued_elsewhere_is_resampled_and_not_counted(tmp_path):
-    cfg = _cfg(tmp_path, n_trials=4, ffn="[2.0, 3.0]")
+    cfg = _cfg(tmp_path, n_trials=4, ffn=(2.0, 3.0))
     study = open_study(cfg)
     spec = cfg.space.sample(optuna.trial.FixedTrial({"ffn_ratio": 2.0}))
     other = study.ask()  # another worker's trial, training ffn_ratio=2.0 right now
@@ -124,7 +103,7 @@ def test_ghost_trial_of_a_dead_process_is_failed_and_requeued_at_once(tmp_path):
 
 
 def test_a_preset_killed_again_and_again_is_requeued_until_it_finishes(tmp_path):
-    cfg = _cfg(tmp_path, n_trials=2, presets='["tiny-debug"]')
+    cfg = _cfg(tmp_path, n_trials=2, presets=("tiny-debug",))
     storage = open_storage(cfg.storage, cfg)
     study = open_study(cfg, storage)
     for kill in range(3):  # max_retry = 1 would give up after the first retry
@@ -153,7 +132,7 @@ def test_a_sampled_trial_killed_twice_is_given_up_after_max_retry(tmp_path):
 
 
 def test_a_creation_cut_short_is_finished_by_the_next_opener(tmp_path):
-    cfg = _cfg(tmp_path, n_trials=2, presets='["tiny-debug"]')
+    cfg = _cfg(tmp_path, n_trials=2, presets=("tiny-debug",))
     # what a kill right after optuna's create_study left: no definition, no metric names, no presets
     optuna.create_study(study_name="c", storage=open_storage(cfg.storage), directions=cfg.directions)
     study = open_study(cfg)
@@ -163,36 +142,9 @@ def test_a_creation_cut_short_is_finished_by_the_next_opener(tmp_path):
     assert [t.user_attrs["enqueued_preset"] for t in waiting] == ["tiny-debug"]
     open_study(cfg)  # finished once: nothing enqueued twice
     assert len(study.get_trials()) == 1
-    changed = _cfg(tmp_path, name="c", n_trials=2, ffn="[2.0]", presets='["tiny-debug"]')
+    changed = _cfg(tmp_path, name="c", n_trials=2, ffn=(2.0,), presets=("tiny-debug",))
     with pytest.raises(StudyError, match="different definition"):
         open_study(changed)
-
-
-KILL_STUDY = """
-[study]
-name = "killed"
-sampler = "random"
-seed = 5
-n_trials = 10
-heartbeat_interval = 1
-grace_period = 60
-
-[target]
-latent = 64
-
-[space]
-base = "snapgen-unet"
-"stages.1.channels" = {{ choices = [384, 512, 640] }}
-"stages.2.channels" = {{ choices = [640, 768, 896] }}
-ffn_ratio = {{ choices = [2.0, 3.0, 4.0] }}
-
-[objectives]
-latency_ms = "minimize"
-params_m = "minimize"
-
-[enqueue]
-presets = ["snapgen-unet", "fig3-a"]
-"""
 
 
 @pytest.mark.slow  # about 80 s on 2 cores
@@ -203,8 +155,11 @@ def test_ten_random_sigkills_lose_nothing_and_repeat_nothing(tmp_path):
     import random
     import time
 
-    path = tmp_path / "killed.toml"
-    path.write_text(KILL_STUDY.format())
+    space = {k: v for k, v in studyfiles.SNAPGEN_SPACE.items() if k != "attention"}
+    path = studyfiles.write(tmp_path / "killed.toml", studyfiles.study(
+        "killed", n_trials=10, study={"seed": 5, "heartbeat_interval": 1, "grace_period": 60},
+        target={"latent": 64}, space=space, objectives={"latency_ms": "minimize", "params_m": "minimize"},
+        enqueue={"presets": ["snapgen-unet", "fig3-a"]}))
     storage = f"sqlite:///{tmp_path}/s.db"
     cmd = [sys.executable, "-m", "pocketdiff.cli", "study", "run", str(path), "--storage", storage, "--no-progress"]
     rng = random.Random(16)

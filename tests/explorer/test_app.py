@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("POCKETDIFF_TEST_ARTIFACTS", REPO / "out" / "test-artifacts"))

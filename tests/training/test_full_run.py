@@ -20,7 +20,7 @@ from training.objectives import Objective
 from training.optim import enable_activation_checkpointing
 from training.text import class_prompt_embeddings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from search_space import PRESETS
 from studies.config import StudyFileError, parse_study
 from training.data import FlowData
 from training.fidelity import extractor_validity
+from tests.toys import toy_flow
 
 
 def test_mean_interval_is_the_student_t_interval():
@@ -107,11 +108,8 @@ def test_compare_refuses_specs_with_one_proxy(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "--seeds must be >= 1" in capsys.readouterr().err
 
 
-def _toy_data(n_val=12, classes=3, accuracy=None) -> FlowData:
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(300, 4, 8, 8, generator=g), torch.arange(300) % classes
-    return FlowData(name="toy", kind="latent", class_names=[f"c{i}" for i in range(classes)], resolution=8,
-                    channels=4, size=8, val_x=x[:n_val], val_y=y[:n_val], ref_x=x, ref_y=y, train_x=x, train_y=y)
+def _toy_data(n_val=12, classes=3) -> FlowData:
+    return toy_flow(300, classes, n_val=n_val)
 
 
 def test_metrics_that_would_mean_nothing_are_withheld():

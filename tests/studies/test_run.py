@@ -16,42 +16,20 @@ from studies.config import load_study_file
 from studies.opening import open_study
 from studies.runner import run_study
 from studies.storage import StudyError
+from tests import studyfiles
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
-CHEAP_STUDY = """
-[study]
-name = "{name}"
-sampler = "random"
-seed = 0
-n_trials = {n_trials}
-heartbeat_interval = 1
-grace_period = 2
-
-[target]
-latent = 64
-device = "a17pro"
-
-[space]
-base = "snapgen-unet"
-"stages.1.channels" = {{ choices = [384, 512, 640] }}
-"stages.2.channels" = {{ choices = [640, 768, 896] }}
-ffn_ratio = {{ choices = [2.0, 3.0, 4.0] }}
-attention = {{ choices = ["mqa", "mhsa"] }}
-
-[objectives]
-latency_ms = "minimize"
-params_m = "minimize"
-
-[constraints]
-max_params_m = {max_params}
-"""
+def _cheap(name="cheap", n_trials=6, max_params=10000.0, **sections) -> dict:
+    """Full-size candidates with only the cheap evaluators: params and predicted latency, under a params cap."""
+    return studyfiles.study(name, n_trials=n_trials, study={"seed": 0, "heartbeat_interval": 1, "grace_period": 2},
+                            target={"latent": 64, "device": "a17pro"}, space=studyfiles.SNAPGEN_SPACE,
+                            objectives={"latency_ms": "minimize", "params_m": "minimize"},
+                            constraints={"max_params_m": max_params}, **sections)
 
 
-def _study_file(tmp_path, name="cheap", n_trials=6, max_params=10000.0, extra=""):
-    path = tmp_path / f"{name}.toml"
-    path.write_text(CHEAP_STUDY.format(name=name, n_trials=n_trials, max_params=max_params) + extra)
-    return path
+def _study_file(tmp_path, name="cheap", n_trials=6, max_params=10000.0):
+    return studyfiles.write(tmp_path / f"{name}.toml", _cheap(name, n_trials, max_params))
 
 
 def _pocketdiff(*args, env=None, **kw):
@@ -241,10 +219,9 @@ def test_the_overhead_share_counts_the_whole_run_not_only_the_objective(tmp_path
     import studies.runner as runner
     from studies import evaluate as ev
 
-    path = tmp_path / "o.toml"
-    path.write_text(CHEAP_STUDY.format(name="o", n_trials=3, max_params=10000.0).replace(
-        "[objectives]", '[quality]\nevaluator = "flow"\nrungs = ["11steps", "22steps"]\nreduction = 3\n\n[objectives]\n'
-                        'val_loss = "minimize"'))
+    study = _cheap("o", 3, quality={"evaluator": "flow", "rungs": ["11steps", "22steps"], "reduction": 3})
+    study["objectives"] = {"val_loss": "minimize", **study["objectives"]}
+    path = studyfiles.write(tmp_path / "o.toml", study)
     monkeypatch.setattr(ev, "cheap_metrics", lambda spec, latent, device: {"params_m": 1.0, "latency_ms": 1.0})
     monkeypatch.setattr(ev, "quality_metrics", lambda spec, cfg, out_dir, on_report: {
         "val_loss": spec.ffn_ratio, "_evaluator_seconds": 0.25, "_user_attrs": {}})

@@ -13,6 +13,7 @@ from training.data import FlowData
 from training.text import PromptEmbeddings
 from training.config import LoopConfig
 from training.quality_run import train
+from tests.toys import toy_flow
 
 SPEC = PRESETS["tiny-debug"]
 
@@ -88,13 +89,7 @@ def test_flops_per_step_from_the_trace_match_torch_flop_counter():
 
 
 def _data(n=32):
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(n, SPEC.latent_channels, 8, 8, generator=g), torch.arange(n) % 2
-    data = FlowData(name="toy", kind="latent", class_names=["a", "b"], resolution=8, channels=x.shape[1], size=8,
-                    val_x=x[:8], val_y=y[:8], ref_x=x, ref_y=y, train_x=x, train_y=y)
-    prompts = PromptEmbeddings(tokens=torch.randn(3, 4, SPEC.text_dim, generator=g),
-                               pooled=torch.randn(3, SPEC.text_dim, generator=g), encoder="toy")
-    return data, prompts
+    return toy_flow(n, text_dim=SPEC.text_dim)
 
 
 def test_a_run_records_flops_per_second_and_its_ratio_to_the_peak(counted):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 HEAVY = ("torch", "coremltools", "streamlit", "optuna", "pandas", "scipy", "alembic", "sklearn", "matplotlib")
 PROBE = """
@@ -40,26 +40,7 @@ def test_building_the_parser_and_listing_presets_loads_no_heavy_module():
     assert _heavy_after(["--help"]) == []
 
 
-STUDY = """
-[study]
-name = "startup"
-sampler = "random"
-n_trials = 2
-
-[target]
-latent = 16
-
-[space]
-base = "tiny-debug"
-ffn_ratio = { choices = [2.0, 4.0] }
-
-[objectives]
-params_m = "minimize"
-latency_ms = "minimize"
-"""
-
-
-def test_study_status_of_a_stored_study_loads_no_torch_and_no_pandas(tmp_path):
+def test_study_status_of_a_stored_study_loads_no_torch_and_no_pandas(tmp_path, study_file):
     """Loading the study file (evaluators registered from plain-Python modules, budgets and devices checked) and
     reading the storage need only Optuna's storage: no torch, pandas, scipy, streamlit or coremltools. Optuna
     itself is imported (it reads the storage), and so is sqlalchemy; alembic is imported by Optuna's
@@ -67,8 +48,8 @@ def test_study_status_of_a_stored_study_loads_no_torch_and_no_pandas(tmp_path):
     from studies.config import load_study_file
     from studies.runner import run_study
 
-    path = tmp_path / "startup.toml"
-    path.write_text(STUDY)
+    path = study_file("startup", target={"latent": 16}, space={"base": "tiny-debug", "ffn_ratio": {"choices": [2.0, 4.0]}},
+                      objectives={"params_m": "minimize", "latency_ms": "minimize"})
     storage = f"sqlite:///{tmp_path}/startup.db"
     study, _ = run_study(load_study_file(path, storage=storage), progress=False, echo=lambda s: None)
     assert len(study.get_trials()) == 2
