@@ -216,12 +216,12 @@ def write_table(path: Path, rows: list[dict], args, started: float, done: int, t
     elapsed = time.time() - started
     lines = [f"# Proxy fidelity: step budgets {', '.join(map(str, args.budgets))} vs reference {args.ref} steps "
              f"(MNIST-5k, {len(seeds)} seeds)", "",
-             (f"Regenerated with --report from the {done} runs stored in {path.with_suffix('.jsonl').name} "
+             (f"Regenerated with --report from the {done} runs stored in {(args.runs or path.with_suffix('.jsonl')).name} "
               f"(the per-run wall times below say what each run cost)." if args.report else
               f"{done} of {total} runs finished after {elapsed / 60:.0f} min"
               + ("" if done == total else " (partial: the benchmark was still running when this was written)") + "."),
              "",
-             f"`PYTHONPATH=. .venv/bin/python benchmarks/proxy_fidelity.py` on {platform.machine()}, "
+             f"`{invocation(args)}` on {platform.machine()}, "
              f"{os.cpu_count()} CPUs shared with other jobs, {args.workers} worker processes of 1 thread each.",
              "",
              "**How it is sized.** " + SIZING.format(ref=args.ref, epochs=args.ref * args.batch / 4500,
@@ -300,6 +300,18 @@ def write_table(path: Path, rows: list[dict], args, started: float, done: int, t
     path.write_text("\n".join(lines) + "\n")
 
 
+def invocation(args: argparse.Namespace) -> str:
+    """The command that regenerates this table: the reference and budgets, and every other setting that is not
+    its default (the runs of any other setting are not in the stored JSONL)."""
+    parts = ["PYTHONPATH=. .venv/bin/python benchmarks/proxy_fidelity.py", f"--ref {args.ref}",
+             "--budgets " + " ".join(map(str, args.budgets))]
+    for name, default in (("specs", len(VARIANTS)), ("seeds", len(SEEDS)), ("batch", BATCH), ("samples", SAMPLES),
+                          ("width_mult", WIDTH_MULT), ("data", DATA), ("out", TABLE), ("runs", None)):
+        if getattr(args, name) != default:
+            parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
+    return " ".join(parts + (["--report"] if args.report else []))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ref", type=int, default=REF_STEPS, help="reference budget in steps")
@@ -312,9 +324,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=WORKERS)
     p.add_argument("--data", default=DATA)
     p.add_argument("--out", type=Path, default=TABLE, help="markdown table; runs go to the same name .jsonl")
+    p.add_argument("--runs", type=Path, default=None,
+                   help="the JSONL of runs to read and extend (default: --out with the .jsonl suffix)")
     p.add_argument("--report", action="store_true", help="only rewrite the table from the runs already stored")
     args = p.parse_args()
-    runs_file = args.out.with_suffix(".jsonl")
+    runs_file = args.runs or args.out.with_suffix(".jsonl")
     if args.report:
         rows = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.is_file() else []
         write_table(args.out, rows, args, time.time(), len(rows), len(rows))
