@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOP = ("search_space", "training", "latency_models", "evaluators", "studies", "explorer", "pocketdiff", "tests",
        "benchmarks", "docs")
 PATH_RE = re.compile(r"`(?:\.venv/bin/python )?((?:%s)/[A-Za-z0-9_./*-]+)" % "|".join(TOP))
-OUTSIDE = re.compile(r"\.\./shared|SNAPGEN\.md|DEVELOPERS\.md|STYLE\.md|\bissue #?\d+\b|\(issue\b", re.I)
+OUTSIDE = re.compile(r"\.\./shared|SNAPGEN\.md|DEVELOPERS\.md|STYLE\.md|\bissue #?\d+\b|[(]issue\b", re.I)
 
 
 def _tracked(*patterns: str) -> list[Path]:
@@ -49,10 +49,9 @@ def test_the_path_check_can_fail():
 def test_nothing_cites_a_file_outside_the_repository_or_an_issue_number():
     hits = []
     for path in _tracked("*.py", "*.md", "*.toml", ".ci/run"):
-        if path.name == Path(__file__).name:
-            continue
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if OUTSIDE.search(line) and "swift-coreml-diffusers" not in line:  # a third party's own issue tracker
                 hits.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:100]}")
     assert not hits, "cite a docs/ page or the paper instead:\n" + "\n".join(hits)
-    assert OUTSIDE.search("see SNAPGEN.md section 3") and OUTSIDE.search("(issue 12: the fix)")
+    digest, issue = "SNAPGEN" + ".md", "issue" + " 12"  # spelled apart so this file does not match itself
+    assert OUTSIDE.search(f"see {digest} section 3") and OUTSIDE.search(f"({issue}: the fix)")
