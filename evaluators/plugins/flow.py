@@ -73,9 +73,10 @@ def run(spec, config: dict, seed: int, report, out_dir) -> dict:
 
 
 # Bump the version when a change makes old records incomparable (studies key their evaluation cache on it).
-# 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW
+# 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW;
+# 4: paired initial weights (search_space/init.py)
 EVALUATOR = register(Evaluator(
-    name="flow", version="quality-3", spec_kinds=("unet",), code=("evaluators.quality",), run=run,
+    name="flow", version="quality-4", spec_kinds=("unet",), code=("evaluators.quality",), run=run,
     metrics={"val_loss": "minimize", "fd_domain": "minimize", "kid_domain": "minimize",
              "precision_domain": "maximize", "recall_domain": "maximize", "fid": "minimize", "kid": "minimize",
              "precision": "maximize", "recall": "maximize"},
