@@ -325,4 +325,4 @@ def compare_verdict(name: str, m: dict, n_seeds: int) -> str:
         return f"{text}: {m['better']} is better ({m['direction']} is better; {seeds})"
     if m["equivalent"]:
         return f"{text}: comparable ({within}; {seeds})"
-    return f"{text}: not resolved, the data neither tell A and B apart nor show them comparable ({within}; {seeds})"
+    return f"{text}: not resolved ({within}; {seeds})"
