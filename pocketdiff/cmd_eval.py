@@ -158,8 +158,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"x{result['width_mult']:.4g}, {result['budget']}, seeds {result['seeds']} (paired: same batches, noise "
           f"and timesteps per seed), 95% t-intervals")
     margins = ", ".join(f"{k} +-{v:g}" for k, v in result["margins"].items())
-    print(f"  verdicts at alpha {result['alpha']:.2g}, Holm-corrected over the {result['tests']} tests of this "
-          f"table; 'comparable' = TOST within the margin set in advance ({margins}; --margin METRIC=VALUE)")
+    tests = result["tests"]
+    print(f"  verdicts at alpha {result['alpha']:.2g}, Holm-corrected over the {tests} test{'s' * (tests != 1)} of "
+          f"this table; 'comparable' = TOST within the margin set in advance ({margins}; --margin METRIC=VALUE)")
     for name, m in result["metrics"].items():
         print(f"  A {m['a']:.4g}  B {m['b']:.4g}   " + compare_verdict(name, m, len(result["seeds"])))
     for reason in result["invalid"]:

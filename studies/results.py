@@ -560,7 +560,8 @@ def fig3_rule(table: pd.DataFrame, level: float = FIG3_LEVEL) -> str:
     metric = table["metric"].iloc[0] if len(table) else "fd_domain"
     tests = int(table["p"].notna().sum() + table["TOST p"].notna().sum()) if len(table) else 0
     margin = table["margin"].dropna() if len(table) else pd.Series(dtype=float)
-    return (f"verdicts at alpha {1 - level:.2g}, Holm-corrected over the {tests} tests of this table; "
+    return (f"verdicts at alpha {1 - level:.2g}, Holm-corrected over the {tests} test{'s' * (tests != 1)} of this "
+            f"table; "
             + (f"'comparable' steps: TOST within +-{margin.iloc[0]:g} {metric} (studies/paper.py FIG3_MARGINS)"
                if len(margin) else f"no equivalence margin for {metric}, so no step is found 'comparable'"))
 
