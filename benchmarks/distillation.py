@@ -294,16 +294,15 @@ def run_all(a, cost: dict) -> dict[str, dict]:
 # --- the table ----------------------------------------------------------------------------------------------
 
 def _ci(values: list[float]) -> str:
-    from evaluators.quality import mean_interval
-    m, lo, hi = mean_interval(values)
+    from evaluators.stats import t_interval
+    m, lo, hi, _ = t_interval(values)
     return f"{m:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{m:.2f}"
 
 
 def _paired(a_vals: list[float], b_vals: list[float]) -> tuple[str, str]:
     """(difference a - b with its interval, verdict): lower FD is better."""
-    from evaluators.quality import mean_interval
-    d = [x - y for x, y in zip(a_vals, b_vals)]
-    m, lo, hi = mean_interval(d)
+    from evaluators.stats import paired_difference
+    m, lo, hi, _, _ = paired_difference(a_vals, b_vals)
     if lo is None:
         return f"{m:+.2f}", "one seed: no interval"
     verdict = ("better beyond the interval" if hi < 0 else "worse beyond the interval" if lo > 0

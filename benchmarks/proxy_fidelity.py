@@ -25,7 +25,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import random  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -123,31 +122,10 @@ def run_one(label: str, overrides: tuple[str, ...], steps: int, seed: int, batch
 
 # --- statistics -------------------------------------------------------------------------------------------
 
-def kendall(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-a (continuous metrics: ties do not occur in practice)."""
-    n = len(a)
-    s = sum((1 if (a[i] - a[j]) * (b[i] - b[j]) > 0 else -1 if (a[i] - a[j]) * (b[i] - b[j]) < 0 else 0)
-            for i in range(n) for j in range(i + 1, n))
-    return s / (n * (n - 1) / 2)
-
-
-_NULL: dict[int, list[float]] = {}
-
-
-def permutation_p(observed: float, n: int, draws: int = PERMUTATIONS, seed: int = 0) -> float:
-    """P(tau >= observed) when one ranking is a random permutation of the other (one-sided, +1 smoothing). The
-    null distribution depends only on the number of specs, so it is drawn once per n."""
-    if n not in _NULL:
-        rng = random.Random(seed)
-        ref = list(range(n))
-        perm = list(range(n))
-        null = []
-        for _ in range(draws):
-            rng.shuffle(perm)
-            null.append(kendall(ref, perm))
-        _NULL[n] = null
-    null = _NULL[n]
-    return (sum(t >= observed - 1e-12 for t in null) + 1) / (len(null) + 1)
+def _agreement(a: list[float], b: list[float]) -> dict:
+    """Kendall tau of two rankings of the same specs with its one-sided permutation p (evaluators/stats.py)."""
+    from evaluators.stats import kendall_tau, permutation_p
+    return {"tau": kendall_tau(a, b), "p": permutation_p(a, b, PERMUTATIONS), "n": len(a)}
 
 
 def _mean(values: list[float]) -> float:
@@ -166,10 +144,8 @@ def summarize(rows: list[dict], specs: list[str], ref: int, shorts: tuple[int, .
         ok = [s for s in specs if all(value(s, bud, sd, metric) is not None for bud in (x, y) for sd in seeds)]
         if len(ok) < 3:
             return None
-        a = [_mean([value(s, x, sd, metric) for sd in seeds]) for s in ok]
-        b = [_mean([value(s, y, sd, metric) for sd in seeds]) for s in ok]
-        tau = kendall(a, b)
-        return {"tau": tau, "p": permutation_p(tau, len(ok)), "n": len(ok)}
+        return _agreement([_mean([value(s, x, sd, metric) for sd in seeds]) for s in ok],
+                          [_mean([value(s, y, sd, metric) for sd in seeds]) for s in ok])
 
     out: dict = {"ceiling": {}, "budgets": {}, "adjacent": {}, "within_ref": {}}
     # Within the reference runs: the seed-mean ranking by validation loss at each of the run's validation points
@@ -182,10 +158,8 @@ def summarize(rows: list[dict], specs: list[str], ref: int, shorts: tuple[int, .
         ok = [s for s in specs if s in curves and len(curves[s][0]) == points]
         final = [_mean([c[-1] for c in curves[s]]) for s in ok]
         for i in range(points - 1):
-            at = [_mean([c[i] for c in curves[s]]) for s in ok]
-            tau = kendall(at, final)
-            out["within_ref"][round(ref * (i + 1) / points)] = {"tau": tau, "p": permutation_p(tau, len(ok)),
-                                                                "n": len(ok)}
+            out["within_ref"][round(ref * (i + 1) / points)] = _agreement([_mean([c[i] for c in curves[s]])
+                                                                           for s in ok], final)
     ladder = sorted(set(shorts) | {ref})
     for metric, _ in METRICS:
         # Have the curves stopped crossing? Each budget's ranking against the next larger budget's.
@@ -196,10 +170,8 @@ def summarize(rows: list[dict], specs: list[str], ref: int, shorts: tuple[int, .
         if len(seeds) >= 2:
             ok = [s for s in specs if all(value(s, ref, sd, metric) is not None for sd in seeds[:2])]
             if len(ok) >= 3:
-                a = [value(s, ref, seeds[0], metric) for s in ok]
-                b = [value(s, ref, seeds[1], metric) for s in ok]
-                tau = kendall(a, b)
-                out["ceiling"][metric] = {"tau": tau, "p": permutation_p(tau, len(ok)), "n": len(ok)}
+                out["ceiling"][metric] = _agreement([value(s, ref, seeds[0], metric) for s in ok],
+                                                    [value(s, ref, seeds[1], metric) for s in ok])
         for budget in shorts:
             c = agreement(budget, ref, metric)
             if c is not None:

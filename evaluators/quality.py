@@ -8,7 +8,8 @@ the Euler ODE sampler and scored with torch-fidelity (`training.fidelity`): the 
 
 Paired evaluation with confidence (docs/quality.md): `evaluate_quality_seeds` repeats the run over seeds and reports
 each metric's mean with a 95% t-interval; `compare_quality` trains two specs on the same seeds (common random
-numbers: identical batches, noise and timesteps per seed) and reports the paired difference of each metric.
+numbers: identical batches, noise and timesteps per seed) and reports the paired difference of each metric, with
+verdicts decided over the whole table (evaluators/stats.py: Holm's correction, TOST with margins set in advance).
 Metrics that would mean nothing are withheld with the reason (`metrics_invalid`): a domain feature extractor
 not clearly above chance on held-out data, or fewer reference images (or samples) than the FD needs.
 """
@@ -35,6 +36,8 @@ from training.quality_run import resolve_budget, save_run_checkpoint, train
 from training.sample import sample_classes
 from training.text import DEFAULT_ENCODER, class_prompt_embeddings
 
+from .stats import LEVEL, paired_verdicts, t_interval
+
 # Bump when a change makes old records incomparable (studies key their evaluation cache on it).
 # 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW
 # [measured] the default sample count from the FD's noise (benchmarks/fd_sample_count.md: quick.toml's snapgen
@@ -49,10 +52,17 @@ SAMPLE_STEPS = LoopConfig.sample_steps
 CFG_SCALE = LoopConfig.cfg_scale
 FID_MODES = ("auto", "on", "off")  # auto: Inception FID only if its weights are already on disk
 GRID_PER_CLASS = 10
-CONFIDENCE = 0.95
+CONFIDENCE = LEVEL
 # Metrics a comparison reports, with the better direction (-1: lower is better).
 COMPARED_METRICS = {"val_loss": -1, "fd_domain": -1, "kid_domain": -1, "precision_domain": 1, "recall_domain": 1,
                     "fid": -1, "kid": -1, "precision": 1, "recall": 1}
+# Equivalence margins of `compare_quality` (`eval compare --margin METRIC=VALUE` overrides): "comparable" means
+# TOST puts |A - B| below the margin, fixed before any run. A metric without one is never called comparable.
+# [choose] val_loss 0.02: under half the spread of one-knob designs at the 768-step reference (0.527-0.575,
+#   benchmarks/proxy_fidelity.md), so a design within it of another differs by less than a typical knob does.
+# [choose] fd_domain 5.0: the FD's own sampling SD at the default 192 samples (5.6) and its real-image floor
+#   (4.65), benchmarks/fd_sample_count.md: a difference below the metric's own noise is not a design difference.
+COMPARE_MARGINS = {"val_loss": 0.02, "fd_domain": 5.0}
 
 
 class SpecKindError(UserError):
@@ -184,19 +194,6 @@ def _save_grid(samples: torch.Tensor, labels: torch.Tensor, data: FlowData, path
 
 # --- repeated seeds and paired comparisons -----------------------------------------------------------------
 
-def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float | None, float | None]:
-    """(mean, low, high): the Student-t interval of the mean over seeds; no interval from a single value."""
-    from scipy.stats import t as student_t
-
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def _seed_list(seeds: int, seed: int) -> list[int]:
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"seeds={seeds!r} must be a whole number >= 1 (3 gives a 95% interval)")
@@ -226,7 +223,11 @@ def aggregate_seeds(records: list[dict]) -> dict:
             continue
         values = [r.get(key) for r in records]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            mean, low, high = mean_interval([float(v) for v in values])
+            values = [float(v) for v in values]
+            if all(math.isfinite(v) for v in values):
+                mean, low, high, _ = t_interval(values, CONFIDENCE)
+            else:  # a diverged seed: the mean says so, and there is no interval to give
+                mean, low, high = sum(values) / len(values), math.nan, math.nan
             out[key] = mean
             if low is not None:
                 out[f"{key}_ci_low"], out[f"{key}_ci_high"] = low, high
@@ -240,10 +241,22 @@ def aggregate_seeds(records: list[dict]) -> dict:
 
 def compare_quality(spec_a: UNetSpec | str, spec_b: UNetSpec | str, data: FlowData | str = "mnist5k",
                     budget: Budget | str = "2000steps", seed: int = 0, seeds: int = 3, *,
-                    proxy_config: ProxyConfig | None = None, **kwargs) -> dict:
+                    proxy_config: ProxyConfig | None = None, margins: dict[str, float] | None = None,
+                    **kwargs) -> dict:
     """Paired comparison of two specs at proxy scale: both train on the same seeds (common random numbers) under
-    one width multiplier (from the wider of the two); per metric the mean difference A - B over seeds, its 95%
-    t-interval, and whether the interval excludes zero. Raises SameProxyError when the proxies coincide."""
+    one width multiplier (from the wider of the two); per metric the mean difference A - B over seeds with its
+    95% t-interval and verdict (evaluators/stats.py `paired_verdicts`: Holm over every test of the table; "A
+    better" / "B better" when the difference is resolved, "comparable" when TOST puts it within the metric's
+    margin, `COMPARE_MARGINS` updated by `margins`, else "not resolved"). Raises SameProxyError when the proxies
+    coincide."""
+    margins = {**COMPARE_MARGINS, **(margins or {})}
+    unknown = sorted(set(margins) - set(COMPARED_METRICS))
+    if unknown:
+        raise UserError(f"no metric {', '.join(unknown)} to set a margin for: a comparison reports "
+                        f"{', '.join(COMPARED_METRICS)}")
+    for name, value in margins.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise UserError(f"the margin of {name} must be a positive number in the metric's units, got {value!r}")
     seed_values = _seed_list(seeds, seed)
     a = load_spec(spec_a) if isinstance(spec_a, str) else spec_a
     b = load_spec(spec_b) if isinstance(spec_b, str) else spec_b
@@ -270,33 +283,46 @@ def compare_quality(spec_a: UNetSpec | str, spec_b: UNetSpec | str, data: FlowDa
         if ra["stream_digest"] != rb["stream_digest"]:  # guards the pairing itself, not the user's input
             raise RuntimeError(f"seed {s}: A and B saw different training batches; the comparison is not paired")
         runs.append((ra, rb))
-    metrics = {}
-    for name, direction in COMPARED_METRICS.items():
+    rows = {}
+    for name in COMPARED_METRICS:
         pairs = [(ra.get(name), rb.get(name)) for ra, rb in runs]
-        if not all(isinstance(x, (int, float)) and isinstance(y, (int, float)) for x, y in pairs):
-            continue
-        diffs = [float(x) - float(y) for x, y in pairs]
-        mean, low, high = mean_interval(diffs)
-        ma, _, _ = mean_interval([float(x) for x, _ in pairs])
-        mb, _, _ = mean_interval([float(y) for _, y in pairs])
-        apart = low is not None and (low > 0 or high < 0)
-        better = None
-        if apart:
-            better = "A" if (mean < 0) == (direction < 0) else "B"
-        metrics[name] = {"a": ma, "b": mb, "diff": mean, "ci_low": low, "ci_high": high, "apart": apart,
-                         "better": better, "direction": "lower" if direction < 0 else "higher"}
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for pair in pairs for v in pair):
+            rows[name] = ([float(x) for x, _ in pairs], [float(y) for _, y in pairs], margins.get(name))
+    verdicts = paired_verdicts(rows, CONFIDENCE)
+    metrics = {name: _compare_row(rows[name][0], rows[name][1], v, COMPARED_METRICS[name])
+               for name, v in verdicts.items()}
     return {"a": a.spec_id, "b": b.spec_id, "proxy_a": pa.spec_id, "proxy_b": pb.spec_id,
             "width_mult": proxy_config.width_mult, "data": data.name, "budget": str(Budget.parse(budget)),
-            "seeds": seed_values, "confidence": CONFIDENCE, "metrics": metrics,
+            "seeds": seed_values, "confidence": CONFIDENCE, "alpha": 1 - CONFIDENCE, "margins": margins,
+            "tests": next(iter(verdicts.values())).tests if verdicts else 0, "metrics": metrics,
             "status": [[ra["status"], rb["status"]] for ra, rb in runs],
             "invalid": sorted({r["metrics_invalid"] for pair in runs for r in pair if "metrics_invalid" in r})}
 
 
+def _compare_row(a: list[float], b: list[float], v, direction: int) -> dict:
+    """One metric of a comparison: the two seed means, the paired difference A - B with its interval and tests,
+    and the verdict ("A better", "B better", "comparable", "not resolved"; "no interval" with one seed)."""
+    d, eq = v.difference, v.equivalence
+    better = None if v.sign == 0 else ("A" if (v.sign < 0) == (direction < 0) else "B")
+    verdict = ("no interval" if d.p is None else f"{better} better" if better else
+               "comparable" if v.equivalent else "not resolved")
+    return {"a": sum(a) / len(a), "b": sum(b) / len(b), "diff": d.mean, "ci_low": d.low, "ci_high": d.high,
+            "p": d.p, "p_holm": v.p_holm, "margin": eq.margin if eq else None, "tost_p": eq.p if eq else None,
+            "tost_p_holm": v.tost_p_holm, "apart": better is not None, "better": better,
+            "equivalent": v.equivalent, "verdict": verdict, "direction": "lower" if direction < 0 else "higher"}
+
+
 def compare_verdict(name: str, m: dict, n_seeds: int) -> str:
-    """One plain sentence: do the data tell A and B apart on this metric?"""
+    """One plain sentence: do the data tell A and B apart on this metric, or show them comparable?"""
     if m["ci_low"] is None:
         return f"{name}: one seed gives no interval; use --seeds 3 or more to tell A and B apart"
-    interval = f"A - B = {m['diff']:+.4g} [{m['ci_low']:+.4g}, {m['ci_high']:+.4g}]"
-    if m["apart"]:
-        return f"{name}: {interval}: {m['better']} is better ({m['direction']} is better; {n_seeds} paired seeds)"
-    return f"{name}: {interval}: the data do not tell A and B apart ({n_seeds} paired seeds)"
+    text = (f"{name}: A - B = {m['diff']:+.4g} [{m['ci_low']:+.4g}, {m['ci_high']:+.4g}] "
+            f"(p {m['p']:.2g}, Holm {m['p_holm']:.2g})")
+    within = (f"within +-{m['margin']:g}: TOST p {m['tost_p']:.2g}, Holm {m['tost_p_holm']:.2g}"
+              if m["margin"] is not None else f"no margin declared: never 'comparable' without --margin {name}=VALUE")
+    seeds = f"{n_seeds} paired seeds"
+    if m["better"]:
+        return f"{text}: {m['better']} is better ({m['direction']} is better; {seeds})"
+    if m["equivalent"]:
+        return f"{text}: comparable ({within}; {seeds})"
+    return f"{text}: not resolved ({within}; {seeds})"

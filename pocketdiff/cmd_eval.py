@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--set-b", dest="overrides_b", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field of B, e.g. compare X X --set-b ffn_ratio=3 (repeatable)")
     _common(c, "96steps", 3)
+    c.add_argument("--margin", dest="margins", action="append", default=[], metavar="METRIC=VALUE",
+                   help="equivalence margin in the metric's units: 'comparable' only when TOST puts |A - B| "
+                        "below it (defaults: evaluators/quality.py COMPARE_MARGINS, printed with the verdicts; "
+                        "a metric without a margin is never 'comparable') (repeatable)")
     c.set_defaults(func=cmd_compare)
     group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
 
@@ -89,6 +93,20 @@ def _options(args: argparse.Namespace) -> dict:
                 cfg_scale=LoopConfig.cfg_scale if args.cfg_scale is None else args.cfg_scale, fid=args.fid,
                 fid_weights=args.fid_weights, vae=args.vae, encoder=args.encoder, train_config=config,
                 proxy_config=proxy, device=args.device, progress=not args.quiet)
+
+
+def _margins(items: list[str]) -> dict[str, float]:
+    """--margin val_loss=0.01 (repeatable) -> {"val_loss": 0.01}; the library checks the names and signs."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UsageError(f"--margin {item!r}: expected METRIC=VALUE, e.g. --margin val_loss=0.02")
+    return out
 
 
 def _fmt(record: dict, key: str) -> str:
@@ -131,13 +149,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not (args.json or args.quiet):
         print(f"A {a.spec_id} ({args.a})  B {b.spec_id} ({args.b})  data {args.data}  budget {args.budget}  "
               f"seeds {args.seed}..{args.seed + args.seeds - 1}", file=sys.stderr)
-    result = compare_quality(a, b, args.data, args.budget, args.seed, args.seeds, **options)
+    result = compare_quality(a, b, args.data, args.budget, args.seed, args.seeds, margins=_margins(args.margins),
+                             **options)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     print(f"A {args.a} (proxy {result['proxy_a']}) vs B {args.b} (proxy {result['proxy_b']}), width "
           f"x{result['width_mult']:.4g}, {result['budget']}, seeds {result['seeds']} (paired: same batches, noise "
           f"and timesteps per seed), 95% t-intervals")
+    margins = ", ".join(f"{k} +-{v:g}" for k, v in result["margins"].items())
+    tests = result["tests"]
+    print(f"  verdicts at alpha {result['alpha']:.2g}, Holm-corrected over the {tests} test{'s' * (tests != 1)} of "
+          f"this table; 'comparable' = TOST within the margin set in advance ({margins}; --margin METRIC=VALUE)")
     for name, m in result["metrics"].items():
         print(f"  A {m['a']:.4g}  B {m['b']:.4g}   " + compare_verdict(name, m, len(result["seeds"])))
     for reason in result["invalid"]:

@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evaluators.stats import LEVEL, paired_verdicts
 from search_space.errors import UserError
 
 from . import record as R
-from .paper import FIG3_PAPER, FIG3_PAPER_ORDER, FIG3_PARENT, TABLE2_PAPER, fig3_pair_possible  # noqa: F401
+from .paper import (FIG3_MARGINS, FIG3_PAPER, FIG3_PAPER_ORDER, FIG3_PARENT, TABLE2_PAPER,  # noqa: F401
+                    fig3_pair_possible)
 from .queries import front_rung
 from .record import TrialRecord
 
@@ -457,19 +459,7 @@ def fig3_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-FIG3_LEVEL = 0.95  # confidence level of the difference intervals
-
-
-def _paired_interval(a: list[float], b: list[float], level: float) -> tuple[float, float, float, int] | None:
-    """Mean of the per-seed differences b_i - a_i (same seed i: common random numbers) with a t interval."""
-    from scipy import stats
-
-    n = min(len(a), len(b))
-    if n < 2:
-        return None
-    d = np.asarray(b[:n], dtype=float) - np.asarray(a[:n], dtype=float)
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half), n
+FIG3_LEVEL = LEVEL  # the level of the difference intervals; the verdicts test at 1 - FIG3_LEVEL
 
 
 def _step_row(frame: pd.DataFrame, step: str, reading: str = "per_conv") -> pd.Series | None:
@@ -484,21 +474,26 @@ def _step_row(frame: pd.DataFrame, step: str, reading: str = "per_conv") -> pd.S
     return sel.sort_values(["rung", "number"] if "rung" in sel.columns else ["number"]).iloc[-1]
 
 
-def fig3_orderings(frame: pd.DataFrame, metric: str | None = None, level: float = FIG3_LEVEL) -> pd.DataFrame:
+def fig3_orderings(frame: pd.DataFrame, metric: str | None = None, level: float = FIG3_LEVEL,
+                   margins: dict[str, float] | None = None) -> pd.DataFrame:
     """For each Figure 3 step: does the proxy reproduce the published FID ordering against the parent step?
 
-    The difference is ours(step) - ours(parent) of a lower-is-better quality metric (fd_domain by default).
-    Its interval is, in order of preference: paired over seeds (the trials' `per_seed` values: each seed
-    sees the same data, noise and timesteps for both specs, so seed-to-seed noise cancels); else combined
-    from the two trials' own seed intervals (`<metric>_ci_low/_high`, treated as independent: wider than the
-    paired interval, so a verdict from it errs towards "not resolved"); with one seed there is no interval
-    and no verdict. Verdicts: "reproduced" (the interval excludes 0 on the paper's side), "reversed"
-    (excludes 0 on the other side), "not resolved at proxy scale" (includes 0); for the paper's
-    "comparable" steps, "consistent" when the interval includes 0, else which way ours differs.
+    The difference is ours(step) - ours(parent) of a lower-is-better quality metric (fd_domain by default),
+    paired over seeds (the trials' `per_seed` values: each seed sees the same data, noise and timesteps for both
+    specs, so seed-to-seed noise cancels), with its t-interval and paired t-test. The table is decided as one
+    family (evaluators/stats.py `paired_verdicts`): Holm's correction runs over every test of the table, the
+    difference tests of all steps and readings and the equivalence tests of the paper's "comparable" steps.
+    Verdicts: "reproduced" / "reversed" (the difference resolved on the paper's / the other side),
+    "not resolved at proxy scale"; for "comparable" steps, "consistent with the paper's 'comparable'" when TOST
+    puts the difference within +-margin (`FIG3_MARGINS`, or `margins`), "differs: ours better / worse" when the
+    difference is resolved, else "not resolved at proxy scale". Without per-seed values the two trials' own
+    seed intervals give an unpaired interval (treated as independent) and no verdict: the tests need the seeds;
+    with one seed there is no interval and no verdict.
     """
     if metric is None:
         metric = next((m for m in ("fd_domain", "fid", "val_loss") if m in frame.columns), "fd_domain")
-    rows = []
+    margin = {**FIG3_MARGINS, **(margins or {})}.get(metric)
+    rows, tests = [], {}
     for reading, step, parent in [(r, s, p) for r in (fig3_readings(frame) or ["per_conv"])
                                   for s, p in FIG3_PARENT.items()]:
         paper = FIG3_PAPER_ORDER.get(step, "")
@@ -506,41 +501,45 @@ def fig3_orderings(frame: pd.DataFrame, metric: str | None = None, level: float 
         row: dict[str, Any] = {"step": step, "vs": parent, "reading": reading, "paper FID": FIG3_PAPER[step][3],
                                "paper FID (vs)": FIG3_PAPER[parent][3], "paper ordering": paper,
                                "metric": metric, "ours": np.nan, "ours (vs)": np.nan, "difference": np.nan,
-                               "ci_low": np.nan, "ci_high": np.nan, "interval": "", "verdict": "not measured"}
+                               "ci_low": np.nan, "ci_high": np.nan, "interval": "", "p": np.nan,
+                               "p (Holm)": np.nan, "margin": margin if paper == "comparable" else np.nan,
+                               "TOST p": np.nan, "TOST p (Holm)": np.nan, "verdict": "not measured"}
+        rows.append(row)
         if a is None or b is None or pd.isna(a.get(metric)) or pd.isna(b.get(metric)):
-            rows.append(row)
             continue
         row.update({"ours": float(b[metric]), "ours (vs)": float(a[metric]),
                     "difference": float(b[metric]) - float(a[metric])})
         seeds_a = json.loads(a["per_seed_json"]).get(metric) if isinstance(a.get("per_seed_json"), str) else None
         seeds_b = json.loads(b["per_seed_json"]).get(metric) if isinstance(b.get("per_seed_json"), str) else None
-        paired = _paired_interval(seeds_a, seeds_b, level) if seeds_a and seeds_b else None
+        n = min(len(seeds_a or []), len(seeds_b or []))  # seeds seed, seed+1, ...: the first n are shared
         lo_k, hi_k = f"{metric}_ci_low", f"{metric}_ci_high"
-        if paired is not None:
-            row["difference"], row["ci_low"], row["ci_high"], n = paired
+        if n >= 2:
+            tests[len(rows) - 1] = (seeds_b[:n], seeds_a[:n], margin if paper == "comparable" else None)
             row["interval"] = f"paired over {n} seeds, {level:.0%}"
         elif all(k in frame.columns and not pd.isna(r.get(k)) for k in (lo_k, hi_k) for r in (a, b)):
             half = float(np.hypot((a[hi_k] - a[lo_k]) / 2, (b[hi_k] - b[lo_k]) / 2))
             row["ci_low"], row["ci_high"] = row["difference"] - half, row["difference"] + half
             row["interval"] = "from the two seed intervals (unpaired, wider)"
+            row["verdict"] = "no verdict (no per-seed values to test)"
         else:
             row["interval"] = "one seed: no interval"
             row["verdict"] = "no verdict (one seed)"
-            rows.append(row)
-            continue
-        lo, hi = row["ci_low"], row["ci_high"]
-        if paper == "comparable":
-            row["verdict"] = ("consistent (no difference resolved)" if lo <= 0 <= hi
-                              else f"differs: ours {'better' if hi < 0 else 'worse'}")
+    for i, v in paired_verdicts(tests, level).items():  # one family: the whole table
+        row, d, eq = rows[i], v.difference, v.equivalence
+        row.update({"difference": d.mean, "ci_low": d.low, "ci_high": d.high, "p": d.p, "p (Holm)": v.p_holm})
+        if eq is not None:
+            row.update({"TOST p": eq.p, "TOST p (Holm)": v.tost_p_holm})
+        if row["paper ordering"] == "comparable":
+            side = "better" if v.sign < 0 else "worse"
+            row["verdict"] = (f"consistent with the paper's 'comparable' (within +-{margin:g}"
+                              + (f"; ours resolved {side}, by less than that)" if v.sign else ")") if v.equivalent
+                              else f"differs: ours {side}" if v.sign
+                              else "not resolved at proxy scale" if margin is not None
+                              else f"not resolved (no margin for {metric}: 'comparable' is not tested)")
         else:
-            want_lower = paper == "better"
-            if (hi < 0) if want_lower else (lo > 0):
-                row["verdict"] = "reproduced"
-            elif (lo > 0) if want_lower else (hi < 0):
-                row["verdict"] = "reversed"
-            else:
-                row["verdict"] = "not resolved at proxy scale"
-        rows.append(row)
+            want = -1 if row["paper ordering"] == "better" else 1
+            row["verdict"] = ("reproduced" if v.sign == want else "reversed" if v.sign == -want
+                              else "not resolved at proxy scale")
     return pd.DataFrame(rows)
 
 
@@ -556,11 +555,22 @@ def fig3_orderings_of(study) -> pd.DataFrame | None:
     return fig3_orderings(frame)
 
 
-def fig3_orderings_text(table: pd.DataFrame) -> str:
-    """The ordering table as text for `study status` (one line per step)."""
+def fig3_rule(table: pd.DataFrame, level: float = FIG3_LEVEL) -> str:
+    """How the ordering table's verdicts were reached: the family Holm corrected over and the margin."""
+    metric = table["metric"].iloc[0] if len(table) else "fd_domain"
+    tests = int(table["p"].notna().sum() + table["TOST p"].notna().sum()) if len(table) else 0
+    margin = table["margin"].dropna() if len(table) else pd.Series(dtype=float)
+    return (f"verdicts at alpha {1 - level:.2g}, Holm-corrected over the {tests} test{'s' * (tests != 1)} of this "
+            f"table; "
+            + (f"'comparable' steps: TOST within +-{margin.iloc[0]:g} {metric} (studies/paper.py FIG3_MARGINS)"
+               if len(margin) else f"no equivalence margin for {metric}, so no step is found 'comparable'"))
+
+
+def fig3_orderings_text(table: pd.DataFrame, level: float = FIG3_LEVEL) -> str:
+    """The ordering table as text for `study status` (one line per step), after the rule its verdicts follow."""
     metric = table["metric"].iloc[0] if len(table) else "fd_domain"
     lines = [f"Figure 3 quality orderings, paper (ImageNet FID) vs ours ({metric}, step minus the step before; "
-             f"lower is better):"]
+             f"lower is better):", " " + fig3_rule(table, level)]
     several = "reading" in table.columns and table["reading"].nunique() > 1
     for i, r in enumerate(table.to_dict("records")):
         if several and (i == 0 or r["reading"] != table["reading"].iloc[i - 1]):
@@ -568,6 +578,10 @@ def fig3_orderings_text(table: pd.DataFrame) -> str:
         ours = "not measured" if pd.isna(r["difference"]) else f"{r['difference']:+.4g}"
         if not pd.isna(r["ci_low"]):
             ours += f" [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}] ({r['interval']})"
+        if not pd.isna(r["p"]):
+            ours += f" p {r['p']:.2g}, Holm {r['p (Holm)']:.2g}"
+        if not pd.isna(r["TOST p"]):
+            ours += f"; TOST p {r['TOST p']:.2g}, Holm {r['TOST p (Holm)']:.2g}"
         lines.append(f"  {r['step']:>2} vs {r['vs']:<2}  paper {r['paper FID']} vs {r['paper FID (vs)']}: "
                      f"{r['paper ordering']:<10}  ours {ours}  -> {r['verdict']}")
     return "\n".join(lines)

@@ -50,7 +50,7 @@ def parse_proxy(name: str, value) -> ProxyConfig:
 
 def run(spec, config: dict, seed: int, report, out_dir) -> dict:
     """`evaluate_quality_seeds` at the configured proxy, reporting (budget fraction, values) while it trains.
-    Returns float metrics, `_user_attrs` (proxy mapping, artifact paths, per-seed records) and
+    Returns float metrics, `_user_attrs` (proxy mapping, artifact paths, each metric's per-seed values) and
     `_evaluator_seconds` (training, sampling and scoring time summed over the seeds, for the workbench's
     overhead share)."""
     from evaluators import quality
@@ -69,6 +69,9 @@ def run(spec, config: dict, seed: int, report, out_dir) -> dict:
         metrics["diverged_at_step"] = float(status.split("step")[1].split()[0])
     metrics["_user_attrs"] = {k: result[k] for k in ("proxy", "status", "out_dir", "samples", "record",
                                                      "metrics_invalid", "seed_list") if k in result}
+    if "per_seed" in result:  # every metric's value per seed: paired differences between trials (Figure 3)
+        metrics["_user_attrs"]["per_seed"] = {m: [float(r[m]) for r in runs] for m in EVALUATOR.metrics
+                                              if all(isinstance(r.get(m), (int, float)) for r in runs)}
     return metrics
 
 

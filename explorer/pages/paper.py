@@ -52,8 +52,9 @@ def page_paper(storage: str, names: list[str], refresh: int) -> None:
         st.dataframe(orderings, hide_index=True)
         counts = orderings["verdict"].value_counts()
         st.caption("; ".join(f"{v}: {n}" for v, n in counts.items())
-                   + ". Seeds share data order, noise and timesteps (common random numbers), so the paired "
-                     "interval is the tight one; one seed gives no verdict.")
+                   + f". The {R.fig3_rule(orderings)}. Seeds share data order, noise and timesteps (common "
+                     "random numbers), so the differences are paired per seed; without per-seed values or with "
+                     "one seed there is no verdict.")
 
     st.subheader("Table 2: decoders")
     device = (info.device if info and info.device else None) or "a17pro"

@@ -1,6 +1,7 @@
 """Paired evaluation with confidence: seed means with t-intervals, the study contract (m, m_ci_low, m_ci_high),
 paired differences, refusal of same-proxy comparisons, metric validity and [quality] key validation."""
 import json
+import math
 
 import pytest
 import torch
@@ -8,21 +9,24 @@ from scipy import stats
 
 import pocketdiff.cli as cli
 from evaluators import quality
-from evaluators.quality import (SameProxyError, aggregate_seeds, compare_quality, compare_verdict,
-                                mean_interval)
+from evaluators.quality import COMPARE_MARGINS, SameProxyError, aggregate_seeds, compare_quality, compare_verdict
 from search_space import PRESETS
+from search_space.errors import UserError
 from studies.config import StudyFileError, parse_study
 from training.data import FlowData
 from training.fidelity import extractor_validity
 from tests.toys import toy_flow
 
 
-def test_mean_interval_is_the_student_t_interval():
+def test_seed_interval_is_the_student_t_interval():
+    """The aggregate's m_ci_low / m_ci_high are evaluators/stats.py's t-interval of the seed values."""
     values = [1.0, 1.4, 0.9, 1.3]
-    mean, low, high = mean_interval(values)
+    out = aggregate_seeds([_record(i, v, 10.0 + i) for i, v in enumerate(values)])
     ref = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / 4, scale=stats.sem(values))
-    assert mean == pytest.approx(1.15) and (low, high) == pytest.approx(ref)
-    assert mean_interval([2.0]) == (2.0, None, None)
+    assert out["val_loss"] == pytest.approx(1.15) and (out["val_loss_ci_low"], out["val_loss_ci_high"]) == \
+        pytest.approx(ref)
+    diverged = aggregate_seeds([_record(0, 1.0, 10.0), _record(1, float("nan"), 11.0)])
+    assert math.isnan(diverged["val_loss"]) and math.isnan(diverged["val_loss_ci_low"])
 
 
 def _record(seed, val, fd, digest="d0"):
@@ -74,24 +78,72 @@ def test_bad_quality_keys_are_one_line(quality_table, message):
     assert len(str(err.value).splitlines()) == 1
 
 
-def test_compare_reports_paired_differences(monkeypatch):
-    """A is better than B by a consistent 0.1 in val_loss on every seed; FD differences scatter around zero."""
-    fd_noise = {0: 3.0, 1: -4.0, 2: 1.0}
-
+def _fake_compare(monkeypatch, val_b, fd_b):
+    """A fake quality run: per seed, A and B get the given val_loss / fd_domain (A's from `_A_VALUES`), and the
+    same kid_domain (a metric without a default margin)."""
     def fake(spec, data, budget, seed, **kwargs):
         is_a = spec.ffn_ratio == 3.0
-        return _record(seed, (1.0 if is_a else 1.1) + seed / 100, 50.0 + (fd_noise[seed] if is_a else 0.0),
-                       digest=f"seed{seed}")
+        val = _A_VALUES["val_loss"][seed] if is_a else val_b[seed]
+        fd = _A_VALUES["fd_domain"][seed] if is_a else fd_b[seed]
+        return {**_record(seed, val, fd, digest=f"seed{seed}"), "kid_domain": 0.01 * (seed + 1)}
     monkeypatch.setattr(quality, "evaluate_quality", fake)
+
+
+_A_VALUES = {"val_loss": [1.00, 1.01, 1.02], "fd_domain": [53.0, 46.0, 51.0]}
+
+
+def test_compare_reports_paired_differences(monkeypatch):
+    """A is better than B by 0.1 in val_loss on every seed (give or take 0.005); the FD differences scatter
+    around zero (+3, -4, +1): not resolved, and not comparable within the default margin of 5 either."""
+    _fake_compare(monkeypatch, val_b=[1.105, 1.11, 1.115], fd_b=[50.0, 50.0, 50.0])
     a = PRESETS["tiny-debug"]
-    b = a.replace(ffn_ratio=2.0)
-    data = _toy_data()
-    result = compare_quality(a, b, data, "40steps", seed=0, seeds=3)
+    result = compare_quality(a, a.replace(ffn_ratio=2.0), _toy_data(), "40steps", seed=0, seeds=3)
     val, fd = result["metrics"]["val_loss"], result["metrics"]["fd_domain"]
+    assert result["tests"] == 5 and result["margins"] == COMPARE_MARGINS and result["alpha"] == pytest.approx(0.05)
     assert val["diff"] == pytest.approx(-0.1) and val["apart"] and val["better"] == "A"
-    assert not fd["apart"] and fd["ci_low"] < 0 < fd["ci_high"]
+    assert val["verdict"] == "A better" and val["p_holm"] < 0.05
+    assert val["p"] == pytest.approx(stats.ttest_rel(_A_VALUES["val_loss"], [1.105, 1.11, 1.115]).pvalue)
+    assert not fd["apart"] and fd["ci_low"] < 0 < fd["ci_high"] and fd["verdict"] == "not resolved"
     assert "A is better" in compare_verdict("val_loss", val, 3)
-    assert "do not tell A and B apart" in compare_verdict("fd_domain", fd, 3)
+    assert "not resolved" in compare_verdict("fd_domain", fd, 3)
+
+
+def test_compare_says_comparable_only_by_tost_within_the_margin(monkeypatch):
+    """B within 0.5 FD of A on every seed: comparable at the default margin of 5, not at a margin of 0.2
+    (--margin fd_domain=0.2); identical values are comparable within any margin, but a metric without a margin
+    (kid_domain here) is never comparable."""
+    _fake_compare(monkeypatch, val_b=[1.0, 1.01, 1.02], fd_b=[53.3, 45.8, 51.1])
+    a, b = PRESETS["tiny-debug"], PRESETS["tiny-debug"].replace(ffn_ratio=2.0)
+    fd = compare_quality(a, b, _toy_data(), "40steps", seeds=3)["metrics"]["fd_domain"]
+    assert fd["verdict"] == "comparable" and fd["margin"] == 5.0 and fd["tost_p_holm"] < 0.05
+    assert "comparable (within +-5" in compare_verdict("fd_domain", fd, 3)
+    tight = compare_quality(a, b, _toy_data(), "40steps", seeds=3, margins={"fd_domain": 0.2})["metrics"]
+    assert tight["fd_domain"]["verdict"] == "not resolved" and tight["fd_domain"]["margin"] == 0.2
+    assert tight["val_loss"]["verdict"] == "comparable"  # identical on every seed: within any margin
+    assert tight["kid_domain"]["verdict"] == "not resolved" and tight["kid_domain"]["margin"] is None
+    assert "no margin declared" in compare_verdict("kid_domain", tight["kid_domain"], 3)
+    with pytest.raises(UserError, match="no metric psnr"):
+        compare_quality(a, b, _toy_data(), "40steps", seeds=3, margins={"psnr": 1.0})
+    with pytest.raises(UserError, match="positive"):
+        compare_quality(a, b, _toy_data(), "40steps", seeds=3, margins={"val_loss": -1.0})
+
+
+def test_compare_command_prints_the_margins_and_the_family(monkeypatch, capsys):
+    """`eval compare` says beside the verdicts how many tests Holm corrected over and which margins it used;
+    --margin overrides one metric's; a malformed --margin is a one-line usage error."""
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pocketdiff.cmd_eval",))
+    monkeypatch.setattr(quality, "load_data", lambda name: _toy_data())
+    _fake_compare(monkeypatch, val_b=[1.105, 1.11, 1.115], fd_b=[53.3, 45.8, 51.1])
+    rc = cli.main(["-q", "eval", "compare", "tiny-debug", "tiny-debug", "--set-b", "ffn_ratio=2.0", "--seeds", "3",
+                   "--budget", "40steps", "--margin", "fd_domain=1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "Holm-corrected over the 5 tests of this table" in out
+    assert "val_loss +-0.02, fd_domain +-1" in out
+    assert "val_loss: A - B = -0.1" in out and "A is better" in out
+    assert "fd_domain: A - B = -0.06667" in out and "comparable (within +-1: TOST p 0.012, Holm 0.047" in out
+    rc = cli.main(["-q", "eval", "compare", "tiny-debug", "tiny-debug", "--margin", "fd_domain"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "expected METRIC=VALUE" in err and len(err.strip().splitlines()) == 1
 
 
 def test_compare_refuses_specs_with_one_proxy(tmp_path, monkeypatch, capsys):

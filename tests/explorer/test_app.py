@@ -308,6 +308,7 @@ def test_paper_figures_page(store, tmp_path, monkeypatch):
     assert list(orderings.index) == list(FIG3_PARENT)  # b, c1, c2, d, e, f, f-1to1, g
     assert orderings.loc["c1", "paper ordering"] == "worse" and orderings.loc["c1", "paper FID"] == "3.38"
     assert set(orderings["verdict"]) == {"not measured"}
+    assert "Holm-corrected over the 0 tests of this table; 'comparable' steps: TOST within +-5 fd_domain" in _texts(at)
     assert "press the button" in _texts(at)  # Table 2 builds the decoder presets: only on request
     at.button(key="table2_button").click().run()
     _ok(at)
