@@ -132,10 +132,11 @@ def page_pareto(frame: pd.DataFrame, info: R.StudyInfo) -> None:
     for r, g in sorted(regimes.items()):
         if not g.quality:
             budget = f" ({info.rungs[r]})" if r < len(info.rungs) else ""
+            then = ("promotions from it ranked by the cheap objectives" if r < len(info.rungs) - 1
+                    else "read its points by the cheap objectives")
             st.caption(f"rung {r}{budget}: mean learned fraction {g.learned:.2f} over {g.n} candidate(s), below "
                        f"the regime gate {LEARNED_FRACTION_GATE:g}: not a quality rung (its quality differences are "
-                       f"initialisation noise; promotions from it ranked by the cheap objectives). Its points are "
-                       f"ringed in black.")
+                       f"initialisation noise; {then}). Its points are ringed in black.")
     if len(axes) == 2:
         drawn = add_reference_lines(fig, frame, {"x": x, "y": y})
         if drawn:

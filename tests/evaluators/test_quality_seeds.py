@@ -37,6 +37,13 @@ def test_seed_aggregate_keeps_names_and_adds_intervals():
     assert out["steps"] == 20 and out["seeds"] == 3 and out["seed_list"] == [0, 1, 2]
     single = aggregate_seeds([_record(0, 1.0, 10.0)])
     assert "val_loss_ci_low" not in single and single["seeds"] == 1
+    # the regime's baselines are the same in every seed: kept as they are, with no interval; the learned fraction
+    # is a metric like the others
+    regime = {"val_loss_constant": 1.2, "val_loss_class_mean": 1.1, "val_loss_linear": 0.2}
+    out = aggregate_seeds([{**_record(s, v, 10.0), **regime, "learned_fraction": 1.2 - v}
+                           for s, v in ((0, 0.8), (1, 0.7), (2, 0.9))])
+    assert {k: out[k] for k in regime} == regime and not any(f"{k}_ci_low" in out for k in regime)
+    assert out["learned_fraction"] == pytest.approx(0.4) and out["learned_fraction_ci_low"] < 0.4
 
 
 def test_study_quality_metrics_contract(monkeypatch, tmp_path):
@@ -74,14 +81,17 @@ def test_bad_quality_keys_are_one_line(quality_table, message):
     assert len(str(err.value).splitlines()) == 1
 
 
-def test_compare_reports_paired_differences(monkeypatch):
+def test_compare_reports_paired_differences(monkeypatch, capsys):
     """A is better than B by a consistent 0.1 in val_loss on every seed; FD differences scatter around zero."""
     fd_noise = {0: 3.0, 1: -4.0, 2: 1.0}
 
+    regime = {"val_loss_constant": 1.5, "val_loss_class_mean": 1.4, "val_loss_linear": 0.5}
+
     def fake(spec, data, budget, seed, **kwargs):
         is_a = spec.ffn_ratio == 3.0
-        return _record(seed, (1.0 if is_a else 1.1) + seed / 100, 50.0 + (fd_noise[seed] if is_a else 0.0),
-                       digest=f"seed{seed}")
+        val = (1.0 if is_a else 1.1) + seed / 100
+        return {**_record(seed, val, 50.0 + (fd_noise[seed] if is_a else 0.0), digest=f"seed{seed}"), **regime,
+                "learned_fraction": 1.5 - val}
     monkeypatch.setattr(quality, "evaluate_quality", fake)
     a = PRESETS["tiny-debug"]
     b = a.replace(ffn_ratio=2.0)
@@ -92,6 +102,16 @@ def test_compare_reports_paired_differences(monkeypatch):
     assert not fd["apart"] and fd["ci_low"] < 0 < fd["ci_high"]
     assert "A is better" in compare_verdict("val_loss", val, 3)
     assert "do not tell A and B apart" in compare_verdict("fd_domain", fd, 3)
+    learned = result["metrics"]["learned_fraction"]  # higher is better: A learned 0.1 more
+    assert learned["diff"] == pytest.approx(0.1) and learned["better"] == "A" and learned["direction"] == "higher"
+    assert result["baselines"] == regime
+    # the command prints the learned fraction's verdict and the regime's baselines
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pocketdiff.cmd_eval",))
+    monkeypatch.setattr(quality, "load_data", lambda source: data)
+    assert cli.main(["-q", "eval", "compare", "tiny-debug", "tiny-debug", "--set-b", "ffn_ratio=2"]) == 0
+    out = capsys.readouterr().out
+    assert "learned_fraction: A - B = +0.1" in out
+    assert "baselines of toy: constant 1.5, class mean 1.4, linear-Gaussian 0.5" in out
 
 
 def test_compare_refuses_specs_with_one_proxy(tmp_path, monkeypatch, capsys):
