@@ -54,8 +54,8 @@ FID_MODES = ("auto", "on", "off")  # auto: Inception FID only if its weights are
 GRID_PER_CLASS = 10
 CONFIDENCE = 0.95
 # Metrics a comparison reports, with the better direction (-1: lower is better).
-COMPARED_METRICS = {"val_loss": -1, LEARNED_FRACTION: 1, "fd_domain": -1, "kid_domain": -1, "precision_domain": 1, "recall_domain": 1,
-                    "fid": -1, "kid": -1, "precision": 1, "recall": 1}
+COMPARED_METRICS = {"val_loss": -1, LEARNED_FRACTION: 1, "fd_domain": -1, "kid_domain": -1, "precision_domain": 1,
+                    "recall_domain": 1, "fid": -1, "kid": -1, "precision": 1, "recall": 1}
 
 
 class SpecKindError(UserError):

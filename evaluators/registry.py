@@ -241,5 +241,5 @@ def cache_tag(name: str) -> dict[str, str]:
 
 
 __all__ = ["Evaluator", "EvaluatorError", "Option", "REGISTRY", "register", "whole_number", "get", "evaluators",
-           "cheap_evaluators", "producers", "direction_of", "all_metrics", "references", "quality_metrics", "is_quality_metric",
-           "check_metrics", "budget_callback", "cache_tag", "code_fingerprint", "fingerprint_paths"]
+           "cheap_evaluators", "producers", "direction_of", "all_metrics", "references", "quality_metrics",
+           "is_quality_metric", "check_metrics", "budget_callback", "cache_tag", "code_fingerprint", "fingerprint_paths"]

@@ -637,7 +637,8 @@ def _regime_trial(rung: int, i: int, val: float, half: float) -> optuna.trial.Fr
     intervals, and the regime's baselines."""
     from search_space import PRESETS
 
-    attrs = {"spec": json.loads(PRESETS["tiny-debug"].to_json()), "rung": rung, "budget": ["10steps", "30steps"][rung], "spec_id": f"s{i}", "candidate": f"s{i}",
+    attrs = {"spec": json.loads(PRESETS["tiny-debug"].to_json()), "rung": rung, "budget": ["10steps", "30steps"][rung],
+             "spec_id": f"s{i}", "candidate": f"s{i}",
              "val_loss": val, "val_loss_ci_low": val - half, "val_loss_ci_high": val + half, "latency_ms": 10.0 - i,
              "learned_fraction": _learned(val), "learned_fraction_ci_low": _learned(val + half),
              "learned_fraction_ci_high": _learned(val - half), "curve": [[rung * 20 + 5, 1.3, 0.5],
