@@ -9,6 +9,7 @@ from torch import nn
 
 from .decoder import Decoder
 from .errors import SpecError
+from .init import build_paired
 from .overrides import apply_overrides
 from .presets import PRESETS, get_preset
 from .spec import DecoderSpec, Spec, UNetSpec, spec_from_dict
@@ -17,10 +18,11 @@ from .unet import SIZE_COND_COUNT, UNet
 DEFAULT_TEXT_TOKENS = 77  # CLIP's context length: the cross-attention sequence length used for costing
 
 
-def build_model(spec: Spec, device: str | torch.device | None = None) -> nn.Module:
-    """Build the module for a spec; `device="meta"` builds it without allocating weights."""
-    with torch.device(device or "cpu"):
-        return UNet(spec) if isinstance(spec, UNetSpec) else Decoder(spec)
+def build_model(spec: Spec, device: str | torch.device | None = None, *, seed: int = 0) -> nn.Module:
+    """Build the module for a spec with paired initial weights (search_space/init.py): every module's weights
+    are a function of (seed, its module path) alone, so specs one knob apart share every weight the knob does
+    not reach, and every rank and device gets the same ones. `device="meta"` builds it without weights."""
+    return build_paired(lambda: UNet(spec) if isinstance(spec, UNetSpec) else Decoder(spec), seed, device=device)
 
 
 def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Spec:

@@ -136,7 +136,8 @@ class UNet(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        # torch's default init everywhere (as diffusers); only the output conv starts at zero so a fresh model
+        # torch's default init everywhere (as diffusers; search_space/init.py draws each module's from its own
+        # path-seeded stream and calls this after); only the output conv starts at zero so a fresh model
         # predicts 0 and flow-matching training starts from the mean velocity (DiT zero-inits its final layer).
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)

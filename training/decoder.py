@@ -28,6 +28,7 @@ from torch import nn
 
 from search_space import DecoderSpec, build_model
 from search_space.errors import UserError
+from search_space.init import build_paired
 
 from search_space.cache import cache_dir
 from .budget import Budget
@@ -282,8 +283,8 @@ def train_decoder(spec: DecoderSpec, data: PatchData, encoder: FrozenEncoder, bu
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     z_held = encoder.encode(data.held_out)  # training batches are encoded as they are drawn (short runs)
-    model = build_model(spec).train()
-    disc = PatchDiscriminator()
+    model = build_model(spec, seed=seed).train()  # paired weights (search_space/init.py)
+    disc = build_paired(PatchDiscriminator, seed, "decoder.patch_disc")
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=config.lr, betas=(0.5, 0.9))
     perceptual, notice = lpips_model() if config.lpips_weight > 0 else (None, "")

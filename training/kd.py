@@ -13,11 +13,14 @@ timestep bin, or the fixed weighting at the same KD share. Gradient norms of eac
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from search_space import UNetSpec
+from search_space.init import build_paired
 
 from .conditioning import Conditioner, velocity
 from .distributed import DistContext
@@ -115,10 +118,10 @@ class KDObjective(Objective):
         with torch.no_grad():
             velocity(model, cond, x, t, zero)
             _, t_feats = self.teacher(x, t, *self.tcond(zero))
-        torch.manual_seed(0)  # the projections start the same on every rank
-        for i, j in self.pairs:
+        for i, j in self.pairs:  # paired by the run's seed and the student tap: the same on every rank
             s = self._student_feats[self.taps[i]]
-            self.projections.append(nn.Conv2d(s.shape[1], t_feats[j].shape[1], 1).to(device))
+            self.projections.append(build_paired(partial(nn.Conv2d, s.shape[1], t_feats[j].shape[1], 1), self.seed,
+                                                 f"kd.projections.{self.taps[i]}", device))
             self.standardizers.append(FeatureStandardizer(t_feats[j].shape[1]).to(device))
 
     def _hook(self, name: str):

@@ -179,7 +179,7 @@ def _setup(spec, data, prompts, config, ctx, budget, objective, stream, init, me
     grad_ckpt = config.grad_checkpoint == "on" or (config.grad_checkpoint == "auto" and device.type == "cuda")
     model = _initial_model(spec, config, ctx, init)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    objective.budget_steps = budget.steps
+    objective.budget_steps, objective.seed = budget.steps, config.seed
     objective.attach(model, device, ctx)
     extra = [m.to(device) for m in objective.trainable()]
     extra_params = [p for m in extra for p in m.parameters()]
@@ -203,8 +203,8 @@ def _setup(spec, data, prompts, config, ctx, budget, objective, stream, init, me
 
 
 def _initial_model(spec: UNetSpec, config: LoopConfig, ctx: DistContext, init: str | Path | None) -> nn.Module:
-    torch.manual_seed(config.seed + ctx.rank)  # the initial weights: the one draw that depends on the model
-    model = build_model(spec)
+    torch.manual_seed(config.seed + ctx.rank)  # the global stream, per rank; building a model draws nothing from it
+    model = build_model(spec, seed=config.seed)  # paired weights (search_space/init.py), the same on every rank
     if init is not None:
         init_model, init_spec, _ = load_trained(init)
         if init_spec.spec_id != spec.spec_id:

@@ -24,6 +24,7 @@ class Objective:
 
     kind = "flow"
     budget_steps: int | None = None  # set by the loop before `attach`: the run's length in steps
+    seed: int = 0  # set by the loop before `attach`: the run's seed, which pairs the initial weights of `trainable`
 
     def trainable(self) -> list[nn.Module]:
         """Modules trained with the student (KD projections); their gradients are averaged over ranks."""

@@ -9,8 +9,8 @@ Designs are compared fairly:
   wall seconds; the learning rate warms up linearly, then decays linearly to zero exactly at the budget's end,
   so every run ends converged for its length instead of mid-flight at a constant rate.
 - Common random numbers (training/streams.py, the `crn` stream): for one seed every candidate sees identical
-  batches, condition dropout, noise and timesteps; only the weight initialisation depends on the model. The
-  stream's digest is recorded so a comparison can check it.
+  batches, condition dropout, noise and timesteps, and starts from identical weights wherever the designs agree
+  (paired initialisation, search_space/init.py). The stream's digest is recorded so a comparison can check it.
 - The validation loss is deterministic (training/validation.py): the same held-out inputs for every candidate
   and every seed.
 Metrics reach a callback during the run, so a study can prune. A NaN loss ends the run with status

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search_space.init import build_paired
+
 from .conditioning import velocity
 from .config import StepDistillConfig
 from .distributed import DistContext
@@ -79,8 +81,8 @@ class StepDistillObjective(Objective):
             x = torch.zeros(1, model.spec.latent_channels, self.size, self.size, device=device)
             _, feats = self.teacher(x, torch.full((1,), 0.5, device=device),
                                     *self.tcond(torch.zeros(1, dtype=torch.long, device=device)))
-        torch.manual_seed(0)  # the heads start the same on every rank
-        self.disc = DiscriminatorHeads([f.shape[1] for f in feats]).to(device)
+        widths = [f.shape[1] for f in feats]  # paired by the run's seed: the same heads on every rank
+        self.disc = build_paired(lambda: DiscriminatorHeads(widths), self.seed, "step_distill.disc", device)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=self.config.disc_lr, betas=(0.5, 0.9),
                                        weight_decay=0.0)
 

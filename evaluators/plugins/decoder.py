@@ -35,8 +35,9 @@ def run(spec, config: dict, seed: int, report, out_dir) -> dict:
     return metrics
 
 
+# Bump the version when a change makes old records incomparable. 2: paired initial weights (search_space/init.py)
 EVALUATOR = register(Evaluator(
-    name="decoder", version="decoder-quality-1", spec_kinds=("decoder",), code=("evaluators.decoder_quality",),
+    name="decoder", version="decoder-quality-2", spec_kinds=("decoder",), code=("evaluators.decoder_quality",),
     run=run, metrics={"psnr": "maximize", "val_loss": "minimize", "lpips": "minimize", "baseline_psnr": "maximize"},
     options=(Option("data", str, "sample-images", "images the decoder reconstructs: sample-images or folder:PATH",
                     parse_data),

@@ -74,11 +74,12 @@ def run(spec, config: dict, seed: int, report, out_dir) -> dict:
 
 
 # Bump the version when a change makes old records incomparable (studies key their evaluation cache on it).
-# 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW.
-# The regime baselines and the learned fraction added fields, not changed numbers: no new version (the code
-# fingerprint covers training/baselines.py, so no cached result without them is served).
+# 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW;
+# 4: paired initial weights (search_space/init.py). The regime baselines and the learned fraction added fields,
+# not changed numbers: no version of their own (the code fingerprint covers training/baselines.py, so no cached
+# result without them is served).
 EVALUATOR = register(Evaluator(
-    name="flow", version="quality-3", spec_kinds=("unet",), code=("evaluators.quality", "training.baselines"),
+    name="flow", version="quality-4", spec_kinds=("unet",), code=("evaluators.quality", "training.baselines"),
     run=run, references=BASELINES,
     metrics={"val_loss": "minimize", LEARNED_FRACTION: "maximize", "fd_domain": "minimize", "kid_domain": "minimize",
              "precision_domain": "maximize", "recall_domain": "maximize", "fid": "minimize", "kid": "minimize",

@@ -188,6 +188,42 @@ def test_teacher_depth_pairs_monotonically_with_student_depth(setup, tmp_path):
     assert blocks[mid] <= blocks[mid + 1]  # early teacher blocks -> down/mid, late -> up
 
 
+def test_kd_projections_and_discriminator_heads_are_paired(setup, tmp_path):
+    """The objectives' trainable modules are drawn from (run seed, module path) (search_space/init.py): one-knob
+    students share the projections of the taps they share, and the caller's global stream (each rank's own)
+    changes nothing, so every rank starts with the same ones."""
+    from search_space import apply_overrides, build_model
+    from training.distributed import DistContext
+    spec, data, prompts = setup
+    root = _sd3(tmp_path / "t", layers=4)
+
+    def attached(objective, student, seed, global_seed):
+        objective.seed = seed
+        torch.manual_seed(global_seed)
+        objective.attach(build_model(student, seed=seed), torch.device("cpu"), DistContext())
+        return objective
+
+    def projections(student, seed=0, global_seed=0):
+        obj = attached(KDObjective(load_teacher(root), prompts, data.resolution, data.size), student, seed,
+                       global_seed)
+        return {obj.taps[i]: p.weight.detach() for (i, _), p in zip(obj.pairs, obj.projections)}
+
+    def heads(seed=0, global_seed=0):
+        obj = StepDistillObjective(load_teacher(root), prompts, data.resolution, data.size, StepDistillConfig())
+        return [p.detach() for p in attached(obj, spec, seed, global_seed).disc.parameters()]
+
+    base = projections(spec)
+    assert all(torch.equal(base[k], v) for k, v in projections(spec, global_seed=1).items())
+    wider = projections(apply_overrides(spec, ["stages.0.channels=48"]))
+    same = [k for k in base if base[k].shape == wider[k].shape]
+    assert same and len(same) < len(base)  # the knob reshapes some projections, not all
+    assert all(torch.equal(base[k], wider[k]) for k in same)
+    assert not any(torch.equal(base[k], v) for k, v in projections(spec, seed=1).items())
+    first = heads()
+    assert all(torch.equal(a, b) for a, b in zip(first, heads(global_seed=1)))
+    assert not all(torch.equal(a, b) for a, b in zip(first, heads(seed=1)))
+
+
 def test_teacher_features_are_standardised_per_channel():
     g = torch.Generator().manual_seed(0)
     f = torch.randn(8, 6, 4, 4, generator=g)

@@ -136,8 +136,7 @@ def test_fast_step_agrees_with_the_per_tensor_step():
 
 
 def _initial_weights(seed: int) -> dict:
-    torch.manual_seed(seed)
-    return build_model(SPEC).state_dict()
+    return build_model(SPEC, seed=seed).state_dict()  # what the loop starts from (paired, search_space/init.py)
 
 
 def test_fast_ema_and_clipping_equal_the_loops():
