@@ -380,7 +380,7 @@ def test_detail_page_after_a_quality_run(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/study.db"
     cfg = parse_study({"study": {"name": "quality", "sampler": "random", "n_trials": 1},
                        "target": {"latent": 32}, "space": {"base": "tiny-debug"},
-                       "quality": {"evaluator": "flow", "data": "mnist5k", "budget": "12steps", "n_samples": 20,
+                       "quality": {"evaluator": "flow", "data": "mnist5k", "budget": "12steps", "n_samples": 150,
                                    "sample_steps": 2, "early_stop": {"enabled": False}},
                        "objectives": {"fd_domain": "minimize", "latency_ms": "minimize"}}, "q.toml", storage=url)
     study, _ = run_study(cfg, progress=False, echo=lambda line: None)
@@ -392,6 +392,11 @@ def test_detail_page_after_a_quality_run(tmp_path, monkeypatch):
     assert at.get("image"), "the sample grid is not shown"
     vals = at.dataframe[0].value.set_index("metric")["value"]
     assert vals["fd_domain"] == pytest.approx(t.values[0])
+    # the real record's regime: mnist5k's baselines and the run's learned fraction (12 steps learn little)
+    assert "baselines of this data regime (val loss without learning): constant 1.204, class mean 1.162, " \
+           "linear-Gaussian 0.2692; learned fraction" in text
+    assert vals["learned_fraction"] == pytest.approx(t.user_attrs["learned_fraction"])
+    assert t.user_attrs["learned_fraction"] < 0.5
     curve = json.loads(at.get("plotly_chart")[-1].proto.spec)
     assert curve["layout"]["yaxis"]["title"]["text"] == "validation loss"
 
