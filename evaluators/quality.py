@@ -4,7 +4,9 @@ docs/paper.md section 1 (ablation protocol [paper]): class-conditional training 
 class-conditional samples with CFG. The same protocol runs here at any scale: the spec is mapped to a proxy
 that fits the data and text encoder (`training.proxy`), trained for a budget (`training.quality_run`), sampled with
 the Euler ODE sampler and scored with torch-fidelity (`training.fidelity`): the domain-feature FD always
-(offline), Inception FID when its weights are at hand. The record says which is which.
+(offline), Inception FID when its weights are at hand. The record says which is which. Beside the val loss it
+carries the data regime's three baselines (constant, class-mean and linear-Gaussian predictors on the same held-out
+inputs) and the learned fraction, (constant - val) / (constant - linear-Gaussian): training/baselines.py.
 
 Paired evaluation with confidence (docs/quality.md): `evaluate_quality_seeds` repeats the run over seeds and reports
 each metric's mean with a 95% t-interval; `compare_quality` trains two specs on the same seeds (common random
@@ -25,6 +27,7 @@ import torch
 
 from search_space import UNetSpec, load_spec
 from search_space.errors import UserError
+from training.baselines import BASELINES, LEARNED_FRACTION, learned_fraction, regime_baselines
 from training.budget import QUALITY_RUN_BUDGET, WALL_CLOCK_NOTICE, Budget
 from training.config import LoopConfig
 from training.data import DataError, FlowData, load_data, load_vae
@@ -54,15 +57,17 @@ FID_MODES = ("auto", "on", "off")  # auto: Inception FID only if its weights are
 GRID_PER_CLASS = 10
 CONFIDENCE = LEVEL
 # Metrics a comparison reports, with the better direction (-1: lower is better).
-COMPARED_METRICS = {"val_loss": -1, "fd_domain": -1, "kid_domain": -1, "precision_domain": 1, "recall_domain": 1,
-                    "fid": -1, "kid": -1, "precision": 1, "recall": 1}
+COMPARED_METRICS = {"val_loss": -1, LEARNED_FRACTION: 1, "fd_domain": -1, "kid_domain": -1, "precision_domain": 1,
+                    "recall_domain": 1, "fid": -1, "kid": -1, "precision": 1, "recall": 1}
 # Equivalence margins of `compare_quality` (`eval compare --margin METRIC=VALUE` overrides): "comparable" means
 # TOST puts |A - B| below the margin, fixed before any run. A metric without one is never called comparable.
 # [choose] val_loss 0.02: under half the spread of one-knob designs at the 768-step reference (0.527-0.575,
 #   benchmarks/proxy_fidelity.md), so a design within it of another differs by less than a typical knob does.
 # [choose] fd_domain 5.0: the FD's own sampling SD at the default 192 samples (5.6) and its real-image floor
 #   (4.65), benchmarks/fd_sample_count.md: a difference below the metric's own noise is not a design difference.
-COMPARE_MARGINS = {"val_loss": 0.02, "fd_domain": 5.0}
+# [choose] learned_fraction 0.02: the same share of the regime's learnable loss as val_loss's 0.02 is of
+#   MNIST-5k's (constant 1.204 - linear-Gaussian 0.269 = 0.935), so the two verdicts agree on one data set.
+COMPARE_MARGINS = {"val_loss": 0.02, LEARNED_FRACTION: 0.02, "fd_domain": 5.0}
 
 
 class SpecKindError(UserError):
@@ -110,6 +115,7 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
     # The proxy's resolution is the data's: record it with the width/depth mapping.
     mapping.update({"resolution_px": data.resolution, "model_space": [data.channels, data.size, data.size]})
     t_load = time.perf_counter()
+    baselines = regime_baselines(data)  # the val loss of three untrained predictors, once per data regime
     _, extractor = register_domain_extractor(data)  # trains and caches the classifier the first time
     invalid = extractor_validity(extractor, data, num_samples)
     t_domain = time.perf_counter()
@@ -121,10 +127,12 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
         "budget_steps": result.budget_steps, "stream_digest": result.stream_digest,
         "seed": seed, "status": result.status, "steps": result.step, "train_images": result.images,
         "train_seconds": round(result.seconds, 3), "train_images_per_s": round(result.images_per_s, 2),
-        "val_loss": result.val_loss, "params_proxy": sum(p.numel() for p in result.ema.parameters()),
+        "val_loss": result.val_loss, **baselines, "params_proxy": sum(p.numel() for p in result.ema.parameters()),
         "num_samples": num_samples, "sample_steps": sample_steps, "cfg_scale": cfg_scale,
         **result.throughput,  # train_flops_per_s and its ratio to the host's matmul peak (training/throughput.py)
     }
+    if result.val_loss is not None:  # the share of the learnable loss this run learned (training/baselines.py)
+        record[LEARNED_FRACTION] = learned_fraction(result.val_loss, baselines)
     vae_model = None
     if result.status == "ok" or result.status.startswith("stopped"):
         labels = torch.arange(num_samples) % data.num_classes  # balanced classes, as class-conditional FID
@@ -214,12 +222,13 @@ def evaluate_quality_seeds(spec: UNetSpec | str, data: FlowData | str = "mnist5k
 
 
 def aggregate_seeds(records: list[dict]) -> dict:
-    """One record from per-seed records: numeric metrics as mean (+ _ci_low/_ci_high), the rest from the first."""
+    """One record from per-seed records: numeric metrics as mean (+ _ci_low/_ci_high), the rest (the regime's
+    baselines among them: the same for every seed) from the first."""
     if len(records) == 1:
         return {**records[0], "seeds": 1}
     out = dict(records[0])
     for key, value in records[0].items():
-        if key in ("seed", "steps", "budget_steps", "num_samples") or isinstance(value, bool):
+        if key in ("seed", "steps", "budget_steps", "num_samples", *BASELINES) or isinstance(value, bool):
             continue
         values = [r.get(key) for r in records]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
@@ -295,6 +304,7 @@ def compare_quality(spec_a: UNetSpec | str, spec_b: UNetSpec | str, data: FlowDa
             "width_mult": proxy_config.width_mult, "data": data.name, "budget": str(Budget.parse(budget)),
             "seeds": seed_values, "confidence": CONFIDENCE, "alpha": 1 - CONFIDENCE, "margins": margins,
             "tests": next(iter(verdicts.values())).tests if verdicts else 0, "metrics": metrics,
+            "baselines": {k: runs[0][0][k] for k in BASELINES if k in runs[0][0]},
             "status": [[ra["status"], rb["status"]] for ra, rb in runs],
             "invalid": sorted({r["metrics_invalid"] for pair in runs for r in pair if "metrics_invalid" in r})}
 

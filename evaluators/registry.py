@@ -4,7 +4,9 @@ An evaluator declares itself once, in its own module (the shipped ones: evaluato
 `register(Evaluator(...))`:
 - a `name` (what a study file's `[quality] evaluator = ...` names; the cheap ones always run),
 - a `version` (bumped when a change makes old results incomparable),
-- the `metrics` it produces, each with its direction ("minimize" | "maximize"),
+- the `metrics` it produces, each with its direction ("minimize" | "maximize"), and the `references` its
+  records carry beside them: numbers of the data, not the design (the flow evaluator's regime baselines), never
+  an objective, kept with the metrics wherever a result is reused,
 - its typed `options`, each with its one default (an unknown option is refused with the list of known ones; a
   wrong value is one line naming the key),
 - the spec kinds it scores, and
@@ -89,6 +91,7 @@ class Evaluator:
     run: Callable[..., dict]  # (spec, config, seed, report, out_dir) -> dict
     spec_kinds: tuple[str, ...] = ("unet", "decoder")
     cheap: bool = False  # known before training: runs on every candidate, before the constraints are checked
+    references: tuple[str, ...] = ()  # numbers of the data, not the design, its records carry (no direction)
     code: tuple[str, ...] = ()  # modules (besides its own, the builders and features) its results depend on
     doc: str = ""
 
@@ -169,6 +172,11 @@ def all_metrics() -> list[str]:
     return sorted({m for e in evaluators().values() for m in e.metrics})
 
 
+def references() -> tuple[str, ...]:
+    """Every evaluator's reference numbers: recorded with the metrics, never ranked or optimised."""
+    return tuple(sorted({r for e in evaluators().values() for r in e.references}))
+
+
 def quality_metrics() -> tuple[str, ...]:
     """Metrics only a training run produces (not known before a candidate is trained)."""
     return tuple(sorted({m for e in evaluators().values() if not e.cheap for m in e.metrics}))
@@ -233,5 +241,5 @@ def cache_tag(name: str) -> dict[str, str]:
 
 
 __all__ = ["Evaluator", "EvaluatorError", "Option", "REGISTRY", "register", "whole_number", "get", "evaluators",
-           "cheap_evaluators", "producers", "direction_of", "all_metrics", "quality_metrics", "is_quality_metric",
-           "check_metrics", "budget_callback", "cache_tag", "code_fingerprint", "fingerprint_paths"]
+           "cheap_evaluators", "producers", "direction_of", "all_metrics", "references", "quality_metrics",
+           "is_quality_metric", "check_metrics", "budget_callback", "cache_tag", "code_fingerprint", "fingerprint_paths"]

@@ -1,4 +1,5 @@
-"""The explorer's figures: plain plotly from frames and stored breakdowns (no Streamlit, no models)."""
+"""The explorer's figures: plain plotly from frames and stored breakdowns (no Streamlit, no models), and what they
+mark: seed intervals as error bars, the data regime's baselines as reference lines, rungs below the regime gate."""
 from __future__ import annotations
 
 import os
@@ -8,10 +9,69 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from studies.halving import LEARNED_FRACTION_GATE, Regime, regime
+from training.baselines import CONSTANT, LEARNED_FRACTION, LINEAR
+
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; kaleido renders PNGs with it (no browser download)
 SVG_POINTS = 2000  # more points than this are drawn with WebGL (Scattergl)
 COLORS = {"front": "#d62728", "feasible": "#1f77b4", "infeasible": "#9e9e9e", "unfinished": "#ff9f1c",
-          "preset": "#2ca02c", "closest": "#9467bd", "paper": "#7f7f7f"}
+          "preset": "#2ca02c", "closest": "#9467bd", "paper": "#7f7f7f", "below_gate": "#000000",
+          "baseline": "#8c564b"}
+# the regime's reference lines on a val_loss axis, and on a learned_fraction axis (where they sit at 0 and 1)
+REFERENCE_LINES = ((CONSTANT, "constant predictor", "dash"), (LINEAR, "linear-Gaussian optimum", "dot"))
+
+
+def frame_regimes(frame: pd.DataFrame) -> dict[int, Regime]:
+    """Each rung's regime (studies/halving.py) from the frame: the mean learned fraction of its COMPLETE
+    candidates (a re-proposed spec counted once), as the study's promotions computed it."""
+    if LEARNED_FRACTION not in frame.columns or "rung" not in frame.columns:
+        return {}
+    done = frame[frame["state"] == "COMPLETE"].sort_values("number")
+    if "candidate" in done.columns:
+        done = done.drop_duplicates(["rung", "candidate"])
+    return {int(r): regime(group[LEARNED_FRACTION].tolist()) for r, group in done.groupby("rung")}
+
+
+def below_gate(df: pd.DataFrame, regimes: dict[int, Regime]) -> pd.Series:
+    """Rows of a rung below the regime gate (its quality objectives rank noise)."""
+    gated = {r for r, g in regimes.items() if not g.quality}
+    if not gated or "rung" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["rung"].astype(int).isin(gated)
+
+
+def error_bars(df: pd.DataFrame, metric: str) -> dict | None:
+    """A plotly error_x / error_y from the seed interval `<metric>_ci_low/_ci_high`; None when no row has one."""
+    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+    if low not in df.columns or high not in df.columns or df[[low, high]].isna().all().all():
+        return None
+    value = df[metric].astype(float)
+    return dict(type="data", symmetric=False, array=(df[high].astype(float) - value).fillna(0).tolist(),
+                arrayminus=(value - df[low].astype(float)).fillna(0).tolist(), thickness=1, width=3)
+
+
+def add_reference_lines(fig: go.Figure, frame: pd.DataFrame, axes: dict[str, str]) -> list[str]:
+    """On each axis ("x" or "y") that shows val_loss, a line at the regime's constant predictor and linear-Gaussian
+    optimum; on a learned_fraction axis, lines at 0 (the constant), the gate and 1 (the linear-Gaussian). Returns
+    what was drawn, in words."""
+    drawn = []
+    for axis, metric in axes.items():
+        lines = []
+        if metric == "val_loss":
+            for column, name, dash in REFERENCE_LINES:
+                values = frame[column].dropna().unique() if column in frame.columns else []
+                lines += [(float(v), f"{name} {float(v):.4g}", dash) for v in values]
+        elif metric == LEARNED_FRACTION:
+            lines = [(0.0, "constant predictor (0)", "dash"), (1.0, "linear-Gaussian optimum (1)", "dot"),
+                     (LEARNED_FRACTION_GATE, f"regime gate ({LEARNED_FRACTION_GATE:g})", "dashdot")]
+        for value, text, dash in lines:
+            line = dict(color=COLORS["baseline"], dash=dash, width=1)
+            if axis == "y":
+                fig.add_hline(y=value, line=line, annotation_text=text, annotation_position="top right")
+            else:
+                fig.add_vline(x=value, line=line, annotation_text=text, annotation_position="top left")
+            drawn.append(text)
+    return drawn
 
 
 def png_of(fig: go.Figure) -> bytes:

@@ -13,7 +13,8 @@ import sys
 from pocketdiff.cli import UsageError
 from training.budget import QUALITY_RUN_BUDGET
 
-SUMMARY_KEYS = ("status", "steps", "train_images_per_s", "val_loss", "fd_domain", "fd_domain_floor", "kid_domain",
+SUMMARY_KEYS = ("status", "steps", "train_images_per_s", "val_loss", "learned_fraction", "val_loss_constant",
+                "val_loss_class_mean", "val_loss_linear", "fd_domain", "fd_domain_floor", "kid_domain",
                 "precision_domain", "recall_domain", "fid", "kid", "precision", "recall", "fid_note",
                 "metrics_invalid", "budget_note", "seconds_train", "seconds_sample", "seconds_total", "train_share")
 
@@ -163,6 +164,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"this table; 'comparable' = TOST within the margin set in advance ({margins}; --margin METRIC=VALUE)")
     for name, m in result["metrics"].items():
         print(f"  A {m['a']:.4g}  B {m['b']:.4g}   " + compare_verdict(name, m, len(result["seeds"])))
+    if result.get("baselines"):
+        b = result["baselines"]
+        print(f"  baselines of {result['data']}: constant {b['val_loss_constant']:.4g}, class mean "
+              f"{b['val_loss_class_mean']:.4g}, linear-Gaussian {b['val_loss_linear']:.4g} (learned_fraction: 0 at "
+              f"the constant, 1 at the linear-Gaussian)")
     for reason in result["invalid"]:
         print(f"  no FD/KID: {reason}")
     return 0

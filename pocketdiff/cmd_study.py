@@ -111,7 +111,8 @@ def cmd_run(args) -> int:
 
 def _print_summary(study) -> None:
     from optuna.trial import TrialState
-    from studies.queries import front_note, metric_names, pareto_rows, rung_counts, study_rungs
+    from studies.queries import front_note, metric_names, pareto_rows, regime_note, rung_counts, study_rungs
+    from studies.record import LEARNED_FRACTION
 
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
@@ -125,8 +126,12 @@ def _print_summary(study) -> None:
     names = metric_names(study)
     print(f"Pareto set ({len(rows)} feasible trials) -- {front_note(study)}:")
     for r in rows:
-        vals = "  ".join(_with_interval(r, n) for n in names)
+        shown = names + ([LEARNED_FRACTION] if LEARNED_FRACTION in r and LEARNED_FRACTION not in names else [])
+        vals = "  ".join(_with_interval(r, n) for n in shown)
         print(f"  #{r['number']:<4} {vals}  {r['preset'] or r['spec_id']}  {r['compact']}")
+    note = regime_note(study)
+    if note:
+        print(note)
 
 
 def _with_interval(row: dict, name: str) -> str:
@@ -140,7 +145,8 @@ def _with_interval(row: dict, name: str) -> str:
 def cmd_status(args) -> int:
     from optuna.trial import TrialState
     from studies.paper import fig3_pair_possible
-    from studies.queries import complete_rungs, front_note, front_rung, pareto_rows, rung_counts, study_rungs
+    from studies.queries import (complete_rungs, front_note, front_rung, pareto_rows, regime_note, regimes,
+                                 rung_counts, study_rungs)
     from studies.record import TrialRecord
 
     study = _study(args)
@@ -157,7 +163,7 @@ def cmd_status(args) -> int:
         print(json.dumps({"study": study.study_name, "counts": counts, "failures": failures,
                           "rungs": rungs, "rung_counts": rung_counts(trials, len(rungs)),
                           "front_rung": front_rung(complete_rungs(trials)), "front": front_note(study),
-                          "pareto": pareto_rows(study),
+                          "pareto": pareto_rows(study), "regimes": regimes(study), "regime": regime_note(study),
                           **({"fig3_orderings": fig3.to_dict("records")} if fig3 is not None else {})},
                          indent=2, default=str))
         return 0

@@ -7,7 +7,8 @@
 
 Every sampled candidate starts at rung 0. Whenever a rung holds n finished candidates, the best
 floor(n / reduction) of them -- by non-dominated rank over the study's objectives, ties broken by crowding
-distance (larger first), then by the earlier trial -- are promoted: a new trial is enqueued with the same
+distance (larger first), then by the earlier trial -- are promoted (below the regime gate, by the cheap
+objectives alone: see `LEARNED_FRACTION_GATE`): a new trial is enqueued with the same
 parameters, the next rung's budget and the user attributes `rung`, `budget`, `promoted_from` and
 `candidate` (the spec_id). This is the asynchronous rule of ASHA (Li et al. 2020) with MOASHA's
 multi-objective ranking (Schmucker et al. 2021): nothing waits for a rung to fill, so any number of workers
@@ -34,17 +35,27 @@ its user attributes, so its claim carries over and it is not enqueued a second t
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from evaluators import registry
+
 from . import record as R
 from .config import Rungs
 from .record import FINISHED, TrialRecord, feasible
+
+# [choose] The regime gate (docs/studies.md). A rung whose candidates learned on average less than half of the
+# way from the constant predictor to the linear-Gaussian optimum (their learned fraction, training/baselines.py;
+# each candidate's a seed mean) is not a quality rung: its val losses sit near the level of a predictor that
+# reads no image, and what separates its candidates is their initialisation, not their design (docs/quality.md,
+# baselines). Its quality objectives are recorded, but promotion ranks by the cheap objectives only.
+LEARNED_FRACTION_GATE = 0.5
 
 
 # --- ranking ------------------------------------------------------------------------------------------
@@ -105,39 +116,94 @@ def rank_order(values: np.ndarray, directions: Sequence[str]) -> list[int]:
     return sorted(range(len(values)), key=lambda i: (ranks[i], -crowd[i], i))
 
 
+# --- the regime gate ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Regime:
+    """What a rung's finished candidates learned: the mean of their learned fractions over `n` candidates."""
+    learned: float | None  # None: no candidate recorded one (no flow evaluator, or records older than it)
+    n: int
+
+    @property
+    def quality(self) -> bool:
+        """Whether the rung's quality objectives rank designs (unknown counts as yes: there is nothing to gate)."""
+        return self.learned is None or self.learned >= LEARNED_FRACTION_GATE
+
+
+def regime(fractions: Iterable[float | None]) -> Regime:
+    """The regime of one rung from its candidates' learned fractions (None and non-finite values left out)."""
+    values = [float(f) for f in fractions if isinstance(f, (int, float)) and not isinstance(f, bool)
+              and math.isfinite(f)]
+    return Regime(sum(values) / len(values) if values else None, len(values))
+
+
+def rung_candidates(trials: Sequence[FrozenTrial], rung: int) -> dict[str, FrozenTrial]:
+    """The finished candidates of a rung, one trial each (the first COMPLETE, else the first PRUNED; a re-proposed
+    spec is one candidate, a re-sampled duplicate was not evaluated)."""
+    at_rung = [(t, rec) for t in trials if (rec := TrialRecord.of(t)).rung == rung and t.state in FINISHED
+               and rec.candidate and rec.duplicate_of is None]
+    finished: dict[str, FrozenTrial] = {}
+    for t, rec in sorted(at_rung, key=lambda p: (p[0].state != TrialState.COMPLETE, p[0].number)):
+        finished.setdefault(rec.candidate, t)
+    return finished
+
+
+def rung_regime(trials: Sequence[FrozenTrial], rung: int) -> Regime:
+    return regime(TrialRecord.of(t).learned_fraction for t in rung_candidates(trials, rung).values()
+                  if t.state == TrialState.COMPLETE)
+
+
+def ranking_objectives(names: Sequence[str], rung: int, found: Regime) -> tuple[list[int], str]:
+    """(the objectives' indices a rung's promotion ranks by, that choice in words for the promoted trial's
+    record): every objective at a quality rung; below the regime gate the cheap ones (those known before
+    training: params, MACs, latency), or every objective, saying so, when the study has none."""
+    every = list(range(len(names)))
+    if found.quality:
+        return every, "non-dominated rank over every objective" + (
+            f" (rung {rung} learned fraction {found.learned:.2f})" if found.learned is not None else "")
+    cheap = [i for i, n in enumerate(names) if not registry.is_quality_metric(n)]
+    below = (f"rung {rung} learned fraction {found.learned:.2f} < {LEARNED_FRACTION_GATE:g} "
+             f"(over {found.n} candidates): not a quality rung")
+    if not cheap:
+        return every, f"every objective, though {below}: the study has no cheap objective to rank by"
+    return cheap, f"cheap objectives only ({', '.join(names[i] for i in cheap)}): {below}"
+
+
 # --- rungs in the storage -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Promotion:
     source: FrozenTrial
     rung: int  # the rung it is promoted to
+    ranked_by: str = ""  # what ranked it, in words (the promoted trial's record keeps it)
 
     @property
     def candidate(self) -> str:
         return str(TrialRecord.of(self.source).candidate)
 
 
-def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequence[str]) -> list[Promotion]:
-    """Promotions the stored trials call for that no trial holds yet (any state), top rungs first."""
+def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequence[str],
+                   names: Sequence[str] | None = None) -> list[Promotion]:
+    """Promotions the stored trials call for that no trial holds yet (any state), top rungs first. With the
+    objectives' `names`, a rung below the regime gate ranks by the cheap objectives only."""
     due: list[Promotion] = []
     records = [(t, TrialRecord.of(t)) for t in trials]
     for r in range(rungs.top - 1, -1, -1):
-        at_rung = [(t, rec) for t, rec in records if rec.rung == r and t.state in FINISHED and rec.candidate
-                   and rec.duplicate_of is None]  # a re-sampled duplicate was not evaluated
-        finished: dict[str, FrozenTrial] = {}
-        for t, rec in sorted(at_rung, key=lambda p: (p[0].state != TrialState.COMPLETE, p[0].number)):
-            finished.setdefault(rec.candidate, t)  # a re-proposed spec is one candidate
+        finished = rung_candidates(trials, r)
         k = len(finished) // rungs.reduction
         if k == 0:
             continue
         ranked = [t for t in finished.values()
                   if t.state == TrialState.COMPLETE and t.values is not None and feasible(t)]
         ranked.sort(key=lambda t: t.number)
-        order = rank_order(np.array([t.values for t in ranked]), directions) if ranked else []
+        columns, ranked_by = (ranking_objectives(names, r, rung_regime(trials, r)) if names is not None
+                              else (list(range(len(directions))), ""))
+        values = np.array([[t.values[i] for i in columns] for t in ranked])
+        order = rank_order(values, [directions[i] for i in columns]) if ranked else []
         claimed = {rec.candidate for _, rec in records if rec.rung == r + 1}
         for i in order[:k]:
             if TrialRecord.of(ranked[i]).candidate not in claimed:
-                due.append(Promotion(ranked[i], r + 1))
+                due.append(Promotion(ranked[i], r + 1, ranked_by))
     return due
 
 
@@ -164,9 +230,10 @@ _LOCAL_LOCK = threading.Lock()
 def promote(study: optuna.Study, rungs: Rungs) -> list[Promotion]:
     """Enqueue every due promotion not yet held by a trial; returns what this call enqueued."""
     directions = [d.name.lower() for d in study.directions]
+    names = R.metric_names(study)
     with promotion_lock(study._storage, study.study_name):
-        due = due_promotions(study.get_trials(deepcopy=False), rungs, directions)
+        due = due_promotions(study.get_trials(deepcopy=False), rungs, directions, names)
         for p in due:
-            study.enqueue_trial(p.source.params, user_attrs=R.promotion(p.source, p.rung, rungs.label(p.rung)),
-                                skip_if_exists=False)
+            study.enqueue_trial(p.source.params, skip_if_exists=False,
+                                user_attrs=R.promotion(p.source, p.rung, rungs.label(p.rung), p.ranked_by))
     return due

@@ -258,7 +258,8 @@ class Objective:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             rec = TrialRecord.of(t)
             if rec.eval_key == key:
-                metrics = {m: v for m, v in rec.attrs.items() if registry.is_quality_metric(m)}
+                metrics = {m: v for m, v in rec.attrs.items()
+                           if registry.is_quality_metric(m) or m in registry.references()}
                 attrs = {k: rec.attrs[k] for k in R.EVALUATION_ATTRS if k in rec.attrs}
                 return {"metrics": metrics, "user_attrs": attrs, "source": f"trial {t.number}"}
         return ev.load_cache(key) if ev.portable(cfg) else None

@@ -10,10 +10,12 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from evaluators import registry
+
 from . import record as R
 from . import storage as S
-from .halving import nondominated_ranks
-from .record import FINISHED, TrialRecord, feasible
+from .halving import LEARNED_FRACTION_GATE, nondominated_ranks, rung_regime
+from .record import FINISHED, TrialRecord, feasible, metric_names
 from .storage import StudyError
 
 
@@ -32,12 +34,6 @@ def resolve_study(storage_url: str, name: str | None) -> optuna.Study:
     if name not in names:
         raise StudyError(f"storage {storage_url} has no study {name!r}; it has: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
-
-
-def metric_names(study: optuna.Study) -> list[str]:
-    """The objectives' names, in order (`objective_<i>` for a study that stored none)."""
-    return list(study.user_attrs.get(R.METRIC_NAMES) or study.metric_names
-                or [f"objective_{i}" for i in range(len(study.directions))])
 
 
 def study_rungs(study: optuna.Study) -> list[str]:
@@ -93,10 +89,48 @@ def front_note(study: optuna.Study) -> str:
             f"({rungs[r]})")
 
 
+def regimes(study: optuna.Study) -> list[dict[str, Any]]:
+    """Per rung, what its finished candidates learned (studies/halving.py, the regime gate): the mean of their
+    learned fractions, how many recorded one, and whether the rung ranks quality."""
+    rungs = study_rungs(study)
+    trials = study.get_trials(deepcopy=False)
+    out = []
+    for r in range(max(len(rungs), 1 + max((TrialRecord.of(t).rung for t in trials), default=0))):
+        found = rung_regime(trials, r)
+        out.append({"rung": r, "budget": rungs[r] if r < len(rungs) else "", "learned_fraction": found.learned,
+                    "candidates": found.n, "quality": found.quality})
+    return out
+
+
+def regime_note(study: optuna.Study) -> str | None:
+    """The regime gate in one line (printed at the end of `study run` and by `study status`); None when no trial
+    recorded a learned fraction (no flow evaluator)."""
+    found = [g for g in regimes(study) if g["learned_fraction"] is not None]
+    if not found:
+        return None
+    several = len(study_rungs(study)) > 1
+    top = len(study_rungs(study)) - 1
+    parts = []
+    for g in found:
+        where = f"rung {g['rung']} ({g['budget']}) " if several else ""
+        if g["quality"]:
+            verdict = "a quality rung" if several else "quality ranks designs"
+        elif several and g["rung"] < top:
+            cheap = [n for n in metric_names(study) if not registry.is_quality_metric(n)]
+            verdict = "NOT a quality rung: " + (f"promoted by {', '.join(cheap)} only" if cheap else
+                                                "promoted by every objective (the study has no cheap one)")
+        else:
+            verdict = ("NOT a quality rung" if several else "not a quality regime") + \
+                ": its quality differences are initialisation noise; read its front by the cheap objectives"
+        parts.append(f"{where}{g['learned_fraction']:.2f} over {g['candidates']} candidate(s): {verdict}")
+    return (f"regime gate (mean learned fraction >= {LEARNED_FRACTION_GATE:g}, 0 = the constant predictor, "
+            f"1 = the linear-Gaussian optimum): " + "; ".join(parts))
+
+
 def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Feasible Pareto-optimal trials of the front rung (the top rung; see `front_note`) as flat rows: metrics,
-    their seed intervals where the evaluator gave them (`<metric>_ci_low/_high`), the rung, and the spec's
-    identity; one row per spec."""
+    their seed intervals where the evaluator gave them (`<metric>_ci_low/_high`), the learned fraction where
+    recorded, the rung, and the spec's identity; one row per spec."""
     names = metric_names(study)
     directions = [d.name.lower() for d in study.directions]
     trials = study.get_trials(deepcopy=False)
@@ -114,7 +148,9 @@ def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
             continue  # a re-proposed spec (served from the evaluation cache) is the same design
         seen.add(rec.spec_id)
         row = {"number": t.number, **dict(zip(names, t.values))}
-        for n in names:
+        if R.LEARNED_FRACTION not in row and rec.learned_fraction is not None:
+            row[R.LEARNED_FRACTION] = rec.learned_fraction
+        for n in [n for n in names if n != R.LEARNED_FRACTION] + [R.LEARNED_FRACTION]:
             for bound in ("_ci_low", "_ci_high"):
                 if n + bound in rec.attrs:
                     row[n + bound] = rec.attrs[n + bound]

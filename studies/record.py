@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 from optuna.trial import TrialState
 
 from search_space.compact import encode
+from training.baselines import LEARNED_FRACTION
 
 # --- trial attributes -------------------------------------------------------------------------------------
 # the design
@@ -40,6 +41,7 @@ ENQUEUED_PRESET = "enqueued_preset"
 PROMOTED_FROM = "promoted_from"  # the lower-rung trial's number
 PROMOTED_SPEC = "promoted_spec"  # its spec (JSON object): a promotion trains exactly that design
 PARAMS_FIXED = "params_fixed"  # whether the promotion carries sampled parameters to record again
+PROMOTED_BY = "promoted_by"  # what ranked it, in words: every objective, or the cheap ones below the regime gate
 # the worker that ran it (a rerun on this host fails the trial if that process is gone)
 WORKER_HOST = "worker_host"
 WORKER_PID = "worker_pid"
@@ -70,7 +72,7 @@ EVALUATION_ATTRS = (CURVE, ARTIFACTS, "proxy", "per_seed")
 # Text attributes of the record (the explorer keeps them out of the numeric columns), and numeric ones that
 # describe the run, not the design.
 TEXT = (SPEC_ID, COMPACT, KIND, PRESET, BASE_PRESET, ENQUEUED_PRESET, ARTIFACTS, EVAL_KEY, CACHED_FROM, INFEASIBLE,
-        EARLY_STOPPED, FAIL_REASON, BUDGET, CANDIDATE)
+        EARLY_STOPPED, FAIL_REASON, BUDGET, CANDIDATE, PROMOTED_BY)
 NUMERIC_BOOKKEEPING = (RUNG, PROMOTED_FROM, EVALUATOR_SECONDS)
 
 # --- study attributes ---------------------------------------------------------------------------------------
@@ -83,6 +85,12 @@ WORKERS = "workers"  # how many runs claimed a worker index (each seeds its samp
 
 # Trials that count towards n_trials: COMPLETE or PRUNED (FAIL trials are retried, so they do not count).
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def metric_names(study: Any) -> list[str]:
+    """A stored study's objective names, in order (`objective_<i>` for a study that stored none)."""
+    return list(study.user_attrs.get(METRIC_NAMES) or study.metric_names
+                or [f"objective_{i}" for i in range(len(study.directions))])
 
 
 def feasible(trial: Any) -> bool:
@@ -147,6 +155,16 @@ class TrialRecord:
     def candidate(self) -> str | None:
         """The design the rungs follow: its `candidate`, else its spec_id."""
         return self.attrs.get(CANDIDATE) or self.attrs.get(SPEC_ID)
+
+    @property
+    def learned_fraction(self) -> float | None:
+        """The flow evaluator's learned fraction (seed mean; training/baselines.py), None where not recorded."""
+        v = self.attrs.get(LEARNED_FRACTION)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    @property
+    def promoted_by(self) -> str:
+        return str(self.attrs.get(PROMOTED_BY) or "")
 
     @property
     def enqueued_preset(self) -> str | None:
@@ -296,12 +314,15 @@ def enqueued(preset: str) -> dict[str, Any]:
     return {ENQUEUED_PRESET: preset}
 
 
-def promotion(source: Any, rung: int, budget: str) -> dict[str, Any]:
-    """The attributes of a promotion: the lower-rung trial `source`'s design at `rung` with its budget label. The
-    source's preset name goes with it: two presets may share a spec (snapgen-unet and fig3-g)."""
+def promotion(source: Any, rung: int, budget: str, ranked_by: str = "") -> dict[str, Any]:
+    """The attributes of a promotion: the lower-rung trial `source`'s design at `rung` with its budget label, and
+    what ranked it. The source's preset name goes with it: two presets may share a spec (snapgen-unet and
+    fig3-g)."""
     src = TrialRecord.of(source)
     out = {RUNG: rung, BUDGET: budget, PROMOTED_FROM: source.number, CANDIDATE: str(src.candidate),
            PROMOTED_SPEC: src.attrs.get(SPEC), PARAMS_FIXED: bool(source.params)}
+    if ranked_by:
+        out[PROMOTED_BY] = ranked_by
     if src.preset:
         out[ENQUEUED_PRESET] = src.preset
     return out

@@ -19,6 +19,7 @@ import pandas as pd
 
 from evaluators.stats import LEVEL, paired_verdicts
 from search_space.errors import UserError
+from training.baselines import BASELINES, LEARNED_FRACTION
 
 from . import record as R
 from .paper import (FIG3_MARGINS, FIG3_PAPER, FIG3_PAPER_ORDER, FIG3_PARENT, TABLE2_PAPER,  # noqa: F401
@@ -33,9 +34,10 @@ TEXT_ATTRS = (*R.TEXT, "samples", "record", "status")
 BOOKKEEPING = {"number", "violation", "duration_s", *R.NUMERIC_BOOKKEEPING, "seed", "steps", "num_samples",
                "sample_steps", "cfg_scale", "train_images", "train_images_per_s", "train_seconds", "train_share",
                "params_proxy", "domain_classifier_val_accuracy", "train_flops_per_step",
-               "train_step_seconds", "train_flops_per_s", "matmul_peak_flops_per_s", "roofline_ratio"}
+               "train_step_seconds", "train_flops_per_s", "matmul_peak_flops_per_s", "roofline_ratio",
+               *BASELINES}  # the regime's baselines: one value per study, reference lines (explorer), not axes
 # Metrics where larger is better when a metric is plotted that is not one of the study's objectives.
-MAXIMIZE_METRICS = ("psnr", "precision", "recall", "precision_domain", "recall_domain")
+MAXIMIZE_METRICS = ("psnr", "precision", "recall", "precision_domain", "recall_domain", LEARNED_FRACTION)
 
 IMAGE_NAMES = ("samples.png", "reconstructions.png")
 FIG3_STUDY = "paper-fig3"

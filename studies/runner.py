@@ -35,13 +35,20 @@ log = logging.getLogger("pocketdiff.study")
 
 
 def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, rungs: bool) -> str:
-    """One line per finished trial: number, state, design, [rung and budget], its values or its reason."""
+    """One line per finished trial: number, state, design, [rung and budget], its values (with the learned
+    fraction where the quality evaluator records one) or its reason."""
     rec = TrialRecord.of(trial)
     head = f"trial {trial.number:>3} {trial.state.name:<8} {rec.label}"
     if rungs:
         head += f" [rung {rec.rung} {rec.budget}]"
     if trial.state == TrialState.COMPLETE:
-        vals = "  ".join(f"{n}={v:.4g}" for n, v in zip(metric_names(study), trial.values))
+        names = metric_names(study)
+        vals = "  ".join(f"{n}={v:.4g}" for n, v in zip(names, trial.values))
+        if rec.learned_fraction is not None and R.LEARNED_FRACTION not in names:
+            vals += f"  {R.LEARNED_FRACTION}={rec.learned_fraction:.3g}"
+            low, high = rec.get(f"{R.LEARNED_FRACTION}_ci_low"), rec.get(f"{R.LEARNED_FRACTION}_ci_high")
+            if low is not None and high is not None:
+                vals += f" [{low:.3g}, {high:.3g}]"
         extra = f" (reused the result of {rec.cached_from})" if rec.cached_from else ""
         return f"{head}  {vals}{extra}"
     return f"{head}  {rec.reason}"

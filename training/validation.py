@@ -31,15 +31,20 @@ def validation_timesteps(n: int, grid: int = VAL_TIMESTEPS) -> torch.Tensor:
     return points[torch.arange(n) % grid]
 
 
+def validation_inputs(data: FlowData, limit: int = VAL_MAX) -> tuple[torch.Tensor, ...]:
+    """(x_0, labels, noise, t) of the validation loss: the first `limit` held-out images, their fixed noise and
+    their grid timesteps. The regime baselines (training/baselines.py) are scored on exactly these."""
+    x0 = data.val_x[:limit]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(VAL_SEED))
+    return x0, data.val_y[:limit], noise, validation_timesteps(len(x0))
+
+
 @torch.no_grad()
 def validation_loss(model: nn.Module, cond: Conditioner, data: FlowData, device: torch.device,
                     autocast: bool = False, limit: int = VAL_MAX) -> float:
     """Flow-matching loss over the held-out images at a fixed stratified timestep grid with fixed noise:
     deterministic, and the same inputs for every candidate and seed (the cheap ranking metric)."""
-    x0 = data.val_x[:limit]
-    labels = data.val_y[:limit]
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(VAL_SEED))
-    t = validation_timesteps(len(x0))
+    x0, labels, noise, t = validation_inputs(data, limit)
     was_training = model.training
     model.eval()
     total = 0.0

@@ -7,6 +7,7 @@ test in tests/evaluators/test_registry.py holds them equal), so a study and `poc
 """
 from __future__ import annotations
 
+from training.baselines import BASELINES, LEARNED_FRACTION
 from training.budget import QUALITY_RUN_BUDGET, WARMUP_STEPS, Budget
 from training.config import LoopConfig
 from training.proxy import ProxyConfig
@@ -77,10 +78,13 @@ def run(spec, config: dict, seed: int, report, out_dir) -> dict:
 
 # Bump the version when a change makes old records incomparable (studies key their evaluation cache on it).
 # 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW;
-# 4: paired initial weights (search_space/init.py)
+# 4: paired initial weights (search_space/init.py). The regime baselines and the learned fraction added fields,
+# not changed numbers: no version of their own (the code fingerprint covers training/baselines.py, so no cached
+# result without them is served).
 EVALUATOR = register(Evaluator(
-    name="flow", version="quality-4", spec_kinds=("unet",), code=("evaluators.quality",), run=run,
-    metrics={"val_loss": "minimize", "fd_domain": "minimize", "kid_domain": "minimize",
+    name="flow", version="quality-4", spec_kinds=("unet",), code=("evaluators.quality", "training.baselines"),
+    run=run, references=BASELINES,
+    metrics={"val_loss": "minimize", LEARNED_FRACTION: "maximize", "fd_domain": "minimize", "kid_domain": "minimize",
              "precision_domain": "maximize", "recall_domain": "maximize", "fid": "minimize", "kid": "minimize",
              "precision": "maximize", "recall": "maximize"},
     options=(
@@ -93,4 +97,5 @@ EVALUATOR = register(Evaluator(
         Option("sample_steps", int, LoopConfig.sample_steps, "Euler steps when sampling"),
         Option("guidance", float, LoopConfig.cfg_scale, "classifier-free guidance scale"),
         Option("proxy", ProxyConfig, ProxyConfig(), "proxy mapping, e.g. { width_mult = 0.125 }", parse_proxy)),
-    doc="proxy flow-matching run, scored by validation loss and domain FD (Inception FID when available)"))
+    doc="proxy flow-matching run, scored by validation loss (with the regime's baselines and the learned "
+        "fraction) and domain FD (Inception FID when available)"))

@@ -9,11 +9,27 @@ from plotly.subplots import make_subplots
 import streamlit as st
 
 from studies import results as R
+from studies.halving import LEARNED_FRACTION_GATE
+from training.baselines import CLASS_MEAN, CONSTANT, LEARNED_FRACTION, LINEAR
 
 from ..commands import design_commands
-from ..figures import fmt, stage_bars
+from ..figures import add_reference_lines, below_gate, fmt, frame_regimes, stage_bars
 from ..loaders import stored_breakdown
 from ..widgets import default_trial, trial_picker
+
+
+def regime_caption(frame: pd.DataFrame, row: pd.Series) -> None:
+    """The trial's val loss against its data regime's baselines, its learned fraction, and its rung's gate."""
+    if pd.isna(row.get(CONSTANT)) or pd.isna(row.get(LINEAR)):
+        return
+    text = (f"baselines of this data regime (val loss without learning): constant {fmt(row[CONSTANT])}, class mean "
+            f"{fmt(row.get(CLASS_MEAN))}, linear-Gaussian {fmt(row[LINEAR])}")
+    if not pd.isna(row.get(LEARNED_FRACTION)):
+        text += f"; learned fraction {fmt(row[LEARNED_FRACTION], 3)} (0 = constant, 1 = linear-Gaussian)"
+    st.caption(text)
+    if bool(below_gate(frame[frame["number"] == row["number"]], frame_regimes(frame)).any()):
+        st.warning(f"rung {int(row['rung'])} is below the regime gate (its candidates' mean learned fraction < "
+                   f"{LEARNED_FRACTION_GATE:g}): its quality differences are initialisation noise")
 
 
 def page_detail(frame: pd.DataFrame, info: R.StudyInfo) -> None:
@@ -34,6 +50,7 @@ def page_detail(frame: pd.DataFrame, info: R.StudyInfo) -> None:
         st.dataframe(vals, hide_index=True)
         if missing:
             st.caption(f"not recorded for this trial: {', '.join(missing)}")
+        regime_caption(frame, row)
     if not row.get("spec_json"):
         st.info("this trial has no spec (it failed before a spec was sampled): nothing more to show")
         return
@@ -79,6 +96,7 @@ def page_detail(frame: pd.DataFrame, info: R.StudyInfo) -> None:
     if row.get("curve_json"):
         curve = R.curve_frame(row["curve_json"])
         fig = go.Figure(go.Scatter(x=curve["step"], y=curve["val_loss"], mode="lines+markers"))
+        add_reference_lines(fig, frame[frame["number"] == row["number"]], {"y": "val_loss"})
         fig.update_layout(xaxis_title="step", yaxis_title="validation loss", height=300, margin=dict(t=20))
         st.plotly_chart(fig, key="curve")
     else:

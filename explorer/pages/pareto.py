@@ -1,4 +1,5 @@
-"""Pareto front page: any two objectives (or three in 3D), feasibility, presets, a latency budget."""
+"""Pareto front page: any two objectives (or three in 3D), feasibility, presets, a latency budget; seed intervals as
+error bars, the regime's baselines as reference lines, points of rungs below the regime gate ringed."""
 from __future__ import annotations
 
 import pandas as pd
@@ -6,8 +7,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from studies import results as R
+from studies.halving import LEARNED_FRACTION_GATE
+from training.baselines import LEARNED_FRACTION
 
-from ..figures import COLORS, SVG_POINTS, hover_text
+from ..figures import COLORS, SVG_POINTS, add_reference_lines, below_gate, error_bars, frame_regimes, hover_text
 
 
 def on_pareto_select() -> None:
@@ -77,7 +80,10 @@ def page_pareto(frame: pd.DataFrame, info: R.StudyInfo) -> None:
         st.warning("no trial is feasible on these axes: showing the "
                    f"{len(closest)} least-violating trial(s) (smallest summed constraint violation) in purple"
                    if not closest.empty else "no trial is feasible and none records constraints")
-    hover_metrics = list(dict.fromkeys(axes + objectives))
+    hover_metrics = list(dict.fromkeys(axes + objectives + ([LEARNED_FRACTION] if LEARNED_FRACTION in frame.columns
+                                                            else [])))
+    regimes = frame_regimes(frame)
+    gated = plotted[below_gate(plotted, regimes) & (plotted["state"] == "COMPLETE")]
     groups = [("infeasible", infeasible, "x", 6), ("not finished (pruned / failed)", unfinished, "diamond-open", 7),
               ("lower rung (shorter budget)", lower, "circle-open", 6),
               ("feasible", rest, "circle", 7), ("Pareto front", on_front, "circle", 11),
@@ -86,6 +92,7 @@ def page_pareto(frame: pd.DataFrame, info: R.StudyInfo) -> None:
              "lower rung (shorter budget)": COLORS["infeasible"],
              "feasible": COLORS["feasible"], "Pareto front": COLORS["front"], "least violating": COLORS["closest"]}
     fig = go.Figure()
+    with_bars = 0
     for name, df, symbol, size in groups:
         if df.empty:
             continue
@@ -97,7 +104,9 @@ def page_pareto(frame: pd.DataFrame, info: R.StudyInfo) -> None:
             line = dict(shape="hv" if info.direction(y) == "minimize" else "vh", color=color[name])
             # SVG up to a few thousand points (crisp, testable); WebGL beyond that to stay responsive
             trace = go.Scatter if len(plotted) <= SVG_POINTS else go.Scattergl
-            fig.add_trace(trace(x=df[x], y=df[y], mode=mode, marker=marker, line=line, **common))
+            bars = {f"error_{a}": b for a, m in (("x", x), ("y", y)) if (b := error_bars(df, m)) is not None}
+            with_bars += bool(bars)
+            fig.add_trace(trace(x=df[x], y=df[y], mode=mode, marker=marker, line=line, **bars, **common))
         else:
             fig.add_trace(go.Scatter3d(x=df[x], y=df[y], z=df[z], mode="markers", marker=marker, **common))
     presets = plotted[plotted.get("preset", pd.Series("", index=plotted.index)).fillna("") != ""] \
@@ -112,7 +121,28 @@ def page_pareto(frame: pd.DataFrame, info: R.StudyInfo) -> None:
             fig.add_trace(go.Scatter(x=presets[x], y=presets[y], **common))
         else:
             fig.add_trace(go.Scatter3d(x=presets[x], y=presets[y], z=presets[z], **common))
+    if not gated.empty:  # a ring around each point whose rung learned too little for its quality to rank designs
+        common = dict(name=f"below the regime gate ({len(gated)})", customdata=gated[["number"]].to_numpy().tolist(),
+                      hovertext=hover_text(gated, hover_metrics), hoverinfo="text", mode="markers",
+                      marker=dict(symbol="circle-open", size=17, color=COLORS["below_gate"], line=dict(width=2)))
+        if len(axes) == 2:
+            fig.add_trace(go.Scatter(x=gated[x], y=gated[y], **common))
+        else:
+            fig.add_trace(go.Scatter3d(x=gated[x], y=gated[y], z=gated[z], **common))
+    for r, g in sorted(regimes.items()):
+        if not g.quality:
+            budget = f" ({info.rungs[r]})" if r < len(info.rungs) else ""
+            then = ("promotions from it ranked by the cheap objectives" if r < len(info.rungs) - 1
+                    else "read its points by the cheap objectives")
+            st.caption(f"rung {r}{budget}: mean learned fraction {g.learned:.2f} over {g.n} candidate(s), below "
+                       f"the regime gate {LEARNED_FRACTION_GATE:g}: not a quality rung (its quality differences are "
+                       f"initialisation noise; {then}). Its points are ringed in black.")
     if len(axes) == 2:
+        drawn = add_reference_lines(fig, frame, {"x": x, "y": y})
+        if drawn:
+            st.caption("reference lines: " + ", ".join(drawn) + " (the data regime's baselines, docs/quality.md)")
+        if with_bars:
+            st.caption("error bars: each point's 95% interval over its seeds")
         fig.update_layout(xaxis_title=x, yaxis_title=y, height=560, legend=dict(orientation="h", y=-0.15),
                           margin=dict(t=30))
         st.plotly_chart(fig, key="pareto_plot", on_select=on_pareto_select, selection_mode="points")

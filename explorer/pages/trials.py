@@ -6,6 +6,8 @@ import streamlit as st
 
 from studies import results as R
 
+from ..figures import below_gate, frame_regimes
+
 HIDDEN_COLUMNS = ("spec_json", "curve_json", "proxy_json", "has_constraints", "datetime_complete",
                   "stage_costs_json", "latency_breakdown_json")
 
@@ -26,8 +28,11 @@ def page_trials(frame: pd.DataFrame, info: R.StudyInfo) -> None:
             if c in view.columns:
                 hay = hay + " " + view[c].fillna("").astype(str)
         view = view[hay.str.contains(text, case=False, regex=False)]
+    regimes = frame_regimes(frame)
+    if any(not g.quality for g in regimes.values()):  # the rung's quality ranks noise (studies/halving.py)
+        view = view.assign(below_gate=below_gate(view, regimes))
     metrics = R.metric_columns(frame, info)
-    first = ["number", "state", "feasible"] + metrics + ["preset", "spec_id", "compact", "reason"]
+    first = ["number", "state", "feasible", "below_gate"] + metrics + ["preset", "spec_id", "compact", "reason"]
     knobs = [c for c in frame.columns if c.startswith("knob:")]
     varying = [f"knob:{k}" for k in info.knobs]
     order = [c for c in first if c in view.columns] + varying + [k for k in knobs if k not in varying]

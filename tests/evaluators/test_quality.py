@@ -54,6 +54,12 @@ def test_evaluate_quality_record_and_outputs(tmp_path):
     assert 0 < record["train_share"] < 1
     assert 0 < record["fd_domain_floor"] < record["fd_domain"]  # 3 steps are far from real digits
     assert record["budget_steps"] == 3 and len(record["stream_digest"]) == 16
+    # the regime's baselines (mnist5k, 16x16x4) and the share of the learnable loss this run learned
+    assert (record["val_loss_constant"], record["val_loss_class_mean"], record["val_loss_linear"]) == \
+        pytest.approx((1.2038, 1.1620, 0.2692), abs=5e-4)
+    assert record["learned_fraction"] == pytest.approx(
+        (record["val_loss_constant"] - record["val_loss"]) / (record["val_loss_constant"] - record["val_loss_linear"]))
+    assert record["learned_fraction"] < 0.5  # 3 steps learn little
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "checkpoints" / "latest").is_file()
     assert json.loads((tmp_path / "record.json").read_text())["fd_domain"] == record["fd_domain"]
 
@@ -79,6 +85,24 @@ def test_cli_quality_json(run_cli):
     assert rc == 0, err
     record = json.loads(out)
     assert record["status"] == "ok" and math.isfinite(record["fd_domain"])
+    for key in ("val_loss", "learned_fraction", "val_loss_constant", "val_loss_class_mean", "val_loss_linear"):
+        assert math.isfinite(record[key]), key
+
+
+def test_cli_quality_text_shows_the_baselines(run_cli, monkeypatch):
+    from evaluators import quality
+
+    record = {"spec_id": "s", "proxy_spec_id": "p", "proxy": {"channels": [[8], [8, 16]]}, "params_proxy": 1e5,
+              "data": "mnist5k-r32", "seeds": 3, "status": "ok", "val_loss": 0.9, "val_loss_ci_low": 0.8,
+              "val_loss_ci_high": 1.0, "learned_fraction": 0.33, "learned_fraction_ci_low": 0.22,
+              "learned_fraction_ci_high": 0.44, "val_loss_constant": 1.2, "val_loss_class_mean": 1.16,
+              "val_loss_linear": 0.27}
+    monkeypatch.setattr(quality, "evaluate_quality_seeds", lambda *a, **k: record)
+    rc, out, err = run_cli("-q", "eval", "quality", "tiny-debug", "--budget", "11steps")
+    assert rc == 0, err
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    assert lines["learned_fraction"] == ["0.33", "[0.22,", "0.44]", "95%"]
+    assert lines["val_loss_constant"] == ["1.2"] and lines["val_loss_linear"] == ["0.27"]
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -41,6 +41,13 @@ def test_seed_aggregate_keeps_names_and_adds_intervals():
     assert out["steps"] == 20 and out["seeds"] == 3 and out["seed_list"] == [0, 1, 2]
     single = aggregate_seeds([_record(0, 1.0, 10.0)])
     assert "val_loss_ci_low" not in single and single["seeds"] == 1
+    # the regime's baselines are the same in every seed: kept as they are, with no interval; the learned fraction
+    # is a metric like the others
+    regime = {"val_loss_constant": 1.2, "val_loss_class_mean": 1.1, "val_loss_linear": 0.2}
+    out = aggregate_seeds([{**_record(s, v, 10.0), **regime, "learned_fraction": 1.2 - v}
+                           for s, v in ((0, 0.8), (1, 0.7), (2, 0.9))])
+    assert {k: out[k] for k in regime} == regime and not any(f"{k}_ci_low" in out for k in regime)
+    assert out["learned_fraction"] == pytest.approx(0.4) and out["learned_fraction_ci_low"] < 0.4
 
 
 def test_study_quality_metrics_contract(monkeypatch, tmp_path):
@@ -138,12 +145,35 @@ def test_compare_command_prints_the_margins_and_the_family(monkeypatch, capsys):
                    "--budget", "40steps", "--margin", "fd_domain=1"])
     out = capsys.readouterr().out
     assert rc == 0 and "Holm-corrected over the 5 tests of this table" in out
-    assert "val_loss +-0.02, fd_domain +-1" in out
+    assert "val_loss +-0.02, learned_fraction +-0.02, fd_domain +-1" in out
     assert "val_loss: A - B = -0.1" in out and "A is better" in out
     assert "fd_domain: A - B = -0.06667" in out and "comparable (within +-1: TOST p 0.012, Holm 0.047" in out
     rc = cli.main(["-q", "eval", "compare", "tiny-debug", "tiny-debug", "--margin", "fd_domain"])
     err = capsys.readouterr().err
     assert rc == 2 and "expected METRIC=VALUE" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_reports_the_learned_fraction_and_the_baselines(monkeypatch, capsys):
+    """A learned 0.1 more of the regime's learnable loss than B on every seed; the comparison judges the learned
+    fraction like any metric (higher is better) and carries the regime's baselines, which the command prints."""
+    regime = {"val_loss_constant": 1.5, "val_loss_class_mean": 1.4, "val_loss_linear": 0.5}
+
+    def fake(spec, data, budget, seed, **kwargs):
+        val = (1.0 if spec.ffn_ratio == 3.0 else 1.1) + seed / 100
+        return {**_record(seed, val, 50.0, digest=f"seed{seed}"), **regime, "learned_fraction": 1.5 - val}
+    monkeypatch.setattr(quality, "evaluate_quality", fake)
+    a = PRESETS["tiny-debug"]
+    result = compare_quality(a, a.replace(ffn_ratio=2.0), _toy_data(), "40steps", seed=0, seeds=3)
+    learned = result["metrics"]["learned_fraction"]
+    assert learned["diff"] == pytest.approx(0.1) and learned["better"] == "A" and learned["direction"] == "higher"
+    assert result["baselines"] == regime
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pocketdiff.cmd_eval",))
+    monkeypatch.setattr(quality, "load_data", lambda source: _toy_data())
+    assert cli.main(["-q", "eval", "compare", "tiny-debug", "tiny-debug", "--set-b", "ffn_ratio=2", "--seeds", "3",
+                     "--budget", "40steps"]) == 0
+    out = capsys.readouterr().out
+    assert "learned_fraction: A - B = +0.1" in out
+    assert "baselines of toy: constant 1.5, class mean 1.4, linear-Gaussian 0.5" in out
 
 
 def test_compare_refuses_specs_with_one_proxy(tmp_path, monkeypatch, capsys):

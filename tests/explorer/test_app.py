@@ -381,7 +381,7 @@ def test_detail_page_after_a_quality_run(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/study.db"
     cfg = parse_study({"study": {"name": "quality", "sampler": "random", "n_trials": 1},
                        "target": {"latent": 32}, "space": {"base": "tiny-debug"},
-                       "quality": {"evaluator": "flow", "data": "mnist5k", "budget": "12steps", "n_samples": 20,
+                       "quality": {"evaluator": "flow", "data": "mnist5k", "budget": "12steps", "n_samples": 150,
                                    "sample_steps": 2, "early_stop": {"enabled": False}},
                        "objectives": {"fd_domain": "minimize", "latency_ms": "minimize"}}, "q.toml", storage=url)
     study, _ = run_study(cfg, progress=False, echo=lambda line: None)
@@ -393,6 +393,11 @@ def test_detail_page_after_a_quality_run(tmp_path, monkeypatch):
     assert at.get("image"), "the sample grid is not shown"
     vals = at.dataframe[0].value.set_index("metric")["value"]
     assert vals["fd_domain"] == pytest.approx(t.values[0])
+    # the real record's regime: mnist5k's baselines and the run's learned fraction (12 steps learn little)
+    assert "baselines of this data regime (val loss without learning): constant 1.204, class mean 1.162, " \
+           "linear-Gaussian 0.2692; learned fraction" in text
+    assert vals["learned_fraction"] == pytest.approx(t.user_attrs["learned_fraction"])
+    assert t.user_attrs["learned_fraction"] < 0.5
     curve = json.loads(at.get("plotly_chart")[-1].proto.spec)
     assert curve["layout"]["yaxis"]["title"]["text"] == "validation loss"
 
@@ -507,13 +512,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
-                    reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}); "
-                           f"apt-get install -y chromium chromium-driver")
-def test_browser_pareto_click_opens_detail(store, study, tmp_path):
+BROWSER = pytest.mark.skipif(not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
+                             reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}); "
+                                    f"apt-get install -y chromium chromium-driver")
+
+
+@contextlib.contextmanager
+def _browser(store: str, study_name: str, tmp_path):
+    """`pocketdiff app` on `store` and headless Chromium at its page once the Pareto plot has points:
+    (driver, wait)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -522,7 +531,7 @@ def test_browser_pareto_click_opens_detail(store, study, tmp_path):
     log = open(tmp_path / "app.log", "w")
     env = dict(os.environ, POCKETDIFF_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
     server = subprocess.Popen([sys.executable, "-m", "pocketdiff.cli", "app", "--storage", store, "--study",
-                               "app-test", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                               study_name, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
                               cwd=REPO)
     driver = None
     try:
@@ -545,9 +554,28 @@ def test_browser_pareto_click_opens_detail(store, study, tmp_path):
         wait = WebDriverWait(driver, 90)
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".js-plotly-plot g.trace path.point")))
         time.sleep(1.0)  # let the layout settle before the screenshot
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        yield driver, wait
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@BROWSER
+def test_browser_pareto_click_opens_detail(store, study, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    with _browser(store, "app-test", tmp_path) as (driver, wait):
         points = driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot g.trace path.point")
         assert len(points) >= 3
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "app-pareto.png"))
         # click the first point of the front (red trace) and expect its detail page
         front = driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot g.trace.scatter")
@@ -567,15 +595,6 @@ def test_browser_pareto_click_opens_detail(store, study, tmp_path):
         time.sleep(1.0)
         driver.save_screenshot(str(ARTIFACTS / "app-detail.png"))
         assert (ARTIFACTS / "app-pareto.png").stat().st_size > 10_000
-    finally:
-        if driver is not None:
-            driver.quit()
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def test_app_never_wrote_the_storage(store):
@@ -608,3 +627,137 @@ def test_pareto_page_builds_the_front_from_the_top_rung(tmp_path):
     assert len(lower["customdata"]) == 6
     table = at.dataframe[0].value
     assert set(table["number"]) == top and "fd_domain_ci_low" in table.columns
+
+
+# --- the uncertainty and the regime: seed intervals, baselines, the regime gate ----------------------------------
+
+REGIME = {"val_loss_constant": 1.2, "val_loss_class_mean": 1.16, "val_loss_linear": 0.27}
+
+
+def _learned(val: float) -> float:
+    return (REGIME["val_loss_constant"] - val) / (REGIME["val_loss_constant"] - REGIME["val_loss_linear"])
+
+
+def _regime_trial(rung: int, i: int, val: float, half: float) -> optuna.trial.FrozenTrial:
+    """A finished flow-quality trial as the evaluator records it: val_loss and learned fraction with their seed
+    intervals, and the regime's baselines."""
+    from search_space import PRESETS
+
+    attrs = {"spec": json.loads(PRESETS["tiny-debug"].to_json()), "rung": rung, "budget": ["10steps", "30steps"][rung],
+             "spec_id": f"s{i}", "candidate": f"s{i}",
+             "val_loss": val, "val_loss_ci_low": val - half, "val_loss_ci_high": val + half, "latency_ms": 10.0 - i,
+             "learned_fraction": _learned(val), "learned_fraction_ci_low": _learned(val + half),
+             "learned_fraction_ci_high": _learned(val - half), "curve": [[rung * 20 + 5, 1.3, 0.5],
+                                                                          [rung * 20 + 10, val, 1.0]], **REGIME}
+    return optuna.trial.create_trial(values=[val, 10.0 - i], user_attrs=attrs)
+
+
+@pytest.fixture(scope="module")
+def regime_store(tmp_path_factory):
+    """Two successive-halving studies over val_loss and latency: "regime", whose first rung learned little (mean
+    learned fraction about 0.16, below the gate) and whose top rung learned (about 0.8); "all-gated", whose top rung
+    is below the gate too."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('regime')}/regime.db"
+    for name, top_val in (("regime", 0.45), ("all-gated", 0.9)):
+        study = optuna.create_study(study_name=name, storage=url, directions=["minimize", "minimize"])
+        study.set_user_attr("metric_names", ["val_loss", "latency_ms"])
+        study.set_user_attr("rungs", ["10steps", "30steps"])
+        for i in range(6):
+            study.add_trial(_regime_trial(0, i, 1.0 + i / 50, 0.05))
+        for i in (4, 5):
+            study.add_trial(_regime_trial(1, i, top_val + (i - 4) / 20, 0.03))
+    return url
+
+
+def _figure(at, index: int = 0) -> dict:
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+def _array(value) -> list[float]:
+    """A plotly JSON array: a list, or numpy's bytes in base64 ({"bdata", "dtype"})."""
+    import base64
+
+    import numpy as np
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+    return list(value)
+
+
+def _trace(fig: dict, prefix: str) -> dict:
+    return next(t for t in fig["data"] if t["name"].startswith(prefix))
+
+
+def test_pareto_page_shows_seed_intervals_baselines_and_the_gate(regime_store):
+    at = _ok(_app(regime_store, "Pareto front", study_name="regime", axis_x="latency_ms", axis_y="val_loss"))
+    fig = _figure(at)
+    front = _trace(fig, "Pareto front")
+    assert sorted(_array(front["y"])) == pytest.approx([0.45, 0.5])
+    # seed intervals as error bars: the 95% interval of each point, on the front and on the rungs below
+    assert _array(front["error_y"]["array"]) == pytest.approx([0.03, 0.03])
+    assert _array(front["error_y"]["arrayminus"]) == pytest.approx([0.03, 0.03])
+    assert front["error_y"]["symmetric"] is False
+    assert _array(_trace(fig, "lower rung")["error_y"]["array"]) == pytest.approx([0.05] * 6)
+    assert "error_x" not in front  # latency has no seed interval
+    # the regime's baselines as reference lines on the val_loss axis
+    lines = {round(shape["y0"], 4) for shape in fig["layout"]["shapes"] if shape["y0"] == shape["y1"]}
+    assert lines == {1.2, 0.27}
+    notes = [a["text"] for a in fig["layout"]["annotations"]]
+    assert "constant predictor 1.2" in notes and "linear-Gaussian optimum 0.27" in notes
+    # the points of the rung below the gate are ringed, and the page says why
+    ringed = _trace(fig, "below the regime gate (6)")
+    rung0 = {t.number for t in optuna.load_study(study_name="regime", storage=regime_store).trials
+             if t.user_attrs["rung"] == 0}
+    assert {int(c[0]) for c in ringed["customdata"]} == rung0
+    text = _texts(at)
+    assert "rung 0 (10steps): mean learned fraction 0.16 over 6 candidate(s), below the regime gate 0.5" in text
+    assert "rung 1" not in text.split("regime gate 0.5")[-1]  # the top rung learned: not marked
+    assert "error bars: each point's 95% interval over its seeds" in text
+    # the learned fraction as an axis: lines at the constant (0), the gate and the linear-Gaussian optimum (1)
+    at.selectbox(key="axis_y").set_value("learned_fraction").run()
+    fig = _figure(_ok(at))
+    assert {shape["y0"] for shape in fig["layout"]["shapes"]} == {0.0, 0.5, 1.0}
+    assert _array(_trace(fig, "Pareto front")["error_y"]["array"]) == pytest.approx([0.03 / 0.93] * 2)
+    # a top rung below the gate: the front's own points are ringed
+    at = _ok(_app(regime_store, "Pareto front", study_name="all-gated", axis_x="latency_ms", axis_y="val_loss"))
+    fig = _figure(at)
+    front = {int(c[0]) for c in _trace(fig, "Pareto front")["customdata"]}
+    assert front and front <= {int(c[0]) for c in _trace(fig, "below the regime gate (8)")["customdata"]}
+    assert "rung 1 (30steps): mean learned fraction" in _texts(at)
+
+
+def test_detail_and_trials_pages_show_the_regime(regime_store):
+    study = optuna.load_study(study_name="regime", storage=regime_store)
+    low, top = study.trials[0], study.trials[-1]
+    at = _ok(_app(regime_store, "Trial detail", study_name="regime", trial_number=low.number))
+    text = _texts(at)
+    assert "baselines of this data regime (val loss without learning): constant 1.2, class mean 1.16, " \
+           "linear-Gaussian 0.27; learned fraction 0.215" in text
+    assert "rung 0 is below the regime gate" in text
+    values = at.dataframe[0].value.set_index("metric")["value"]
+    assert values["learned_fraction"] == pytest.approx(_learned(1.0))
+    curve = _figure(at, -1)
+    assert curve["layout"]["yaxis"]["title"]["text"] == "validation loss"
+    assert {round(shape["y0"], 4) for shape in curve["layout"]["shapes"]} == {1.2, 0.27}
+    at = _ok(_app(regime_store, "Trial detail", study_name="regime", trial_number=top.number))
+    assert "below the regime gate" not in _texts(at)
+    at = _ok(_app(regime_store, "Trials", study_name="regime"))
+    table = at.dataframe[0].value
+    assert (table["below_gate"] == (table["rung"] == 0)).all() and table["below_gate"].sum() == 6
+
+
+@BROWSER
+def test_browser_shows_intervals_baselines_and_the_gate(regime_store, tmp_path):
+    """The same elements drawn by plotly in a real browser: error bars, the two baseline lines with their labels,
+    the ring trace of the rung below the gate."""
+    from selenium.webdriver.common.by import By
+
+    with _browser(regime_store, "regime", tmp_path) as (driver, wait):
+        driver.save_screenshot(str(ARTIFACTS / "app-pareto-regime.png"))
+        plot = driver.find_element(By.CSS_SELECTOR, ".js-plotly-plot")
+        bars = plot.find_elements(By.CSS_SELECTOR, "g.errorbar path")
+        assert len(bars) >= 8, "no seed-interval error bars drawn"  # 6 lower-rung and 2 front points
+        labels = [e.text for e in plot.find_elements(By.CSS_SELECTOR, "g.annotation text")]
+        assert "constant predictor 1.2" in labels and "linear-Gaussian optimum 0.27" in labels
+        assert len(plot.find_elements(By.CSS_SELECTOR, "g.shapelayer path")) >= 2
+        legend = " ".join(e.text for e in plot.find_elements(By.CSS_SELECTOR, "g.legend text"))
+        assert "below the regime gate (6)" in legend

@@ -298,3 +298,119 @@ def test_bad_rung_config_on_the_cli_is_one_line_and_changes_nothing(tmp_path, fa
     assert len(r.stderr.strip().splitlines()) == 1
     assert "n_trials = 4 cannot promote" in r.stderr and "set n_trials >= 9" in r.stderr
     assert (tmp_path / "s.db").read_bytes() == stamp
+
+
+# --- the regime gate -----------------------------------------------------------------------------------------
+
+def _design_params(spec) -> float:
+    """A stand-in params count, distinct across the SNAPGEN_SPACE grid and unrelated to the quality score."""
+    st = spec.stages
+    return st[1].channels / 100 + st[2].channels / 1000 + spec.ffn_ratio / 10000 + (spec.attention == "mqa") / 1e5
+
+
+def _gated_quality(learned_at_rung0: float):
+    """A quality stand-in that records the regime's numbers: val_loss from the design (its order is not the params
+    order), learned fraction `learned_at_rung0` at the first rung (11 steps) and 0.9 above."""
+    def quality(spec, cfg, out_dir, on_report):
+        steps = cfg.quality.budget.steps
+        st = spec.stages
+        val = 0.3 + (spec.ffn_ratio - 3) ** 2 / 10 + (st[2].channels % 256) / 2560 + (spec.attention == "mhsa") / 50
+        learned = learned_at_rung0 if steps == 11 else 0.9
+        return {"val_loss": val, "learned_fraction": learned, "learned_fraction_ci_low": learned - 0.05,
+                "learned_fraction_ci_high": learned + 0.05, "val_loss_constant": 1.2, "val_loss_class_mean": 1.1,
+                "val_loss_linear": 0.2, "_evaluator_seconds": 0.0, "_user_attrs": {}}
+    return quality
+
+
+def _gated_study(tmp_path, monkeypatch, learned_at_rung0: float, capsys):
+    from pocketdiff.cli import main
+    from studies import evaluate as ev
+
+    monkeypatch.setattr(ev, "quality_metrics", _gated_quality(learned_at_rung0))
+    monkeypatch.setattr(ev, "cheap_metrics", lambda spec, latent, device: {"params_m": _design_params(spec),
+                                                                            "latency_ms": 1.0})
+    path = studyfiles.write(tmp_path / "gate.toml", studyfiles.study(
+        "gate", n_trials=9, study={"seed": 1}, target={"latent": 64}, space=studyfiles.SNAPGEN_SPACE,
+        objectives={"val_loss": "minimize", "params_m": "minimize"},
+        quality={"evaluator": "flow", "rungs": ["11steps", "33steps"], "reduction": 3,
+                 "early_stop": {"enabled": False}}))
+    storage = f"sqlite:///{tmp_path}/gate.db"
+    capsys.readouterr()
+    assert main(["study", "run", str(path), "--storage", storage, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="gate", storage=storage)
+    assert len(halving.rung_candidates(study.get_trials(), 0)) == 9
+    return study, out, (path, storage)
+
+
+def _decisions(study):
+    """Each promotion to rung 1 with the rung-0 candidates finished when it was decided (one process runs trials
+    in number order, so those are the ones numbered below it): [(promoted trial, those trials)]."""
+    trials = study.get_trials()
+    rung0 = halving.rung_candidates(trials, 0).values()  # a re-proposed spec is one candidate
+    return [(p, [t for t in rung0 if t.number < p.number]) for p in trials if TrialRecord.of(p).rung == 1]
+
+
+def _top(before, by_params: bool) -> set[str]:
+    """The k = len // 3 candidates a promotion over `before` may pick: by params alone, or the usual ranking."""
+    before = sorted(before, key=lambda t: t.number)
+    k = len(before) // 3
+    if by_params:
+        order = sorted(range(len(before)), key=lambda i: (before[i].values[1], i))
+    else:
+        order = rank_order(np.array([t.values for t in before]), ["minimize"] * 2)
+    return {before[i].user_attrs["candidate"] for i in order[:k]}
+
+
+def test_a_rung_below_the_regime_gate_promotes_by_the_cheap_objectives(tmp_path, monkeypatch, capsys):
+    study, out, (path, storage) = _gated_study(tmp_path, monkeypatch, 0.1, capsys)
+    decisions = _decisions(study)
+    assert decisions
+    for promoted, before in decisions:
+        assert promoted.user_attrs["candidate"] in _top(before, by_params=True)
+        # the promoted trial's record says how it was ranked
+        assert TrialRecord.of(promoted).promoted_by.startswith(
+            "cheap objectives only (params_m): rung 0 learned fraction 0.10 < 0.5")
+    # ...and the usual ranking would have picked otherwise from these values
+    assert any(_top(before, True) != _top(before, False) for _, before in decisions)
+    # every trial line shows the learned fraction (it is not an objective here); the run ends with the gate's line
+    rung0_lines = [line for line in out.splitlines() if line.startswith("trial ") and "[rung 0" in line]
+    assert len(rung0_lines) >= 9 and all("learned_fraction=0.1 [0.05, 0.15]" in line for line in rung0_lines)
+    gate = [line for line in out.splitlines() if line.startswith("regime gate")]
+    assert len(gate) == 1 and "rung 0 (11steps) 0.10 over 9 candidate(s): NOT a quality rung: promoted by " \
+        "params_m only" in gate[0] and "rung 1 (33steps) 0.90 over" in gate[0] and "a quality rung" in gate[0]
+    # study status says it too, and --json gives each rung's regime
+    from pocketdiff.cli import main
+    assert main(["study", "status", str(path), "--storage", storage]) == 0
+    status = capsys.readouterr().out
+    assert gate[0] in status and "learned_fraction=0.9 [0.85, 0.95]" in status
+    assert main(["study", "status", str(path), "--storage", storage, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(r["rung"], r["quality"]) for r in data["regimes"]] == [(0, False), (1, True)]
+    assert data["regimes"][0]["learned_fraction"] == pytest.approx(0.1) and data["regime"] == gate[0]
+
+
+def test_a_rung_above_the_regime_gate_promotes_by_non_dominated_rank(tmp_path, monkeypatch, capsys):
+    study, out, _ = _gated_study(tmp_path, monkeypatch, 0.6, capsys)
+    decisions = _decisions(study)
+    assert decisions
+    for promoted, before in decisions:
+        assert promoted.user_attrs["candidate"] in _top(before, by_params=False)
+        assert TrialRecord.of(promoted).promoted_by.startswith("non-dominated rank over every objective (rung 0 "
+                                                               "learned fraction 0.60)")
+    assert any(_top(before, True) != _top(before, False) for _, before in decisions)
+    assert "rung 0 (11steps) 0.60 over 9 candidate(s): a quality rung" in out
+
+
+def test_the_gate_without_a_cheap_objective_ranks_by_every_objective_and_says_so():
+    study = optuna.create_study(directions=["minimize"])
+    for i, value in enumerate([5.0, 1.0, 4.0, 2.0, 3.0, 6.0]):
+        study.add_trial(optuna.trial.create_trial(values=[value], user_attrs={
+            "rung": 0, "candidate": f"c{i}", "learned_fraction": 0.2}))
+    rungs = Rungs((Budget(steps=1), Budget(steps=3)), 3)
+    due = due_promotions(study.get_trials(), rungs, ["minimize"], ["val_loss"])
+    assert [p.candidate for p in due] == ["c1", "c3"]
+    assert due[0].ranked_by.startswith("every objective, though rung 0 learned fraction 0.20 < 0.5")
+    assert halving.rung_regime(study.get_trials(), 0) == halving.Regime(pytest.approx(0.2), 6)
+    assert halving.regime([None, float("nan"), 0.4, 0.8]) == halving.Regime(pytest.approx(0.6), 2)
+    assert halving.regime([]).quality and not halving.regime([0.49]).quality and halving.regime([0.5]).quality

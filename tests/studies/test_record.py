@@ -15,7 +15,8 @@ STORED_NAMES = {
     "spec", "spec_id", "compact", "kind", "preset", "base_preset", "rung", "budget", "candidate", "enqueued_preset",
     "promoted_from", "promoted_spec", "params_fixed", "worker_host", "worker_pid", "worker_started", "duplicate",
     "infeasible", "early_stopped", "fail_reason", "killed", "duplicate_of", "reused_from", "cached_from", "eval_key",
-    "curve", "artifacts", "evaluator_seconds"}
+    "curve", "artifacts", "evaluator_seconds", "promoted_by",
+    "learned_fraction"}  # the flow evaluator's metric, which the record reads (the regime gate)
 STORED_STUDY_NAMES = {"definition", "metric_names", "study_file", "rungs", "created", "workers"}
 
 
@@ -55,6 +56,8 @@ def test_a_trial_stored_before_an_attribute_existed_reads_with_its_default():
     assert TrialRecord({"rung": True}).rung == 0 and TrialRecord({"rung": 2.0}).rung == 2
     assert old.label == "abc" and TrialRecord({}).label == "?"
     assert TrialRecord({"eval_key": "{not json"}).evaluation == {}
+    assert (old.learned_fraction, old.promoted_by) == (None, "")
+    assert TrialRecord({"learned_fraction": 0.25}).learned_fraction == 0.25
 
 
 def test_one_reason_per_trial_in_a_fixed_order():
