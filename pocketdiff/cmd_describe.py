@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also show the CPU proxy the quality evaluator trains, and the knobs it does not represent")
     d.add_argument("--width-mult", type=float, default=None,
                    help="with --proxy: the study's width multiplier (default: 128 / this spec's widest stage)")
+    d.add_argument("--data", default="mnist5k",
+                   help="with --proxy: the data the proxy denoises (its channels and size; default mnist5k)")
     d.set_defaults(func=cmd_describe)
 
 
@@ -110,11 +112,13 @@ def cmd_describe(args) -> int:
 def _proxy_mapping(spec, args) -> dict:
     from pocketdiff.cli import UsageError
     from search_space import UNetSpec
-    from training.proxy import DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, ProxyConfig, proxy_spec
+    from training.data import model_space
+    from training.proxy import DEFAULT_TEXT_DIM, ProxyConfig, proxy_spec
 
     if not isinstance(spec, UNetSpec):
         raise UsageError(f"--proxy applies to UNet specs; {spec.kind} spec {spec.spec_id} is not one")
-    return proxy_spec(spec, DEFAULT_LATENT_CHANNELS, DEFAULT_TEXT_DIM, 0, ProxyConfig(width_mult=args.width_mult))[1]
+    channels, size = model_space(args.data)
+    return proxy_spec(spec, channels, DEFAULT_TEXT_DIM, 0, ProxyConfig(width_mult=args.width_mult), size=size)[1]
 
 
 def _delta(a: float, b: float) -> str:

@@ -501,15 +501,33 @@ def parse_folder_source(source: str) -> tuple[str, str]:
     return kind, path
 
 
+def _is_mnist(source: str) -> bool:
+    return source == MNIST_NAME or source.startswith(f"{MNIST_NAME}-p")
+
+
+def _mnist_patch(source: str) -> int:
+    patch = source[len(MNIST_NAME) + 2:] or str(PIXEL_PATCH)
+    if patch not in ("1", "2", "4", "8"):
+        raise DataError(f"--data {source!r}: the patch must be 1, 2, 4 or 8 (e.g. {MNIST_NAME}-p4: 8x8x16)")
+    return int(patch)
+
+
+def model_space(source: str) -> tuple[int, int]:
+    """(channels, size) of the space a model denoises for this data source: computed for MNIST-5k's variants
+    (nothing is loaded), read from the data otherwise."""
+    if _is_mnist(source):
+        patch = _mnist_patch(source)
+        return patch * patch, MNIST_RESOLUTION // patch
+    data = load_data(source)
+    return data.channels, data.size
+
+
 def load_data(source: str, resolution: int | None = None) -> FlowData:
     """`mnist5k` (or `mnist5k-p4`: 4x4 space-to-depth, 8x8x16), `imagenet:PATH`, `folder:PATH` or `latents:PATH`."""
-    if source == MNIST_NAME or source.startswith(f"{MNIST_NAME}-p"):
+    if _is_mnist(source):
         if resolution not in (None, MNIST_RESOLUTION):
             raise DataError(f"{MNIST_NAME} is fixed at {MNIST_RESOLUTION}x{MNIST_RESOLUTION}")
-        patch = source[len(MNIST_NAME) + 2:] or str(PIXEL_PATCH)
-        if patch not in ("1", "2", "4", "8"):
-            raise DataError(f"--data {source!r}: the patch must be 1, 2, 4 or 8 (e.g. {MNIST_NAME}-p4: 8x8x16)")
-        return load_mnist5k(int(patch))
+        return load_mnist5k(_mnist_patch(source))
     kind, _, path = source.partition(":")
     if kind in ("imagenet", "folder") and path:
         return load_image_folder(path, imagenet=kind == "imagenet", resolution=resolution or FOLDER_RESOLUTION)

@@ -32,6 +32,11 @@ PROXY_MAX_CHANNELS = 128
 PROXY_NORM_GROUPS = 8
 HEAD_DIM_MULTIPLE = 4  # 2D RoPE splits a head into (sin, cos) x (row, column): head width % 4 == 0
 MIN_HEAD_DIM = 4
+# [choose] a shrunk proxy's first stage keeps at least 4 channels per model-space channel. Its output conv maps
+# the stage-0 width to the data's channels at every position: a stage narrower than the data (12 channels for
+# MNIST's 4x4 space-to-depth, 16) caps the rank of what the proxy can predict, and a design change to stage 0
+# then shows that cap instead of the design; the factor 4 keeps the cap well away.
+RANK_MARGIN = 4
 
 # Spec fields the proxy does not take from the source spec, and why. Two specs that differ only in these fields
 # share a proxy; `pocketdiff describe --proxy` and every trial's mapping record list them.
@@ -43,9 +48,8 @@ NOT_REPRESENTED = {
 }
 
 
-# The default proxy inputs (MNIST-5k through 2x2 space-to-depth, MiniLM prompts), for views such as
-# `pocketdiff describe --proxy` that show a mapping without loading data.
-DEFAULT_LATENT_CHANNELS = 4
+# The default proxy's text width (MiniLM prompts), for views such as `pocketdiff describe --proxy` that show a
+# mapping without loading the encoder.
 DEFAULT_TEXT_DIM = 384
 
 
@@ -116,9 +120,11 @@ def _needs_heads(spec: UNetSpec, i: int) -> bool:
 
 
 def proxy_spec(spec: UNetSpec, latent_channels: int, text_dim: int, pooled_dim: int = 0,
-               config: ProxyConfig = ProxyConfig()) -> tuple[UNetSpec, dict]:
+               config: ProxyConfig = ProxyConfig(), size: int | None = None) -> tuple[UNetSpec, dict]:
     """(proxy spec, mapping record). With width_mult 1 (a spec already within the proxy size) only the data's
-    channels and the encoder's widths change."""
+    channels and the encoder's widths change. A shrunk proxy whose first stage would be narrower than RANK_MARGIN
+    channels per data channel is refused (ProxyError). `size`: the data's model-space size, for the mapping's
+    per-stage geometry (tokens and head width of every attention stage)."""
     width = config.width_mult if config.width_mult is not None else width_mult_for(max(spec.channels),
                                                                                    config.max_channels)
     shrink = width < 1.0
@@ -134,6 +140,12 @@ def proxy_spec(spec: UNetSpec, latent_channels: int, text_dim: int, pooled_dim: 
         else:
             channels = max(groups, groups * round(s.channels * effective / groups))
         stages.append(dataclasses.replace(s, channels=channels))
+    if shrink and stages[0].channels < RANK_MARGIN * latent_channels:
+        floor = RANK_MARGIN * latent_channels / spec.stages[0].channels
+        raise ProxyError(f"the proxy's first stage would have {stages[0].channels} channels for {latent_channels} "
+                         f"data channels (width x{width:.4g}): below {RANK_MARGIN} per data channel its output is "
+                         f"rank-limited, so stage-0 designs would differ by that cap; use width_mult >= "
+                         f"{floor:.3g} or data with fewer channels per position (mnist5k: 4, mnist5k-p1: 1)")
     proxy = spec.replace(stages=tuple(stages), latent_channels=latent_channels, text_dim=text_dim,
                          pooled_dim=pooled_dim if spec.pooled_dim else 0, head_dim=head_dim, norm_groups=groups)
     heads = [[spec.heads(s.channels), proxy.heads(p.channels)] for s, p in zip(spec.stages, proxy.stages)
@@ -147,7 +159,25 @@ def proxy_spec(spec: UNetSpec, latent_channels: int, text_dim: int, pooled_dim: 
         "pooled_dim": [spec.pooled_dim, proxy.pooled_dim],
         "not_represented": dict(NOT_REPRESENTED),
     }
+    if size is not None:
+        mapping["geometry"] = geometry(proxy, size)
     return proxy, mapping
+
+
+def geometry(proxy: UNetSpec, size: int) -> list[dict]:
+    """Per stage of a (proxy) spec on a size x size model space: its resolution, tokens, channels, and for a
+    stage with attention its heads and head width. Attention over a few tokens with narrow heads cannot show
+    what the full model's attention choices do; this says how few and how narrow."""
+    rows = []
+    for i, s in enumerate(proxy.stages):
+        side = size // 2 ** i
+        row = {"stage": i, "resolution": side, "tokens": side * side, "channels": s.channels,
+               "self_attention": s.has_transformer and s.self_attention,
+               "cross_attention": s.has_transformer and s.cross_attention}
+        if s.has_transformer:
+            row.update(heads=proxy.heads(s.channels), head_dim=proxy.head_dim)
+        rows.append(row)
+    return rows
 
 
 def represented(spec: UNetSpec) -> dict[str, Any]:
@@ -165,7 +195,12 @@ def describe_mapping(mapping: dict) -> list[str]:
              f"(effective x{mapping['effective_width_mult']:.4g}); depths, layers, heads and kv heads kept",
              f"  channels {mapping['channels'][0]} -> {mapping['channels'][1]}",
              f"  head width {mapping['head_dim'][0]} -> {mapping['head_dim'][1]}, heads per attention stage "
-             f"{[h[0] for h in mapping['heads']]} (kept)",
-             "  not represented at proxy scale:"]
+             f"{[h[0] for h in mapping['heads']]} (kept)"]
+    for row in mapping.get("geometry", []):
+        attn = (", self-attention over" if row["self_attention"] else ", cross-attention at") \
+            + f" {row['tokens']} tokens, {row['heads']} heads of width {row['head_dim']}" if "heads" in row else ""
+        lines.append(f"  stage {row['stage']}: {row['resolution']}x{row['resolution']}, {row['channels']} channels"
+                     + attn)
+    lines.append("  not represented at proxy scale:")
     lines += [f"    {k}: {v}" for k, v in mapping["not_represented"].items()]
     return lines
