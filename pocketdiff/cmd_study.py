@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                   "n_trials finished trials)")
     run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.set_defaults(func=cmd_run, worker=False)
+    run.add_argument("--jobs", type=int, default=None,
+                     help="worker processes on this host, one thread each (default: the file's [study] jobs, else 1)")
+    run.set_defaults(func=cmd_run, worker=False, no_summary=False)
 
     w = s.add_parser("worker", help="one worker of a study shared through --storage (many processes / hosts)")
     w.add_argument("file")
@@ -31,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 "workers, has the file's n_trials)")
     w.add_argument("--timeout", type=float)
     w.add_argument("--no-progress", action="store_true")
-    w.set_defaults(func=cmd_run, worker=True)
+    w.add_argument("--no-summary", action="store_true",
+                   help="print only the trial lines (the workers `study run --jobs` starts)")
+    w.set_defaults(func=cmd_run, worker=True, jobs=1)
 
     st = s.add_parser("status", help="trial counts by state and rung, failures, the Pareto set of the top rung")
     st.add_argument("file", nargs="?", help="study file (its storage and name)")
@@ -87,8 +91,12 @@ def cmd_run(args) -> int:
 
     cfg = _load_cfg(args)
     n_trials = args.n_trials
+    if args.no_summary:
+        _, stats = run_study(cfg, n_trials=n_trials, timeout=args.timeout, progress=False, jobs=1)
+        return 1 if stats.all_failed else 0
+    jobs = cfg.jobs if args.jobs is None else args.jobs
     print(f"study {cfg.name}  storage {cfg.storage}  sampler {cfg.sampler}  objectives "
-          f"{', '.join(f'{m} ({d})' for m, d in cfg.objectives)}")
+          f"{', '.join(f'{m} ({d})' for m, d in cfg.objectives)}" + (f"  {jobs} worker processes" if jobs > 1 else ""))
     rungs = cfg.quality.rungs
     if rungs:
         print(f"successive halving: rungs {' -> '.join(map(str, rungs.budgets))}, the best 1/{rungs.reduction} of "
@@ -96,12 +104,13 @@ def cmd_run(args) -> int:
         if "budget" in cfg.quality.written:
             print(f"  [quality] budget = {cfg.quality.written['budget']!r} is not used: each rung sets its trials' "
                   f"budget")
-    study, stats = run_study(cfg, n_trials=n_trials, timeout=args.timeout, progress=not args.no_progress)
+    study, stats = run_study(cfg, n_trials=n_trials, timeout=args.timeout, progress=not args.no_progress, jobs=jobs)
     _print_summary(study)
     if stats.run_seconds > 0 and stats.states:
+        workers = f" x {stats.workers} workers" if stats.workers > 1 else ""
         print(f"workbench overhead (everything but training, sampling and scoring): {stats.overhead_share:.1%} of "
-              f"{stats.run_seconds:.0f} s of run time ({stats.evaluator_seconds:.0f} s training, sampling and scoring "
-              f"in {len(stats.states)} trials)")
+              f"{stats.run_seconds:.0f} s{workers} of run time ({stats.evaluator_seconds:.0f} s training, sampling "
+              f"and scoring in {len(stats.states)} trials)")
     if stats.all_failed:
         print(f"pocketdiff: error: every trial of this run failed ({len(stats.states)}); see the reasons above",
               file=sys.stderr)

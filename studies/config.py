@@ -118,6 +118,9 @@ class StudyConfig:
     heartbeat_interval: int = 30
     grace_period: int = 90
     max_retry: int = 1
+    # Worker processes `study run` starts on this host, one torch thread each (docs/studies.md): the CPU proxies
+    # are too narrow for a second thread to speed a step, so two processes on two cores train twice as much.
+    jobs: int = 1
     # [target]: the cheap evaluators' own defaults (tests/evaluators/test_registry.py holds them equal); the paper
     # measures latency and FLOPs at a 128x128 latent, 1024 px (docs/paper.md section 1)
     latent: int = 128
@@ -161,7 +164,7 @@ class StudyConfig:
 
 _KNOWN = {
     "study": {"name", "storage", "sampler", "seed", "n_trials", "timeout", "heartbeat_interval", "grace_period",
-              "max_retry"},
+              "max_retry", "jobs"},
     "target": {"latent", "device"},
     "constraints": {"max_latency_ms", "max_params_m"},
     "enqueue": {"presets"},
@@ -171,6 +174,16 @@ _TABLES = set(_KNOWN) | {"space", "quality", "objectives"}
 
 def _err(path: str, msg: str) -> StudyFileError:
     return StudyFileError(f"{path}: {msg}")
+
+
+MAX_JOBS = 256
+
+
+def check_jobs(value: Any, where: str) -> int:
+    """A worker-process count: a whole number from 1 to MAX_JOBS."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_JOBS:
+        raise StudyFileError(f"{where} = {value!r} must be a whole number of worker processes from 1 to {MAX_JOBS}")
+    return value
 
 
 def load_study_file(path: str | Path, storage: str | None = None) -> StudyConfig:
@@ -268,6 +281,8 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
     for key in ("heartbeat_interval", "grace_period"):  # Optuna refuses 0 deep inside the storage
         if st.get(key) == 0:
             raise _err(path, f"[study] {key} = 0 must be at least 1 (seconds)")
+    if "jobs" in st:
+        check_jobs(st["jobs"], f"{path}: [study] jobs")
     from .storage import StorageError, parse_url
     url = storage or st.get("storage") or f"sqlite:///{DEFAULT_STORAGE_DIR}/{name}/study.db"
     try:

@@ -55,6 +55,7 @@ class RunStats:
     evaluator_seconds: float = 0.0  # training + sampling + scoring inside the quality evaluator
     finished: list[str] = field(default_factory=list)
     states: list[str] = field(default_factory=list)  # each trial this run ended, by state name
+    workers: int = 1  # processes that ran trials in this run: the time available was run_seconds x workers
 
     @property
     def all_failed(self) -> bool:
@@ -63,7 +64,7 @@ class RunStats:
 
     @property
     def overhead_share(self) -> float:
-        total = max(self.run_seconds, self.trial_seconds)
+        total = max(self.run_seconds, self.trial_seconds) * self.workers
         return 0.0 if total <= 0 else max(0.0, 1 - self.evaluator_seconds / total)
 
 

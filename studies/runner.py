@@ -22,14 +22,14 @@ import optuna
 from optuna.trial import TrialState
 
 from . import record as R
-from .config import StudyConfig, check_runnable_here
+from .config import StudyConfig, check_jobs, check_runnable_here
 from .halving import promote
 from .objective import Objective, RunStats
 from .opening import open_storage, open_study, worker_seed
 from .queries import finished_count, metric_names
 from .record import TrialRecord
 from .storage import StudyError
-from .workers import fail_ghost_trials
+from .workers import fail_ghost_trials, one_thread, start_local_workers, wait_local_workers
 
 log = logging.getLogger("pocketdiff.study")
 
@@ -71,13 +71,21 @@ class StopAtFinished:
 
 
 def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | None = None,
-              progress: bool = True, echo: Callable[[str], None] = print) -> tuple[optuna.Study, RunStats]:
+              progress: bool = True, echo: Callable[[str], None] = print,
+              jobs: int | None = None) -> tuple[optuna.Study, RunStats]:
     """Run (or resume) the study.
 
     Without `n_trials` it runs until the study holds the file's `n_trials` finished trials (COMPLETE or
     PRUNED), counted across every worker on the storage, so a resumed or second run only does what is left.
     With `n_trials` it runs that many more. `timeout` stops starting new trials after that many seconds.
+    `jobs` (default: the file's `[study] jobs`): worker processes on this host, this one included, one torch
+    thread each; the others are `study worker` processes on the same storage, and the returned stats count
+    every trial they finished in this run.
     """
+    jobs = cfg.jobs if jobs is None else check_jobs(jobs, "--jobs")
+    if jobs > 1 and n_trials is not None:
+        raise StudyError(f"--n-trials {n_trials} runs that many trials in one process; with --jobs {jobs} leave it "
+                         f"out (the workers run until the study has the file's n_trials)")
     if n_trials is not None and (not isinstance(n_trials, int) or n_trials < 1):
         raise StudyError(f"--n-trials {n_trials} must be a whole number >= 1 (leave it out to run until the "
                          f"study has the file's n_trials)")
@@ -97,13 +105,33 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # other hosts' killed runs (heartbeat expired)
-    stats = RunStats()
+    stats = RunStats(workers=jobs)
     objective = Objective(cfg, study, stats, artifact_dir(cfg))
+    before = {t.number for t in study.get_trials(deepcopy=False)}
+    others = []
+    if jobs > 1:
+        one_thread()
+        others = start_local_workers(cfg.path, cfg.storage, jobs - 1)
     try:
-        _optimize(cfg, study, objective, stats, n_trials, timeout, progress, echo)
+        _optimize(cfg, study, objective, stats, n_trials, timeout, progress and not others, echo)
     finally:
+        codes = wait_local_workers(others)
         stats.run_seconds = time.perf_counter() - t_start
+    if others:
+        _count_other_workers(study, stats, before)
+        if any(codes):
+            echo(f"local worker(s) exited with {', '.join(map(str, codes))}; their trials are in the storage")
     return study, stats
+
+
+def _count_other_workers(study: optuna.Study, stats: RunStats, before: set[int]) -> None:
+    """Add the trials the local workers finished in this run to this process's stats (states, evaluator time)."""
+    me = os.getpid()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        rec = TrialRecord.of(t)
+        if t.number not in before and rec.worker[1] != me:
+            stats.states.append(t.state.name)
+            stats.evaluator_seconds += rec.evaluator_seconds
 
 
 def _optimize(cfg: StudyConfig, study: optuna.Study, objective: Objective, stats: RunStats, n_trials: int | None,

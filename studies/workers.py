@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,33 @@ def fail_ghost_trials(study: optuna.Study) -> list[int]:
         if callback is not None:
             callback(study, storage.get_trial(t._trial_id))
     return failed
+
+
+# --- local worker processes (`study run` with jobs > 1) -----------------------------------------------------
+
+def one_thread() -> None:
+    """This process trains with one torch thread (its own and its children's): set before torch loads, and on
+    torch if it already has."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def start_local_workers(study_file: str, storage: str, count: int) -> list[subprocess.Popen]:
+    """`count` more workers of the study on this host (`pocketdiff study worker FILE --storage URL`), one torch
+    thread each; their trial lines go to this process's output."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pocketdiff.cli", "study", "worker", study_file, "--storage", storage,
+           "--no-progress", "--no-summary"]
+    return [subprocess.Popen(cmd, env=env) for _ in range(count)]
+
+
+def wait_local_workers(procs: list[subprocess.Popen]) -> list[int]:
+    """Wait for the local workers; on an interrupt, stop them (their trials are then re-queued by the next run)."""
+    try:
+        return [p.wait() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+

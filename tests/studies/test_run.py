@@ -1,6 +1,7 @@
 """Running studies: cheap checks first, infeasible candidates not trained, crash-safe resume, many workers."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -254,3 +255,37 @@ def test_the_flow_evaluator_reports_training_sampling_and_scoring_of_every_seed(
     flow = registry.get("flow")
     out = flow.run(PRESETS["tiny-debug"], flow.check_config({"seeds": 2}), 0, None, None)
     assert out["_evaluator_seconds"] == pytest.approx(30.0)
+
+
+def test_jobs_run_worker_processes_on_one_storage(tmp_path):
+    """`[study] jobs = 2`: `study run` trains in two processes of one thread each on the study's storage; the
+    trials are shared out, each stored with its worker, and the one summary at the end counts them all."""
+    space = {**studyfiles.TINY_SPACE, "attention": {"choices": ["mqa", "mhsa"]},
+             "stages.1.channels": {"choices": [64, 96]}}
+    study = studyfiles.study("par", n_trials=6, study={"seed": 0, "jobs": 2}, space=space,
+                             quality={"evaluator": "flow", "data": "mnist5k", "budget": "12steps",
+                                      "n_samples": 150},
+                             objectives={"val_loss": "minimize", "params_m": "minimize"})
+    path = studyfiles.write(tmp_path / "par.toml", study)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    r = subprocess.run([sys.executable, "-m", "pocketdiff.cli", "study", "run", str(path), "--storage", storage,
+                        "--no-progress"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 worker processes" in r.stdout and r.stdout.count("Pareto set") == 1
+    trials = optuna.load_study(study_name="par", storage=storage).get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) >= 6 and len({t.user_attrs["worker_pid"] for t in finished}) == 2
+    assert "x 2 workers of run time" in r.stdout and f"in {len(finished)} trials" in r.stdout
+    # every trial line, from either process, reaches the output
+    assert len(re.findall(r"^trial +\d+ (COMPLETE|PRUNED) ", r.stdout, re.M)) == len(finished)
+
+
+def test_jobs_must_be_a_whole_number_and_exclude_n_trials(tmp_path):
+    from studies.config import StudyFileError, parse_study
+
+    with pytest.raises(StudyFileError, match=r"\[study\] jobs = 0 must be a whole number"):
+        parse_study(studyfiles.study("j", study={"jobs": 0}))
+    cfg = load_study_file(_study_file(tmp_path, n_trials=1), storage=f"sqlite:///{tmp_path}/s.db")
+    with pytest.raises(StudyError, match="leave it out"):
+        run_study(cfg, n_trials=1, jobs=2, progress=False, echo=lambda s: None)
