@@ -115,23 +115,63 @@ def compute_baselines(data, limit: int | None = None) -> dict[str, float]:
     train_y = train_y.numpy()
     mu = train.mean(0)
 
-    classes = max(data.num_classes, int(labels.max(initial=0)) + 1)
-    class_means = np.stack([train[train_y == c].mean(0) if (train_y == c).any() else mu  # no image: the mean
-                            for c in range(classes)])
-    eigvals, basis = _covariance_eigen(train - mu)
-    linear = np.empty_like(v)
-    for tv in np.unique(t):
-        rows = t == tv
-        z = xt[rows] - (1 - tv) * mu
-        gain = (tv - (1 - tv) * eigvals) / ((1 - tv) ** 2 * eigvals + tv ** 2)
-        # off Sigma's range (eigenvalue 0) the gain is 1 / t; on it, g(lambda)
-        linear[rows] = -mu + z / tv + ((z @ basis) * (gain - 1 / tv)) @ basis.T
+    class_means = _class_means(train, train_y, mu, max(data.num_classes, int(labels.max(initial=0)) + 1))
+    linear = _gaussian_predictor(xt, t, np.broadcast_to(mu, xt.shape), *_covariance_eigen(train - mu))
 
     def loss(pred: np.ndarray) -> float:
         return float(np.mean((pred - v) ** 2))  # flow_loss: the mean over every element of every image
 
     return {CONSTANT: loss(np.broadcast_to(-mu, v.shape)), CLASS_MEAN: loss(-class_means[labels]),
             LINEAR: loss(linear)}
+
+
+def class_gaussian_loss(data, limit: int | None = None) -> float:
+    """The validation loss of the class-conditional Gaussian predictor: x_0 | class ~ N(mu_class, Sigma_class),
+    each class's own mean and covariance from the training set (with fewer images than dimensions, zero variance
+    off the span of its images); per held-out image the linear-Gaussian formula of its class. A model that
+    knows the class and each class's second-order pixel statistics scores this; a reference run that has learned
+    more than those is below it (docs/quality.md)."""
+    import numpy as np
+
+    from .flow import interpolate, velocity_target
+    from .validation import VAL_MAX, validation_inputs
+
+    x0, labels, noise, t = validation_inputs(data, VAL_MAX if limit is None else limit)
+    xt = interpolate(x0, noise, t).flatten(1).double().numpy()
+    v = velocity_target(x0, noise).flatten(1).double().numpy()
+    train_x, train_y = _training_set(data)
+    train, train_y = train_x.flatten(1).double().numpy(), train_y.numpy()
+    labels = labels.numpy()
+    t = t.double().numpy()
+    pred = np.broadcast_to(-train.mean(0), v.shape).copy()  # a class without training images: the constant
+    for c in np.unique(labels):
+        rows, own = labels == c, train[train_y == c]
+        if len(own):
+            mean = own.mean(0)
+            pred[rows] = _gaussian_predictor(xt[rows], t[rows], np.broadcast_to(mean, xt[rows].shape),
+                                             *_covariance_eigen(own - mean))
+    return float(np.mean((pred - v) ** 2))
+
+
+def _class_means(train, train_y, mu, classes: int):
+    import numpy as np
+
+    return np.stack([train[train_y == c].mean(0) if (train_y == c).any() else mu  # no image: the mean
+                     for c in range(classes)])
+
+
+def _gaussian_predictor(xt, t, means, eigvals, basis):
+    """Per t, E[v | x_t] when x_0 ~ N(means row, Sigma) (Sigma = basis diag(eigvals) basis^T), eps ~ N(0, I)."""
+    import numpy as np
+
+    pred = np.empty_like(xt)
+    for tv in np.unique(t):
+        rows = t == tv
+        z = xt[rows] - (1 - tv) * means[rows]
+        gain = (tv - (1 - tv) * eigvals) / ((1 - tv) ** 2 * eigvals + tv ** 2)
+        # off Sigma's range (eigenvalue 0) the gain is 1 / t; on it, g(lambda)
+        pred[rows] = -means[rows] + z / tv + ((z @ basis) * (gain - 1 / tv)) @ basis.T
+    return pred
 
 
 def _covariance_eigen(centred):

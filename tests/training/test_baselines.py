@@ -145,3 +145,40 @@ def test_baselines_are_cached_per_regime(monkeypatch):
     regime_baselines(other)
     assert len(calls) == 2
     assert B.regime_key(data, 500) != B.regime_key(other, 500) != B.regime_key(other, 16)
+
+
+def test_class_gaussian_loss_matches_per_class_direct_inverses():
+    """The class-conditional Gaussian (each class its own mean and covariance): 100 training images per class in
+    32 dimensions, each held-out image predicted by a direct inverse of its class's Cov(x_t); below the
+    unconditional linear-Gaussian baseline, and sharp (the unbiased covariance already misses)."""
+    from scipy.stats import norm
+
+    data = _random_data(300, 24, 2, 4)
+    x0 = data.val_x.double().flatten(1).numpy()
+    noise = torch.randn(data.val_x.shape, generator=torch.Generator().manual_seed(VAL_SEED)).double().flatten(1).numpy()
+    t = (1 / (1 + np.exp(-norm.ppf((np.arange(8) + 0.5) / 8))))[np.arange(len(x0)) % 8]
+    xt, v = (1 - t)[:, None] * x0 + t[:, None] * noise, noise - x0
+    train, train_y = data.train_x.double().flatten(1).numpy(), data.train_y.numpy()
+    eye = np.eye(train.shape[1])
+
+    def reference(bias: bool) -> float:
+        preds = []
+        for ti, xi, c in zip(t, xt, data.val_y.numpy()):
+            own = train[train_y == c]
+            mu, sigma = own.mean(0), np.cov(own, rowvar=False, bias=bias)
+            preds.append(-mu + (ti * eye - (1 - ti) * sigma) @ np.linalg.inv((1 - ti) ** 2 * sigma + ti ** 2 * eye)
+                         @ (xi - (1 - ti) * mu))
+        return float(np.mean((np.stack(preds) - v) ** 2))
+    ours = B.class_gaussian_loss(data)
+    assert ours == pytest.approx(reference(bias=True), abs=TOLERANCE)
+    assert abs(reference(bias=False) - ours) > 10 * TOLERANCE
+    assert ours < B.compute_baselines(data)[LINEAR]
+
+
+def test_mnist_class_gaussian_loss():
+    """mnist5k (16x16x4) and mnist5k-p4: about 0.225 and 0.229, the bar a reference run must clear
+    (docs/quality.md)."""
+    from training.data import load_data
+
+    assert B.class_gaussian_loss(load_data("mnist5k")) == pytest.approx(0.2255, abs=5e-4)
+    assert B.class_gaussian_loss(load_data("mnist5k-p4")) == pytest.approx(0.2292, abs=5e-4)
