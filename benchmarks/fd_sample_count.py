@@ -1,6 +1,6 @@
 """Measurement: the domain FD's sample-to-sample spread at several sample counts (docs/quality.md).
 
-One proxy as studies/quick.toml trains it (snapgen-unet at width_mult 0.0714 on mnist5k-p4, 48 steps, seed 0) is
+One proxy as studies/quick.toml trains it (snapgen-unet at the study's width, 1/7, on mnist5k, 64 steps, seed 0) is
 sampled --seeds times with different sampling seeds (512 images each, the evaluator's sampler: Euler 8 steps,
 CFG 2, balanced classes); the FD of the first n images of each seed's set is computed for every n in --counts
 (nested subsets, so one generation serves all counts). Printed per n: mean FD over sampling seeds, its standard
@@ -41,12 +41,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--counts", type=int, nargs="+", default=[192, 256, 384, 512])
-    p.add_argument("--budget", default="48steps")
+    p.add_argument("--budget", default="64steps")  # the quick study's first rung
     args = p.parse_args()
-    data = load_data("mnist5k-p4")
+    data = load_data("mnist5k")
     prompts = class_prompt_embeddings(data.class_names, DEFAULT_ENCODER)
     proxy, _ = proxy_spec(PRESETS["snapgen-unet"], data.channels, prompts.dim, prompts.pooled_dim,
-                          ProxyConfig(width_mult=0.0714))
+                          ProxyConfig(width_mult=128 / 896))
     t0 = time.perf_counter()
     result = train(proxy, data, prompts, args.budget, LoopConfig.quality_preset(seed=0), progress=False)
     print(f"trained {proxy.spec_id} for {args.budget} in {time.perf_counter() - t0:.0f} s, val_loss "

@@ -1,7 +1,7 @@
 """Paired initialisation, measured: how many of the weights a one-knob change does not reach start identical?
 
 For one-knob variants of studies/quick.toml's space (snapgen-unet base) at the quick study's proxy (width
-multiplier 0.0714 on mnist5k-p4: 16 model-space channels, MiniLM's 384-wide prompts), each variant's initial
+multiplier 1/7 on mnist5k: 4 model-space channels, MiniLM's 384-wide prompts), each variant's initial
 weights are compared with the base's at the same seed, two ways:
 - one stream: `torch.manual_seed(seed)` then the modules' own initialisation in construction order (what a
   quality run did before search_space/init.py);
@@ -27,8 +27,8 @@ from training.proxy import ProxyConfig, proxy_spec
 
 TABLE = Path(__file__).with_suffix(".md")
 
-WIDTH_MULT = 0.0714  # studies/quick.toml's proxy
-LATENT_CHANNELS = 16  # mnist5k-p4: 32 px through 4x4 space-to-depth, 8x8x16
+WIDTH_MULT = 128 / 896  # studies/quick.toml's proxy: the study's width, 128 channels for its widest stage
+LATENT_CHANNELS = 4  # mnist5k: 32 px through 2x2 space-to-depth, 16x16x4
 TEXT_DIM = 384  # MiniLM
 VARIANTS = ("stages.0.channels=192", "stages.1.channels=384", "stages.2.down_transformer_depth=2",
             "conv_expansion=1.0", "ffn_ratio=2.0", "attention=mhsa", "qk_norm=none", "stages.1.self_attention=true")
@@ -94,7 +94,7 @@ def main() -> None:
         f"Command (torch {torch.__version__}, {datetime.date.today()}; counts, not timings: any host gives these):",
         "", f"    {command}", "",
         "Each one-knob variant of studies/quick.toml's space at the quick study's proxy (width multiplier "
-        f"{WIDTH_MULT}, mnist5k-p4) against the base at the same seed. *One stream*: `torch.manual_seed(seed)` then "
+        f"{WIDTH_MULT:.4g}, mnist5k) against the base at the same seed. *One stream*: `torch.manual_seed(seed)` then "
         "every module's initialisation in construction order (how runs were initialised before "
         "search_space/init.py). *Paired*: `build_model(spec, seed=seed)`. *Untouched weights*: the parameters "
         "of the modules both models have with the same parameter names and shapes. *Same path and shape* also "

@@ -1,7 +1,7 @@
 """Benchmark: proxy training throughput against the machine's limit and against diffusers (docs/benchmarks.md).
 
 The proxies the quality evaluator trains: studies/quick.toml's presets (snapgen-unet, fig3-a) at the study's width
-multiplier on its data (mnist5k-p4: 16 x 8 x 8, MiniLM prompts, 10 tokens), and tiny-debug as a single evaluation
+multiplier on its data (mnist5k: 4 x 16 x 16, MiniLM prompts, 10 tokens), and tiny-debug as a single evaluation
 maps it (widths kept) on the same data. One training step = what the loop does (training/loop.py): the flow
 loss through `Objective.loss`, backward, gradient clipping at 1, AdamW, the EMA update; batch 32 (the quality
 evaluator's), fresh data, noise and timesteps each step.
@@ -55,8 +55,8 @@ from training.throughput import (PUBLISHED_BF16_PEAK, matmul_peak, published_pea
                                  training_flops_per_step)
 
 BATCH_SIZE = LoopConfig.quality_preset().batch_size  # the quality evaluator's
-STUDY_WIDTH_MULT = 0.0714  # studies/quick.toml's [quality] proxy = { width_mult = 0.0714 }
-STUDY_DATA = "mnist5k-p4"
+STUDY_WIDTH_MULT = 128 / 896  # studies/quick.toml's proxy: the study's width (its widest stage, 896, gets 128)
+STUDY_DATA = "mnist5k"
 PROXIES = (("snapgen-unet", ProxyConfig(width_mult=STUDY_WIDTH_MULT)),
            ("fig3-a", ProxyConfig(width_mult=STUDY_WIDTH_MULT)),
            ("tiny-debug", ProxyConfig()))

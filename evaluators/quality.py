@@ -43,7 +43,7 @@ from .stats import LEVEL, paired_verdicts, t_interval
 
 # Bump when a change makes old records incomparable (studies key their evaluation cache on it).
 # 2: study-wide proxy width, budget schedule, CRN, stratified val loss; 3: 192 samples by default, fused AdamW
-# [measured] the default sample count from the FD's noise (benchmarks/fd_sample_count.md: quick.toml's snapgen
+# [measured] the default sample count from the FD's noise (benchmarks/fd_sample_count.md: the old quick regime's snapgen
 # proxy after 48 steps, 3 sampling seeds): FD ~458 at every n; SD over sampling seeds 5.6 / 5.1 / 3.6 / 3.5 at
 # n = 192 / 256 / 384 / 512, real-image floor 4.65 / 3.01 / 1.14 at 192 / 256 / 384. Rule: the smallest n above
 # the FD's 128 feature dimensions whose small-sample bias (the real-image floor at n) is within the sampling
@@ -81,6 +81,8 @@ class SameProxyError(UserError):
 def sample_count(requested: int | None, data: FlowData) -> int:
     """The number of generated images: as asked, else NUM_SAMPLES capped by the reference set (the metric
     compares like-sized sets only up to the reference's size)."""
+    if requested is not None and requested < 0:
+        raise MetricError(f"{requested} samples: give 0 (validation loss only, no sample metrics) or more")
     return requested if requested is not None else max(1, min(NUM_SAMPLES, len(data.ref_y)))
 
 def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
@@ -134,7 +136,9 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
     if result.val_loss is not None:  # the share of the learnable loss this run learned (training/baselines.py)
         record[LEARNED_FRACTION] = learned_fraction(result.val_loss, baselines)
     vae_model = None
-    if result.status == "ok" or result.status.startswith("stopped"):
+    if num_samples == 0:
+        record["metrics_note"] = "0 samples asked: validation loss only, no sample metrics"
+    if num_samples and (result.status == "ok" or result.status.startswith("stopped")):
         labels = torch.arange(num_samples) % data.num_classes  # balanced classes, as class-conditional FID
         samples = sample_classes(result.ema, proxy, data, prompts, labels, seed, sample_steps, cfg_scale,
                                  progress=progress)

@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser, default_budget: str, default_seeds: int)
     p.add_argument("--seeds", type=int, default=default_seeds,
                    help=f"seeds seed..seed+N-1: mean and 95%% interval per metric (default {default_seeds})")
     p.add_argument("--samples", type=int, default=None, help="generated images to score (default 192, at most "
-                                                              "the reference set)")
+                                                              "the reference set; 0: validation loss only)")
     p.add_argument("--sample-steps", type=int, default=None, help="Euler steps (default 8)")
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (default 2)")
     p.add_argument("--batch-size", type=int, default=None,

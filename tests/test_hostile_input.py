@@ -50,7 +50,7 @@ def test_the_base_study_loads():
     ({"quality.budget": "6steps"}, "[quality] budget", "10-step warm-up"),
     ({"quality.rungs": ["4steps", "40steps"]}, "[quality] rungs", "10-step warm-up"),
     ({"quality.data": "imagenet"}, "[quality] data", "not a flow data source"),
-    ({"quality.n_samples": -3}, "[quality] n_samples", ">= 1"),
+    ({"quality.n_samples": -3}, "[quality] n_samples", ">= 0"),
     ({"quality.early_stop": {"quantile": 1.5}}, "[quality.early_stop] quantile", "between 0 and 1"),
     ({"quality.early_stop": {"warmup_fraction": 0}}, "[quality.early_stop] warmup_fraction", "between 0 and 1"),
     ({"target.device": "pixel99"}, "[target] device", "unknown device"),

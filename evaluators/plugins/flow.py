@@ -93,7 +93,8 @@ EVALUATOR = register(Evaluator(
         Option("seeds", int, 1, "seeds per candidate; 3 gives a 95% interval",
                whole_number(1, " (3 gives a 95% interval)")),
         Option("n_samples", int, None, "generated images per seed (default: up to 192, evaluators/quality.py "
-                                       "NUM_SAMPLES, at most the reference set)", whole_number(1)),
+                                       "NUM_SAMPLES, at most the reference set; 0: validation loss only)",
+               whole_number(0, " (0: validation loss only, no sample metrics)")),
         Option("sample_steps", int, LoopConfig.sample_steps, "Euler steps when sampling"),
         Option("guidance", float, LoopConfig.cfg_scale, "classifier-free guidance scale"),
         Option("proxy", ProxyConfig, ProxyConfig(), "proxy mapping, e.g. { width_mult = 0.125 }", parse_proxy)),

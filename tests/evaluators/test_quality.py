@@ -79,6 +79,19 @@ def test_same_seed_same_record():
     assert (a["val_loss"], a["fd_domain"]) == (b["val_loss"], b["fd_domain"])
 
 
+def test_zero_samples_scores_the_validation_loss_only(tmp_path):
+    """--samples 0: no sampling and no sample metrics (the study default's setting); a negative count is refused."""
+    from training.fidelity import MetricError
+
+    record = evaluate_quality("tiny-debug", "mnist5k", "2steps", seed=1, num_samples=0, out_dir=tmp_path,
+                              progress=False, train_config=TINY)
+    assert record["status"] == "ok" and math.isfinite(record["val_loss"]) and "fd_domain" not in record
+    assert record["seconds_sample"] == 0 and "0 samples" in record["metrics_note"]
+    assert not (tmp_path / "samples.png").exists() and (tmp_path / "record.json").exists()
+    with pytest.raises(MetricError, match="-1 samples"):
+        evaluate_quality("tiny-debug", "mnist5k", "2steps", num_samples=-1, progress=False, train_config=TINY)
+
+
 def test_cli_quality_json(run_cli):
     rc, out, err = run_cli("-q", "eval", "quality", "tiny-debug", "--budget", "11steps", "--samples", "150",
                            "--sample-steps", "2", "--batch-size", "8", "--json")

@@ -123,10 +123,10 @@ def test_the_pairing_check_fails_with_one_stream_initialisation(knob, monkeypatc
 
 
 def test_the_quick_studys_proxies_are_paired():
-    """snapgen-unet one knob apart, at studies/quick.toml's proxy (width 0.0714, 16 model-space channels)."""
+    """snapgen-unet one knob apart, at studies/quick.toml's proxy (the study's width 1/7 on mnist5k, 4 data channels)."""
     def proxy(*overrides):
         spec = apply_overrides(PRESETS["snapgen-unet"], list(overrides))
-        return proxy_spec(spec, 16, 384, config=ProxyConfig(width_mult=0.0714))[0]
+        return proxy_spec(spec, 4, 384, config=ProxyConfig(width_mult=128 / 896))[0]
     base = build_model(proxy(), seed=0)
     for knob in ("stages.0.channels=192", "stages.2.down_transformer_depth=2", "attention=mhsa"):
         assert_paired(base, build_model(proxy(knob), seed=0))

@@ -110,12 +110,12 @@ def test_quality_is_parsed_once_into_typed_values():
 
     cfg = load_study_file(Path(__file__).resolve().parents[2] / "studies" / "quick.toml")
     q = cfg.quality
-    assert q.evaluator == "flow" and q.data == "mnist5k-p4" and q.seeds == 1
-    assert q.rungs.budgets == (Budget(steps=48), Budget(steps=96)) and q.rungs.seeds == (1, 2)
-    assert q.options["proxy"] == ProxyConfig(width_mult=0.0714) and q.options["n_samples"] == 200
+    assert q.evaluator == "flow" and q.data == "mnist5k" and q.seeds == 1 and cfg.jobs == 2
+    assert q.rungs.budgets == (Budget(steps=64), Budget(steps=128)) and q.rungs.seeds == (1, 3)
+    assert q.options["proxy"] == ProxyConfig() and q.options["n_samples"] == 0  # the study's width, 1/7
     assert q.options["sample_steps"] == 8 and q.early_stop.enabled is False  # declared default; the file's rule
     top = cfg.at_rung(1).quality
-    assert (top.budget, top.seeds) == (Budget(steps=96), 2) and cfg.quality.budget == Budget(steps=500)
+    assert (top.budget, top.seeds) == (Budget(steps=128), 3) and cfg.quality.budget == Budget(steps=500)
     assert set(q.evaluator_config()) == {"data", "budget", "seeds", "n_samples", "sample_steps", "guidance", "proxy"}
     # a study without a budget gets the evaluator's one declared default, typed
     assert parse_study(_base(quality={"evaluator": "flow"}, objectives={"val_loss": "minimize"})).quality.budget \
