@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from evaluators import registry
 from search_space import Spec
-from search_space.cache import cache_dir
+from search_space.cache import cache_dir, temporary_sibling
 
 from .config import STUDY_QUALITY_KEYS, StudyConfig
 
@@ -104,7 +104,7 @@ def load_cache(key: str) -> dict | None:
 def store_cache(key: str, metrics: dict[str, Any], user_attrs: dict[str, Any]) -> None:
     path = _cache_file(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_sibling(path)
     tmp.write_text(json.dumps({"key": key, "metrics": metrics, "user_attrs": user_attrs}, default=str))
     tmp.replace(path)
 

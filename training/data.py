@@ -24,6 +24,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from search_space.cache import temporary_sibling
 from search_space.errors import UserError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -379,7 +380,7 @@ def encode_latents(source: str, vae_path: str | Path, out_dir: str | Path, resol
 def _write_manifest(path: Path, header: dict, shards: list[dict], skipped: int, complete: bool) -> None:
     manifest = {**header, "shards": shards, "count": sum(s["count"] for s in shards), "skipped": skipped,
                 "checksum": _manifest_checksum(shards), "complete": complete}
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_sibling(path)
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(path)  # atomic: an interrupted run never leaves half a manifest
 

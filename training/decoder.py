@@ -30,7 +30,7 @@ from search_space import DecoderSpec, build_model
 from search_space.errors import UserError
 from search_space.init import build_paired
 
-from search_space.cache import cache_dir
+from search_space.cache import cache_dir, temporary_sibling
 from .budget import Budget
 
 PATCH = 32  # [paper] trains on 256x256 patches; 32x32 (4x4 latents) keeps a CPU step of a 1-2M-param decoder short
@@ -174,7 +174,7 @@ def load_encoder(source: str, data: PatchData, latent_channels: int, stages: int
         baseline = json.loads((folder / "baseline.json").read_text())
     else:
         _train_tiny_ae(vae, data, seed, progress, ae_steps)
-        tmp = weights.with_suffix(".tmp")
+        tmp = temporary_sibling(weights)
         torch.save(vae.state_dict(), tmp)
         tmp.replace(weights)
         baseline = None

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from search_space.errors import UserError
 
-from search_space.cache import cache_dir
+from search_space.cache import cache_dir, temporary_sibling
 from .data import FlowData, file_sha256
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity 0.3/0.4's Inception v3 weights
@@ -93,7 +93,7 @@ def domain_classifier(data: FlowData) -> tuple[Path, dict]:
         acc = float((model(data.domain_view(data.val_x)).argmax(1) == data.val_y).float().mean())
     record = {"dataset": data.name, "val_accuracy": acc, "steps": steps, "seconds": time.perf_counter() - start,
               "in_channels": x.shape[1], "num_classes": data.num_classes, "width": DOMAIN_WIDTH}
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_sibling(path)
     torch.save({"state_dict": model.state_dict(), "record": record}, tmp)
     tmp.replace(path)
     return path, record

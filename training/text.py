@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from search_space.cache import cache_dir
+from search_space.cache import cache_dir, temporary_sibling
 
 PROMPT_TEMPLATE = "a photo of a {}"  # [paper] docs/paper.md section 1
 DEFAULT_ENCODER = "minilm"
@@ -103,7 +103,7 @@ def class_prompt_embeddings(class_names: list[str], encoder: str = DEFAULT_ENCOD
     else:
         tokens, pooled = encode_prompts(prompts, encoder)
         data = {"tokens": tokens, "pooled": pooled}
-        tmp = path.with_suffix(".tmp")
+        tmp = temporary_sibling(path)
         torch.save(data, tmp)
         tmp.replace(path)
     return PromptEmbeddings(tokens=data["tokens"], pooled=data["pooled"], encoder=str(encoder))
