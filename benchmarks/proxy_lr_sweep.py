@@ -58,7 +58,10 @@ def table(rows: list[dict], started: float, command: str) -> str:
              f"linear-Gaussian) with the regime's baselines: constant {first.get('val_loss_constant', float('nan')):.4f}, "
              f"class mean {first.get('val_loss_class_mean', float('nan')):.4f}, linear-Gaussian "
              f"{first.get('val_loss_linear', float('nan')):.4f} (validation loss).", "",
-             "Learned fraction, mean over seeds (min-max); the best learning rate of each row in bold.", "",
+             "Learned fraction, mean over seeds (min-max); the best learning rate of each row in bold. Two seeds give "
+             "a range, not an interval: a bold entry whose range overlaps its neighbours' is not resolved from them "
+             "(chance: any of the overlapping rates); the sweep decides only where a rate's whole range is below "
+             "the gate.", "",
              "| spec | steps | warm-up | " + " | ".join(f"lr {lr:g}" for lr in LRS) + " | s / step |",
              "|---|---|---|" + "---|" * (len(LRS) + 1)]
     verdicts = []
