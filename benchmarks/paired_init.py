@@ -91,7 +91,8 @@ def main() -> None:
     command = "PYTHONPATH=. .venv/bin/python benchmarks/paired_init.py" + (f" --seed {args.seed}" if args.seed else "")
     text = "\n".join([
         "# Paired initialisation: the weights a one-knob change does not reach", "",
-        f"Command (torch {torch.__version__}, {datetime.date.today()}; counts, not timings: any host gives these):",
+        f"Command (torch {torch.__version__}, {datetime.date.today()}; counts, not timings: any host gives these; "
+        "exact counts of one deterministic build per seed, so no interval or chance level applies):",
         "", f"    {command}", "",
         "Each one-knob variant of studies/quick.toml's space at the quick study's proxy (width multiplier "
         f"{WIDTH_MULT:.4g}, mnist5k) against the base at the same seed. *One stream*: `torch.manual_seed(seed)` then "

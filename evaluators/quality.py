@@ -118,8 +118,10 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
     mapping.update({"resolution_px": data.resolution, "model_space": [data.channels, data.size, data.size]})
     t_load = time.perf_counter()
     baselines = regime_baselines(data)  # the val loss of three untrained predictors, once per data regime
-    _, extractor = register_domain_extractor(data)  # trains and caches the classifier the first time
-    invalid = extractor_validity(extractor, data, num_samples)
+    invalid = extractor = None
+    if num_samples:  # the FD's classifier: trained and cached the first time, not needed without samples
+        _, extractor = register_domain_extractor(data)
+        invalid = extractor_validity(extractor, data, num_samples)
     t_domain = time.perf_counter()
 
     result = train(proxy, data, prompts, steps_budget, config, device=device, callback=callback, progress=progress)

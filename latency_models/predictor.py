@@ -23,12 +23,13 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import lsq_linear, nnls
 from scipy.stats import kendalltau, spearmanr
+
+from search_space.cache import temporary_sibling
 
 from . import roofline
 from .features import OP_CLASSES, FeatureTable, features_from_torch
@@ -159,7 +160,7 @@ def _disk_cached_features(path: Path, full: str, compute) -> tuple[ModelFeatures
             pass  # a torn or foreign file: recompute and overwrite it
     feats = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp = temporary_sibling(path)
     tmp.write_text(json.dumps({"key": full, "features": feats.to_json()}))
     tmp.replace(path)
     return feats, False
