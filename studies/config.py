@@ -36,7 +36,8 @@ QUALITY_EVALUATORS = tuple(e.name for e in registry.evaluators().values() if not
 # Metrics only a quality evaluator produces (the registry's answer; evaluators/registry.py).
 QUALITY_METRICS = registry.quality_metrics()
 # [quality] keys of the study itself; every other key is an option of its evaluator.
-STUDY_QUALITY_KEYS = ("evaluator", "rungs", "reduction", "rung_seeds", "early_stop")
+STUDY_QUALITY_KEYS = ("evaluator", "rungs", "reduction", "rung_seeds", "promotion", "early_stop")
+PROMOTIONS = ("asynchronous", "synchronous")
 DEFAULT_STORAGE_DIR = "runs"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -61,6 +62,10 @@ class Rungs:
     budgets: tuple[Budget, ...]
     reduction: int = 3
     seeds: tuple[int, ...] = ()  # seeds per rung; () = [quality] seeds at every rung
+    # "asynchronous" (ASHA: a rung promotes whenever it holds `reduction` more finished candidates) or
+    # "synchronous" (a rung promotes once, when it is closed: every candidate it will ever hold has finished)
+    promotion: str = "asynchronous"
+    candidates: int = 0  # the study's n_trials: how many candidates the first rung will hold
 
     @property
     def top(self) -> int:
@@ -159,6 +164,8 @@ class StudyConfig:
             out["rungs"] = {"budgets": list(written["rungs"]), "reduction": rungs.reduction}
             if rungs.seeds:
                 out["rungs"]["seeds"] = list(rungs.seeds)
+            if rungs.promotion != "asynchronous":  # only then, so studies stored before it still match
+                out["rungs"]["promotion"] = rungs.promotion
         return out
 
 
@@ -364,7 +371,7 @@ def _parse_rungs(path: str, quality: dict[str, Any], n_trials: Any, has_seeds: b
     """`rungs` / `reduction` / `rung_seeds` of [quality]; a study that could never promote is refused here,
     before anything is stored."""
     if "rungs" not in quality:
-        for key in ("reduction", "rung_seeds"):
+        for key in ("reduction", "rung_seeds", "promotion"):
             if key in quality:
                 raise _err(path, f"[quality] {key} is set without rungs: add rungs = [\"<low budget>\", "
                                  f"\"<high budget>\"] or remove {key}")
@@ -405,4 +412,10 @@ def _parse_rungs(path: str, quality: dict[str, Any], n_trials: Any, has_seeds: b
         if not has_seeds:
             raise _err(path, f"[quality] rung_seeds: evaluator {quality['evaluator']!r} has no seeds option; "
                              f"remove rung_seeds")
-    return Rungs(budgets=budgets, reduction=reduction, seeds=tuple(rung_seeds or ()))
+    promotion = quality.get("promotion", "asynchronous")
+    if promotion not in PROMOTIONS:
+        raise _err(path, f"[quality] promotion = {promotion!r} must be \"asynchronous\" (promote whenever a rung "
+                         f"holds `reduction` more finished candidates) or \"synchronous\" (promote once, when "
+                         f"every candidate of the rung has finished)")
+    return Rungs(budgets=budgets, reduction=reduction, seeds=tuple(rung_seeds or ()), promotion=promotion,
+                 candidates=n_trials)

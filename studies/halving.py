@@ -23,6 +23,16 @@ storage, so with several workers on one PostgreSQL study each would hold its own
 rungs, and a SIGKILL would lose it. Here the storage is the only state: promotions are recomputed from the
 stored trials each time, so the layer is a ranking function plus an idempotent "enqueue what is due".
 
+Synchronous promotion (`[quality] promotion = "synchronous"`): a rung promotes once, when it is closed -- the
+first rung when it holds the study's `n_trials` candidates and none is running or waiting, a later rung when
+the one below is closed and every promotion into it has finished -- and then promotes exactly
+floor(n / reduction). The asynchronous rule promotes early on partial evidence: the best of the first
+`reduction` finished candidates goes up even when it is not among the best floor(n / reduction) of all n, so a
+rung may promote more candidates than its share. With 6 first-rung candidates and reduction 3 that was 3
+promotions for 2 places in the default study, a whole extra top-rung run of 3 seeds (docs/studies.md). A
+synchronous rung costs idle workers while its last candidates finish; the asynchronous rule suits open-ended
+studies with many workers, the synchronous one small studies whose n_trials fixes the rung sizes.
+
 Idempotency and many workers: `promote` runs under a lock held in the storage's own database (a PostgreSQL
 advisory lock, MySQL GET_LOCK, a file lock beside a SQLite file): it re-reads the trials, enqueues each due
 promotion whose (candidate, rung) has no trial yet in any state, and releases. Two workers can therefore never
@@ -171,6 +181,38 @@ def ranking_objectives(names: Sequence[str], rung: int, found: Regime) -> tuple[
 
 # --- rungs in the storage -----------------------------------------------------------------------------
 
+REPROPOSAL_LIMIT = 3  # first-rung trials per asked-for candidate before a stuck sampler ends the run
+OPEN = (TrialState.RUNNING, TrialState.WAITING)
+
+
+def first_rung_counts(trials: Sequence[FrozenTrial]) -> tuple[int, int]:
+    """(distinct designs, attempts) at the first rung, failures and re-sampled duplicates aside: a re-proposed
+    spec is served from the cache and is no new candidate, but it is an attempt."""
+    first = [(t, rec) for t in trials if (rec := TrialRecord.of(t)).rung == 0
+             and t.state != TrialState.FAIL and rec.duplicate_of is None]
+    return len({rec.candidate or t.number for t, rec in first}), len(first)
+
+
+def first_rung_full(trials: Sequence[FrozenTrial], n_trials: int) -> bool:
+    """Whether the first rung will take no new candidate: it holds `n_trials` distinct designs, or the sampler
+    has used up REPROPOSAL_LIMIT attempts per asked-for candidate proposing designs already evaluated."""
+    candidates, attempts = first_rung_counts(trials)
+    return candidates >= n_trials or attempts >= REPROPOSAL_LIMIT * n_trials
+
+
+def rung_closed(trials: Sequence[FrozenTrial], rung: int, rungs: Rungs) -> bool:
+    """Whether every candidate a rung will ever hold has finished (synchronous promotion): none of its trials is
+    running or waiting, and no more can come -- the first rung is full, or the rung below is closed and every
+    promotion it is due has been enqueued."""
+    records = [(t, TrialRecord.of(t)) for t in trials]
+    if any(t.state in OPEN and rec.rung == rung for t, rec in records):
+        return False
+    if rung == 0:
+        return first_rung_full(trials, rungs.candidates)
+    below = rung_candidates(trials, rung - 1)
+    claimed = {rec.candidate for _, rec in records if rec.rung == rung}
+    return rung_closed(trials, rung - 1, rungs) and len(claimed) >= len(below) // rungs.reduction
+
 @dataclass(frozen=True)
 class Promotion:
     source: FrozenTrial
@@ -184,11 +226,14 @@ class Promotion:
 
 def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequence[str],
                    names: Sequence[str] | None = None) -> list[Promotion]:
-    """Promotions the stored trials call for that no trial holds yet (any state), top rungs first. With the
-    objectives' `names`, a rung below the regime gate ranks by the cheap objectives only."""
+    """Promotions the stored trials call for that no trial holds yet (any state), top rungs first (a
+    synchronous study's rungs only once closed). With the objectives' `names`, a rung below the regime gate
+    ranks by the cheap objectives only."""
     due: list[Promotion] = []
     records = [(t, TrialRecord.of(t)) for t in trials]
     for r in range(rungs.top - 1, -1, -1):
+        if rungs.promotion == "synchronous" and not rung_closed(trials, r, rungs):
+            continue
         finished = rung_candidates(trials, r)
         k = len(finished) // rungs.reduction
         if k == 0:

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from . import record as R
 from .config import StudyConfig, check_jobs, check_runnable_here
-from .halving import promote
+from .halving import REPROPOSAL_LIMIT, first_rung_counts, first_rung_full, promote
 from .objective import Objective, RunStats
 from .opening import open_storage, open_study, worker_seed
 from .queries import finished_count, metric_names
@@ -163,23 +163,25 @@ def _optimize(cfg: StudyConfig, study: optuna.Study, objective: Objective, stats
     # a failed trial is our one summary line with its reason; Optuna would add its traceback at WARNING level
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if cfg.quality.rungs is not None:
-        _run_halving(cfg, study, objective, n_trials, timeout, summary)
+        _run_halving(cfg, study, objective, n_trials, timeout, summary, echo)
     elif n_trials != 0:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
                        callbacks=[summary, *callbacks], show_progress_bar=progress and n_trials is not None,
                        gc_after_trial=True)
 
 
-REPROPOSAL_LIMIT = 3  # first-rung trials per asked-for candidate before a stuck sampler ends the run
+WAIT_POLL_SECONDS = 2.0  # how often a worker with nothing to run looks again while other workers' trials run
 
 
 def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_trials: int | None,
-                 timeout: float | None, summary: Callable) -> None:
+                 timeout: float | None, summary: Callable, echo: Callable[[str], None] = print) -> None:
     """One trial at a time: first enqueue what is due for promotion (studies/halving.py), then run a waiting
-    promotion or, while the study holds fewer than `n_trials` candidates at the first rung (any worker's,
-    failures aside), a newly sampled one. With `n_trials` given, runs that many trials of any rung."""
+    promotion or, while the first rung is not full (`first_rung_full`: the file's `n_trials` candidates, any
+    worker's, failures aside), a newly sampled one. With nothing to run while other workers' trials are still
+    running, wait for them: their results may promote more (a worker that left then would leave the promotions
+    to one worker). With `n_trials` given, runs that many trials of any rung."""
     rungs = cfg.quality.rungs
-    t0, ran = time.monotonic(), 0
+    t0, ran, said = time.monotonic(), 0, False
     while timeout is None or time.monotonic() - t0 < timeout:
         promote(study, rungs)
         trials = study.get_trials(deepcopy=False)
@@ -187,17 +189,25 @@ def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_
         if n_trials is not None:
             if ran >= n_trials:
                 break
-        elif not waiting:
-            first = [(t, rec) for t in trials if (rec := TrialRecord.of(t)).rung == 0
-                     and t.state != TrialState.FAIL and rec.duplicate_of is None]
-            # distinct designs: a re-proposed spec (served from the cache) is no new candidate to promote
-            candidates = len({rec.get(R.CANDIDATE) or t.number for t, rec in first})
-            if candidates >= (cfg.n_trials or 0):
-                break
-            if len(first) >= REPROPOSAL_LIMIT * (cfg.n_trials or 0):
+        elif not waiting and first_rung_full(trials, cfg.n_trials or 0):
+            candidates = first_rung_counts(trials)[0]
+            if candidates < (cfg.n_trials or 0) and not said:
                 log.warning("the sampler keeps proposing designs already evaluated: stopping with %d distinct "
                             "candidates of the %d asked for", candidates, cfg.n_trials)
+            running = [t.number for t in trials if t.state == TrialState.RUNNING]
+            if not running:
                 break
+            if not said:
+                echo(f"waiting for trial(s) {', '.join(map(str, running))} of other workers: their results may "
+                     f"promote more")
+                said = True
+            time.sleep(WAIT_POLL_SECONDS)
+            fail_ghost_trials(study)  # a killed worker's trial would otherwise be waited for until its heartbeat
+            with warnings.catch_warnings():  # goes stale; either way it is failed and re-queued, and run here
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            continue
+        said = False
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[summary], gc_after_trial=True)
         ran += 1
 

@@ -116,13 +116,29 @@ def one_thread() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
+def _die_with_parent() -> None:
+    """In a local worker, before it runs: on Linux, ask the kernel to send it SIGTERM when the `study run` that
+    started it dies (even by SIGKILL), so no worker outlives its run and keeps training unseen; its trial is then
+    failed and re-queued like any killed trial. Elsewhere a no-op: the parent's `finally` stops the workers on
+    any exit it lives through."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def start_local_workers(study_file: str, storage: str, count: int) -> list[subprocess.Popen]:
     """`count` more workers of the study on this host (`pocketdiff study worker FILE --storage URL`), one torch
-    thread each; their trial lines go to this process's output."""
+    thread each, each ended when this process dies; their trial lines go to this process's output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pocketdiff.cli", "study", "worker", study_file, "--storage", storage,
            "--no-progress", "--no-summary"]
-    return [subprocess.Popen(cmd, env=env) for _ in range(count)]
+    return [subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent) for _ in range(count)]
 
 
 def wait_local_workers(procs: list[subprocess.Popen]) -> list[int]:

@@ -1,8 +1,10 @@
 """Crash safety of studies (docs/studies.md): worker seeds, no duplicate work, ghost trials, presets that survive kills,
 a creation cut short. In-process and cost-only, so each test takes seconds."""
+import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -200,3 +202,47 @@ def test_ten_random_sigkills_lose_nothing_and_repeat_nothing(tmp_path):
     for t in failed:  # each was killed mid-trial, failed by the dead-PID rule and re-queued
         assert "is gone" in t.user_attrs["killed"]
         assert any(x.system_attrs.get("retry_history", [None])[-1] == t.number for x in trials)
+
+
+REPO = Path(__file__).resolve().parents[2]
+PARENT_OF_A_WORKER = '''
+import subprocess, sys, time
+from studies import workers
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                         preexec_fn=workers._die_with_parent)
+print(child.pid, flush=True)
+time.sleep(120)
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's (prctl)")
+def test_a_local_worker_ends_when_its_study_run_is_killed():
+    """`study run` with jobs > 1 starts `study worker` processes; a SIGKILL of the run must not leave them
+    training unseen (they would hold the cores and their trials' claims)."""
+    import signal
+    import time
+    from studies.workers import process_alive
+    parent = subprocess.Popen([sys.executable, "-c", PARENT_OF_A_WORKER], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = int(parent.stdout.readline())
+    assert process_alive(child, None)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while process_alive(child, None) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = process_alive(child, None)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the worker outlived the run that started it"
+
+
+def test_local_workers_are_started_to_die_with_their_run(monkeypatch):
+    from studies import workers
+    started = []
+    monkeypatch.setattr(workers.subprocess, "Popen", lambda cmd, **kw: started.append((cmd, kw)))
+    workers.start_local_workers("s.toml", "sqlite:///s.db", 2)
+    assert len(started) == 2
+    assert all(kw["preexec_fn"] is workers._die_with_parent and kw["env"]["OMP_NUM_THREADS"] == "1"
+               for _, kw in started)
+    assert started[0][0][-4:] == ["--storage", "sqlite:///s.db", "--no-progress", "--no-summary"]

@@ -56,14 +56,14 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def _write(tmp_path, name="halving", n_trials=9, seed=0, params_objective=False):
+def _write(tmp_path, name="halving", n_trials=9, seed=0, params_objective=False, **quality):
     """Full-size candidates ranked by the stand-in quality score over three rungs (11, 33, 99 steps)."""
     objectives = {"fd_domain": "minimize", **({"params_m": "minimize"} if params_objective else {})}
     return studyfiles.write(tmp_path / f"{name}.toml", studyfiles.study(
         name, n_trials=n_trials, study={"seed": seed, "heartbeat_interval": 1, "grace_period": 3},
         target={"latent": 64}, space=studyfiles.SNAPGEN_SPACE, objectives=objectives,
         quality={"evaluator": "flow", "rungs": ["11steps", "33steps", "99steps"], "reduction": 3,
-                 "early_stop": {"enabled": False}}))
+                 "early_stop": {"enabled": False}, **quality}))
 
 
 @pytest.fixture
@@ -118,6 +118,54 @@ def test_due_promotions_pick_the_best_share_once():
     assert [(p.candidate, p.rung) for p in due] == [("c1", 1), ("c3", 1)]  # floor(6 / 3) = 2 best
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"rung": 1, "candidate": "c1"}))
     assert [p.candidate for p in due_promotions(study.get_trials(), rungs, ["minimize"])] == ["c3"]
+
+
+def _add(study, rung, values, state=TrialState.COMPLETE, first=0):
+    for i, value in enumerate(values, start=first):
+        study.add_trial(optuna.trial.create_trial(
+            state=state, values=[value] if state == TrialState.COMPLETE else None,
+            user_attrs={"rung": rung, "candidate": f"c{i}"}))
+
+
+def test_synchronous_promotion_waits_for_the_closed_rung_and_promotes_its_share_only():
+    asynchronous = Rungs((Budget(steps=1), Budget(steps=3), Budget(steps=9)), 3, candidates=6)
+    synchronous = Rungs(asynchronous.budgets, 3, promotion="synchronous", candidates=6)
+    study = optuna.create_study(directions=["minimize"])
+    _add(study, 0, [3.0, 4.0, 5.0])  # the first three finish; the better three are still to come
+    _add(study, 0, [0.0], state=TrialState.RUNNING, first=3)
+    # asynchronous: the best of the first three goes up at once
+    assert [p.candidate for p in due_promotions(study.get_trials(), asynchronous, ["minimize"])] == ["c0"]
+    # synchronous: nothing while a first-rung candidate runs or is yet to be sampled
+    assert due_promotions(study.get_trials(), synchronous, ["minimize"]) == []
+    assert not halving.rung_closed(study.get_trials(), 0, synchronous)
+    study = optuna.create_study(directions=["minimize"])
+    _add(study, 0, [3.0, 4.0, 5.0, 0.0, 1.0])
+    assert due_promotions(study.get_trials(), synchronous, ["minimize"]) == []  # 5 of n_trials = 6 sampled
+    _add(study, 0, [2.0], first=5)
+    # closed: exactly floor(6 / 3) = 2 promoted, the best two of all six (asynchronous would have added c0)
+    due = due_promotions(study.get_trials(), synchronous, ["minimize"])
+    assert [(p.candidate, p.rung) for p in due] == [("c3", 1), ("c4", 1)]
+    # rung 1 closes once both promotions finished (one failing counts as finished), not before
+    study.add_trial(optuna.trial.create_trial(values=[0.5], user_attrs={"rung": 1, "candidate": "c3"}))
+    assert not halving.rung_closed(study.get_trials(), 1, synchronous)  # c4's promotion is not enqueued yet
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"rung": 1, "candidate": "c4"}))
+    assert not halving.rung_closed(study.get_trials(), 1, synchronous)
+    assert due_promotions(study.get_trials(), synchronous, ["minimize"]) == []
+    study = optuna.create_study(directions=["minimize"])
+    _add(study, 0, [3.0, 4.0, 5.0, 0.0, 1.0, 2.0])
+    study.add_trial(optuna.trial.create_trial(values=[0.5], user_attrs={"rung": 1, "candidate": "c3"}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"rung": 1, "candidate": "c4"}))
+    assert halving.rung_closed(study.get_trials(), 1, synchronous)
+    assert due_promotions(study.get_trials(), synchronous, ["minimize"]) == []  # floor(1 / 3) = 0 to rung 2
+
+
+def test_a_first_rung_of_failures_and_duplicates_is_full_when_the_sampler_is_stuck():
+    study = optuna.create_study(directions=["minimize"])
+    for i in range(9):  # nine attempts that all re-proposed one design: 1 candidate, 9 attempts of 3 x 3
+        study.add_trial(optuna.trial.create_trial(values=[1.0], user_attrs={"rung": 0, "candidate": "c0"}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"rung": 0, "candidate": "c9"}))
+    assert halving.first_rung_counts(study.get_trials()) == (1, 9)
+    assert halving.first_rung_full(study.get_trials(), 3) and not halving.first_rung_full(study.get_trials(), 4)
 
 
 # --- a whole study -------------------------------------------------------------------------------------------
@@ -207,6 +255,26 @@ def test_two_workers_promote_from_one_postgres_study(tmp_path, postgres_url):
     _check_two_workers(path, postgres_url, _two_workers(path, postgres_url))
 
 
+def test_synchronous_workers_wait_for_each_other_and_promote_each_rungs_share(tmp_path, postgres_url):
+    """A worker with nothing to run while the other's first-rung trial runs waits for it instead of leaving:
+    both take part in the promotions, and each rung promotes exactly its share."""
+    path = _write(tmp_path, name="sync", promotion="synchronous")
+    open_study(load_study_file(path, storage=postgres_url))
+    procs = [_worker(path, postgres_url, env={"FAKE_QUALITY_SLEEP": "2"}) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="sync", storage=postgres_url)
+    by_rung = _check_rung_invariants(study.get_trials(), load_study_file(path).quality.rungs)
+    sizes = [len({t.user_attrs["candidate"] for t in by_rung[r]}) for r in (0, 1, 2)]
+    # two workers that both see 8 of 9 candidates may each sample one: rung 0 can hold 10 (never fewer than 9)
+    assert sizes[0] in (9, 10) and sizes[1:] == [sizes[0] // 3, sizes[0] // 3 // 3], sizes
+    assert any("waiting for trial(s)" in out for out, _ in outs)
+    # each worker ran a promoted trial: a worker that left when it found nothing to run would have left all
+    # three of rung 1 to the other
+    assert all("[rung 1" in out for out, _ in outs), [out for out, _ in outs]
+
+
 KILL_MID_PROMOTION = '''
 import os, signal, optuna
 from studies.config import load_study_file
@@ -277,6 +345,8 @@ def _cfg(**quality):
     ({"rungs": ["11steps", "33steps"], "rung_seeds": [1]}, {}, "rung_seeds = \\[1\\] must give one whole number"),
     ({"rungs": ["11steps", "33steps"], "rung_seeds": [1, 2], "seeds": 2}, {}, "either seeds .* or rung_seeds"),
     ({"reduction": 3, "budget": "11steps"}, {}, "reduction is set without rungs"),
+    ({"rungs": ["11steps", "33steps"], "promotion": "sync"}, {}, "promotion = 'sync' must be \"asynchronous\""),
+    ({"promotion": "synchronous", "budget": "11steps"}, {}, "promotion is set without rungs"),
 ])
 def test_bad_rung_configs_name_the_key(quality, study, match):
     data = _cfg(**quality)
