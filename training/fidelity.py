@@ -7,6 +7,13 @@ torch-fidelity as a feature extractor and the same Frechet distance, KID and pre
 its feature space. Those numbers are reported under their own names (`fd_domain`, `kid_domain`, ...), never as
 `fid`, so tables never mix extractors. Reference statistics are cached per (dataset, split, resolution,
 extractor) by torch-fidelity's own cache, in our cache folder.
+
+No code from a file: torch-fidelity reads its Inception weights and its cached statistics with
+`torch.load(weights_only=False)`, which runs whatever a pickle asks. So nothing reaches it unchecked: the
+Inception weights (the `--fid-weights` file or the hub cache's) are read here with `weights_only=True` and
+handed over as a copy this process wrote (`checked_weights`), and every cached file in the fidelity folder is
+read with `weights_only=True` before torch-fidelity may load it (`check_fidelity_cache`). A file that holds
+anything but tensors, numbers, strings and containers is refused with its name.
 """
 from __future__ import annotations
 
@@ -158,14 +165,77 @@ class _Tensors(torch.utils.data.Dataset):
         return self.x[i]
 
 
+def _numpy_array_globals() -> list:
+    """What a plain numpy array needs to unpickle (torch-fidelity caches its FID statistics as numpy arrays):
+    the array constructor and the array and dtype types, nothing that calls user code."""
+    import numpy as np
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")] if hasattr(np, "dtypes") else []
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def _safe_load(path: Path, what: str) -> object:
+    """`torch.load(weights_only=True)` of a file torch-fidelity would load unchecked (plain numpy arrays allowed);
+    a file that needs more than tensors, arrays and containers (a pickle that imports or calls) is refused with
+    its name."""
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for a payload; anything else: not a torch file at all
+        raise MetricError(f"{what} {path} is not a plain tensor file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160] if str(e) else 'unreadable'}); it is not loaded, since "
+                          f"torch-fidelity would unpickle it with code execution allowed. Delete it (a cache "
+                          f"file is recomputed) or pass the original file") from None
+
+
+_CHECKED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of the files checked in this process
+
+
+def _check_once(path: Path, what: str) -> None:
+    """`_safe_load` a file unless this version of it (size, mtime) was checked already in this process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _CHECKED:
+        _safe_load(path, what)
+        _CHECKED.add(key)
+
+
+def check_fidelity_cache(root: Path) -> None:
+    """Read every cached file under torch-fidelity's cache root with `weights_only=True` (once per file version in
+    this process) before torch-fidelity loads any of them with `weights_only=False`."""
+    for path in sorted(root.glob("*.pt")):
+        _check_once(path, "cached fidelity statistics")
+
+
+def checked_weights(path: str | Path) -> str:
+    """A copy of a weights file that torch-fidelity can load safely: the file read with `weights_only=True` and
+    written back by this process (named by the source's sha256, so a file is copied once; the copy in the cache
+    is itself checked before use, as anything in the cache could have been planted there)."""
+    path = Path(path)
+    out = cache_dir("fidelity-weights") / f"checked-{file_sha256(path)[:16]}-{path.name}"
+    if out.is_file():
+        _check_once(out, "checked copy of the Inception weights")
+    else:
+        state = _safe_load(path, "Inception weights")
+        if not isinstance(state, dict):
+            raise MetricError(f"Inception weights {path}: holds a {type(state).__name__}, not a state dict; it "
+                              f"should be torch-fidelity's {INCEPTION_FILE}")
+        tmp = temporary_sibling(out)
+        torch.save(state, tmp)
+        tmp.replace(out)
+    return str(out)
+
+
 def _fidelity(input1: torch.Tensor, input2: torch.Tensor, extractor: str, ref_cache_name: str,
               **kwargs) -> dict:
     import torch_fidelity
 
     n = min(len(input1), len(input2))
+    root = cache_dir("fidelity")
+    check_fidelity_cache(root)
     return torch_fidelity.calculate_metrics(
         input1=_Tensors(input1), input2=_Tensors(input2), input2_cache_name=ref_cache_name,
-        cache_root=str(cache_dir("fidelity")), feature_extractor=extractor, fid=True, kid=True, prc=True,
+        cache_root=str(root), feature_extractor=extractor, fid=True, kid=True, prc=True,
         kid_subset_size=min(KID_SUBSET_SIZE, n), prc_neighborhood=min(PRC_NEIGHBORHOOD, n - 1),
         cuda=torch.cuda.is_available(), verbose=False, save_cpu_ram=True, **kwargs)
 
@@ -232,14 +302,15 @@ def domain_floor(data: FlowData, num_samples: int) -> dict:
 
 
 def inception_weights(fid_weights: str | None, download: bool) -> str | None:
-    """Local Inception weights: the flag, else torch-fidelity's hub cache; None when only a download would do."""
+    """Local Inception weights, checked (`checked_weights`): the flag, else torch-fidelity's hub cache; None when
+    only a download would do."""
     if fid_weights:
         if not Path(fid_weights).is_file():
             raise MetricError(f"--fid-weights {fid_weights}: no such file; it should be {INCEPTION_FILE}")
-        return fid_weights
+        return checked_weights(fid_weights)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     if cached.is_file():
-        return str(cached)
+        return checked_weights(cached)
     if not download:
         return None
     try:
@@ -249,7 +320,7 @@ def inception_weights(fid_weights: str | None, download: bool) -> str | None:
         raise MetricError(f"Inception weights {INCEPTION_FILE} are not in {cached.parent} and the download failed "
                           f"({type(e).__name__}); download them elsewhere and pass --fid-weights PATH, or use "
                           f"--fid off to report only fd_domain") from None
-    return str(cached)
+    return checked_weights(cached)
 
 
 def inception_metrics(samples: torch.Tensor, data: FlowData, weights: str, vae: nn.Module | None = None,
