@@ -115,6 +115,17 @@ def cmd_run(args) -> int:
         print(f"pocketdiff: error: every trial of this run failed ({len(stats.states)}); see the reasons above",
               file=sys.stderr)
         return 1
+    from studies.opening import PRESET_ATTEMPTS
+    from studies.queries import presets_without_result
+    lost = presets_without_result(study, cfg.enqueue)
+    if lost:
+        retry = [p for p, failures in lost.items() if len(failures) < PRESET_ATTEMPTS]
+        print("pocketdiff: error: enqueued preset(s) without a finished trial, so the front lacks its reference: "
+              + "; ".join(f"{p} ({', '.join(reasons)})" for p, reasons in lost.items())
+              + (f". Run the same command again: {', '.join(retry)} will be tried once more" if retry else
+                 f". Each was tried {PRESET_ATTEMPTS} times: fix the cause and start a new study (another "
+                 f"[study] name or storage)"), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -123,9 +123,33 @@ def _finish_creation(cfg: StudyConfig, study: optuna.Study, fingerprint: dict) -
         if have.get(preset, 0) > 0:
             have[preset] -= 1  # a preset listed twice is enqueued twice
             continue
-        study.enqueue_trial({"preset": preset} if cfg.space.preset_choices else {},
-                            user_attrs=R.enqueued(preset), skip_if_exists=False)
+        _enqueue_preset(cfg, study, preset)
     study.set_user_attr(R.CREATED, True)
+
+
+def _enqueue_preset(cfg: StudyConfig, study: optuna.Study, preset: str) -> None:
+    study.enqueue_trial({"preset": preset} if cfg.space.preset_choices else {}, user_attrs=R.enqueued(preset),
+                        skip_if_exists=False)
+
+
+PRESET_ATTEMPTS = 2  # an enqueued preset that fails is enqueued once more (a cache race, a full disk), not again
+
+
+def retry_failed_presets(cfg: StudyConfig, study: optuna.Study, echo=None) -> list[str]:
+    """Enqueue again each enqueued preset that has only failed trials at the first rung (nothing finished,
+    waiting or running), up to PRESET_ATTEMPTS in all: the front is read against the presets, so one lost to an
+    environmental failure is worth a second attempt. Call under a lock held in the storage (two workers must not
+    both re-enqueue it). Returns the presets enqueued."""
+    from .queries import presets_without_result
+
+    lost = presets_without_result(study, cfg.enqueue)
+    again = [p for p, failures in lost.items() if len(failures) < PRESET_ATTEMPTS]
+    for preset in again:
+        _enqueue_preset(cfg, study, preset)
+        if echo:
+            echo(f"enqueued preset {preset} again: its first trial failed (attempt {PRESET_ATTEMPTS} of "
+                 f"{PRESET_ATTEMPTS})")
+    return again
 
 
 def _first_difference(stored: Any, file: Any) -> str:

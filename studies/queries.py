@@ -51,6 +51,21 @@ def finished_count(study: optuna.Study) -> int:
     return sum(TrialRecord.of(t).duplicate_of is None for t in study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def presets_without_result(study: optuna.Study, presets: Iterable[str]) -> dict[str, list[str]]:
+    """The enqueued presets (the file's [enqueue] presets) that failed at the first rung with no finished trial
+    and none waiting or running: each with its trials' failure reasons. A study that silently lacks a preset
+    has lost the reference its front is read against."""
+    trials = study.get_trials(deepcopy=False)
+    out: dict[str, list[str]] = {}
+    for preset in dict.fromkeys(presets):
+        mine = [(t, rec) for t in trials if (rec := TrialRecord.of(t)).enqueued_preset == preset and rec.rung == 0]
+        if any(t.state in (*FINISHED, TrialState.WAITING, TrialState.RUNNING) for t, _ in mine):
+            continue
+        if mine:  # only failures; a preset never enqueued (an older study) is no failure of this run
+            out[preset] = [f"trial {t.number}: {rec.reason or 'no reason recorded'}" for t, rec in mine]
+    return out
+
+
 def front_rung(rungs: Iterable[int]) -> int | None:
     """The rung the Pareto front (and the winner) comes from, given the `rungs` of the COMPLETE trials: the highest,
     which is the top rung once a trial finished there; None when nothing completed. A lower rung's quality is

@@ -23,9 +23,9 @@ from optuna.trial import TrialState
 
 from . import record as R
 from .config import StudyConfig, check_jobs, check_runnable_here
-from .halving import REPROPOSAL_LIMIT, first_rung_counts, first_rung_full, promote
+from .halving import REPROPOSAL_LIMIT, first_rung_counts, first_rung_full, promote, promotion_lock
 from .objective import Objective, RunStats
-from .opening import open_storage, open_study, worker_seed
+from .opening import open_storage, open_study, retry_failed_presets, worker_seed
 from .queries import finished_count, metric_names
 from .record import TrialRecord
 from .storage import StudyError
@@ -105,6 +105,7 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # other hosts' killed runs (heartbeat expired)
+    _retry_presets(cfg, study, echo)
     stats = RunStats(workers=jobs)
     objective = Objective(cfg, study, stats, artifact_dir(cfg))
     before = {t.number for t in study.get_trials(deepcopy=False)}
@@ -144,7 +145,9 @@ def _optimize(cfg: StudyConfig, study: optuna.Study, objective: Objective, stats
         grid = cfg.space.grid() or {}
         grid_left = max(0, (int(np.prod([len(v) for v in grid.values()])) if grid else 1) - finished_count(study))
     if n_trials is None and cfg.n_trials is not None:
-        n_trials = max(0, cfg.n_trials - finished_count(study))
+        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        # what is left, and at least the queued trials (a preset enqueued again after a failure)
+        n_trials = max(cfg.n_trials - finished_count(study), waiting)
         if grid_left is not None:
             n_trials = min(n_trials, grid_left)
         if cfg.quality.rungs is None and n_trials:
@@ -184,6 +187,7 @@ def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_
     t0, ran, said = time.monotonic(), 0, False
     while timeout is None or time.monotonic() - t0 < timeout:
         promote(study, rungs)
+        _retry_presets(cfg, study, echo)
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if n_trials is not None:
@@ -210,6 +214,14 @@ def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_
         said = False
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[summary], gc_after_trial=True)
         ran += 1
+
+
+def _retry_presets(cfg: StudyConfig, study: optuna.Study, echo: Callable[[str], None]) -> None:
+    """A failed enqueued preset gets its second attempt (studies/opening.py), under the promotion lock: two
+    workers never both re-enqueue it."""
+    if cfg.enqueue:
+        with promotion_lock(study._storage, study.study_name):
+            retry_failed_presets(cfg, study, echo)
 
 
 def artifact_dir(cfg: StudyConfig) -> Path:

@@ -289,3 +289,45 @@ def test_jobs_must_be_a_whole_number_and_exclude_n_trials(tmp_path):
     cfg = load_study_file(_study_file(tmp_path, n_trials=1), storage=f"sqlite:///{tmp_path}/s.db")
     with pytest.raises(StudyError, match="leave it out"):
         run_study(cfg, n_trials=1, jobs=2, progress=False, echo=lambda s: None)
+
+
+def test_a_failed_enqueued_preset_is_retried_once_and_the_run_says_so(tmp_path, monkeypatch, capsys):
+    """The presets are the front's reference: one lost to a failure is enqueued once more on the next run, and
+    `study run` exits 1 while a preset has no finished trial."""
+    from pocketdiff.cli import main
+    from studies import evaluate
+
+    real = evaluate.cheap_metrics
+    failures = {"left": 1}
+
+    def flaky(spec, latent, device):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("No space left on device: the stand-in for an environmental failure")
+        return real(spec, latent, device)
+
+    monkeypatch.setattr(evaluate, "cheap_metrics", flaky)
+    path = studyfiles.write(tmp_path / "p.toml", _cheap("p", n_trials=3, enqueue={"presets": ["snapgen-unet"]}))
+    run = ["study", "run", str(path), "--storage", f"sqlite:///{tmp_path}/s.db", "--no-progress"]
+    assert main(run) == 1  # the preset ran first and failed; the sampled trials completed
+    err = capsys.readouterr().err
+    assert "enqueued preset(s) without a finished trial" in err and "snapgen-unet (trial 0: " in err
+    assert "No space left on device" in err and "will be tried once more" in err
+    assert main(run) == 0  # enqueued again at the start of the run, and it completes
+    out = capsys.readouterr().out
+    assert "enqueued preset snapgen-unet again" in out
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path}/s.db")
+    presets = [t for t in study.get_trials() if t.user_attrs.get("enqueued_preset") == "snapgen-unet"]
+    assert [t.state for t in presets] == [TrialState.FAIL, TrialState.COMPLETE]
+
+    failures["left"] = 10  # a preset that fails every time: tried twice in all, then the run says to fix it
+    path = studyfiles.write(tmp_path / "q.toml", _cheap("q", n_trials=2, enqueue={"presets": ["snapgen-unet"]}))
+    run = ["study", "run", str(path), "--storage", f"sqlite:///{tmp_path}/s.db", "--no-progress"]
+    assert main(run) == 1
+    capsys.readouterr()
+    failures["left"] = 1
+    assert main(run) == 1
+    assert "Each was tried 2 times: fix the cause" in capsys.readouterr().err
+    assert main(run) == 1  # not enqueued a third time
+    study = optuna.load_study(study_name="q", storage=f"sqlite:///{tmp_path}/s.db")
+    assert sum(t.user_attrs.get("enqueued_preset") == "snapgen-unet" for t in study.get_trials()) == 2
