@@ -19,7 +19,11 @@ class BudgetError(UserError):
     """A budget string that is not `<N>steps`, `<N>epochs`, `<X>flops`, `<N>s` or `<N>m`, or one too short."""
 
 
-_BUDGET_RE = re.compile(r"\s*(\d+(?:\.\d*)?(?:e\+?\d+)?)\s*(steps?|epochs?|flops?|s|sec|m|min)\s*")
+# ASCII digits only: Python's \d also takes other scripts' digits, which a budget written in them would run with
+_BUDGET_RE = re.compile(r"\s*(\d+(?:\.\d*)?(?:e\+?\d+)?)\s*(steps?|epochs?|flops?|s|sec|m|min)\s*", re.ASCII)
+# [choose] the largest budget of each kind accepted: far past any run this workbench is for (10^8 steps is weeks
+# on a GPU for the smallest model), small enough that no count overflows or allocates by it
+LIMITS = {"steps": 10 ** 8, "epochs": 10 ** 6, "flops": 1e25, "seconds": 30 * 86400}
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,10 @@ class Budget:
             raise BudgetError(f"budget {text!r} is not understood; write e.g. 2000steps, 3epochs, 5e12flops, "
                               f"60s or 2m")
         value, unit = float(m.group(1)), m.group(2)
+        kind = ("steps" if unit.startswith("step") else "epochs" if unit.startswith("epoch")
+                else "flops" if unit.startswith("flop") else "seconds")
+        if not value * (60 if unit.startswith("m") else 1) <= LIMITS[kind]:  # also catches inf (1e400steps)
+            raise BudgetError(f"budget {text!r} is too large: at most {LIMITS[kind]:g} {kind}")
         if unit.startswith("step"):
             if value != int(value):
                 raise BudgetError(f"budget {text!r}: a step count must be whole, e.g. 2000steps")

@@ -1,4 +1,6 @@
 """Rectified-flow numerics (training/flow.py) and budgets, checked without any network."""
+import re
+
 import pytest
 import torch
 
@@ -62,7 +64,17 @@ def test_budget_parse(text, steps, seconds):
     assert Budget.parse(str(b)) == b
 
 
-@pytest.mark.parametrize("text", ["", "60", "fast", "1.5steps", "-3s", "10 parsecs", "0epochs"])
+@pytest.mark.parametrize("text", ["", "60", "fast", "1.5steps", "-3s", "10 parsecs", "0epochs",
+                                  "\u0663steps", "\uff15\uff10steps"])  # Arabic-Indic 3, fullwidth 50
 def test_budget_rejects_bad_strings(text):
     with pytest.raises(BudgetError):
         Budget.parse(text)
+
+
+@pytest.mark.parametrize("text,says", [("1e400steps", "at most 1e+08 steps"), ("1e400epochs", "at most 1e+06 epochs"),
+                                       ("200000000steps", "at most 1e+08 steps"), ("1e30flops", "at most 1e+25"),
+                                       ("100000m", "at most 2.592e+06 seconds")])
+def test_budget_refuses_infinite_and_huge_lengths(text, says):
+    with pytest.raises(BudgetError, match=re.escape(f"budget {text!r} is too large: {says}")):
+        Budget.parse(text)
+    assert Budget.parse("100000000steps").steps == 10 ** 8  # the limit itself is a budget
