@@ -11,6 +11,7 @@ import json
 import sys
 
 from pocketdiff.cli import UsageError
+from search_space.errors import seed_arg
 from training.budget import QUALITY_RUN_BUDGET
 
 SUMMARY_KEYS = ("status", "steps", "train_images_per_s", "val_loss", "learned_fraction", "val_loss_constant",
@@ -26,7 +27,7 @@ def _common(p: argparse.ArgumentParser, default_budget: str, default_seeds: int)
     p.add_argument("--budget", default=default_budget,
                    help="training budget: 2000steps, 3epochs, 5e12flops (reproducible) or 60s / 2m (wall clock); "
                         "0steps = untrained")
-    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--seed", type=seed_arg, default=0, help="first seed (0 to 2**32 - 1)")
     p.add_argument("--seeds", type=int, default=default_seeds,
                    help=f"seeds seed..seed+N-1: mean and 95%% interval per metric (default {default_seeds})")
     p.add_argument("--samples", type=int, default=None, help="generated images to score (default 192, at most "

@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 
 from pocketdiff.cli import UsageError
+from search_space.errors import seed_arg
 from training.budget import DECODER_RUN_BUDGET
 
 TRAIN_COMMANDS = ("unet", "decoder")
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Euler steps (default: the run's sampler, e.g. 4 for a 4-step student; else 4)")
     s.add_argument("-n", "--num", type=int, default=8, help="images (default 8), written as one grid")
     s.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the run's)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_arg, default=0)
     s.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--vae", default=None, metavar="PATH", help="VAE folder to decode latents (latent data only)")
     s.add_argument("-o", "--out", default="sample.png", help="output PNG (default sample.png)")
@@ -113,7 +114,7 @@ def decoder_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="tiny-ae", help="tiny-ae | vae:PATH (diffusers AutoencoderKL folder)")
     p.add_argument("--budget", default=str(DECODER_RUN_BUDGET), help="60s, 2m or 500steps")
     p.add_argument("--ae-steps", type=int, default=None, help="training steps of the tiny-ae stand-in encoder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="folder for decoder.safetensors, record.json, reconstructions.png")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=train_decoder_cmd)
@@ -129,6 +130,13 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
     from training.kd_scaling import KDWeighting
     from training.text import class_prompt_embeddings
 
+    config = config_from_flags(a, LoopConfig)
+    config.validate()  # every flag checked before anything is loaded or printed
+    step_distill = None
+    if a.step_distill is not None:
+        step_distill = config_from_flags(a, StepDistillConfig, sampler_steps=a.step_distill)
+        step_distill.validate()
+        config = dataclasses.replace(config, sample_steps=a.step_distill, cfg_scale=1.0)  # guidance is distilled in
     spec = load_spec(a.spec, a.overrides)
     if not isinstance(spec, UNetSpec):
         raise UsageError(f"{a.spec} is a {spec.kind} spec; train it with `pocketdiff train decoder`")
@@ -141,12 +149,6 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
     if mapping is not None:
         say(f"  -> proxy {train_spec.spec_id} {encode(train_spec)} (channels {mapping['channels'][0]} -> "
             f"{mapping['channels'][1]}; --as-is trains the spec itself)")
-    config = config_from_flags(a, LoopConfig)
-    config.validate()
-    step_distill = None
-    if a.step_distill is not None:
-        step_distill = config_from_flags(a, StepDistillConfig, sampler_steps=a.step_distill)
-        config = dataclasses.replace(config, sample_steps=a.step_distill, cfg_scale=1.0)  # guidance is distilled in
     objective, teacher_line = distillation_objective(
         a.teacher, train_spec, prompts, data, KDWeighting(a.kd, a.kd_shape, a.kd_share), not a.no_feature_kd,
         a.teacher_dtype, step_distill, a.init)

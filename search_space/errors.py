@@ -14,3 +14,18 @@ class UserError(ValueError):
 
 class SpecError(UserError):
     """A spec value is invalid; the message names the field and how to fix it."""
+
+
+MAX_SEED = 2 ** 32 - 1  # numpy's generators and Optuna's samplers take seeds from 0 to 2**32 - 1
+
+
+def seed_arg(text: str) -> int:
+    """An argparse type for `--seed`: a whole number from 0 to MAX_SEED (a larger one fails deep in a sampler)."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..{MAX_SEED} (2**32 - 1)")
+    return value

@@ -27,7 +27,7 @@ from typing import Any
 
 from evaluators import registry
 from search_space.sampling import SearchSpace, parse_space
-from search_space.errors import SpecError
+from search_space.errors import MAX_SEED, SpecError
 from training.budget import Budget
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
@@ -285,6 +285,8 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
         v = st.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise _err(path, f"[study] {key} = {v!r} must be a non-negative integer")
+    if isinstance(st.get("seed"), int) and st["seed"] > MAX_SEED:
+        raise _err(path, f"[study] seed = {st['seed']} must be at most {MAX_SEED} (2**32 - 1): the samplers' limit")
     for key in ("heartbeat_interval", "grace_period"):  # Optuna refuses 0 deep inside the storage
         if st.get(key) == 0:
             raise _err(path, f"[study] {key} = 0 must be at least 1 (seconds)")

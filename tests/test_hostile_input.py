@@ -107,13 +107,33 @@ def _cli(argv: list[str]) -> tuple[int, str]:
     (["latency", "predict", "--timm", "fastvit_t8", "--input", "1x3x224", "--device", "a17pro"], "BATCHx3xHxW"),
     (["latency", "predict", "tiny-debug", "--weight-bits", "0", "--device", "a17pro"], "weight bits 0"),
     (["study", "run", "{tmp}/s.toml", "--n-trials", "-3", "--no-progress"], "--n-trials -3"),
+    (["study", "run", "{tmp}/big-seed.toml", "--no-progress"], "seed = 4294967296 must be at most 4294967295"),
+    (["train", "unet", "tiny-debug", "--lr", "inf", "--out", "{tmp}/r"], "lr=inf must be a finite number > 0"),
+    (["train", "unet", "tiny-debug", "--ema-decay", "nan", "--out", "{tmp}/r"], "ema_decay=nan must be a finite"),
+    (["train", "unet", "tiny-debug", "--cfg-scale", "nan", "--out", "{tmp}/r"], "cfg_scale=nan must be a finite"),
+    (["train", "unet", "tiny-debug", "--seed", str(2 ** 70), "--out", "{tmp}/r"], "seed=1180591620717411303424 "),
+    (["eval", "quality", "tiny-debug", "--budget", "1e400steps"], "budget '1e400steps' is too large"),
+    (["eval", "quality", "tiny-debug", "--budget", "\u0663\u0660steps"], "is not understood"),
 ])
 def test_cli_mistakes_are_one_line_exit_2(tmp_path, argv, says):
     (tmp_path / "list.json").write_text("[1, 2]")
     studyfiles.write(tmp_path / "s.toml", _study(**{"study.storage": f"sqlite:///{tmp_path}/s.db"}))
+    studyfiles.write(tmp_path / "big-seed.toml", _study(**{"study.storage": f"sqlite:///{tmp_path}/b.db",
+                                                           "study.seed": 2 ** 32}))
     code, err = _cli([a.format(tmp=tmp_path) for a in argv])
+    assert not (tmp_path / "r").exists() and not (tmp_path / "b.db").exists()  # refused before any work
     assert code == 2 and says in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["eval", "quality", "tiny-debug", "--seed", str(2 ** 70)],
+                                  ["eval", "compare", "fig3-a", "fig3-b", "--seed", "-1"],
+                                  ["sample", "{tmp}", "--prompt", "a digit", "--seed", str(2 ** 32)]])
+def test_a_seed_outside_the_samplers_range_is_an_argparse_error(tmp_path, argv):
+    """Flags checked by their argparse type end as argparse does: the usage, then one error line (exit 2)."""
+    code, err = _cli([a.format(tmp=tmp_path) for a in argv])
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith("is outside 0..4294967295 (2**32 - 1)"), err
 
 
 def test_study_run_exits_1_when_every_trial_failed(tmp_path):

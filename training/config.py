@@ -8,11 +8,12 @@ Torch-free on purpose: the CLI builds its flags from this module without loading
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from search_space.errors import UserError
+from search_space.errors import MAX_SEED, UserError
 
-from .budget import WARMUP_STEPS
+from .budget import LIMITS, WARMUP_STEPS
 
 
 class TrainError(UserError, RuntimeError):
@@ -79,8 +80,26 @@ class LoopConfig:
         for name in ("autocast", "grad_checkpoint"):
             if getattr(self, name) not in AUTO_ON_OFF:
                 raise TrainError(f"{name}={getattr(self, name)!r} is not one of {', '.join(AUTO_ON_OFF)}")
-        if not self.lr > 0:
-            raise TrainError(f"lr={self.lr} must be positive")
+        _check_numbers(self, TrainError, {
+            "lr": (0, 10, False), "weight_decay": (0, 10, True), "min_lr_ratio": (0, 1, True),
+            "grad_clip": (0, math.inf, False), "ema_decay": (0, 1, True), "cond_dropout": (0, 1, True),
+            "cfg_scale": (0, 100, True)})
+        for name, high in (("steps", LIMITS["steps"]), ("seed", MAX_SEED), ("batch_size", 1 << 16),
+                           ("warmup_steps", LIMITS["steps"]), ("sample_every", LIMITS["steps"]),
+                           ("fd_samples", 100_000), ("sample_steps", 10_000), ("keep_checkpoints", 10_000)):
+            if not 0 <= getattr(self, name) <= high:
+                raise TrainError(f"{name}={getattr(self, name)} must be within 0..{high}")
+        if self.keep_checkpoints < 1:
+            raise TrainError(f"keep_checkpoints={self.keep_checkpoints} must be >= 1")
+
+
+def _check_numbers(config, error: type, ranges: dict[str, tuple[float, float, bool]]) -> None:
+    """Each named field a finite number within [low, high] (low itself only where allowed): NaN and inf are
+    refused here, before a run that would end "ok" with NaN losses or store them in a checkpoint."""
+    for name, (low, high, low_ok) in ranges.items():
+        v = getattr(config, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and (v >= low if low_ok else v > low) and v <= high):
+            raise error(f"{name}={v} must be a finite number {'>=' if low_ok else '>'} {low:g} and <= {high:g}")
 
 
 # --- step distillation (training/step_distill.py) ------------------------------------------------------------
@@ -122,3 +141,5 @@ class StepDistillConfig:
             raise StepDistillError(f"teacher_substeps={self.teacher_substeps} must be >= 1")
         if not 0 <= self.rollout_share <= 1 or not 0 <= self.adv_start <= 1:
             raise StepDistillError("rollout_share and adv_start are shares within [0, 1]")
+        _check_numbers(self, StepDistillError, {"teacher_cfg": (0, 100, True), "task_weight": (0, 1e6, True),
+                                                 "adv_weight": (0, 1e6, True), "disc_lr": (0, 10, False)})
