@@ -6,6 +6,7 @@ the same message in both; see docs/specs-and-presets.md.
 from __future__ import annotations
 
 from . import paths
+from .errors import SpecError
 from .spec import RENAMED_FIELDS, Spec, renamed_field
 
 
@@ -18,6 +19,9 @@ def apply_overrides(spec: Spec, overrides: list[str] | tuple[str, ...]) -> Spec:
     d = spec.to_dict()
     for item in overrides:
         key, value = paths.parse_assignment(item)
+        if key == "schema":
+            raise SpecError(f"--set {item}: schema is the version of the spec format, not a design field; "
+                                  f"a spec file of an older schema is read and upgraded as it is")
         if "." not in key and key in RENAMED_FIELDS and RENAMED_FIELDS[key] in d:
             key = renamed_field(key, f"--set {key}")
         paths.set_path(d, key, value, where="--set ")

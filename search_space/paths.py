@@ -64,6 +64,10 @@ def set_path(d: Any, path: str, value: Any, where: str = "") -> None:
         example = next((p for p in leaves if p != path), f"{path}.0" if isinstance(current, list) else path)
         raise SpecError(f"{where}{path} is {_describe(current)}, not {_describe(value)}: set one field at a time, "
                         f"e.g. {example}=...")
+    if isinstance(current, dict) and isinstance(value, dict) and set(current) - set(value):
+        missing = sorted(set(current) - set(value))
+        raise SpecError(f"{where}{path}: an object without {', '.join(missing)} would reset those fields to their "
+                        f"defaults; set the fields you mean one at a time, e.g. {path}.{sorted(value or current)[0]}=...")
     if isinstance(node, list):
         node[int(parts[-1])] = value
     else:

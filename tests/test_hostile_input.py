@@ -104,6 +104,9 @@ def _cli(argv: list[str]) -> tuple[int, str]:
 @pytest.mark.parametrize("argv, says", [
     (["describe", "tiny-debug", "--set", "stages=3", "--no-memory"], "--set stages is a list of 2 entries, not a single value"),
     (["describe", "{tmp}/list.json", "--no-memory"], "must be a JSON object"),
+    (["describe", "tiny-debug", "--set", "schema=1", "--no-memory"], "schema is the version of the spec format"),
+    (["describe", "tiny-debug", "--set", 'stages.0={{"channels": 48}}', "--no-memory"],  # {{ }}: format()
+     "an object without cross_attention, down_layers"),
     (["latency", "predict", "--timm", "fastvit_t8", "--input", "1x3x224", "--device", "a17pro"], "BATCHx3xHxW"),
     (["latency", "predict", "tiny-debug", "--weight-bits", "0", "--device", "a17pro"], "weight bits 0"),
     (["study", "run", "{tmp}/s.toml", "--n-trials", "-3", "--no-progress"], "--n-trials -3"),
