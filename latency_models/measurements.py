@@ -124,18 +124,36 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
         return list(reader.fieldnames or []), list(reader)
 
 
+MAX_LATENCY_MS = 3_600_000.0  # [choose] an hour: no single Core ML prediction this predictor models takes longer
+FORMULA_START = ("=", "+", "-", "@")  # a spreadsheet runs a cell that starts so as a formula
+
+
 def _check_latencies(rows: list[dict], path: Path) -> None:
     bad = []
     for i, row in enumerate(rows):
         try:
-            ok = float(row["latency_ms"]) > 0
+            ok = 0 < float(row["latency_ms"]) <= MAX_LATENCY_MS  # False for nan and inf as well
         except (TypeError, ValueError):
             ok = False
         if not ok:
             bad.append(f"line {i + 2} ({row.get('latency_ms')!r})")  # line 1 is the header
     if bad:
-        raise MeasurementError(f"{path}: latency_ms must be a positive number of milliseconds; bad rows: "
-                               f"{', '.join(bad)}")
+        raise MeasurementError(f"{path}: latency_ms must be a positive, finite number of milliseconds up to "
+                               f"{MAX_LATENCY_MS:g}; bad rows: {', '.join(bad)}")
+    for i, row in enumerate(rows):
+        for column, cell in row.items():
+            text = str(cell or "").lstrip()
+            if text.startswith(FORMULA_START) and column != "latency_ms" and not _number(text):
+                raise MeasurementError(f"{path}: line {i + 2}, column {column}: {text[:40]!r} starts like a "
+                                       f"spreadsheet formula; remove the leading {text[0]!r}")
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def detect_schema(columns: list[str]) -> str:

@@ -60,11 +60,21 @@ def test_import_rejects_missing_columns_by_name(tmp_path):
 
 def test_import_rejects_non_positive_latency_with_line_numbers(tmp_path):
     bad = _write(tmp_path / "bad.csv", MEASUREMENT_COLUMNS, [_row("1.5"), _row("0"), _row("2"), _row("-3"),
-                                                             _row("fast")])
+                                                             _row("fast"), _row("inf"), _row("nan"), _row("1e308")])
     with pytest.raises(MeasurementError) as e:
         read_measurements(bad)
-    assert "line 3" in str(e.value) and "line 5" in str(e.value) and "line 6" in str(e.value)
-    assert "line 2" not in str(e.value) and "line 4" not in str(e.value)
+    for line in (3, 5, 6, 7, 8, 9):
+        assert f"line {line} " in str(e.value)
+    assert "line 2 " not in str(e.value) and "line 4 " not in str(e.value)
+
+
+def test_import_refuses_a_cell_that_a_spreadsheet_would_run(tmp_path):
+    row = _row("1.5")
+    row[0] = "=HYPERLINK(\"http://x\")"  # the model column
+    bad = _write(tmp_path / "bad.csv", MEASUREMENT_COLUMNS, [_row("1.5"), row])
+    with pytest.raises(MeasurementError, match=r"line 3, column model: .* starts like a spreadsheet formula"):
+        import_measurements(bad, tmp_path / "store.csv")
+    assert not (tmp_path / "store.csv").exists()  # nothing stored
 
 
 def test_import_appends_valid_rows(tmp_path):
