@@ -99,8 +99,10 @@ def cmd_run(args) -> int:
           f"{', '.join(f'{m} ({d})' for m, d in cfg.objectives)}" + (f"  {jobs} worker processes" if jobs > 1 else ""))
     rungs = cfg.quality.rungs
     if rungs:
+        when = ("once the rung is complete" if rungs.promotion == "synchronous"
+                else "as its candidates finish")
         print(f"successive halving: rungs {' -> '.join(map(str, rungs.budgets))}, the best 1/{rungs.reduction} of "
-              f"each rung promoted, {cfg.n_trials} candidates at the first rung")
+              f"each rung promoted {when}, {cfg.n_trials} candidates at the first rung")
         if "budget" in cfg.quality.written:
             print(f"  [quality] budget = {cfg.quality.written['budget']!r} is not used: each rung sets its trials' "
                   f"budget")
