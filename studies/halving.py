@@ -209,9 +209,17 @@ def rung_closed(trials: Sequence[FrozenTrial], rung: int, rungs: Rungs) -> bool:
         return False
     if rung == 0:
         return first_rung_full(trials, rungs.candidates)
-    below = rung_candidates(trials, rung - 1)
+    finished = rung_candidates(trials, rung - 1)
+    due = min(len(finished) // rungs.reduction, len(_rankable(finished.values())))  # what due_promotions gives
     claimed = {rec.candidate for _, rec in records if rec.rung == rung}
-    return rung_closed(trials, rung - 1, rungs) and len(claimed) >= len(below) // rungs.reduction
+    return rung_closed(trials, rung - 1, rungs) and len(claimed) >= due
+
+
+def _rankable(finished: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The finished candidates a promotion can rank: complete, with values, feasible; in trial order."""
+    return sorted((t for t in finished if t.state == TrialState.COMPLETE and t.values is not None and feasible(t)),
+                  key=lambda t: t.number)
+
 
 @dataclass(frozen=True)
 class Promotion:
@@ -238,9 +246,7 @@ def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequ
         k = len(finished) // rungs.reduction
         if k == 0:
             continue
-        ranked = [t for t in finished.values()
-                  if t.state == TrialState.COMPLETE and t.values is not None and feasible(t)]
-        ranked.sort(key=lambda t: t.number)
+        ranked = _rankable(finished.values())
         columns, ranked_by = (ranking_objectives(names, r, rung_regime(trials, r)) if names is not None
                               else (list(range(len(directions))), ""))
         values = np.array([[t.values[i] for i in columns] for t in ranked])

@@ -159,6 +159,20 @@ def test_synchronous_promotion_waits_for_the_closed_rung_and_promotes_its_share_
     assert due_promotions(study.get_trials(), synchronous, ["minimize"]) == []  # floor(1 / 3) = 0 to rung 2
 
 
+def test_a_synchronous_rung_with_infeasible_candidates_still_closes():
+    """Rung 0 promotes fewer than its share when only one candidate is feasible; rung 1 must close on that one,
+    or rung 2 would wait for ever."""
+    rungs = Rungs((Budget(steps=1), Budget(steps=3), Budget(steps=9)), 3, promotion="synchronous", candidates=6)
+    study = optuna.create_study(directions=["minimize"])
+    for i in range(6):
+        study.add_trial(optuna.trial.create_trial(  # c1..c5 break a constraint (a value > 0): infeasible
+            values=[float(i)], user_attrs={"rung": 0, "candidate": f"c{i}"},
+            system_attrs={"constraints": [0.0 if i == 0 else 1.0]}))
+    assert [p.candidate for p in due_promotions(study.get_trials(), rungs, ["minimize"])] == ["c0"]
+    study.add_trial(optuna.trial.create_trial(values=[0.0], user_attrs={"rung": 1, "candidate": "c0"}))
+    assert halving.rung_closed(study.get_trials(), 1, rungs)
+
+
 def test_a_first_rung_of_failures_and_duplicates_is_full_when_the_sampler_is_stuck():
     study = optuna.create_study(directions=["minimize"])
     for i in range(9):  # nine attempts that all re-proposed one design: 1 candidate, 9 attempts of 3 x 3
