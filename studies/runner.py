@@ -108,7 +108,7 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     _retry_presets(cfg, study, echo)
     stats = RunStats(workers=jobs)
     objective = Objective(cfg, study, stats, artifact_dir(cfg))
-    before = {t.number for t in study.get_trials(deepcopy=False)}
+    before = _ended(study)
     others = []
     if jobs > 1:
         one_thread()
@@ -125,10 +125,20 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     return study, stats
 
 
+_ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _ended(study: optuna.Study) -> set[int]:
+    """The trials that ended before this run; a queued preset or promotion (WAITING now) that a local worker
+    runs belongs to this run's count."""
+    return {t.number for t in study.get_trials(deepcopy=False, states=_ENDED)}
+
+
 def _count_other_workers(study: optuna.Study, stats: RunStats, before: set[int]) -> None:
-    """Add the trials the local workers finished in this run to this process's stats (states, evaluator time)."""
+    """Add the trials the local workers finished in this run (any trial that had not ended when it began) to
+    this process's stats (states, evaluator time)."""
     me = os.getpid()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+    for t in study.get_trials(deepcopy=False, states=_ENDED):
         rec = TrialRecord.of(t)
         if t.number not in before and rec.worker[1] != me:
             stats.states.append(t.state.name)

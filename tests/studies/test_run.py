@@ -331,3 +331,23 @@ def test_a_failed_enqueued_preset_is_retried_once_and_the_run_says_so(tmp_path, 
     assert main(run) == 1  # not enqueued a third time
     study = optuna.load_study(study_name="q", storage=f"sqlite:///{tmp_path}/s.db")
     assert sum(t.user_attrs.get("enqueued_preset") == "snapgen-unet" for t in study.get_trials()) == 2
+
+
+def test_the_run_counts_a_queued_trial_that_another_worker_ran(tmp_path, monkeypatch):
+    """A preset enqueued before the run (WAITING when it starts) and run by a local worker is part of the run:
+    the main job's summary said "in 7 trials" for 8, leaving out the preset the second worker ran."""
+    from studies import runner
+    from studies.objective import RunStats
+
+    cfg = load_study_file(_study_file(tmp_path, n_trials=2), storage=f"sqlite:///{tmp_path}/s.db")
+    study = open_study(cfg)
+    study.enqueue_trial({}, user_attrs={"enqueued_preset": "snapgen-unet"})
+    study.add_trial(optuna.trial.create_trial(values=[1.0, 1.0], user_attrs={"worker_pid": 1}))  # an earlier run
+    before = runner._ended(study)
+    queued = study.ask()  # the local worker (another PID) takes the queued trial and finishes it
+    queued.set_user_attr("worker_pid", os.getpid() + 1)
+    queued.set_user_attr("evaluator_seconds", 12.5)
+    study.tell(queued, [2.0, 2.0])
+    stats = RunStats(workers=2)
+    runner._count_other_workers(study, stats, before)
+    assert stats.states == ["COMPLETE"] and stats.evaluator_seconds == 12.5
