@@ -102,9 +102,7 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     if ghosts:
         echo(f"re-queued {len(ghosts)} trial(s) whose process on this host is gone: "
              f"{', '.join(map(str, ghosts))}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # other hosts' killed runs (heartbeat expired)
+    _fail_stale(study)  # other hosts' killed runs (heartbeat expired)
     _retry_presets(cfg, study, echo)
     stats = RunStats(workers=jobs)
     objective = Objective(cfg, study, stats, artifact_dir(cfg))
@@ -216,14 +214,21 @@ def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_
                      f"promote more")
                 said = True
             time.sleep(WAIT_POLL_SECONDS)
-            fail_ghost_trials(study)  # a killed worker's trial would otherwise be waited for until its heartbeat
-            with warnings.catch_warnings():  # goes stale; either way it is failed and re-queued, and run here
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            # a killed worker's trial: failed and re-queued (then run here) at once on this host, by heartbeat
+            # elsewhere
+            fail_ghost_trials(study)
+            _fail_stale(study)
             continue
         said = False
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[summary], gc_after_trial=True)
         ran += 1
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Fail (and re-queue) the trials whose heartbeat went stale: Optuna's rule for other hosts' killed runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _retry_presets(cfg: StudyConfig, study: optuna.Study, echo: Callable[[str], None]) -> None:
