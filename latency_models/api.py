@@ -147,3 +147,8 @@ def predict_latency(spec_or_module, input_shape: tuple[int, ...] | None, device:
     "iphone15pro"). See `predict` for what `spec_or_module` and `input_shape` may be."""
     p = predict(spec_or_module, input_shape, device, **kwargs)
     return p.ms, (p.low_ms, p.high_ms)
+
+
+def ratio_features(r) -> tuple:
+    """(features of model_before, features of model_after) of a ratios.RatioMeasurement, from the cached walk."""
+    return tuple(model_features(name, None, r.latent, r.batch, 16)[0] for name in (r.model_before, r.model_after))

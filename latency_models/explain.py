@@ -116,3 +116,20 @@ def compare(a: dict, b: dict, top: int = 8) -> dict:
             "per_block_ms": diff("per_block_ms"), "per_term_ms": diff("per_term_ms") if a["per_term_ms"] else {},
             "largest_changes": [{"stage": k[0], "block": k[1], "kind": k[2], "delta_ms": d, "a_ms": x, "b_ms": y}
                                 for k, d, x, y in moves[:top]]}
+
+
+def ratio_evidence(a: dict, b: dict, profile_dir=None) -> dict:
+    """The predicted latency(B) / latency(A) without the protocol overhead (as ratio rows are stated), its 80%
+    band from the fit's leave-one-ratio-out errors, and the published ratio when the chip's profile holds one
+    for this pair at this input."""
+    profile = profiles.load_profile(a["chip"], profile_dir)
+    ratio = (b["total_ms"] - b["overhead_ms"]) / (a["total_ms"] - a["overhead_ms"])
+    band = profile.get("ratio_band") or {}
+    hw = band.get("log_half_width")
+    shape = [int(s) for s in str(a["input_shape"]).split("x")]  # breakdown's "BxCxHxW"
+    published = [x for x in profile.get("ratios", []) if x["before"] == a["model"] and x["after"] == b["model"]
+                 and x["latent"] == shape[-1] and x["batch"] == shape[0]]
+    return {"ratio": ratio, "low": None if hw is None else ratio * np.exp(-hw),
+            "high": None if hw is None else ratio * np.exp(hw), "band_from": band.get("from"),
+            "published": published[0] if published else None, "in_fit": bool(profile.get("ratios_in_fit"))}
+

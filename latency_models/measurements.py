@@ -141,11 +141,16 @@ def _check_latencies(rows: list[dict], path: Path) -> None:
         raise MeasurementError(f"{path}: latency_ms must be a positive, finite number of milliseconds up to "
                                f"{MAX_LATENCY_MS:g}; bad rows: {', '.join(bad)}")
     for i, row in enumerate(rows):
-        for column, cell in row.items():
-            text = str(cell or "").lstrip()
-            if text.startswith(FORMULA_START) and column != "latency_ms" and not _number(text):
-                raise MeasurementError(f"{path}: line {i + 2}, column {column}: {text[:40]!r} starts like a "
-                                       f"spreadsheet formula; remove the leading {text[0]!r}")
+        check_formula_cells(path, i + 2, row, skip=("latency_ms",))
+
+
+def check_formula_cells(path: Path, line: int, row: dict, skip=()) -> None:
+    """Refuse a cell a spreadsheet would run as a formula (a leading =, +, - or @ that is not a number)."""
+    for column, cell in row.items():
+        text = str(cell or "").lstrip()
+        if column and column not in skip and text.startswith(FORMULA_START) and not _number(text):
+            raise MeasurementError(f"{path}: line {line}, column {column}: {text[:40]!r} starts like a "
+                                   f"spreadsheet formula; remove the leading {text[0]!r}")
 
 
 def _number(text: str) -> bool:

@@ -28,7 +28,7 @@ from .features import OP_CLASSES
 from .measurements import Measurement
 
 PROFILE_FORMAT = "pocketdiff-latency-profile"
-PROFILE_VERSION = 2  # bump when the JSON layout or the model form changes
+PROFILE_VERSION = 3  # bump when the JSON layout or the model form changes (3: on-chip memory factor, ratio rows)
 
 def load_profile(chip: str, profile_dir: Path | None = None) -> dict:
     path = Path(profile_dir or PROFILE_DIR) / f"{chip}.json"
@@ -48,7 +48,7 @@ def roofline_from_profile(profile: dict) -> roofline.RooflineModel:
     r = profile["model"]["roofline"]
     chip = profile["chip"]
     return roofline.RooflineModel(r["shared"], {chip: r["peak_factor"]}, {chip: r["bandwidth_factor"]},
-                                  r["overheads_ms"], r["protocol_scale"])
+                                  r["overheads_ms"], r["protocol_scale"], {chip: r["sram_factor"]})
 
 
 def model_from_profile(profile: dict) -> predictor.FittedModel:
@@ -74,28 +74,45 @@ def measurements_from_profiles(profile_dir: Path | None = None) -> tuple[list[Me
     return ms, totals
 
 
-def _fit_id(measurements: list[Measurement]) -> str:
-    h = hashlib.sha1(json.dumps([m.to_dict() for m in measurements], sort_keys=True).encode())
+def _fit_id(measurements: list[Measurement], ratios=()) -> str:
+    h = hashlib.sha1(json.dumps([m.to_dict() for m in measurements] + [r.to_dict() for r in ratios],
+                                sort_keys=True).encode())
     h.update(f"{predictor.FEATURE_VERSION}|{predictor.CLASS_RIDGE}|{PROFILE_VERSION}|roofline".encode())
     return h.hexdigest()[:12]
 
 
 def build_profiles(measurements: list[Measurement], features: list | None = None,
-                   out_dir: Path | None = None, progress=None) -> dict[str, dict]:
-    """Fit both models on all in-fit measurements, compare them held out, write one profile per chip."""
+                   out_dir: Path | None = None, progress=None, ratios=(), ratio_features=None,
+                   fit_ratios: bool = False) -> dict[str, dict]:
+    """Fit both models on all in-fit measurements, compare them held out, write one profile per chip.
+
+    `ratios` (ratios.RatioMeasurement) are checked against the fitted roofline; with `fit_ratios` the roofline
+    is also fitted on them (and each is then checked by a refit without it). They are not fitted by default:
+    on the published rows, fitting them costs held-out accuracy on every other family (docs/latency.md).
+    """
     measurements = [m for m in measurements if m.in_fit]
+    ratios = list(ratios)
     if features is None:
         features = []
         for m in measurements:
             features.append(predictor.measurement_features(m))
             if progress:
                 progress(m)
+    if ratios and ratio_features is None:
+        raise ValueError("build_profiles: pass ratio_features (api.ratio_features of each ratio row) with ratios")
+    ratio_features = list(ratio_features or [])
     totals = [f.totals for f in features]
+    fused = [f.fused for f in features]
+    rfused = [(a.fused, b.fused) for a, b in ratio_features]
     linear = predictor.fit(measurements, totals)
-    roof = roofline.fit_roofline(measurements, [f.fused for f in features])
-    report = validation.compare(measurements, features)
+    fitted = (ratios, rfused) if fit_ratios else ((), ())
+    roof = roofline.fit_roofline(measurements, fused, ratios=fitted[0], ratio_fused=fitted[1])
+    report = validation.compare(measurements, features, *fitted[:1], ratio_features if fit_ratios else ())
+    held = (roofline.held_out_ratios(measurements, fused, ratios, rfused) if fit_ratios else
+            np.array([roofline.predicted_ratio(roof, a, b, r.chip) for r, (a, b) in zip(ratios, rfused)]))
+    report["ratios"] = validation.ratio_report(ratios, ratio_features, roof, held) | {"in_fit": fit_ratios}
     residuals = report.pop("residuals")
-    fit_id = _fit_id(measurements)
+    fit_id = _fit_id(measurements, fitted[0])
     out_dir = Path(out_dir or PROFILE_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     profiles = {}
@@ -133,6 +150,7 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
                     "form": "sum over fused ops of smoothmax(compute, memory) + dispatch, + overhead[protocol]",
                     "shared": roof.shared, "peak_factor": roof.chip_peak.get(chip, 1.0),
                     "bandwidth_factor": roof.chip_bw.get(chip, 1.0),
+                    "sram_factor": roof.chip_sram.get(chip, 1.0),
                     "published": None if facts is None else dict(vars(facts)),
                     "overheads_ms": {p: roof.overheads.get(p, 0.0) for p in sorted(set(protocols))},
                     "protocol_scale": {p: roof.protocol_scale.get(p, 1.0) for p in sorted(set(protocols))}},
@@ -146,7 +164,9 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
                                   "effective_class_terms": linear.class_coefficients()}},
             },
             "band": bands,
+            "ratio_band": report["ratios"]["band"], "ratios_in_fit": fit_ratios,
             "measurements": [measurements[i].to_dict() | {"features": totals[i]} for i in mine],
+            "ratios": [x for x in report["ratios"]["rows"] if x["chip"] == chip],
             "validation": report["chips"][chip],
         }
         (out_dir / f"{chip}.json").write_text(json.dumps(profile, indent=1, sort_keys=False) + "\n")

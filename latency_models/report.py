@@ -95,9 +95,53 @@ def write_reports(profiles: dict[str, dict], report: dict, out_dir: Path) -> lis
         path = out_dir / f"{chip}.md"
         path.write_text("\n".join(text) + "\n")
         paths.append(path)
+    if report.get("ratios", {}).get("rows"):
+        path = out_dir / "ratios.md"
+        path.write_text("\n".join(format_ratios(report["ratios"], report["fit_id"])) + "\n")
+        paths.append(path)
     path = out_dir / "validation.json"
     path.write_text(json.dumps({"fit_id": report["fit_id"], "roofline_shared": report.get("roofline_shared"),
-                                "regimes": report.get("regimes"), "chips": report["chips"], "rows": report["rows"]},
-                               indent=1) + "\n")
+                                "regimes": report.get("regimes"), "chips": report["chips"], "rows": report["rows"],
+                                "ratios": report.get("ratios")}, indent=1) + "\n")
     paths.append(path)
     return paths
+
+
+def _chg(r) -> str:
+    return "n/a" if r is None else f"{100 * (r - 1):+.1f}%"
+
+
+def format_ratios(ratios: dict, fit_id: str) -> list[str]:
+    """The ratio rows' table and the decision accuracy of the roofline against FLOPs-only and params-only."""
+    acc, band = ratios["decision_accuracy"], ratios["band"]
+    if ratios.get("in_fit"):
+        how = ("Regenerate: `pocketdiff latency fit --fit-ratios`. The roofline was fitted on these rows. *fitted*: "
+               "in-sample; *held out*: refitted without that ratio row (leave-one-ratio-out), on all latency rows "
+               "and the other ratio rows.")
+    else:
+        how = ("Regenerate: `pocketdiff latency fit`. The roofline was NOT fitted on these rows (`--fit-ratios` "
+               "fits them; docs/latency.md says what that costs), so *fitted* and *held out* are the same "
+               "out-of-fit prediction.")
+    out = [f"# Design changes: published vs predicted (fit {fit_id})", "",
+           "Each row is latency(after) / latency(before) on one chip, without the protocol overhead, written as a "
+           "change. " + how + " *FLOPs-only* and *params-only*: the change in multiply-accumulates or parameters, "
+           "what a cost-blind search would use.",
+           "", "| before -> after | chip | input | published | fitted | held out | FLOPs-only | params-only |",
+           "|---|---|---|---:|---:|---:|---:|---:|"]
+    for x in ratios["rows"]:
+        out.append(f"| {x['before']} -> {x['after']} | {x['chip']} | {x['batch']}x{x['latent']}x{x['latent']} "
+                   f"| {_chg(x['published'])} | {_chg(x['fitted'])} | {_chg(x['held_out'])} "
+                   f"| {_chg(x['flops_only'])} | {_chg(x['params_only'])} |")
+    out += ["", f"Decision accuracy (right sign and within {ratios['decision_points']:g} percentage points of the "
+            f"published change), over {len(ratios['rows'])} single-change pairs:", "",
+            "| method | right | share |", "|---|---:|---:|"]
+    for k, a in acc.items():
+        out.append(f"| {k.replace('_', '-')} | {a['right']}/{a['n']} | {_f(a['share'], True)} |")
+    if band["log_rms"] is not None:
+        hw = band["log_half_width"]
+        out += ["", f"Band of a predicted change (`latency explain --compare`): x{math.exp(-hw):.2f}"
+                f" .. x{math.exp(hw):.2f} on the ratio, 80% of a normal with the "
+                f"{band['from']} (log RMS {band['log_rms']:.3f}). With {band['n']} rows this is a rough width, "
+                f"not a calibrated one."]
+        out += ["", "Rows: " + "; ".join(f"{x['before']} -> {x['after']}: {x['source']}" for x in ratios["rows"])]
+    return out

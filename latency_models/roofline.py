@@ -187,10 +187,18 @@ SHARED = (
     ("k_half", 16.0, 1.0, 1e4, 2.0),
     ("dispatch_us", 20.0, 0.5, 500.0, 2.0),
     ("l2_ratio", 8.0, 1.0, 100.0, 2.0),  # on-chip vs DRAM bandwidth
+    # Reduction length (input channels x kernel area) past which a dense conv's rate rolls off: a long reduction
+    # accumulates over several passes of the engine. No published figure: a wide prior, set by the data (the
+    # published design-chain ratios pin it; docs/latency.md).
+    ("k_pass", 16384.0, 64.0, 1e6, 2.0),
 )
 SHARED_NAMES = tuple(s[0] for s in SHARED)
 CHIP_PEAK_SIGMA = 0.35  # log-units: published ratings are marketing figures, int8 vs fp16 ambiguity
 CHIP_BW_SIGMA = 0.7  # the ANE's share of DRAM bandwidth is not published
+# On-chip memory is published for two chips only, by reverse engineering (chips.py); every other chip borrows
+# its generation's figure, so the fitted factor gets a wide prior (a factor e at one sigma).
+CHIP_SRAM_SIGMA = 1.0
+K_PASS_EXPONENT = 0.5  # how a dense conv's rate falls with reduction length (op_terms)
 # Measuring protocols differ in runtime (Core ML in Xcode, MPSGraph, the private ANE client, 2020 neuralnetwork
 # models, apps whose compute unit is not stated), so each protocol scales the model too, not only adds an
 # overhead; a protocol without training rows keeps factor 1.
@@ -204,6 +212,7 @@ class RooflineModel:
     chip_bw: dict[str, float]  # factor on the published DRAM bandwidth
     overheads: dict[str, float]  # protocol -> ms
     protocol_scale: dict[str, float] = dataclasses.field(default_factory=dict)  # protocol -> factor
+    chip_sram: dict[str, float] = dataclasses.field(default_factory=dict)  # factor on the published on-chip memory
 
     def chip_terms(self, chip: str) -> tuple[float, float, float] | None:
         """(peak FLOP/s, DRAM bytes/s, on-chip bytes) of a chip, or None for a chip with no published facts."""
@@ -211,7 +220,7 @@ class RooflineModel:
         if f is None:
             return None
         return (f.peak_tflops_fp16 * 1e12 * self.chip_peak.get(chip, 1.0),
-                f.dram_gbps * 1e9 * self.chip_bw.get(chip, 1.0), f.sram_mb * 1e6)
+                f.dram_gbps * 1e9 * self.chip_bw.get(chip, 1.0), f.sram_mb * 1e6 * self.chip_sram.get(chip, 1.0))
 
     def op_terms(self, fused: Fused, chip: str) -> dict[str, np.ndarray] | None:
         """Per fused op: compute, memory, dispatch and total milliseconds on `chip`."""
@@ -232,7 +241,7 @@ class RooflineModel:
     @classmethod
     def from_json(cls, d: dict) -> "RooflineModel":
         return cls(dict(d["shared"]), dict(d["chip_peak"]), dict(d["chip_bw"]), dict(d["overheads"]),
-                   dict(d.get("protocol_scale", {})))
+                   dict(d.get("protocol_scale", {})), dict(d.get("chip_sram", {})))
 
 
 def op_terms(fused: Fused, chip_terms: tuple[float, float, float], p: dict[str, float]) -> dict[str, np.ndarray]:
@@ -243,6 +252,12 @@ def op_terms(fused: Fused, chip_terms: tuple[float, float, float], p: dict[str, 
     rows = np.maximum(fused.rows / slices, 1.0)
     k = np.maximum(fused.k, 1.0)
     util = rows / (rows + p["rows_half"]) * k / (k + p["k_half"])
+    # A dense conv's rate falls with its reduction length (input channels x kernel area) as 1 + (k/k_pass)^0.5.
+    # The exponent won a held-out comparison (leave-one-family-out with the design-chain ratio rows in the fit:
+    # 0.5, 1, 2 and flat-then-rising forms; docs/latency.md). Weight re-streaming (weights read again per output
+    # tile once over a share of on-chip memory) was tried here too: it priced SD 2.1's large linears at 5x their
+    # measured time once the SD rows were held out.
+    util = util / np.where(kind == KINDS.index("conv"), 1.0 + (k / p["k_pass"]) ** K_PASS_EXPONENT, 1.0)
     is_mac = kind < len(MAC_KINDS)
     compute = np.where(is_mac, 2.0 * fused.macs / (peak * eff * util), 0.0)
     compute = compute + np.where(kind == KINDS.index("vector"), fused.elements / (peak * p["eff_vector"]), 0.0)
@@ -267,42 +282,58 @@ def _concat(fused: list[Fused]) -> tuple[Fused, np.ndarray]:
     return cat, starts
 
 
-def fit_roofline(measurements, fused: list[Fused], max_nfev: int = 200) -> RooflineModel:
+def fit_roofline(measurements, fused: list[Fused], max_nfev: int = 200, ratios=(),
+                 ratio_fused: list[tuple[Fused, Fused]] = ()) -> RooflineModel:
     """Fit shared terms, per-chip factors and protocol overheads on log errors with priors as extra residuals.
 
-    Chips without training rows keep their published figures (factor 1): the model still predicts them.
+    `ratios` (ratios.RatioMeasurement: latency(after) / latency(before) on one chip) with `ratio_fused`
+    (the fused ops of before and after) are log-space constraints: residual (log predicted ratio - log r) /
+    sigma_log. The protocol's scale cancels in a ratio and its overhead is left out (one UNet pass is hundreds of
+    milliseconds; an overhead is capped at MAX_OVERHEAD_MS). Chips without training rows keep their published
+    figures (factor 1): the model still predicts them.
     """
+    ratios, ratio_fused = list(ratios), list(ratio_fused)
     y = np.array([m.latency_ms for m in measurements], float)
-    chips = sorted({m.chip for m in measurements if m.chip in CHIPS})
+    chips = sorted({m.chip for m in measurements + ratios if m.chip in CHIPS})
     protos = sorted({m.protocol for m in measurements})
     cap = np.array([min(MAX_OVERHEAD_MS, 0.5 * min(m.latency_ms for m in measurements if m.protocol == p))
                     for p in protos])
     # Each distinct (model features, chip) pair is evaluated once per step, all pairs in one array.
     keys: dict[tuple, int] = {}
-    pair_of, pair_fused, pair_chip = [], [], []
-    for m, f in zip(measurements, fused):
-        key = (id(f), m.chip)
+    pair_fused, pair_chip = [], []
+
+    def pair(f, chip):
+        key = (id(f), chip)
         if key not in keys:
             keys[key] = len(keys)
             pair_fused.append(f)
-            pair_chip.append(m.chip)
-        pair_of.append(keys[key])
-    ok_rows = np.array([m.chip in CHIPS for m in measurements])
+            pair_chip.append(chip)
+        return keys[key]
+
+    pair_of = np.array([pair(f, m.chip) for m, f in zip(measurements, fused)], int)
+    before_of = np.array([pair(f[0], r.chip) for r, f in zip(ratios, ratio_fused)], int)
+    after_of = np.array([pair(f[1], r.chip) for r, f in zip(ratios, ratio_fused)], int)
+    ok_rows = np.array([m.chip in CHIPS for m in measurements], bool)
+    ok_ratios = np.array([r.chip in CHIPS for r in ratios], bool)
+    log_r = np.array([math.log(r.ratio) for r in ratios], float)
+    sigma_r = np.array([r.sigma_log for r in ratios], float)
     cat, starts = _concat(pair_fused)
     elem_chip = np.repeat([chips.index(c) if c in chips else 0 for c in pair_chip], [len(f) for f in pair_fused])
     base_peak = np.array([CHIPS[c].peak_tflops_fp16 * 1e12 for c in chips])
     base_bw = np.array([CHIPS[c].dram_gbps * 1e9 for c in chips])
-    sram = np.array([CHIPS[c].sram_mb * 1e6 for c in chips])[elem_chip]
-    proto_idx = np.array([protos.index(m.protocol) for m in measurements])
+    base_sram = np.array([CHIPS[c].sram_mb * 1e6 for c in chips])
+    proto_idx = np.array([protos.index(m.protocol) for m in measurements], int)
     n_s, n_c, n_p = len(SHARED), len(chips), len(protos)
-    lo = np.concatenate([[math.log(s[2]) for s in SHARED], np.full(2 * n_c, -3.0), np.zeros(n_p),
+    # x = [shared log-terms | chip log-peak | chip log-bandwidth | chip log-sram | overheads | protocol log-scales]
+    lo = np.concatenate([[math.log(s[2]) for s in SHARED], np.full(3 * n_c, -3.0), np.zeros(n_p),
                          np.full(n_p, -3.0)])
-    hi = np.concatenate([[math.log(s[3]) for s in SHARED], np.full(2 * n_c, 3.0), cap + 1e-12, np.full(n_p, 3.0)])
-    x0 = np.clip(np.concatenate([[math.log(s[1]) for s in SHARED], np.zeros(2 * n_c), cap * 0.1, np.zeros(n_p)]),
+    hi = np.concatenate([[math.log(s[3]) for s in SHARED], np.full(3 * n_c, 3.0), cap + 1e-12, np.full(n_p, 3.0)])
+    x0 = np.clip(np.concatenate([[math.log(s[1]) for s in SHARED], np.zeros(3 * n_c), cap * 0.1, np.zeros(n_p)]),
                  lo, hi)
-    o = n_s + 2 * n_c  # offsets of the protocol overheads, then the protocol log-scales
+    o = n_s + 3 * n_c  # offsets of the protocol overheads, then the protocol log-scales
     prior_mu = np.array([math.log(s[1]) for s in SHARED])
     prior_sd = np.array([s[4] for s in SHARED])
+    chip_sd = np.repeat([CHIP_PEAK_SIGMA, CHIP_BW_SIGMA, CHIP_SRAM_SIGMA], n_c)
     # Rows weigh by 1/sqrt(rows of their model and chip): repeated rows of one model do not dominate.
     counts: dict[tuple, int] = {}
     for m in measurements:
@@ -313,30 +344,55 @@ def fit_roofline(measurements, fused: list[Fused], max_nfev: int = 200) -> Roofl
         shared = dict(zip(SHARED_NAMES, np.exp(x[:n_s])))
         peak = (base_peak * np.exp(x[n_s:n_s + n_c]))[elem_chip]
         bw = (base_bw * np.exp(x[n_s + n_c:n_s + 2 * n_c]))[elem_chip]
+        sram = (base_sram * np.exp(x[n_s + 2 * n_c:o]))[elem_chip]
         ms = op_terms(cat, (peak, bw, sram), shared)["ms"]
         sums = np.add.reduceat(ms, starts) if len(ms) else np.zeros(len(starts))
         pred = np.exp(x[o + n_p:][proto_idx]) * sums[pair_of] + x[o:o + n_p][proto_idx]
         res = np.where(ok_rows, (np.log(pred) - np.log(y)) * w, 0.0)
-        prior = np.concatenate([(x[:n_s] - prior_mu) / prior_sd, x[n_s:n_s + n_c] / CHIP_PEAK_SIGMA,
-                                x[n_s + n_c:o] / CHIP_BW_SIGMA, x[o + n_p:] / PROTOCOL_SCALE_SIGMA])
-        return np.concatenate([res, prior])
+        res_r = np.where(ok_ratios, (np.log(sums[after_of]) - np.log(sums[before_of]) - log_r) / sigma_r, 0.0) \
+            if len(ratios) else np.zeros(0)
+        prior = np.concatenate([(x[:n_s] - prior_mu) / prior_sd, x[n_s:o] / chip_sd,
+                                x[o + n_p:] / PROTOCOL_SCALE_SIGMA])
+        return np.concatenate([res, res_r, prior])
 
-    sol = least_squares(residuals, x0, bounds=(lo, hi), method="trf", max_nfev=max_nfev)
-    x = sol.x
+    x = least_squares(residuals, x0, bounds=(lo, hi), method="trf", max_nfev=max_nfev).x
     return RooflineModel({k: float(v) for k, v in zip(SHARED_NAMES, np.exp(x[:n_s]))},
                          {c: float(v) for c, v in zip(chips, np.exp(x[n_s:n_s + n_c]))},
-                         {c: float(v) for c, v in zip(chips, np.exp(x[n_s + n_c:o]))},
+                         {c: float(v) for c, v in zip(chips, np.exp(x[n_s + n_c:n_s + 2 * n_c]))},
                          dict(zip(protos, map(float, x[o:o + n_p]))),
-                         dict(zip(protos, map(float, np.exp(x[o + n_p:])))))
+                         dict(zip(protos, map(float, np.exp(x[o + n_p:])))),
+                         {c: float(v) for c, v in zip(chips, np.exp(x[n_s + 2 * n_c:o]))})
 
 
-def held_out_roofline(measurements, fused: list[Fused], group_of) -> np.ndarray:
-    """Refit without each group (model or family) and predict its rows (chips then fall back to priors)."""
+def held_out_roofline(measurements, fused: list[Fused], group_of, ratios=(),
+                      ratio_fused: list[tuple[Fused, Fused]] = ()) -> np.ndarray:
+    """Refit without each group (model or family) and predict its rows (chips then fall back to priors).
+
+    Ratio rows whose group (`group_of(ratio)`: a ratio row's family is sd-unet) is held out leave the fit too.
+    """
     pred = np.full(len(measurements), math.nan)
     for g in sorted({group_of(m) for m in measurements}):
         test = [i for i, m in enumerate(measurements) if group_of(m) == g]
         train = [i for i in range(len(measurements)) if i not in set(test)]
-        model = fit_roofline([measurements[i] for i in train], [fused[i] for i in train])
+        keep = [j for j, r in enumerate(ratios) if group_of(r) != g]
+        model = fit_roofline([measurements[i] for i in train], [fused[i] for i in train],
+                             ratios=[ratios[j] for j in keep], ratio_fused=[ratio_fused[j] for j in keep])
         for i in test:
             pred[i] = model.predict(fused[i], measurements[i].chip, measurements[i].protocol)
     return pred
+
+
+def predicted_ratio(model: RooflineModel, before: Fused, after: Fused, chip: str) -> float:
+    """latency(after) / latency(before) on `chip`, without the protocol's overhead (which a ratio row omits)."""
+    return model.predict(after, chip, None) / model.predict(before, chip, None)
+
+
+def held_out_ratios(measurements, fused: list[Fused], ratios, ratio_fused: list[tuple[Fused, Fused]]) -> np.ndarray:
+    """Each ratio row predicted by a refit without it (leave-one-ratio-out), on all latency rows."""
+    out = np.full(len(ratios), math.nan)
+    for j, r in enumerate(ratios):
+        keep = [k for k in range(len(ratios)) if k != j]
+        model = fit_roofline(measurements, fused, ratios=[ratios[k] for k in keep],
+                             ratio_fused=[ratio_fused[k] for k in keep])
+        out[j] = predicted_ratio(model, *ratio_fused[j], r.chip)
+    return out

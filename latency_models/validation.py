@@ -34,17 +34,22 @@ def regime_of(totals: dict) -> str:
     return "large" if macs >= LARGE_GMACS * 1e9 else "small"
 
 
-def compare(measurements, features) -> dict:
-    """Held-out predictions and per-chip metrics of every method; `features` are predictor.ModelFeatures."""
+def compare(measurements, features, ratios=(), ratio_features=()) -> dict:
+    """Held-out predictions and per-chip metrics of every method; `features` are predictor.ModelFeatures.
+
+    Ratio rows (ratios.RatioMeasurement, with the features of their two models) stay in every roofline refit;
+    they are checked by `ratio_report`.
+    """
     y = np.array([m.latency_ms for m in measurements])
     totals = [f.totals for f in features]
     fused = [f.fused for f in features]
+    rfused = [(a.fused, b.fused) for a, b in ratio_features]
     schemes = {"leave_one_model_out": lambda m: m.model_key, "leave_one_family_out": lambda m: m.family}
     held = {}
     for name, group in schemes.items():
         lin, fl, pa = predictor.held_out_predictions(measurements, totals, group)
-        held[name] = {"roofline": roofline.held_out_roofline(measurements, fused, group), "predictor": lin,
-                      "flops_linear": fl, "params_linear": pa}
+        held[name] = {"roofline": roofline.held_out_roofline(measurements, fused, group, ratios, rfused),
+                      "predictor": lin, "flops_linear": fl, "params_linear": pa}
     report: dict = {"chips": {}, "rows": [], "regimes": {}}
     regime = [regime_of(t) for t in totals]
     lofo_all = held["leave_one_family_out"]
@@ -87,6 +92,43 @@ def compare(measurements, features) -> dict:
                                for i, m in enumerate(measurements) if np.isfinite(lofo[k][i]) and lofo[k][i] > 0}
                            for k in ADOPTABLE}
     return report
+
+
+# A design decision is read right when the predicted change has the published sign and lies within this many
+# percentage points of the published change (the issue's criterion; the paper rounds to whole percents).
+DECISION_POINTS = 10.0
+Z80 = 1.2816  # the normal quantile that puts 80% of a Gaussian between -z and z
+
+
+def ratio_report(ratios, ratio_features, model: roofline.RooflineModel, held: np.ndarray) -> dict:
+    """Per ratio row: the published change, the fit's (in-sample), the fit's without that row (held out), and
+    the FLOPs-only and parameters-only changes; then the share of rows each reads right (DECISION_POINTS), and
+    the 80% band of a predicted change from the held-out log errors."""
+    rows = []
+    for r, (a, b), h in zip(ratios, ratio_features, held):
+        rows.append({"before": r.model_before, "after": r.model_after, "chip": r.chip, "device": r.device,
+                     "latent": r.latent, "batch": r.batch, "attention": r.attention, "source": r.source,
+                     "published": r.ratio, "sigma_log": r.sigma_log,
+                     "fitted": roofline.predicted_ratio(model, a.fused, b.fused, r.chip),
+                     "held_out": _num(h), "flops_only": b.totals["flops"] / a.totals["flops"],
+                     "params_only": b.totals["params"] / a.totals["params"]})
+    methods = ("fitted", "held_out", "flops_only", "params_only")
+    accuracy = {}
+    for k in methods:
+        ok = [_decided(x["published"], x[k]) for x in rows if x[k] is not None]
+        accuracy[k] = {"n": len(ok), "right": int(sum(ok)), "share": (sum(ok) / len(ok)) if ok else None}
+    errs = [math.log(x["held_out"] / x["published"]) for x in rows if x["held_out"] is not None]
+    rms = math.sqrt(sum(e * e for e in errs) / len(errs)) if errs else None
+    band = {"log_rms": rms, "n": len(errs), "coverage": 0.8,
+            "log_half_width": None if rms is None else Z80 * rms,
+            "from": f"root-mean-square log error of {len(errs)} held-out ratio predictions"}
+    return {"rows": rows, "decision_accuracy": accuracy, "decision_points": DECISION_POINTS, "band": band}
+
+
+def _decided(published: float, predicted: float) -> bool:
+    """Right sign of the change and within DECISION_POINTS percentage points of the published one."""
+    same_sign = (published - 1.0) * (predicted - 1.0) > 0 or published == predicted == 1.0
+    return bool(same_sign and abs(100 * (predicted - published)) <= DECISION_POINTS)
 
 
 def _common(y, lofo: dict, idx) -> dict:

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                   "explain B minus the first model")
     e.add_argument("--weight-bits", type=int, default=16, help="stored weight precision (6 = palettized)")
     e.add_argument("--top", type=int, default=8, help="largest (stage, block, op kind) changes to list")
+    e.add_argument("--profiles", help="profile folder (default: the package's profiles/; `latency fit --profiles` "
+                                      "writes others)")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=cmd_explain)
 
@@ -50,12 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(func=cmd_measure)
 
     i = lsub.add_parser("import", help="validate measurement CSVs and add them to the measurement store")
-    i.add_argument("csv", nargs="+", help="CSV files (measurement or calibration schema)")
-    i.add_argument("--into", help="the store (default $POCKETDIFF_CACHE/measurements.csv)")
+    i.add_argument("csv", nargs="+", help="CSV files (measurement, calibration or ratio schema)")
+    i.add_argument("--into", help="the store (default $POCKETDIFF_CACHE/measurements.csv; ratio rows go to "
+                                  "ratios.csv beside it)")
     i.set_defaults(func=cmd_import)
 
     f = lsub.add_parser("fit", help="refit all device profiles from the calibration data and imported rows")
-    f.add_argument("--measurements", nargs="*", default=[], help="extra measurement CSVs (e.g. the store)")
+    f.add_argument("--measurements", nargs="*", default=[],
+                   help="extra measurement or ratio CSVs (e.g. the store and its ratios.csv)")
+    f.add_argument("--fit-ratios", action="store_true",
+                   help="fit the roofline on the ratio rows too (default: only check it against them); "
+                        "latency_models/reports/ratios.md says what that costs on held-out rows")
     f.add_argument("--profiles", help="where to write profiles (default: the package's profiles/)")
     f.add_argument("--reports", help="where to write reports (default: latency_models/reports/)")
     f.set_defaults(func=cmd_fit)
@@ -117,18 +124,21 @@ def _split(d: dict, total: float) -> str:
 
 
 def cmd_explain(args) -> int:
-    from latency_models.explain import breakdown, compare
+    from latency_models.explain import breakdown, compare, ratio_evidence
 
     target, shape = model_target(args)
     if args.top < 1:
         from pocketdiff.cli import UsageError
         raise UsageError("--top must be at least 1")
     a = breakdown(target, args.device, latent=args.latent, batch=args.batch, input_shape=shape,
-                  weight_bits=args.weight_bits)
+                  weight_bits=args.weight_bits, profile_dir=args.profiles)
     b = None if args.compare is None else breakdown(args.compare, args.device, latent=args.latent,
-                                                    batch=args.batch, weight_bits=args.weight_bits)
+                                                    batch=args.batch, weight_bits=args.weight_bits,
+                                                    profile_dir=args.profiles)
+    evidence = None if b is None else ratio_evidence(a, b, args.profiles)
     if args.json:
-        print(json.dumps({"a": a, "b": b, "compare": None if b is None else compare(a, b, args.top)}, indent=2))
+        print(json.dumps({"a": a, "b": b, "compare": None if b is None else compare(a, b, args.top),
+                          "ratio": evidence}, indent=2))
         return 0
     for x in (a, b) if b else (a,):
         body = x["total_ms"] - x["overhead_ms"]
@@ -146,6 +156,16 @@ def cmd_explain(args) -> int:
         return 0
     c = compare(a, b, args.top)
     print(f"{c['b']} vs {c['a']} on {c['chip']}: {c['delta_ms']:+.1f} ms ({c['delta_pct']:+.1f}%)")
+    e = evidence
+    band = ("no band: the profile has no ratio rows" if e["low"] is None else
+            f"80% band {_chg(e['low'])} .. {_chg(e['high'])} ({e['band_from']})")
+    print(f"  without overhead: {_chg(e['ratio'])}, {band}")
+    if e["published"]:
+        p = e["published"]
+        fit = ("fitted on it; refitted without it: " + _chg(p["held_out"]) if e["in_fit"]
+               else "not fitted on it (`latency fit --fit-ratios` does)")
+        print(f"  published: {_chg(p['published'])} on {p['device']} ({p['source']}); this profile was {fit}; "
+              f"FLOPs-only {_chg(p['flops_only'])}, params-only {_chg(p['params_only'])}")
     print(f"  per stage:   {_split(c['per_stage_ms'], None)}")
     print(f"  per op kind: {_split(c['per_kind_ms'], None)}")
     print(f"  per block:   {_split(c['per_block_ms'], None)}")
@@ -185,14 +205,34 @@ def _store(path: str | None) -> Path:
     return Path(path) if path else cache_root() / "measurements.csv"
 
 
+def _is_ratio_csv(path: str) -> bool:
+    import csv
+
+    from latency_models.ratios import detect
+
+    p = Path(path)
+    if not p.is_file():
+        return False  # the reader says the file is missing
+    with p.open(newline="") as f:
+        return detect(next(csv.reader(f), []))
+
+
 def cmd_import(args) -> int:
     from latency_models.measurements import import_measurements
+    from latency_models.ratios import import_ratios
 
     store = _store(args.into)
+    ratio_store = store.with_name("ratios.csv")
+    stores = []
     for path in args.csv:
-        n, where = import_measurements(path, store)
-        print(f"{path}: {n} rows valid, added to {where}")
-    print(f"next: `pocketdiff latency fit --measurements {store}` refits the device profiles")
+        if _is_ratio_csv(path):
+            n, where = import_ratios(path, ratio_store)
+            print(f"{path}: {n} ratio rows valid, added to {where}")
+        else:
+            n, where = import_measurements(path, store)
+            print(f"{path}: {n} rows valid, added to {where}")
+        stores.append(str(where))
+    print(f"next: `pocketdiff latency fit --measurements {' '.join(sorted(set(stores)))}` refits the device profiles")
     return 0
 
 
@@ -202,14 +242,28 @@ REPORT_DIR = Path(__file__).resolve().parent.parent / "latency_models" / "report
 def cmd_fit(args) -> int:
     from latency_models.measurements import load_published, read_measurements
     from latency_models.profiles import build_profiles
+    from latency_models.ratios import load_design_chain, read_ratios
     from latency_models.report import write_reports
 
-    ms = load_published()
+    ms, rs = load_published(), load_design_chain()
     for path in args.measurements:
-        ms += read_measurements(path)
-    print(f"fitting on {len(ms)} measurements ({len({m.chip for m in ms})} chips); features are cached "
-          f"after the first run", flush=True)
-    result = build_profiles(ms, out_dir=args.profiles,
+        if _is_ratio_csv(path):
+            rs += read_ratios(path)
+        else:
+            ms += read_measurements(path)
+    used = [m for m in ms if m.in_fit]
+    print(f"fitting on {len(used)} measurements ({len({m.chip for m in used})} chips; {len(ms) - len(used)} "
+          f"rows kept out of fits, see latency_models/data/README.md) and {len(rs)} ratio rows "
+          f"({'fitted' if args.fit_ratios else 'checked, not fitted'}); features are cached after the first run",
+          flush=True)
+
+    from latency_models.api import ratio_features
+
+    walks = []
+    for r in rs:
+        walks.append(ratio_features(r))
+        print(f"  features: {r.label} ({r.latent}x{r.latent} latent, batch {r.batch})", flush=True)
+    result = build_profiles(ms, out_dir=args.profiles, ratios=rs, ratio_features=walks, fit_ratios=args.fit_ratios,
                             progress=lambda m: print(f"  features: {m.model} ({m.arch})", flush=True))
     report = result.pop("_report")
     paths = write_reports(result, report, Path(args.reports) if args.reports else REPORT_DIR)
@@ -220,8 +274,23 @@ def cmd_fit(args) -> int:
               f"{_num(lofo['flops_linear']['spearman'])}  MAPE {_pct(lofo['roofline']['mape'])} / "
               f"{_pct(lofo['predictor']['mape'])} / {_pct(lofo['flops_linear']['mape'])}  -> "
               f"small: {prof['model']['adopted']['small']}, large: {prof['model']['adopted']['large']}")
+    ratios = report["ratios"]
+    if ratios["rows"]:
+        print("ratio rows (latency after / before): published, " + (
+            "fitted, held out (leave-one-ratio-out)" if ratios["in_fit"] else "predicted, predicted (not in the fit)")
+            + ", FLOPs-only, params-only")
+        for x in ratios["rows"]:
+            print(f"  {x['before']} -> {x['after']} on {x['chip']}: {_chg(x['published'])}, {_chg(x['fitted'])}, "
+                  f"{_chg(x['held_out'])}, {_chg(x['flops_only'])}, {_chg(x['params_only'])}")
+        acc = ratios["decision_accuracy"]
+        print(f"  right sign and within {ratios['decision_points']:g} points: " + ", ".join(
+            f"{k.replace('_', '-')} {a['right']}/{a['n']}" for k, a in acc.items()))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _chg(r) -> str:
+    return "n/a" if r is None else f"{100 * (r - 1):+.0f}%"
 
 
 def _num(x) -> str:
