@@ -102,7 +102,9 @@ def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: in
         model_id=key.split("|")[0], input_shape=shape, feature_source=profile["feature_source"],
         feature_note="torch graph walked on the meta device (the source this profile was fitted on; Core ML "
                      "program features are available with `pocketdiff latency features --source coreml`)",
-        band_note=f"{int(profile['band']['coverage'] * 100)}% band from {profile['band'][regime]['from']}",
+        band_note=(f"{int(profile['band']['coverage'] * 100)}% band: the central "
+                   f"{profile['band'].get('quantile_level', profile['band']['coverage']):.0%} of "
+                   f"{profile['band'][regime]['from']}"),
         protocol=protocol, cost_model=kind, profile_fit_id=profile["fit_id"], cached_features=cached,
         seconds=time.perf_counter() - t0, warnings=warnings)
 

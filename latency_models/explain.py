@@ -89,14 +89,47 @@ def breakdown(target, device: str, latent: int = 128, batch: int = 1, input_shap
         for j, t in enumerate(TERMS):
             per_term[t] = float((share[j] * ms).sum())
     total = float(np.sum(ms)) + overhead
+    evidence = (kind_evidence(feats.fused, ms, model, chip, profile["model"]["roofline"].get("calibrated_range"))
+                if terms is not None else None)
     return {"model": api._label(target), "model_id": key.split("|")[0], "input_shape": shape, "chip": chip,
             "cost_model": kind, "protocol": protocol, "overhead_ms": overhead, "total_ms": total,
             "ops": int(len(ms)), "cached_features": cached,
             "per_stage_ms": dict(per_stage), "per_kind_ms": dict(per_kind), "per_block_ms": dict(per_block),
             "per_term_ms": per_term,
             "cells": [{"stage": s, "block": b, "kind": k, "ms": v} for (s, b, k), v in sorted(cells.items())],
-            "spill_share": (float(np.sum(ms[terms["spill"] > 0]) / max(np.sum(ms), 1e-30))
+            "evidence": evidence, "spill_share": (float(np.sum(ms[terms["spill"] > 0]) / max(np.sum(ms), 1e-30))
                             if terms is not None else None)}
+
+
+def kind_evidence(fused: roofline.Fused, ms: np.ndarray, model: roofline.RooflineModel, chip: str,
+                  calibrated: dict | None) -> dict:
+    """Per MAC op kind: the TFLOP/s the prediction implies, the fitted efficiency against the chip's fitted
+    peak, the rows that pinned it (profile `calibrated_range`), and the ops beyond anything calibrated: larger
+    weights, a longer reduction or more output rows per slice (tokens, for attention) than any fitted row has."""
+    peak = model.chip_terms(chip)[0]
+    out = {}
+    for kind in roofline.MAC_KINDS:
+        mine = fused.kind == roofline.KINDS.index(kind)
+        if not mine.any():
+            continue
+        t_ms = float(ms[mine].sum())
+        flops = 2.0 * float(fused.macs[mine].sum())
+        entry = {"ms": t_ms, "gflops": flops / 1e9, "tflops": flops / (t_ms * 1e-3) / 1e12 if t_ms > 0 else None,
+                 "peak_tflops": peak / 1e12, "efficiency": model.shared[f"eff_{kind}"]}
+        cal = (calibrated or {}).get(kind)
+        if cal:
+            rows = fused.rows / np.maximum(fused.slices, 1.0)
+            beyond = {"weight_bytes": mine & (fused.weight_bytes > cal["max_weight_bytes"] * (1 + 1e-9)),
+                      "k": mine & (fused.k > cal["max_k"] * (1 + 1e-9)),
+                      "rows_per_slice": mine & (rows > cal["max_rows_per_slice"] * (1 + 1e-9))}
+            outside = beyond["weight_bytes"] | beyond["k"] | beyond["rows_per_slice"]
+            entry |= {"pinned_by": cal["pinned_by"], "outside_ops": int(outside.sum()),
+                      "outside_share": float(ms[outside].sum() / t_ms) if t_ms > 0 else 0.0,
+                      "outside_by": {k: {"ops": int(v.sum()), "largest": float(
+                          {"weight_bytes": fused.weight_bytes, "k": fused.k, "rows_per_slice": rows}[k][v].max())
+                          if v.any() else None, "calibrated_max": cal[f"max_{k}"]} for k, v in beyond.items()}}
+        out[kind] = entry
+    return out
 
 
 def compare(a: dict, b: dict, top: int = 8) -> dict:

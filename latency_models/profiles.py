@@ -112,25 +112,28 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
             np.array([roofline.predicted_ratio(roof, a, b, r.chip) for r, (a, b) in zip(ratios, rfused)]))
     report["ratios"] = validation.ratio_report(ratios, ratio_features, roof, held) | {"in_fit": fit_ratios}
     residuals = report.pop("residuals")
+    calibrated = roofline.calibrated_range(measurements, fused, roof)
     fit_id = _fit_id(measurements, fitted[0])
     out_dir = Path(out_dir or PROFILE_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     profiles = {}
     regime = [validation.regime_of(t) for t in totals]
+    family_of = {validation.residual_key(regime[i], m, i): m.family for i, m in enumerate(measurements)}
+    adopted = {chip: report["chips"][chip]["adopted"] for chip in {m.chip for m in measurements}}
+    level, level_why = _band_level(residuals, family_of, adopted)
     for chip in sorted({m.chip for m in measurements}):
         mine = [i for i, m in enumerate(measurements) if m.chip == chip]
         chosen = report["chips"][chip]["adopted"]
-        bands = {"coverage": predictor.BAND_COVERAGE}
+        bands = {"coverage": predictor.BAND_COVERAGE, "quantile_level": level,
+                 "quantile_level_why": level_why}
         for reg in validation.REGIMES:
             method = "roofline" if chosen[reg] == "roofline" else "predictor"
-            pooled = [v for k, v in residuals[method].items() if k.startswith(reg + "|")]
-            own = [v for k, v in residuals[method].items() if k.startswith(f"{reg}|{chip}|")]
-            use_own = len(own) >= predictor.MIN_ROWS_FOR_OWN_BAND
-            lo, hi = predictor.band_quantiles(own if use_own else pooled)
+            lo, hi, own, pooled = _band(residuals[method], reg, chip, level=level)
             bands[reg] = {"log_low": lo, "log_high": hi, "model": chosen[reg],
-                          "from": (f"leave-one-family-out {reg}-model residuals of {chip} ({len(own)} rows)"
-                                   if use_own else f"leave-one-family-out {reg}-model residuals pooled over all "
-                                   f"chips ({len(pooled)} rows; {chip} has {len(own)})")}
+                          "from": (f"leave-one-family-out {reg}-model residuals of {chip} ({own} rows)"
+                                   if own >= predictor.MIN_ROWS_FOR_OWN_BAND else f"leave-one-family-out "
+                                   f"{reg}-model residuals pooled over all chips ({pooled} rows; {chip} has {own})")}
+        bands["leave_one_family_out_coverage"] = _coverage(residuals, family_of, chosen, chip, level)
         protocols = [measurements[i].protocol for i in mine]
         default_protocol = max(sorted(set(protocols)), key=protocols.count)
         costs = [roof.predict(features[i].fused, chip, None) if chosen[regime[i]] == "roofline"
@@ -150,7 +153,7 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
                     "form": "sum over fused ops of smoothmax(compute, memory) + dispatch, + overhead[protocol]",
                     "shared": roof.shared, "peak_factor": roof.chip_peak.get(chip, 1.0),
                     "bandwidth_factor": roof.chip_bw.get(chip, 1.0),
-                    "sram_factor": roof.chip_sram.get(chip, 1.0),
+                    "sram_factor": roof.chip_sram.get(chip, 1.0), "calibrated_range": calibrated,
                     "published": None if facts is None else dict(vars(facts)),
                     "overheads_ms": {p: roof.overheads.get(p, 0.0) for p in sorted(set(protocols))},
                     "protocol_scale": {p: roof.protocol_scale.get(p, 1.0) for p in sorted(set(protocols))}},
@@ -173,6 +176,56 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
         profiles[chip] = profile
     profiles["_report"] = report | {"fit_id": fit_id, "roofline_shared": roof.shared}
     return profiles
+
+
+def _band(residuals: dict, reg: str, chip: str, family_of: dict | None = None, skip: str | None = None,
+          level: float = predictor.BAND_COVERAGE):
+    """(log low, log high, own rows, pooled rows) of a regime's band on `chip` from leave-one-family-out
+    residuals: the chip's own when it has MIN_ROWS_FOR_OWN_BAND of them, else pooled over all chips; rows of
+    family `skip` left out."""
+    keep = {k: v for k, v in residuals.items() if skip is None or family_of.get(k) != skip}
+    pooled = [v for k, v in keep.items() if k.startswith(reg + "|")]
+    own = [v for k, v in keep.items() if k.startswith(f"{reg}|{chip}|")]
+    if not pooled:
+        return None, None, 0, 0
+    lo, hi = predictor.band_quantiles(own if len(own) >= predictor.MIN_ROWS_FOR_OWN_BAND else pooled, level)
+    return lo, hi, len(own), len(pooled)
+
+
+def _coverage(residuals: dict, family_of: dict, chosen: dict, chip: str,
+              level: float = predictor.BAND_COVERAGE) -> dict:
+    """Does the band catch a family it was not built from? For each of the chip's rows: the band rebuilt
+    without every row of its family (the same rule as the profile's band) against the row's held-out error."""
+    covered = n = 0
+    for key, family in sorted(family_of.items()):
+        reg, row_chip = key.split("|")[:2]
+        method = "roofline" if chosen[reg] == "roofline" else "predictor"
+        if row_chip != chip or key not in residuals[method]:
+            continue
+        lo, hi, _, _ = _band(residuals[method], reg, chip, family_of, skip=family, level=level)
+        if lo is None:
+            continue
+        n += 1
+        covered += lo <= residuals[method][key] <= hi
+    return {"rows": n, "covered": covered, "share": covered / n if n else None, "quantile_level": level,
+            "how": "each row against the band rebuilt without its family (leave-one-family-out)"}
+
+
+# Quantile levels tried for the band, narrowest first (the 10th..90th percentile of held-out errors first).
+BAND_LEVELS = (0.8, 0.85, 0.9, 0.95, 1.0)
+
+
+def _band_level(residuals: dict, family_of: dict, adopted: dict[str, dict]) -> tuple[float, str]:
+    """The narrowest quantile level whose band, rebuilt without each row's family, catches BAND_COVERAGE of
+    all rows: families share errors, so the 10th..90th percentile of held-out errors catches fewer than 80% of
+    a family that was not among them."""
+    for level in BAND_LEVELS:
+        cov = [_coverage(residuals, family_of, adopted[chip], chip, level) for chip in sorted(adopted)]
+        rows, covered = sum(c["rows"] for c in cov), sum(c["covered"] for c in cov)
+        if rows and covered / rows >= predictor.BAND_COVERAGE:
+            break
+    return level, (f"the narrowest of {', '.join(f'{x:g}' for x in BAND_LEVELS)} whose band, rebuilt without each "
+                   f"row's family, catches {predictor.BAND_COVERAGE:.0%} of all rows: {covered}/{rows} at {level:g}")
 
 
 def band(profile: dict, ms: float, regime: str) -> tuple[float, float]:

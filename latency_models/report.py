@@ -61,8 +61,13 @@ def format_report(profile: dict) -> str:
     lines += ["", f"verdict: {verdict(v)}"]
     for reg, what in (("small", "small models"), ("large", f"from {profile['model']['regime_gmacs']:g} GMACs")):
         lines += [f"{what}: predicts with {v['adopted'][reg]} ({v['adopted_because'][reg]})",
-                  f"  band: {int(b['coverage'] * 100)}% of held-out errors within "
-                  f"x{math.exp(b[reg]['log_low']):.2f} .. x{math.exp(b[reg]['log_high']):.2f} ({b[reg]['from']})"]
+                  f"  band: x{math.exp(b[reg]['log_low']):.2f} .. x{math.exp(b[reg]['log_high']):.2f}, the central "
+                  f"{b.get('quantile_level', b['coverage']):.0%} of {b[reg]['from']}"]
+    c = b.get("leave_one_family_out_coverage")
+    if c and c["rows"]:
+        lines.append(f"band coverage, each row against the band rebuilt without its family: {c['covered']}/{c['rows']}"
+                     f" ({_f(c['share'], True)}; the band aims at {int(b['coverage'] * 100)}% over all chips; level: "
+                     f"{b.get('quantile_level_why', 'n/a')})")
     return "\n".join(lines)
 
 

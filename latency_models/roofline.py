@@ -364,6 +364,34 @@ def fit_roofline(measurements, fused: list[Fused], max_nfev: int = 200, ratios=(
                          {c: float(v) for c, v in zip(chips, np.exp(x[n_s + 2 * n_c:o]))})
 
 
+def calibrated_range(measurements, fused: list[Fused], model: RooflineModel, top: int = 3) -> dict:
+    """Per MAC op kind: the largest weights, reduction length and output rows per slice (tokens, for attention)
+    of any op in the fitted rows, the fitted efficiency, and the rows that pin it: those where the kind takes
+    the largest share of the predicted time (d log latency / d log efficiency is minus that share, for
+    compute-bound ops), one entry per model and chip."""
+    out = {}
+    for kind in MAC_KINDS:
+        k = KINDS.index(kind)
+        shares: dict[tuple, float] = {}
+        w = kk = rows = 0.0
+        for m, f in zip(measurements, fused):
+            mine = f.kind == k
+            if not mine.any():
+                continue
+            w = max(w, float(f.weight_bytes[mine].max()))
+            kk = max(kk, float(f.k[mine].max()))
+            rows = max(rows, float((f.rows[mine] / np.maximum(f.slices[mine], 1.0)).max()))
+            t = model.op_terms(f, m.chip)
+            if t is not None:
+                shares[(m.model, m.chip)] = max(shares.get((m.model, m.chip), 0.0),
+                                                float(t["ms"][mine].sum() / max(t["ms"].sum(), 1e-30)))
+        pinned = sorted(shares.items(), key=lambda kv: -kv[1])[:top]
+        out[kind] = {"efficiency": model.shared[f"eff_{kind}"], "max_weight_bytes": w, "max_k": kk,
+                     "max_rows_per_slice": rows,
+                     "pinned_by": [{"model": mo, "chip": c, "share": sh} for (mo, c), sh in pinned]}
+    return out
+
+
 def held_out_roofline(measurements, fused: list[Fused], group_of, ratios=(),
                       ratio_fused: list[tuple[Fused, Fused]] = ()) -> np.ndarray:
     """Refit without each group (model or family) and predict its rows (chips then fall back to priors).

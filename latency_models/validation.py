@@ -88,7 +88,7 @@ def compare(measurements, features, ratios=(), ratio_features=()) -> dict:
         row["lomo_predictor_ms"] = _num(held["leave_one_model_out"]["predictor"][i])
         report["rows"].append(row)
     # log(measured / predicted) of the leave-one-family-out predictions, per method, for the bands
-    report["residuals"] = {k: {f"{regime[i]}|{m.chip}|{m.model}|{m.protocol}": float(math.log(y[i] / lofo[k][i]))
+    report["residuals"] = {k: {residual_key(regime[i], m, i): float(math.log(y[i] / lofo[k][i]))
                                for i, m in enumerate(measurements) if np.isfinite(lofo[k][i]) and lofo[k][i] > 0}
                            for k in ADOPTABLE}
     return report
@@ -129,6 +129,12 @@ def _decided(published: float, predicted: float) -> bool:
     """Right sign of the change and within DECISION_POINTS percentage points of the published one."""
     same_sign = (published - 1.0) * (predicted - 1.0) > 0 or published == predicted == 1.0
     return bool(same_sign and abs(100 * (predicted - published)) <= DECISION_POINTS)
+
+
+def residual_key(regime: str, m, row: int) -> str:
+    """How residuals are keyed: regime|chip|model|protocol|row, one per measurement row (so the counts a band
+    states are rows, as everywhere else)."""
+    return f"{regime}|{m.chip}|{m.model}|{m.protocol}|{row}"
 
 
 def _common(y, lofo: dict, idx) -> dict:

@@ -152,6 +152,8 @@ def cmd_explain(args) -> int:
             print(f"  per term:    {_split(x['per_term_ms'], body)}"
                   + (f"; ops spilling on-chip memory: {100 * x['spill_share']:.0f}% of the time"
                      if x["spill_share"] is not None else ""))
+        if x.get("evidence"):
+            _print_evidence(x["evidence"])
     if b is None:
         return 0
     c = compare(a, b, args.top)
@@ -176,6 +178,27 @@ def cmd_explain(args) -> int:
         print(f"    {r['stage']:<7} {r['block']:<15} {r['kind']:<12} {r['a_ms']:8.2f} -> {r['b_ms']:8.2f}  "
               f"({r['delta_ms']:+.2f})")
     return 0
+
+
+_BEYOND = {"weight_bytes": ("weights", lambda v: f"{v / 1e6:.1f} MB"), "k": ("reduction", lambda v: f"{v:,.0f}"),
+           "rows_per_slice": ("output rows per slice", lambda v: f"{v:,.0f}")}
+
+
+def _print_evidence(evidence: dict) -> None:
+    """Per MAC op kind: implied TFLOP/s, fitted efficiency, the rows that pinned it, ops beyond calibration."""
+    peak = next(iter(evidence.values()))["peak_tflops"]
+    print(f"  evidence per op kind (the chip's fitted fp16 peak {peak:.1f} TFLOP/s):")
+    for kind, e in sorted(evidence.items(), key=lambda kv: -kv[1]["ms"]):
+        rate = "n/a" if e["tflops"] is None else f"{e['tflops']:.2f} TFLOP/s ({100 * e['tflops'] / peak:.0f}% of peak)"
+        pins = ", ".join(f"{p['model']} on {p['chip']} ({100 * p['share']:.0f}% of its time)"
+                         for p in e.get("pinned_by", []))
+        print(f"    {kind:<7} {e['ms']:.1f} ms, {e['gflops']:.0f} GFLOP: {rate}; fitted efficiency "
+              f"{e['efficiency']:.3f}" + (f"; pinned by {pins}" if pins else ""))
+        if e.get("outside_ops"):
+            why = "; ".join(f"{name} up to {fmt(v['largest'])} > {fmt(v['calibrated_max'])} ({v['ops']} ops)"
+                            for k, v in e["outside_by"].items() if v["ops"] for name, fmt in [_BEYOND[k]])
+            print(f"            outside the calibrated range: {e['outside_ops']} ops, "
+                  f"{100 * e['outside_share']:.0f}% of its time: {why}")
 
 
 def cmd_measure(args) -> int:
@@ -276,7 +299,8 @@ def cmd_fit(args) -> int:
               f"{_num(lofo['roofline']['spearman'])} today {_num(lofo['predictor']['spearman'])} FLOPs "
               f"{_num(lofo['flops_linear']['spearman'])}  MAPE {_pct(lofo['roofline']['mape'])} / "
               f"{_pct(lofo['predictor']['mape'])} / {_pct(lofo['flops_linear']['mape'])}  -> "
-              f"small: {prof['model']['adopted']['small']}, large: {prof['model']['adopted']['large']}")
+              f"small: {prof['model']['adopted']['small']}, large: {prof['model']['adopted']['large']}"
+              + _coverage_text(prof["band"].get("leave_one_family_out_coverage")))
     ratios = report["ratios"]
     if ratios["rows"]:
         print("ratio rows (latency after / before): published, " + (
@@ -294,6 +318,10 @@ def cmd_fit(args) -> int:
 
 def _chg(r) -> str:
     return "n/a" if r is None else f"{100 * (r - 1):+.0f}%"
+
+
+def _coverage_text(c) -> str:
+    return "" if not c or not c["rows"] else f"; band catches {c['covered']}/{c['rows']} held-out families' rows"
 
 
 def _num(x) -> str:

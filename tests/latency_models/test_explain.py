@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from latency_models.api import predict  # noqa: E402
-from latency_models.explain import breakdown, compare  # noqa: E402
+from latency_models.explain import breakdown, compare, kind_evidence  # noqa: E402
+from latency_models.profiles import load_profile  # noqa: E402
 from pocketdiff.cli import main  # noqa: E402
 
 LATENT = 32  # small maps keep the walk fast; the formula is the same as at 128
@@ -60,3 +62,36 @@ def test_explain_bad_input_is_one_line(capsys):
     assert "unknown device" in err and "Traceback" not in err
     assert main(["latency", "explain", "fig3-b", "--compare", "no-such-preset", "--device", "a17pro",
                  "--latent", str(LATENT)]) == 2
+
+
+def test_evidence_per_op_kind_is_the_prediction_seen_as_rates(pair):
+    a, _ = pair
+    profile = load_profile("a17pro")
+    ev = a["evidence"]
+    assert {"conv", "linear", "attn"} <= set(ev)
+    for kind, e in ev.items():
+        assert e["ms"] == pytest.approx(a["per_kind_ms"][kind], rel=1e-9)
+        assert e["tflops"] == pytest.approx(e["gflops"] / e["ms"], rel=1e-9)  # GFLOP per ms is TFLOP/s
+        assert e["efficiency"] == profile["model"]["roofline"]["shared"][f"eff_{kind}"]
+        pinned = profile["model"]["roofline"]["calibrated_range"][kind]["pinned_by"]
+        assert e["pinned_by"] == pinned and pinned and all(0 < p["share"] <= 1 for p in pinned)
+    # the dense convs of the conv microbenchmarks pin dense-conv efficiency
+    assert any(p["model"].startswith("Microbenchmark") for p in ev["conv"]["pinned_by"])
+
+
+def test_ops_beyond_the_calibrated_range_are_flagged():
+    from latency_models import roofline
+    from latency_models.profiles import roofline_from_profile
+
+    model = roofline_from_profile(load_profile("a17pro"))
+    n = 3
+    f = roofline.Fused(kind=np.zeros(n, int), macs=np.full(n, 1e9), rows=np.array([64.0, 4096, 4096]),
+                       k=np.array([1152.0, 1152, 20000]), act_bytes=np.full(n, 1e6),
+                       weight_bytes=np.array([1e6, 50e6, 1e6]), elements=np.zeros(n), slices=np.ones(n),
+                       module=[""] * n, members=np.ones(n, int))
+    ms = model.op_terms(f, "a17pro")["ms"]
+    cal = {"conv": {"max_weight_bytes": 10e6, "max_k": 5000.0, "max_rows_per_slice": 1e5, "pinned_by": []}}
+    e = kind_evidence(f, ms, model, "a17pro", cal)["conv"]
+    assert e["outside_ops"] == 2 and e["outside_by"]["weight_bytes"]["ops"] == 1
+    assert e["outside_by"]["k"]["largest"] == 20000 and e["outside_by"]["rows_per_slice"]["ops"] == 0
+    assert e["outside_share"] == pytest.approx(float(ms[1:].sum() / ms.sum()))

@@ -168,3 +168,29 @@ def test_compare_states_the_published_ratio_and_a_band():
     a, b = fake("fig3-b", 100.0), fake("fig3-c1", 40.0)
     a["input_shape"] = b["input_shape"] = "1x16x64x64"
     assert ratio_evidence(a, b)["published"] is None
+
+
+def test_band_coverage_checks_each_family_against_a_band_built_without_it():
+    from latency_models.profiles import _coverage
+
+    # Five families the model gets right and one far off: the band built without the outlier family misses
+    # it; every other row is caught by a band built without its own family.
+    residuals, family_of = {}, {}
+    for i, (fam, r) in enumerate([("a", 0.0), ("b", 0.0), ("c", 0.0), ("d", 0.0), ("e", 0.0), ("far", 1.5),
+                                  ("a", 0.0), ("b", 0.0), ("c", 0.0)]):
+        key = f"large|a17pro|m{i}|p|{i}"
+        residuals[key], family_of[key] = r, fam
+    chosen = {"large": "roofline", "small": "roofline"}
+    c = _coverage({"roofline": residuals, "predictor": {}}, family_of, chosen, "a17pro")
+    assert c["rows"] == 9 and c["covered"] == 8 and c["share"] == pytest.approx(8 / 9)
+    # rows of another chip or without a residual of the adopted model do not count
+    assert _coverage({"roofline": residuals, "predictor": {}}, family_of, chosen, "m4")["rows"] == 0
+
+
+def test_every_profile_states_its_band_coverage_over_all_its_rows():
+    from latency_models.profiles import available_chips
+
+    for chip in available_chips():
+        p = load_profile(chip)
+        c = p["band"]["leave_one_family_out_coverage"]
+        assert c["rows"] == len(p["measurements"]) and 0 <= c["covered"] <= c["rows"], chip
