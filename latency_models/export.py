@@ -5,7 +5,8 @@ a timm architecture (never pretrained weights: latency does not depend on weight
 into its deploy form first where it has one (FastViT, MobileOne: the calibration sources measured that form).
 
 Export-friendly forms: attention runs on the "math" backend (explicit matmul + softmax, which the converter
-maps op by op; SDPA with grouped KV heads may not convert) and the RoPE cos/sin tables are computed outside
+maps op by op; SDPA with grouped KV heads may not convert) or, with `attention="split_einsum"`, per head and
+per chunk of queries, the form Apple recommends for the Neural Engine and the RoPE cos/sin tables are computed outside
 the trace so they enter the program as constants (the converter cannot lower `arange` + `outer` there).
 Converted packages are cached under `$POCKETDIFF_CACHE/coreml` (default ~/.cache/pocketdiff/coreml), keyed
 by model id (spec_id for specs) + input shape + target + coremltools version + the fingerprint of the builder
@@ -199,15 +200,22 @@ def input_names(src: ModelSource) -> list[str]:
     return [n for n, x in zip(names, src.inputs) if x is not None]
 
 
-def convert(src: ModelSource, target: str = DEFAULT_TARGET):
+# Attention forms a program can be exported in (search_space.attention backends): the project's math form,
+# and the per-head split-einsum form Apple recommends for the Neural Engine.
+ATTENTION_FORMS = ("math", "split_einsum")
+
+
+def convert(src: ModelSource, target: str = DEFAULT_TARGET, attention: str = "math"):
     """Trace and convert to an fp16 mlprogram; returns the coremltools MLModel (not loaded on Linux)."""
     import coremltools as ct
 
     if target not in TARGETS:
         raise SpecError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    if attention not in ATTENTION_FORMS:
+        raise SpecError(f"unknown attention form {attention!r}; use one of {', '.join(ATTENTION_FORMS)}")
     wrapped = _PositionalInputs(src.module, src.inputs).eval()
     args = tuple(x for x in src.inputs if x is not None)
-    with attention_backend("math"), constant_rope_tables(), torch.no_grad(), warnings.catch_warnings():
+    with attention_backend(attention), constant_rope_tables(), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # check_trace would run the whole forward a second time only to compare outputs
         traced = torch.jit.trace(wrapped, args, check_trace=False)
@@ -235,12 +243,14 @@ def shape_key(src: ModelSource) -> str:
     return "_".join("x".join(str(s) for s in x.shape) for x in src.inputs if x is not None)
 
 
-def cache_path(model_id: str, shape: str, target: str) -> Path:
+def cache_path(model_id: str, shape: str, target: str, attention: str = "math") -> Path:
     import coremltools as ct
 
     from .fingerprint import current_fingerprint
     # keyed by the builder code too: an edited block converts again instead of serving the old package
-    return cache_root() / "coreml" / f"{model_id}-{shape}-{target}-ct{ct.__version__}-{current_fingerprint()}.mlpackage"
+    form = "" if attention == "math" else f"-{attention}"
+    return (cache_root() / "coreml" /
+            f"{model_id}-{shape}-{target}{form}-ct{ct.__version__}-{current_fingerprint()}.mlpackage")
 
 
 @dataclasses.dataclass
@@ -251,10 +261,11 @@ class ExportResult:
     target: str
     cached: bool
     seconds: float
+    attention: str = "math"
 
 
 def export_coreml(src: ModelSource, target: str = DEFAULT_TARGET, out: str | Path | None = None,
-                  use_cache: bool = True) -> ExportResult:
+                  use_cache: bool = True, attention: str = "math") -> ExportResult:
     """Convert (or reuse the cached conversion) and optionally copy the package to `out`.
 
     The module's weights are released by the caller dropping `src`; the conversion itself only keeps the
@@ -262,13 +273,14 @@ def export_coreml(src: ModelSource, target: str = DEFAULT_TARGET, out: str | Pat
     """
     t0 = time.perf_counter()
     shape = shape_key(src)
-    cached = cache_path(src.model_id, shape, target)
+    cached = cache_path(src.model_id, shape, target, attention)
     hit = use_cache and cached.exists()
     if not hit:
-        mlmodel = convert(src, target)
+        mlmodel = convert(src, target, attention)
         mlmodel.short_description = f"pocketdiff export of {src.label} ({src.model_id}), input {shape}"
         mlmodel.user_defined_metadata["pocketdiff.arch"] = src.arch
         mlmodel.user_defined_metadata["pocketdiff.model_id"] = src.model_id
+        mlmodel.user_defined_metadata["pocketdiff.attention"] = attention  # `latency measure` records it
         if src.spec is not None:
             mlmodel.user_defined_metadata["pocketdiff.spec"] = src.spec.to_json()
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -289,7 +301,7 @@ def export_coreml(src: ModelSource, target: str = DEFAULT_TARGET, out: str | Pat
             shutil.rmtree(out)
         shutil.copytree(cached, out)
         path = out
-    return ExportResult(path, src.model_id, shape, target, hit, time.perf_counter() - t0)
+    return ExportResult(path, src.model_id, shape, target, hit, time.perf_counter() - t0, attention)
 
 
 def load_program(path: str | Path):

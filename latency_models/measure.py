@@ -89,7 +89,8 @@ def measure_coreml(package: str | Path, compute_units: str = "cpu_and_ne", runs:
         "p10_ms": _percentile(times, 10), "p90_ms": _percentile(times, 90), "load_ms": load_ms, "runs": runs,
         "weight_bits": 16, "protocol": f"measure-{compute_units}",
         "tool_versions": f"coremltools {ct.__version__}; python {platform.python_version()}",
-        "notes": f"{warmup} warm-up predictions; wall time of MLModel.predict per call",
+        "notes": (f"{warmup} warm-up predictions; wall time of MLModel.predict per call; attention form "
+                  f"{meta.get('pocketdiff.attention', 'math')}"),
     }
 
 

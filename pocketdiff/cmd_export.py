@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = esub.add_parser("coreml", help="fp16 Core ML mlprogram with fixed shapes (cached by spec_id + shape + target)")
     add_model_arguments(c)
     c.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help="minimum deployment target")
+    c.add_argument("--attention", choices=("math", "split_einsum"), default="math",
+                   help="attention form: math (one matmul over all heads; what the latency walk prices) or "
+                        "split_einsum (per head and per 512 queries, Apple's recommended Neural Engine form)")
     c.add_argument("-o", "--out", help="where to write the .mlpackage (default: only the cache)")
     c.add_argument("--no-cache", action="store_true", help="convert again even if a cached package exists")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -73,15 +76,16 @@ def cmd_export_coreml(args) -> int:
         else:
             src = model_for(**{kind: name}, input_shape=shape)
     if not args.json:
-        print(f"exporting {src.label} (model id {src.model_id}) for {args.target}, inputs "
+        print(f"exporting {src.label} (model id {src.model_id}) for {args.target}, {args.attention} attention, inputs "
               + ", ".join("x".join(map(str, x.shape)) for x in src.inputs if x is not None), flush=True)
     try:
-        result = export_coreml(src, args.target, args.out, use_cache=not args.no_cache)
+        result = export_coreml(src, args.target, args.out, use_cache=not args.no_cache, attention=args.attention)
     finally:
         del src  # drop the fp32 weights as soon as the conversion is done
     if args.json:
         print(json.dumps({"path": str(result.path), "model_id": result.model_id, "shape": result.shape,
-                          "target": result.target, "cached": result.cached, "seconds": result.seconds}))
+                          "target": result.target, "cached": result.cached, "seconds": result.seconds,
+                          "attention": result.attention}))
     else:
         how = "reused the cached conversion" if result.cached else "converted"
         print(f"{how} in {result.seconds:.1f} s -> {result.path}")

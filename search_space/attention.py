@@ -2,8 +2,10 @@
 
 Covers the attention knobs of docs/paper.md section 1 (the paper's Figure 3): MHSA / MQA / GQA (shared key-value
 heads, step e), QK normalisation after the projections and 2D rotary position embedding (step g).
-Backends: "sdpa" (torch's fused kernel) and "math" (explicit matmuls, the export-friendly form that Core ML
-maps well and that tracers such as fvcore see op by op).
+Backends: "sdpa" (torch's fused kernel), "math" (explicit matmuls, the export-friendly form that Core ML
+maps well and that tracers such as fvcore see op by op) and "split_einsum" (one score matmul, softmax and
+value matmul per head and per chunk of queries: the form Apple recommends for the Neural Engine, after
+apple/ml-stable-diffusion's SPLIT_EINSUM_V2).
 """
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 _BACKEND = "sdpa"
-BACKENDS = ("sdpa", "math")
+BACKENDS = ("sdpa", "math", "split_einsum")
+# Queries per chunk of the split-einsum form; apple/ml-stable-diffusion's SPLIT_EINSUM_V2 uses 512 and splits
+# only per head when there are fewer queries.
+SPLIT_CHUNK = 512
 
 
 def get_attention_backend() -> str:
@@ -42,6 +47,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if kv_heads == heads:
             return F.scaled_dot_product_attention(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    if _BACKEND == "split_einsum":
+        return _attend_split(q, k, v)
     if kv_heads != heads:
         return _attend_folded(q, k, v)
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
@@ -64,6 +71,25 @@ def _attend_folded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     scores = torch.matmul(rows, k.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, Hkv, G*N, M)
     out = torch.matmul(scores.softmax(dim=-1), v)  # (B, Hkv, G*N, d)
     return out.reshape(b, heads, n, d)  # (B, Hkv, G*N, d) -> (B, H, N, d)
+
+
+def _attend_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Per head, and per chunk of SPLIT_CHUNK queries: scores, softmax and values as three small ops, so the
+    Neural Engine never holds all heads' (N, M) scores at once and no (B, H, N, d) transpose is needed. Query
+    head h reads K/V head h // (H / Hkv) directly (MQA and GQA without copies, as `_attend_folded`)."""
+    heads, kv_heads, n, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+    group = heads // kv_heads
+    chunk = SPLIT_CHUNK if n > SPLIT_CHUNK else n
+    scale = 1.0 / math.sqrt(d)
+    out = []
+    for h in range(heads):
+        kh, vh = k[:, h // group], v[:, h // group]  # (B, M, d)
+        parts = []
+        for start in range(0, n, chunk):
+            scores = torch.einsum("bnd,bmd->bnm", q[:, h, start:start + chunk], kh) * scale
+            parts.append(torch.einsum("bnm,bmd->bnd", scores.softmax(dim=-1), vh))
+        out.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+    return torch.stack(out, dim=1)  # H x (B, N, d) -> (B, H, N, d)
 
 
 class RMSNorm(nn.Module):

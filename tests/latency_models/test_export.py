@@ -1,6 +1,7 @@
 """Core ML export on tiny presets: conversion, the cache key, targets, library models and bad input."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -11,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from latency_models import export  # noqa: E402
 from latency_models.export import ExportError, export_coreml, model_for, parse_arch, parse_shape  # noqa: E402
+from pocketdiff.cli import main  # noqa: E402
 from search_space import SpecError  # noqa: E402
 
 
@@ -75,3 +77,44 @@ def test_parse_arch_and_shape():
         model_for(timm="not_a_model", input_shape=(1, 3, 8, 8))
     with pytest.raises(SpecError, match="target"):
         export.convert(model_for("tiny-debug-decoder", latent=8), target="iOS12")
+
+
+@pytest.mark.parametrize("heads, kv_heads, tokens", [(4, 4, 64), (4, 1, 64), (2, 2, 1100)])
+def test_split_einsum_attention_agrees_with_math_and_sdpa(heads, kv_heads, tokens):
+    from search_space.attention import Attention, attention_backend
+
+    torch.manual_seed(0)
+    m = Attention(32, None, heads, kv_heads, 8).eval()
+    x = torch.randn(2, tokens, 32)
+    with torch.no_grad():
+        outs = {}
+        for form in ("sdpa", "math", "split_einsum"):
+            with attention_backend(form):
+                outs[form] = m(x)
+    assert torch.allclose(outs["split_einsum"], outs["math"], atol=1e-5)
+    assert torch.allclose(outs["split_einsum"], outs["sdpa"], atol=1e-5)
+
+
+def test_tiny_unet_converts_in_both_attention_forms(tmp_path, capsys):
+    pytest.importorskip("coremltools")
+    from search_space.attention import attention_backend
+
+    src = model_for("tiny-debug", latent=16)
+    with torch.no_grad():
+        with attention_backend("math"):
+            ref = src.module(*src.inputs)
+        with attention_backend("split_einsum"):
+            got = src.module(*src.inputs)
+    assert torch.allclose(ref, got, atol=1e-4)  # the same function, so a Mac runs the same model either way
+    programs = {}
+    for form in ("math", "split_einsum"):
+        mlmodel = export.convert(model_for("tiny-debug", latent=16), "iOS17", attention=form)
+        programs[form] = [op.op_type for op in mlmodel._mil_program.functions["main"].operations]
+    # per head: more, smaller score matmuls (einsum lowers to matmul) and softmaxes, no tiling of K/V
+    assert programs["split_einsum"].count("softmax") > programs["math"].count("softmax")
+    assert "tile" not in programs["split_einsum"]
+    assert main(["export", "coreml", "tiny-debug", "--latent", "16", "--attention", "split_einsum", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["attention"] == "split_einsum" and "split_einsum" in out["path"]
+    with pytest.raises(SpecError, match="unknown attention form 'flash'"):
+        export.convert(model_for("tiny-debug", latent=16), "iOS17", attention="flash")
