@@ -6,20 +6,27 @@ Features come from the torch graph on the meta device (the source the profiles w
 per model id + input shape + weight precision + code fingerprint and cached on disk, so a repeat prediction
 reads one JSON file. No weights are allocated for specs and library models; a module passed in with real weights is
 walked with meta stand-ins (features.features_from_torch), never copied.
+
+A cached prediction of a spec, preset or library model imports neither torch nor scipy, whose imports would
+be most of its time: the key needs only the spec_id (or library name and shape) and the code fingerprint, and
+both models predict with numpy. Torch is imported where a model is built (`_source_for`, on a cache miss);
+tests/pocketdiff/test_startup.py checks it.
 """
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from search_space.errors import SpecError
 from search_space.spec import Spec
 
 from . import predictor, profiles
-from .export import ModelSource, model_for
 from .validation import regime_of
+
+if TYPE_CHECKING:
+    from .export import ModelSource
 
 # A prediction this far outside the model costs measured on the chip is flagged as an extrapolation.
 EXTRAPOLATION_FACTOR = 3.0
@@ -48,8 +55,16 @@ class Prediction:
         return dataclasses.asdict(self)
 
 
+def _is_module(target) -> bool:
+    """Whether `target` is an nn.Module, without importing torch for it: no module exists before torch is loaded."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(target, torch.nn.Module)
+
+
 def _source_for(target, input_shape, latent: int, batch: int) -> ModelSource:
-    if isinstance(target, nn.Module):
+    from .export import model_for
+
+    if _is_module(target):
         return model_for(module=target, input_shape=input_shape, device="meta")
     if isinstance(target, Spec):
         return model_for(target, latent=latent, batch=batch, device="meta")
@@ -64,7 +79,7 @@ def _source_for(target, input_shape, latent: int, batch: int) -> ModelSource:
 def _cache_key(target, input_shape, latent: int, batch: int) -> tuple[str | None, str]:
     """(key known without building anything, or None for modules; the primary input's shape as text)."""
     shape_text = "x".join(map(str, input_shape or ()))
-    if isinstance(target, nn.Module):
+    if _is_module(target):
         return None, shape_text
     text = str(target)
     if text.startswith(("timm:", "torchvision:")):
@@ -83,7 +98,7 @@ def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: in
     t0 = time.perf_counter()
     chip = profiles.resolve_device(device, profile_dir)
     profile = profiles.load_profile(chip, profile_dir)
-    if input_shape is not None and not isinstance(target, nn.Module) and \
+    if input_shape is not None and not _is_module(target) and \
             not str(target).startswith(("timm:", "torchvision:")):
         batch, latent = input_shape[0], input_shape[-1]
     feats, cached, key, shape = model_features(target, input_shape, latent, batch, weight_bits)
@@ -140,7 +155,7 @@ def predict_ms(profile: dict, feats, protocol: str | None) -> float:
 def _label(target) -> str:
     if isinstance(target, Spec):
         return target.spec_id
-    return type(target).__name__ if isinstance(target, nn.Module) else str(target)
+    return type(target).__name__ if _is_module(target) else str(target)
 
 
 def predict_latency(spec_or_module, input_shape: tuple[int, ...] | None, device: str,

@@ -101,17 +101,6 @@ def timm_model(arch: str, device: str | None = None) -> nn.Module:
         return reparameterize_model(model)
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """"1x3x224x224" -> (1, 3, 224, 224)."""
-    try:
-        shape = tuple(int(s) for s in text.lower().split("x"))
-    except ValueError:
-        raise SpecError(f"input shape {text!r} is not like 1x3x224x224") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise SpecError(f"input shape {text!r} needs positive sizes, like 1x3x224x224")
-    return shape
-
-
 def model_for(name: str | None = None, *, torchvision: str | None = None, timm: str | None = None,
               module: nn.Module | None = None, input_shape: tuple[int, ...] | None = None, latent: int = 128,
               batch: int = 1, device: str | None = None, model_id: str | None = None) -> ModelSource:

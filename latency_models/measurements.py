@@ -297,9 +297,19 @@ def _protocol(row: dict) -> str:
     return re.sub(r"[^a-z0-9]+", "-", url.lower())[-40:]
 
 
-def _from_measurement(row: dict) -> Measurement:
-    from .export import parse_shape
+def parse_shape(text: str) -> tuple[int, ...]:
+    """"1x3x224x224" -> (1, 3, 224, 224). Torch-free (unlike export.py), so that reading `--input` for a
+    cached prediction loads no torch."""
+    try:
+        shape = tuple(int(s) for s in text.lower().split("x"))
+    except ValueError:
+        raise SpecError(f"input shape {text!r} is not like 1x3x224x224") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise SpecError(f"input shape {text!r} needs positive sizes, like 1x3x224x224")
+    return shape
 
+
+def _from_measurement(row: dict) -> Measurement:
     arch = row["arch"].strip()
     if not arch:
         raise ValueError("arch is empty; write e.g. timm:fastvit_t8 or preset:snapgen-unet")

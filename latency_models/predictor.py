@@ -26,10 +26,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import lsq_linear, nnls
-from scipy.stats import kendalltau, spearmanr
 
-from search_space.cache import temporary_sibling
+from search_space.cache import cache_root, temporary_sibling
 
 from . import roofline
 from .features import OP_CLASSES, FeatureTable, features_from_torch
@@ -119,7 +117,6 @@ def source_model_features(src, weight_bits: int = 16) -> ModelFeatures:
 
 
 def _feature_cache_path(key: str) -> Path:
-    from .export import cache_root
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return cache_root() / "features" / f"{digest}.json"
 
@@ -220,6 +217,8 @@ def fit(measurements: list[Measurement], totals: list[dict[str, float]], ridge: 
         iterations: int = ALTERNATING_ITERATIONS) -> FittedModel:
     """Alternating bounded least squares (non-negative, scipy's bvls) on relative errors: the structure and
     overheads given the chip scales, then the scales and overheads given the structure."""
+    from scipy.optimize import lsq_linear  # here, not at the top: a cached prediction never fits (0.6 s of scipy)
+
     y = np.array([m.latency_ms for m in measurements])
     w = 1.0 / y
     X = np.stack([design_row(t) for t in totals])
@@ -267,6 +266,8 @@ def _linear_baseline(train_x, train_y, test_x) -> np.ndarray:
     train_x, train_y = np.asarray(train_x, float), np.asarray(train_y, float)
     if len(train_y) == 0:
         return np.full(len(test_x), math.nan)
+    from scipy.optimize import nnls
+
     w = 1.0 / train_y
     if len(set(train_x.tolist())) < 2:
         a = float(np.sum(train_x * w * w * train_y) / np.sum((train_x * w) ** 2))
@@ -307,6 +308,8 @@ def metrics(measured: np.ndarray, predicted: np.ndarray) -> dict:
     rel = np.abs(p - y) / y
     out.update(mape=float(rel.mean()), within_10=float((rel <= 0.10).mean()), within_25=float((rel <= 0.25).mean()))
     if len(y) >= 3 and np.ptp(y) > 0 and np.ptp(p) > 0:
+        from scipy.stats import kendalltau, spearmanr
+
         out["spearman"] = float(spearmanr(y, p).statistic)
         out["kendall_tau"] = float(kendalltau(y, p).statistic)
     return out

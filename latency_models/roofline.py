@@ -33,7 +33,6 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from .chips import CHIPS
 from .features import FeatureTable
@@ -292,6 +291,8 @@ def fit_roofline(measurements, fused: list[Fused], max_nfev: int = 200, ratios=(
     milliseconds; an overhead is capped at MAX_OVERHEAD_MS). Chips without training rows keep their published
     figures (factor 1): the model still predicts them.
     """
+    from scipy.optimize import least_squares  # here: predicting from a profile needs no scipy (api.py)
+
     ratios, ratio_fused = list(ratios), list(ratio_fused)
     y = np.array([m.latency_ms for m in measurements], float)
     chips = sorted({m.chip for m in measurements + ratios if m.chip in CHIPS})

@@ -39,7 +39,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def model_target(args):
     """The one model the flags name, as "preset-or-path" (a Spec when --set changes it) / "timm:NAME" /
     "torchvision:NAME", and its shape."""
-    from latency_models.export import parse_shape
+    from latency_models.measurements import parse_shape
     from pocketdiff.cli import UsageError
     from search_space import load_spec
 

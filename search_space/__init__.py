@@ -1,15 +1,16 @@
 """Search space: typed UNet / decoder specs, their compact strings, presets and builders.
 
-Specs, presets and errors are plain Python; the builders need torch, so `build_model`, `load_spec` and
-`example_inputs` are imported on first use (PEP 562): `pocketdiff --help` and `presets list` start without
-loading torch (docs/architecture.md: the CLI and study-file loading import no torch).
+Specs, presets, spec loading and errors are plain Python; the builders need torch, so `build_model` and
+`example_inputs` are imported on first use (PEP 562): `pocketdiff --help`, `presets list` and a cached
+`latency predict` start without loading torch (docs/architecture.md: the CLI and study-file loading import no
+torch).
 """
 from .errors import SpecError
 from .spec import SCHEMA_VERSION, DecoderSpec, Spec, StageSpec, UNetSpec, migrate_spec_dict, spec_from_dict
 from .overrides import apply_overrides
-from .presets import PRESETS, PRESET_DOCS, get_preset
+from .presets import PRESETS, PRESET_DOCS, get_preset, load_spec
 
-_LAZY = {"build_model": "build", "load_spec": "build", "example_inputs": "build"}
+_LAZY = {"build_model": "build", "example_inputs": "build"}
 
 
 def __getattr__(name: str):

@@ -1,8 +1,5 @@
-"""Spec -> module, spec loading (preset name or JSON file) and example inputs for any spec."""
+"""Spec -> module and example inputs for any spec (spec loading is torch-free: presets.load_spec)."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -10,9 +7,7 @@ from torch import nn
 from .decoder import Decoder
 from .errors import SpecError
 from .init import build_paired
-from .overrides import apply_overrides
-from .presets import PRESETS, get_preset
-from .spec import DecoderSpec, Spec, UNetSpec, spec_from_dict
+from .spec import DecoderSpec, Spec, UNetSpec
 from .unet import SIZE_COND_COUNT, UNet
 
 DEFAULT_TEXT_TOKENS = 77  # CLIP's context length: the cross-attention sequence length used for costing
@@ -23,24 +18,6 @@ def build_model(spec: Spec, device: str | torch.device | None = None, *, seed: i
     are a function of (seed, its module path) alone, so specs one knob apart share every weight the knob does
     not reach, and every rank and device gets the same ones. `device="meta"` builds it without weights."""
     return build_paired(lambda: UNet(spec) if isinstance(spec, UNetSpec) else Decoder(spec), seed, device=device)
-
-
-def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
-    """A preset name, or a path to a spec JSON file (as written by `pocketdiff describe --json`)."""
-    if name_or_path in PRESETS:
-        spec = PRESETS[name_or_path]
-    elif name_or_path.endswith(".json") or Path(name_or_path).is_file():
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise SpecError(f"spec file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SpecError(f"spec file {path} is not valid JSON: {e}") from None
-        spec = spec_from_dict(data.get("spec", data) if isinstance(data, dict) else data)
-    else:
-        spec = get_preset(name_or_path)  # raises with the list of presets
-    return apply_overrides(spec, overrides) if overrides else spec
 
 
 def example_inputs(spec: Spec, latent: int = 128, batch: int = 1, text_tokens: int = DEFAULT_TEXT_TOKENS,

@@ -2,15 +2,20 @@
 
 Each preset is a function returning a spec, registered by name as timm registers models; its docstring is
 the preset's documentation and states every value the paper leaves open ([choose]) with the reason.
-`PRESETS` maps name -> spec and is what the CLI, the studies and the app list.
+`PRESETS` maps name -> spec and is what the CLI, the studies and the app list. `load_spec` turns what a user
+types (a preset name or a spec JSON file, plus `--set` overrides) into a spec; like the registry it needs no
+torch, so a command that only needs a spec_id (a cached latency prediction) starts without loading it.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Callable
 
 from .errors import SpecError
-from .spec import DecoderSpec, Spec, StageSpec, UNetSpec
+from .overrides import apply_overrides
+from .spec import DecoderSpec, Spec, StageSpec, UNetSpec, spec_from_dict
 
 PRESETS: dict[str, Spec] = {}
 PRESET_DOCS: dict[str, str] = {}
@@ -32,6 +37,24 @@ def get_preset(name: str) -> Spec:
     except KeyError:
         raise SpecError(f"unknown preset {name!r}; `pocketdiff presets list` shows the {len(PRESETS)} presets: "
                         f"{', '.join(sorted(PRESETS))}") from None
+
+
+def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """A preset name, or a path to a spec JSON file (as written by `pocketdiff describe --json`)."""
+    if name_or_path in PRESETS:
+        spec = PRESETS[name_or_path]
+    elif name_or_path.endswith(".json") or Path(name_or_path).is_file():
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SpecError(f"spec file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise SpecError(f"spec file {path} is not valid JSON: {e}") from None
+        spec = spec_from_dict(data.get("spec", data) if isinstance(data, dict) else data)
+    else:
+        spec = get_preset(name_or_path)  # raises with the list of presets
+    return apply_overrides(spec, overrides) if overrides else spec
 
 
 def preset_summary(name: str) -> str:

@@ -11,7 +11,8 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from latency_models import export  # noqa: E402
-from latency_models.export import ExportError, export_coreml, model_for, parse_arch, parse_shape  # noqa: E402
+from latency_models.export import ExportError, export_coreml, model_for, parse_arch  # noqa: E402
+from latency_models.measurements import parse_shape  # noqa: E402
 from pocketdiff.cli import main  # noqa: E402
 from search_space import SpecError  # noqa: E402
 

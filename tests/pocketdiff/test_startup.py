@@ -1,5 +1,5 @@
-"""The CLI starts without loading torch (`pocketdiff --help`, `presets list` and `study status` answer at once;
-docs/architecture.md). Checked by what a fresh interpreter has imported after the command, not by timing it.
+"""The CLI starts without loading torch (`pocketdiff --help`, `presets list`, `study status` and a cached
+`latency predict` answer at once; docs/architecture.md). Checked by what a fresh interpreter has imported after the command, not by timing it.
 
 Run in a fresh interpreter: the test process itself has torch loaded already.
 """
@@ -26,10 +26,10 @@ print("HEAVY=" + ",".join(heavy))
 """
 
 
-def _heavy_after(argv: list[str], cwd: Path = ROOT) -> list[str]:
+def _heavy_after(argv: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> list[str]:
     out = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)], cwd=cwd, capture_output=True,
                          text=True, timeout=120,
-                         env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                         env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"} | (env or {}))
     line = next((x for x in out.stdout.splitlines() if x.startswith("HEAVY=")), None)
     assert line is not None and "RC=0" in out.stdout, out.stdout + out.stderr
     return [m for m in line[len("HEAVY="):].split(",") if m]
@@ -55,6 +55,19 @@ def test_study_status_of_a_stored_study_loads_no_torch_and_no_pandas(tmp_path, s
     assert len(study.get_trials()) == 2
     heavy = _heavy_after(["study", "status", str(path), "--storage", storage], cwd=tmp_path)
     assert [m for m in heavy if m not in ("optuna", "alembic")] == [], heavy
+
+
+def test_a_cached_latency_prediction_loads_no_torch_and_no_scipy(tmp_path):
+    """The first prediction walks the model (torch); the second reads its features from the cache and predicts
+    from the profile with numpy alone. The first run's torch shows that the probe sees an import, and that the
+    second run, which has none, did not walk the model again."""
+    predict = ["latency", "predict", "tiny-debug", "--latent", "32", "--device", "a17pro"]
+    env = {"POCKETDIFF_CACHE": str(tmp_path / "cache")}
+    assert "torch" in _heavy_after(predict, env=env)
+    assert _heavy_after(predict, env=env) == []
+    library = ["latency", "predict", "--torchvision", "resnet18", "--input", "1x3x32x32", "--device", "a17pro"]
+    assert "torch" in _heavy_after(library, env=env)
+    assert _heavy_after(library, env=env) == []
 
 
 def test_the_library_still_loads_torch_when_a_builder_is_used():
