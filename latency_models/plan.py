@@ -247,19 +247,15 @@ def plan_for_device(chip: str, n: int = 8, include: tuple[str, ...] = (), latent
         if c.key not in seen:
             seen.add(c.key)
             unique.append(c)
-    fused = []
-    for c in unique:
-        if progress:
-            progress(f"features: {c.key}")
-        fused.append(arch_features(c.arch, c.input_shape).fused)
+    if progress:
+        progress(f"features of {len(unique)} candidates and {len(profile['measurements'])} fitted rows of {chip} "
+                 f"(meta-device walks, cached after the first run)")
+    fused = [arch_features(c.arch, c.input_shape).fused for c in unique]
     base = []
     for row in profile["measurements"]:
         d = {k: v for k, v in row.items() if k != "features"}
         d["input_shape"] = tuple(int(s) for s in d["input_shape"].split("x"))
-        m = Measurement(**d)
-        if progress:
-            progress(f"features of a fitted row: {m.arch} {row['input_shape']}")
-        base.append(measurement_features(m).fused)
+        base.append(measurement_features(Measurement(**d)).fused)
     choices = plan_measurements(model, chip, fused, n, base)
     predicted = [model.predict(f, chip, None) for f in fused]
     device = (profile.get("devices") or [chip])[0]
