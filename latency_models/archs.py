@@ -8,7 +8,7 @@ maps an `arch` string of measurements.py to a `ModelSource`:
     torchvision:NAME  timm:NAME  preset:NAME  spec:PATH        (export.model_for)
     diffusers:sd21-unet                                         SD 2.1-base UNet (also SD 2-base: same config)
     transformers:distilbert | depth-anything-small | detr-r50-panoptic | sam2-hiera-b+ | edgetam
-    microbench:conv3x3-c128-l20 | microbench:conv1x1-c512-l64 | microbench:conv1x1-c512-l128
+    microbench:convKxK-cC-lL | microbench:dwpw-cC-lL | microbench:attn-cC-hH-lL   (parametric: parse_microbench)
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ SAM2_HIERA_B_PLUS = {"hidden_size": 112, "num_attention_heads": 2, "blocks_per_s
                      "window_positional_embedding_background_size": [14, 14]}
 SAM2_B_PLUS_CHANNELS = [896, 448, 224, 112]
 
-# Microbenchmarks (data/large_models.md): chains of identical convs, exactly as published.
+# Published microbenchmarks (data/large_models.md): chains of identical convs, exactly as published. Their
+# names are members of the parametric family below, so they rebuild through the same parser.
 MICROBENCHES = {
     "conv3x3-c128-l20": (3, 128, 20),  # freedomtan/measure_ane_capacity: 20 x Conv2d(128, 128, 3), no bias
     "conv1x1-c512-l64": (1, 512, 64),  # maderix/ANE: 64 x Conv2d(512, 512, 1)
@@ -74,6 +75,39 @@ class ConvChain(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convs(x)
+
+
+class DwPwChain(nn.Module):
+    """`layers` separable blocks: a depthwise 3x3 conv then a pointwise 1x1 conv, `channels` wide, no bias."""
+
+    def __init__(self, channels: int, layers: int):
+        super().__init__()
+        blocks = []
+        for _ in range(layers):
+            blocks += [nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+                       nn.Conv2d(channels, channels, 1, bias=False)]
+        self.convs = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(x)
+
+
+class SelfAttention(nn.Module):
+    """Pre-norm multi-head self-attention with a residual, in explicit matmul + softmax form (the project's
+    export form: search_space/attention.py's math backend), on (batch, tokens, channels)."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels, bias=False)
+        self.out = nn.Linear(channels, channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        w = torch.softmax(q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5, dim=-1)
+        return x + self.out((w @ v).transpose(1, 2).reshape(b, t, c))
 
 
 class _FirstOutput(nn.Module):
@@ -157,15 +191,66 @@ def _sam_family(name: str, shape: tuple[int, ...], device: str):
     return model.eval(), (pixels, points, labels)
 
 
+_MICROBENCH_FORMS = (
+    (re.compile(r"^conv(\d+)x(\d+)-c(\d+)-l(\d+)$"), "conv"),
+    (re.compile(r"^dwpw-c(\d+)-l(\d+)$"), "dwpw"),
+    (re.compile(r"^attn-c(\d+)-h(\d+)-l(\d+)$"), "attn"),
+)
+MICROBENCH_HELP = ("convKxK-cC-lL (L dense KxK convs, C channels; input 1xCxHxW), dwpw-cC-lL (L depthwise 3x3 + "
+                   "pointwise 1x1 blocks; input 1xCxHxW), attn-cC-hH-lL (L self-attention blocks, H heads; input "
+                   "1xTxC for T tokens), e.g. conv3x3-c256-l8")
+MAX_MICROBENCH_LAYERS = 512  # a typo such as l8000 should fail at once, not build for minutes
+
+
+def parse_microbench(name: str, shape: tuple[int, ...] | None = None) -> tuple[str, dict]:
+    """"conv3x3-c256-l8" -> ("conv", {"kernel": 3, "channels": 256, "layers": 8}); checks `shape` against it.
+
+    Any member of the family rebuilds from its name and input shape alone, so a planned measurement
+    (latency_models/plan.py) can be exported, measured on a Mac and imported without a spec file.
+    """
+    for pattern, form in _MICROBENCH_FORMS:
+        m = pattern.match(name)
+        if m:
+            break
+    else:
+        raise SpecError(f"no microbenchmark {name!r}; write one of {MICROBENCH_HELP}")
+    nums = [int(g) for g in m.groups()]
+    if form == "conv":
+        if nums[0] != nums[1] or nums[0] % 2 == 0:
+            raise SpecError(f"microbenchmark {name!r}: the kernel must be square and odd (same padding), e.g. "
+                            f"conv3x3-c{nums[2]}-l{nums[3]}")
+        kw = {"kernel": nums[0], "channels": nums[2], "layers": nums[3]}
+    elif form == "dwpw":
+        kw = {"channels": nums[0], "layers": nums[1]}
+    else:
+        kw = {"channels": nums[0], "heads": nums[1], "layers": nums[2]}
+        if kw["heads"] < 1 or kw["channels"] % kw["heads"]:
+            raise SpecError(f"microbenchmark {name!r}: {kw['channels']} channels do not split into {kw['heads']} "
+                            f"heads; choose heads that divide the channels")
+    if min(kw.values()) < 1 or kw["layers"] > MAX_MICROBENCH_LAYERS:
+        raise SpecError(f"microbenchmark {name!r}: sizes must be positive and layers at most "
+                        f"{MAX_MICROBENCH_LAYERS}")
+    if shape is not None:
+        want = (f"1x{kw['channels']}xHxW" if form != "attn" else f"1xTx{kw['channels']}")
+        rank, ch = (4, shape[1] if len(shape) > 1 else None) if form != "attn" else (3, shape[-1])
+        if len(shape) != rank or ch != kw["channels"]:
+            raise SpecError(f"microbenchmark {name!r} takes an input shape like {want}, not "
+                            f"{'x'.join(map(str, shape))}")
+    return form, kw
+
+
 def microbench_source(name: str, shape: tuple[int, ...], device: str):
     from .export import ModelSource
 
-    if name not in MICROBENCHES:
-        raise SpecError(f"no microbenchmark {name!r}; known: {', '.join(MICROBENCHES)}")
-    kernel, channels, layers = MICROBENCHES[name]
+    form, kw = parse_microbench(name, shape)
     with torch.device(device):
-        module = ConvChain(kernel, channels, layers).eval()
-    return ModelSource(module, (torch.randn(shape, device=device),), f"microbench:{name}", name,
+        if form == "conv":
+            module = ConvChain(kw["kernel"], kw["channels"], kw["layers"])
+        elif form == "dwpw":
+            module = DwPwChain(kw["channels"], kw["layers"])
+        else:
+            module = nn.Sequential(*[SelfAttention(kw["channels"], kw["heads"]) for _ in range(kw["layers"])])
+    return ModelSource(module.eval(), (torch.randn(shape, device=device),), f"microbench:{name}", name,
                        arch=f"microbench:{name}")
 
 

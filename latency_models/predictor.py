@@ -170,11 +170,16 @@ def cached_totals(key: str, compute) -> tuple[dict[str, float], bool]:
 
 
 def measurement_features(m: Measurement) -> ModelFeatures:
+    return arch_features(m.arch, m.input_shape, m.weight_bits)
+
+
+def arch_features(arch: str, input_shape: tuple[int, ...], weight_bits: int = 16) -> ModelFeatures:
+    """Features of an architecture string of measurements.py (e.g. "microbench:conv3x3-c256-l8") at a shape."""
     from .archs import arch_source
 
-    shape = "x".join(map(str, m.input_shape))
-    return cached_features(f"{m.arch}|{shape}|w{m.weight_bits}",
-                           lambda: source_model_features(arch_source(m.arch, m.input_shape), m.weight_bits))[0]
+    shape = "x".join(map(str, input_shape))
+    return cached_features(f"{arch}|{shape}|w{weight_bits}",
+                           lambda: source_model_features(arch_source(arch, input_shape), weight_bits))[0]
 
 
 def measurement_totals(m: Measurement) -> dict[str, float]:

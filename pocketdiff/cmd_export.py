@@ -1,4 +1,5 @@
-"""`pocketdiff export coreml NAME|spec.json|--torchvision NAME|--timm NAME -o out.mlpackage`: Core ML export."""
+"""`pocketdiff export coreml NAME|spec.json|--torchvision NAME|--timm NAME|--arch ARCH -o out.mlpackage`: Core ML
+export."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("-o", "--out", help="where to write the .mlpackage (default: only the cache)")
     c.add_argument("--no-cache", action="store_true", help="convert again even if a cached package exists")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument("--arch", metavar="ARCH", help="an architecture string of the measurement schema with --input, "
+                   "e.g. microbench:conv3x3-c256-l8 --input 1x256x64x64 (what `latency plan` writes)")
     c.add_argument("--checkpoint", metavar="RUN", help="export a trained run's EMA weights (`pocketdiff train` "
                    "folder or checkpoint); the spec comes from the checkpoint")
     c.set_defaults(func=cmd_export_coreml)
@@ -68,6 +71,8 @@ def cmd_export_coreml(args) -> int:
     check_out_path(args.out)
     if args.checkpoint:
         src = checkpoint_source(args)
+    elif args.arch:
+        src = arch_export_source(args)
     else:
         target, shape = model_target(args)
         kind, _, name = target.partition(":")
@@ -107,6 +112,22 @@ def check_out_path(out: str | None) -> None:
     if path.exists() and not (path.is_dir() and (path / "Manifest.json").is_file()):
         raise UsageError(f"-o {out} exists and is not a Core ML package (no Manifest.json); it is not replaced: "
                          f"remove it or choose another path")
+
+
+def arch_export_source(args):
+    """A rebuildable architecture string (latency_models/archs.py) at --input, with random weights."""
+    from latency_models.archs import arch_source, is_rebuildable
+    from latency_models.export import parse_shape
+    from pocketdiff.cli import UsageError
+
+    if args.spec or args.torchvision or args.timm or args.overrides:
+        raise UsageError("--arch names the model; do not name a preset, spec, --torchvision or --timm as well")
+    if not is_rebuildable(args.arch):
+        raise UsageError(f"--arch {args.arch!r} is not an architecture string; write e.g. "
+                         f"microbench:conv3x3-c256-l8 (see `pocketdiff latency plan`)")
+    if not args.input:
+        raise UsageError(f"--arch {args.arch} needs --input, e.g. --input 1x256x64x64")
+    return arch_source(args.arch, parse_shape(args.input), device="cpu")
 
 
 def checkpoint_source(args):

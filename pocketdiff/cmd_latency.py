@@ -2,8 +2,9 @@
 
 predict  NAME|spec.json|--torchvision NAME|--timm NAME --device DEVICE   predicted ms with a band
 measure  model.mlpackage --compute-units cpu_and_ne --runs 100 --out m.csv   Core ML timing (macOS only)
+plan     --device DEVICE [-n N] [--include NAME ...] [-o plan.csv]   measurements that best pin the model
 import   m.csv [--into STORE]          validate a measurement CSV and add it to the measurement store
-fit      [--measurements CSV ...]      refit every device profile (shared structure) and write the reports
+fit      [--measurements CSV ...] [--device DEVICE]   refit the device profiles (or only one) and write the reports
 report   --device DEVICE               the profile's validation against FLOPs-only / params-only baselines
 devices                                chips with a profile, their aliases and data
 features NAME ... [--source torch|coreml]   per-op-class feature table
@@ -51,6 +52,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--json", action="store_true", help="print the row as JSON")
     m.set_defaults(func=cmd_measure)
 
+    pl = lsub.add_parser("plan", help="choose the measurements that best tell the cost model's hypotheses apart")
+    pl.add_argument("--device", required=True, help="chip or phone whose profile to plan for")
+    pl.add_argument("-n", type=int, default=8, help="measurements to choose (default 8)")
+    pl.add_argument("--include", nargs="*", default=[], metavar="NAME",
+                    help="more candidates: presets, spec JSON files or ARCH@SHAPE (e.g. a study's candidates)")
+    pl.add_argument("--latent", type=int, default=128, help="latent size of included presets / specs")
+    pl.add_argument("--batch", type=int, default=1, help="batch of included presets / specs")
+    pl.add_argument("--profiles", help="profile folder (default: the package's profiles/)")
+    pl.add_argument("-o", "--out", default="plan.csv", help="plan CSV to write (default plan.csv)")
+    pl.add_argument("--json", action="store_true", help="print the plan rows as JSON")
+    pl.set_defaults(func=cmd_plan)
+
     i = lsub.add_parser("import", help="validate measurement CSVs and add them to the measurement store")
     i.add_argument("csv", nargs="+", help="CSV files (measurement, calibration or ratio schema)")
     i.add_argument("--into", help="the store (default $POCKETDIFF_CACHE/measurements.csv; ratio rows go to "
@@ -65,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "latency_models/reports/ratios.md says what that costs on held-out rows")
     f.add_argument("--profiles", help="where to write profiles (default: the package's profiles/)")
     f.add_argument("--reports", help="where to write reports (default: latency_models/reports/)")
+    f.add_argument("--device", help="replace only this chip's profile (the fit still pools every chip's rows); "
+                                    "the other profiles and the reports are left as they are")
     f.set_defaults(func=cmd_fit)
 
     r = lsub.add_parser("report", help="validation of a device profile against FLOPs / params baselines")
@@ -223,6 +238,32 @@ def cmd_measure(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from latency_models.plan import MEASUREMENT_SIGMA, plan_for_device, write_plan
+    from latency_models.profiles import resolve_device
+    from pocketdiff.cli import UsageError
+
+    if args.n < 1:
+        raise UsageError("-n must be at least 1")
+    chip = resolve_device(args.device, args.profiles)
+    rows, summary = plan_for_device(chip, args.n, tuple(args.include), args.latent, args.batch, args.profiles,
+                                    progress=lambda m: print(f"  {m}", flush=True) if not args.json else None)
+    path = write_plan(rows, args.out)
+    if args.json:
+        print(json.dumps({**summary, "path": str(path), "rows": rows}, indent=2))
+        return 0
+    print(f"{len(rows)} of {summary['candidates']} candidates for {chip} (profile fit {summary['fit_id']}; "
+          f"starting from the priors and its {summary['base_rows']} fitted rows; each row counted as a log-latency "
+          f"observation with sigma {MEASUREMENT_SIGMA}), in order of choice:")
+    for r in rows:
+        print(f"  {r['arch']:<34} {r['input_shape']:<16} predicted {r['predicted_ms']:>8} ms, "
+              f"uncertain by {r['uncertainty_log']} log  -> pins {r['informs'] or 'little (already known)'}")
+    print(f"wrote {path}: for each row run its export_command, then its measure_command on a Mac (or enter an "
+          f"iPhone's Xcode Performance median in latency_ms), then `pocketdiff latency import measured.csv` and "
+          f"`pocketdiff latency fit --measurements STORE`")
+    return 0
+
+
 def _store(path: str | None) -> Path:
     from latency_models.export import cache_root
     return Path(path) if path else cache_root() / "measurements.csv"
@@ -289,6 +330,8 @@ def cmd_fit(args) -> int:
     for r in rs:
         walks.append(ratio_features(r))
         print(f"  features: {r.label} ({r.latent}x{r.latent} latent, batch {r.batch})", flush=True)
+    if args.device:
+        return _fit_one_device(args, ms, rs, walks)
     result = build_profiles(ms, out_dir=args.profiles, ratios=rs, ratio_features=walks, fit_ratios=args.fit_ratios,
                             progress=lambda m: print(f"  features: {m.model} ({m.arch})", flush=True))
     report = result.pop("_report")
@@ -313,6 +356,31 @@ def cmd_fit(args) -> int:
         print(f"  right sign and within {ratios['decision_points']:g} points: " + ", ".join(
             f"{k.replace('_', '-')} {a['right']}/{a['n']}" for k, a in acc.items()))
     print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _fit_one_device(args, ms, rs, walks) -> int:
+    """Fit as usual into a scratch folder, then replace only the chip's profile, recording the fit it replaces."""
+    import tempfile
+
+    from latency_models.profiles import PROFILE_DIR, build_profiles, load_profile, resolve_device
+    from pocketdiff.cli import UsageError
+
+    chip = resolve_device(args.device, args.profiles)
+    if not any(m.chip == chip and m.in_fit for m in ms):
+        raise UsageError(f"no in-fit measurement of {chip}: measure it (`pocketdiff latency plan --device "
+                         f"{args.device}`) and pass the rows with --measurements")
+    out_dir = Path(args.profiles or PROFILE_DIR)
+    old = load_profile(chip, out_dir) if (out_dir / f"{chip}.json").is_file() else None
+    with tempfile.TemporaryDirectory() as scratch:
+        result = build_profiles(ms, out_dir=scratch, ratios=rs, ratio_features=walks, fit_ratios=args.fit_ratios,
+                                progress=lambda m: print(f"  features: {m.model} ({m.arch})", flush=True))
+    prof = result[chip] | {"previous_fit_id": old["fit_id"] if old else None}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{chip}.json").write_text(json.dumps(prof, indent=1, sort_keys=False) + "\n")
+    print(f"wrote {out_dir / f'{chip}.json'}: fit {prof['fit_id']} (was {prof['previous_fit_id'] or 'none'}), "
+          f"{len(prof['measurements'])} rows of {chip}; other profiles and the reports were not rewritten "
+          f"(`pocketdiff latency fit` without --device refits them all)")
     return 0
 
 
