@@ -84,7 +84,7 @@ def include_candidate(text: str, latent: int = 128, batch: int = 1) -> Candidate
     from search_space import PRESETS, load_spec
 
     from .archs import is_rebuildable
-    from .export import parse_shape
+    from .measurements import parse_shape
 
     if "@" in text:
         arch, _, shape = text.partition("@")

@@ -117,7 +117,7 @@ def check_out_path(out: str | None) -> None:
 def arch_export_source(args):
     """A rebuildable architecture string (latency_models/archs.py) at --input, with random weights."""
     from latency_models.archs import arch_source, is_rebuildable
-    from latency_models.export import parse_shape
+    from latency_models.measurements import parse_shape
     from pocketdiff.cli import UsageError
 
     if args.spec or args.torchvision or args.timm or args.overrides:
