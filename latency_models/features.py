@@ -141,7 +141,92 @@ def features_from_torch(module: nn.Module, inputs: tuple, weight_bits: int = FP1
     `inputs` are the positional inputs (None allowed, passed through). `weight_bits` is the stored weight
     precision (16 for fp16, 6 for 6-bit palettized weights) and scales the weight bytes.
     """
-    return FeatureTable([op_feature(op, weight_bits) for op in trace_forward(module, inputs)], "torch-meta", note)
+    ops = [op_feature(op, weight_bits) for op in trace_forward(module, inputs)]
+    return FeatureTable(_group_norm_reshapes(_drop_decomposition_artifacts(ops)), "torch-meta", note)
+
+
+# Ops of torch's decompositions that the Core ML converter never emits: it converts `matmul`, `linear` and
+# broadcasting from the TorchScript graph, where the walk sees aten's expand + view + bmm + _unsafe_view, and
+# `contiguous` copies have no counterpart.
+_ARTIFACT_OPS = {"expand", "expand_as", "clone", "contiguous", "_unsafe_view", "_reshape_alias"}
+_MATMUL_CORE = {"mm", "addmm", "bmm", "baddbmm"}
+
+
+_GROUP_NORM_OPS = {"native_group_norm", "group_norm"}
+
+
+def _group_norm_reshapes(ops: list[OpFeature]) -> list[OpFeature]:
+    """Core ML lowers a group norm into reshape (to groups) + reductions + reshape back; the walk sees one op.
+    Add the two reshapes as layout ops around it (their reductions stay priced inside the norm), with fresh
+    tensor ids so the graph stays connected and fusion treats them as the free views they are."""
+    next_id = max((op.out_id for op in ops), default=0) + 1
+    renamed: dict[int, int] = {}
+    out = []
+    for op in ops:
+        if any(i in renamed for i in op.in_ids):
+            op = dataclasses.replace(op, in_ids=tuple(renamed.get(i, i) for i in op.in_ids))
+        if op.op not in _GROUP_NORM_OPS or not op.in_ids:
+            out.append(op)
+            continue
+        size = op.in_bytes[0] if op.in_bytes else op.act_bytes / 2
+        grouped, back = next_id, next_id + 1
+        next_id += 2
+        out.append(OpFeature("reshape", "layout", 0.0, 2 * size, 0.0, op.out_shape, module=op.module,
+                             in_ids=op.in_ids[:1], out_id=grouped, in_bytes=(size,)))
+        out.append(dataclasses.replace(op, in_ids=(grouped,) + op.in_ids[1:]))
+        out.append(OpFeature("reshape", "layout", 0.0, 2 * size, 0.0, op.out_shape, module=op.module,
+                             in_ids=(op.out_id,), out_id=back, in_bytes=(size,)))
+        renamed[op.out_id] = back
+    return out
+
+
+_RESHAPE_LIKE = {"view", "reshape", "unsqueeze", "squeeze", "flatten", "unflatten"}
+
+
+def _drop_decomposition_artifacts(ops: list[OpFeature]) -> list[OpFeature]:
+    """The walk as the converted program has it, by the converter's own rules, applied until nothing changes:
+    - drop the layout ops a decomposition adds (_ARTIFACT_OPS; a `view` that only flattens an operand for a
+      2D/3D matmul core or unflattens its result);
+    - merge a reshape-like op into the reshape-like op it alone reads (merge_consecutive_reshapes).
+    A dropped op's consumers read the tensor it came from, so fusion (roofline.py) sees a connected graph.
+    The first two rules read the graph as traced (a view that becomes adjacent to a matmul only because an
+    artifact was dropped is the model's own reshape, which the program keeps)."""
+    first = True
+    while True:
+        producer = {op.out_id: op for op in ops}
+        consumers: dict[int, list[OpFeature]] = {}
+        for op in ops:
+            for i in op.in_ids:
+                consumers.setdefault(i, []).append(op)
+
+        def feeds_only_matmul(op: OpFeature) -> bool:
+            users = consumers.get(op.out_id, [])
+            return bool(users) and all(u.op in _MATMUL_CORE for u in users)
+
+        def artifact(op: OpFeature) -> bool:
+            if op.op_class != "layout" or len(op.in_ids) != 1:
+                return False
+            src = producer.get(op.in_ids[0])
+            if first and op.op in _ARTIFACT_OPS:
+                return True
+            if first and op.op == "view" and ((src is not None and src.op in _MATMUL_CORE)
+                                              or feeds_only_matmul(op)):
+                return True
+            return (not first and op.op in _RESHAPE_LIKE and src is not None and src.op in _RESHAPE_LIKE
+                    and len(consumers.get(src.out_id, [])) == 1)
+
+        alias: dict[int, int] = {}
+        kept = []
+        for op in ops:
+            if artifact(op):
+                alias[op.out_id] = alias.get(op.in_ids[0], op.in_ids[0])  # a chain resolves to its start
+                continue
+            if any(i in alias for i in op.in_ids):
+                op = dataclasses.replace(op, in_ids=tuple(alias.get(i, i) for i in op.in_ids))
+            kept.append(op)
+        if len(kept) == len(ops) and not first:
+            return kept
+        ops, first = kept, False
 
 
 # --- Core ML program (MIL) ---------------------------------------------------------------------------------

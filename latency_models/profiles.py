@@ -219,13 +219,15 @@ def _band_level(residuals: dict, family_of: dict, adopted: dict[str, dict]) -> t
     """The narrowest quantile level whose band, rebuilt without each row's family, catches BAND_COVERAGE of
     all rows: families share errors, so the 10th..90th percentile of held-out errors catches fewer than 80% of
     a family that was not among them."""
+    levels = ", ".join(f"{x:g}" for x in BAND_LEVELS)
     for level in BAND_LEVELS:
         cov = [_coverage(residuals, family_of, adopted[chip], chip, level) for chip in sorted(adopted)]
         rows, covered = sum(c["rows"] for c in cov), sum(c["covered"] for c in cov)
         if rows and covered / rows >= predictor.BAND_COVERAGE:
-            break
-    return level, (f"the narrowest of {', '.join(f'{x:g}' for x in BAND_LEVELS)} whose band, rebuilt without each "
-                   f"row's family, catches {predictor.BAND_COVERAGE:.0%} of all rows: {covered}/{rows} at {level:g}")
+            return level, (f"the narrowest of {levels} whose band, rebuilt without each row's family, catches "
+                           f"{predictor.BAND_COVERAGE:.0%} of all rows: {covered}/{rows} at {level:g}")
+    return level, (f"none of {levels} catches {predictor.BAND_COVERAGE:.0%} of all rows with the band rebuilt "
+                   f"without each row's family; the widest, {level:g}, catches {covered}/{rows}")
 
 
 def band(profile: dict, ms: float, regime: str) -> tuple[float, float]:

@@ -81,3 +81,43 @@ def test_coreml_program_features_agree_with_torch_on_convs():
     conv_torch = sum(f.flops for f in torch_walk.ops if f.op_class in ("conv", "dwconv"))
     assert conv_mil == pytest.approx(conv_torch, rel=1e-6)
     assert sum(f.weight_bytes for f in mil.ops if f.op_class == "conv") > 0
+
+
+@pytest.mark.parametrize("name, latent", [("tiny-debug", 16), ("tiny-debug-decoder", 8)])
+def test_walk_layout_accounting_agrees_with_the_converted_program(name, latent):
+    """What the Neural Engine receives: layout ops and their traffic within 1.2x of the converted program
+    (the walk drops torch's decomposition artifacts and adds Core ML's group-norm reshapes)."""
+    mil = features_from_mil(convert(model_for(name, latent=latent))._mil_program)
+    walk = features_from_torch(*_meta(name, latent))
+    for what in ("ops", "bytes"):
+        got, want = (sum(1 if what == "ops" else f.act_bytes for f in t.ops if f.op_class == "layout")
+                     for t in (walk, mil))
+        assert 1 / 1.2 <= got / want <= 1.2, (what, got, want)
+
+
+def _meta(name, latent):
+    src = model_for(name, latent=latent, device="meta")
+    return src.module, src.inputs
+
+
+def _op(op, op_class, in_ids, out_id, shape=(2, 4)):
+    from latency_models.features import OpFeature
+    return OpFeature(op, op_class, 0.0, 16.0, 0.0, shape, in_ids=in_ids, out_id=out_id, in_bytes=(8.0,) * len(in_ids))
+
+
+def test_decomposition_artifacts_are_dropped_and_the_graph_stays_connected():
+    from latency_models.features import _drop_decomposition_artifacts
+
+    ops = [_op("view", "layout", (0,), 1),  # flattens x for mm: an artifact
+           _op("mm", "linear", (1,), 2),
+           _op("_unsafe_view", "layout", (2,), 3),  # unflattens the result: an artifact
+           _op("view", "layout", (3,), 4),  # the model's own split into heads: kept
+           _op("unsqueeze", "layout", (4,), 5),  # merged into the view it alone reads
+           _op("add", "elementwise", (5, 0), 6)]
+    kept = _drop_decomposition_artifacts(ops)
+    assert [o.op for o in kept] == ["mm", "view", "add"]
+    mm, view, add = kept
+    assert mm.in_ids == (0,) and view.in_ids == (2,) and add.in_ids == (4, 0)
+    # a reshape whose input is read elsewhere too is not merged (the program needs both shapes)
+    ops[5] = _op("add", "elementwise", (5, 4), 6)
+    assert [o.op for o in _drop_decomposition_artifacts(ops)] == ["mm", "view", "unsqueeze", "add"]
