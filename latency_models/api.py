@@ -50,6 +50,7 @@ class Prediction:
     cached_features: bool
     seconds: float
     warnings: list[str]
+    attention: str = "math"  # the attention form the features were walked in (export coreml --attention)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,7 +92,7 @@ def _cache_key(target, input_shape, latent: int, batch: int) -> tuple[str | None
 
 
 def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: int = 128, batch: int = 1,
-            weight_bits: int = 16, profile_dir=None) -> Prediction:
+            weight_bits: int = 16, profile_dir=None, attention: str | None = None) -> Prediction:
     """Predict the on-device latency of a spec / preset name / spec JSON path / "timm:NAME" /
     "torchvision:NAME" / nn.Module. For specs `input_shape` may be None (then `latent` and `batch` apply);
     given as (B, C, H, W) it sets batch = B and latent = H."""
@@ -101,7 +102,9 @@ def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: in
     if input_shape is not None and not _is_module(target) and \
             not str(target).startswith(("timm:", "torchvision:")):
         batch, latent = input_shape[0], input_shape[-1]
-    feats, cached, key, shape = model_features(target, input_shape, latent, batch, weight_bits)
+    measured = profiles.attention_form(profile)
+    attention = attention or measured
+    feats, cached, key, shape = model_features(target, input_shape, latent, batch, weight_bits, attention)
     protocol = profile["model"]["default_protocol"]
     kind = profiles.adopted(profile, feats.totals)
     regime = regime_of(feats.totals)
@@ -112,6 +115,9 @@ def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: in
     if ms > EXTRAPOLATION_FACTOR * hi_cost or ms < lo_cost / EXTRAPOLATION_FACTOR:
         warnings.append(f"extrapolating: the models measured on {chip} span {lo_cost:.3g}-{hi_cost:.3g} ms; "
                         f"the band comes from held-out families and may be too narrow this far out")
+    if attention != measured:
+        warnings.append(f"priced in the {attention} attention form; {chip}'s profile was fitted on {measured} "
+                        f"features, so the difference between forms is the model's, not a measurement's")
     return Prediction(
         ms=ms, low_ms=low, high_ms=high, chip=chip, model=_label(target),
         model_id=key.split("|")[0], input_shape=shape, feature_source=profile["feature_source"],
@@ -121,25 +127,35 @@ def predict(target, input_shape: tuple[int, ...] | None, device: str, latent: in
                    f"{profile['band'].get('quantile_level', profile['band']['coverage']):.0%} of "
                    f"{profile['band'][regime]['from']}"),
         protocol=protocol, cost_model=kind, profile_fit_id=profile["fit_id"], cached_features=cached,
-        seconds=time.perf_counter() - t0, warnings=warnings)
+        seconds=time.perf_counter() - t0, warnings=warnings, attention=attention)
 
 
-def model_features(target, input_shape, latent: int = 128, batch: int = 1, weight_bits: int = 16):
-    """(ModelFeatures, from cache?, model id, input shape text) of a prediction target: one walk, cached."""
+# The attention forms a model can be exported in (export.ATTENTION_FORMS; repeated here so a cached
+# prediction does not import the exporter).
+ATTENTION_FORMS = ("math", "split_einsum")
+
+
+def model_features(target, input_shape, latent: int = 128, batch: int = 1, weight_bits: int = 16,
+                   attention: str = "math"):
+    """(ModelFeatures, from cache?, model id, input shape text) of a prediction target in one attention form:
+    one walk, cached."""
     if not isinstance(weight_bits, int) or isinstance(weight_bits, bool) or not 1 <= weight_bits <= 32:
         raise SpecError(f"weight bits {weight_bits!r} must be a whole number from 1 to 32 "
                         f"(16 = fp16, 8 = int8, 6 = 6-bit palettized)")
+    if attention not in ATTENTION_FORMS:
+        raise SpecError(f"attention form {attention!r} is not one of {', '.join(ATTENTION_FORMS)}")
     key, shape = _cache_key(target, input_shape, latent, batch)
     built: dict = {}
 
     def compute():
         src = built.setdefault("src", _source_for(target, input_shape, latent, batch))
-        return predictor.source_model_features(src, weight_bits)
+        return predictor.source_model_features(src, weight_bits, attention)
 
     if key is None:
         src = built["src"] = _source_for(target, input_shape, latent, batch)
         key = f"{src.model_id}|{shape}"
-    feats, cached = predictor.cached_features(f"{key}|w{weight_bits}", compute)
+    form = "" if attention == "math" else f"|{attention}"  # math keys stay as they were
+    feats, cached = predictor.cached_features(f"{key}|w{weight_bits}{form}", compute)
     built.clear()  # the meta module holds no weights, but nothing needs it past this point
     return feats, cached, key, shape
 

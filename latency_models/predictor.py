@@ -66,12 +66,12 @@ MIN_ROWS_FOR_RANKS, MIN_FAMILIES_FOR_RANKS = 4, 2  # "enough data" for rank metr
 
 # --- features of measured architectures -------------------------------------------------------------------
 
-def source_features(src, weight_bits: int = 16) -> FeatureTable:
-    """The one op trace of a model source (features.features_from_torch on the math attention backend)."""
+def source_features(src, weight_bits: int = 16, attention: str = "math") -> FeatureTable:
+    """The one op trace of a model source (features.features_from_torch) in the attention form it is exported
+    in (export.ATTENTION_FORMS), so the op list matches what Core ML receives."""
     from search_space.attention import attention_backend
 
-    # The math backend is the form export.py converts, so the op list matches what Core ML receives.
-    with attention_backend("math"):
+    with attention_backend(attention):
         return features_from_torch(src.module, src.inputs, weight_bits=weight_bits)
 
 
@@ -111,9 +111,9 @@ def features_of(table: FeatureTable, params: dict[str, int]) -> ModelFeatures:
     return ModelFeatures(totals_of(table, sum(params.values())), roofline.fuse(table), ops, params)
 
 
-def source_model_features(src, weight_bits: int = 16) -> ModelFeatures:
+def source_model_features(src, weight_bits: int = 16, attention: str = "math") -> ModelFeatures:
     params = {name: p.numel() for name, p in src.module.named_parameters()}
-    return features_of(source_features(src, weight_bits), params)
+    return features_of(source_features(src, weight_bits, attention), params)
 
 
 def _feature_cache_path(key: str) -> Path:

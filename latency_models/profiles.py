@@ -145,6 +145,7 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
             "aliases": sorted(a for a, c in ALIASES.items() if c == chip),
             "devices": sorted({measurements[i].device for i in mine}),
             "feature_source": predictor.FEATURE_SOURCE, "feature_version": predictor.FEATURE_VERSION,
+            "attention_form": MEASURED_ATTENTION,
             "model": {
                 "adopted": chosen, "adopted_because": report["chips"][chip]["adopted_because"],
                 "regime_gmacs": validation.LARGE_GMACS, "default_protocol": default_protocol,
@@ -228,6 +229,16 @@ def _band_level(residuals: dict, family_of: dict, adopted: dict[str, dict]) -> t
                            f"{predictor.BAND_COVERAGE:.0%} of all rows: {covered}/{rows} at {level:g}")
     return level, (f"none of {levels} catches {predictor.BAND_COVERAGE:.0%} of all rows with the band rebuilt "
                    f"without each row's family; the widest, {level:g}, catches {covered}/{rows}")
+
+
+# The attention form the profiles' features are walked in. The published rows do not state theirs (apps and
+# READMEs time Core ML packages converted by their authors); the walk prices the project's own export.
+MEASURED_ATTENTION = "math"
+
+
+def attention_form(profile: dict) -> str:
+    """The attention form a profile was fitted on (profiles before the field: math)."""
+    return profile.get("attention_form", MEASURED_ATTENTION)
 
 
 def band(profile: dict, ms: float, regime: str) -> tuple[float, float]:

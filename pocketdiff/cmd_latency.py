@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_arguments(p)
     p.add_argument("--device", required=True, help="chip (a14, a17pro, m2, ...) or phone (iphone15pro)")
     p.add_argument("--weight-bits", type=int, default=16, help="stored weight precision (6 = palettized)")
+    p.add_argument("--attention", choices=("math", "split_einsum"),
+                   help="price the model exported in this attention form (default: the form the profile was "
+                        "fitted on)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
@@ -117,7 +120,8 @@ def cmd_predict(args) -> int:
     from latency_models.api import predict
 
     target, shape = model_target(args)
-    p = predict(target, shape, args.device, latent=args.latent, batch=args.batch, weight_bits=args.weight_bits)
+    p = predict(target, shape, args.device, latent=args.latent, batch=args.batch, weight_bits=args.weight_bits,
+                attention=args.attention)
     if args.json:
         print(json.dumps(p.to_dict(), indent=2))
         return 0
@@ -126,7 +130,8 @@ def cmd_predict(args) -> int:
           f"[{_fmt_ms(p.low_ms)} .. {_fmt_ms(p.high_ms)}]")
     print(f"  band: {p.band_note}")
     print(f"  features: {p.feature_source} - {p.feature_note}" + (" (cached)" if p.cached_features else ""))
-    print(f"  cost model: {p.cost_model}; protocol: {p.protocol}; profile fit {p.profile_fit_id}; {p.seconds:.2f} s")
+    print(f"  cost model: {p.cost_model}; protocol: {p.protocol}; attention form: {p.attention}; profile fit "
+          f"{p.profile_fit_id}; {p.seconds:.2f} s")
     for w in p.warnings:
         print(f"  warning: {w}")
     return 0

@@ -95,3 +95,15 @@ def test_ops_beyond_the_calibrated_range_are_flagged():
     assert e["outside_ops"] == 2 and e["outside_by"]["weight_bytes"]["ops"] == 1
     assert e["outside_by"]["k"]["largest"] == 20000 and e["outside_by"]["rows_per_slice"]["ops"] == 0
     assert e["outside_share"] == pytest.approx(float(ms[1:].sum() / ms.sum()))
+
+
+def test_predict_prices_the_attention_form_it_is_asked_for_and_says_so():
+    from search_space import SpecError
+
+    measured = predict("tiny-debug", None, "a17pro", latent=LATENT)
+    split = predict("tiny-debug", None, "a17pro", latent=LATENT, attention="split_einsum")
+    assert measured.attention == "math" and not any("attention form" in w for w in measured.warnings)
+    assert split.attention == "split_einsum" and any("fitted on math" in w for w in split.warnings)
+    assert split.model_id == measured.model_id and split.ms != measured.ms  # another walk, another op list
+    with pytest.raises(SpecError, match="attention form 'flash'"):
+        predict("tiny-debug", None, "a17pro", latent=LATENT, attention="flash")
