@@ -62,6 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("-o", "--output", required=True, help="where to write winner.json")
     b.set_defaults(func=cmd_best)
 
+    rr = s.add_parser("rerank", help="re-predict every complete trial's latency with the current device profile "
+                                     "(after `latency fit`) and rank the front, the winner and exports by it")
+    rr.add_argument("file", help="the study file (its [target] device and latent, its latency constraints)")
+    _storage_flag(rr)
+    rr.add_argument("--study")
+    rr.add_argument("--json", action="store_true", help="print JSON")
+    rr.set_defaults(func=cmd_rerank)
+
 
 def _storage_flag(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--storage", required=required and not os.environ.get(STORAGE_ENV),
@@ -147,6 +155,9 @@ def _print_summary(study) -> None:
     rows = pareto_rows(study)
     names = metric_names(study)
     print(f"Pareto set ({len(rows)} feasible trials) -- {front_note(study)}:")
+    from studies.overlay import refit_note
+    if refit_note(study):
+        print(f"  ({refit_note(study)})")
     for r in rows:
         shown = names + ([LEARNED_FRACTION] if LEARNED_FRACTION in r and LEARNED_FRACTION not in names else [])
         vals = "  ".join(_with_interval(r, n) for n in shown)
@@ -200,12 +211,13 @@ def cmd_status(args) -> int:
 
 def _flat_rows(study, pareto: bool) -> list[dict]:
     from studies import record as R
+    from studies.overlay import current_trials
     from studies.queries import metric_names, pareto_rows
 
     keep = {r["number"] for r in pareto_rows(study)} if pareto else None
     names = metric_names(study)
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in current_trials(study):
         if keep is not None and t.number not in keep:
             continue
         row = {"number": t.number, "state": t.state.name}
@@ -239,6 +251,35 @@ def cmd_export(args) -> int:
         w.writeheader()
         w.writerows(rows)
     print(f"wrote {len(rows)} trial(s) to {out}")
+    return 0
+
+
+def cmd_rerank(args) -> int:
+    from studies.queries import front_note
+    from studies.rerank import rerank
+
+    import optuna
+    from studies import storage as S
+
+    cfg = _load_cfg(args)
+    found = _study(args)  # read-only: checks the name before anything is written
+    study = optuna.load_study(study_name=found.study_name, storage=S.open_for_writing(cfg.storage))
+    result = rerank(study, cfg.device, cfg.latent, cfg.constraints)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if not result["changes"]:
+        print(f"study {study.study_name}: no complete trial with a predicted latency; nothing to re-rank")
+        return 0
+    print(f"study {study.study_name}: latency of {len(result['changes'])} trials re-predicted with {result['chip']}'s "
+          f"profile fit {result['fit_id']}")
+    for c in sorted(result["changes"], key=lambda c: -abs(c["now_ms"] - c["at_run_ms"]))[:10]:
+        print(f"  #{c['trial']:<4} {c['at_run_ms']:8.1f} ms -> {c['now_ms']:8.1f} ms"
+              f"  (fit at run: {c['fit_at_run'] or 'not recorded'})")
+    before, after = result["front_before"], result["front_after"]
+    print(f"Pareto set -- {front_note(study)}: before {before}, now {after}"
+          + ("" if before == after else f" (left: {sorted(set(before) - set(after))}, "
+                                        f"joined: {sorted(set(after) - set(before))})"))
     return 0
 
 

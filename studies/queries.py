@@ -15,6 +15,7 @@ from evaluators import registry
 from . import record as R
 from . import storage as S
 from .halving import LEARNED_FRACTION_GATE, nondominated_ranks, rung_regime
+from .overlay import current_trials
 from .record import FINISHED, TrialRecord, feasible, metric_names
 from .storage import StudyError
 
@@ -148,7 +149,7 @@ def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
     recorded, the rung, and the spec's identity; one row per spec."""
     names = metric_names(study)
     directions = [d.name.lower() for d in study.directions]
-    trials = study.get_trials(deepcopy=False)
+    trials = current_trials(study)  # latency as the current profile predicts it, once a study is re-ranked
     r = front_rung(complete_rungs(trials))
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
                    and TrialRecord.of(t).rung == r and feasible(t)), key=lambda t: t.number)

@@ -24,6 +24,7 @@ from training.baselines import BASELINES, LEARNED_FRACTION
 from . import record as R
 from .paper import (FIG3_MARGINS, FIG3_PAPER, FIG3_PAPER_ORDER, FIG3_PARENT, TABLE2_PAPER,  # noqa: F401
                     fig3_pair_possible)
+from .overlay import current_trials
 from .queries import front_rung
 from .record import TrialRecord
 
@@ -135,7 +136,7 @@ def trials_frame(study) -> tuple[pd.DataFrame, StudyInfo]:
     names = metric_names(study)
     directions = [d.name.lower() for d in study.directions]
     definition = attrs.get(R.DEFINITION) or {}
-    trials = study.get_trials(deepcopy=False)
+    trials = current_trials(study)  # latency as the current profile predicts it, once a study is re-ranked
     rows, knob_rows, constraint_names = [], [], []
     for t in trials:
         rec = TrialRecord.of(t)

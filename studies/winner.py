@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search_space.errors import UserError
 
+from .overlay import current_trials
 from .queries import complete_rungs, front_rung, metric_names
 from .record import TrialRecord, feasible
 
@@ -75,7 +76,7 @@ def select_winner(study, metric: str | None = None, max_latency_ms: float | None
     names = [m for m, _ in objectives_of(study)]
     metric = metric or default_metric(study)
     direction = metric_direction(study, metric)
-    trials = study.get_trials(deepcopy=False)
+    trials = current_trials(study)  # latency as the current profile predicts it, once a study is re-ranked
     rung = front_rung(complete_rungs(trials))
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
     if not done:

@@ -26,7 +26,9 @@ def run(spec, config: dict, seed: int, report, out_dir) -> dict:
 
     pred = predict(spec, None, config["device"], latent=config["latent"])
     return {"latency_ms": float(pred.ms), "latency_low_ms": float(pred.low_ms), "latency_high_ms": float(pred.high_ms),
-            "_user_attrs": {"latency_breakdown": latency_breakdown(spec, config["latent"], config["device"])}}
+            "_user_attrs": {"latency_breakdown": latency_breakdown(spec, config["latent"], config["device"]),
+                            # the profile fit that predicted it: `pocketdiff study rerank` after a refit
+                            "latency_fit": pred.profile_fit_id}}
 
 
 # Bump the version when a change makes old predictions incomparable (the profiles carry their own fitted ones).
