@@ -84,9 +84,9 @@ def _rows_table(report: dict, chip: str) -> list[str]:
 
 
 # Every fit is deterministic; said in each per-chip report so no reader looks for a seed-to-seed spread.
-SEEDLESS_NOTE = ("Deterministic fit: no random seed (penalised least squares from fixed priors; a rerun on the "
-                 "same rows gives the same numbers). Chance level and how far to read Spearman on few rows: "
-                 "reports/README.md.")
+DETERMINISTIC = ("Deterministic fit: no random seed (penalised least squares from fixed priors; a rerun on the "
+                 "same rows gives the same numbers).")
+SEEDLESS_NOTE = DETERMINISTIC + " Chance level and how far to read Spearman on few rows: reports/README.md."
 
 
 def write_reports(profiles: dict[str, dict], report: dict, out_dir: Path) -> list[Path]:
@@ -142,6 +142,11 @@ def format_ratios(ratios: dict, fit_id: str) -> list[str]:
             "| method | right | share |", "|---|---:|---:|"]
     for k, a in acc.items():
         out.append(f"| {k.replace('_', '-')} | {a['right']}/{a['n']} | {_f(a['share'], True)} |")
+    n = len(ratios["rows"])
+    out += ["", f"{DETERMINISTIC} Chance level: with {n} pairs one pair is "
+            f"{100 / max(n, 1):.0f} points of the share, and a sign test over {n} pairs that all favour one "
+            f"method reaches only p = {min(1.0, 2 * 0.5 ** n):.2f} (two-sided), so no difference between the "
+            f"methods above is significant; they are reported, not ranked."]
     if band["log_rms"] is not None:
         hw = band["log_half_width"]
         out += ["", f"Band of a predicted change (`latency explain --compare`): x{math.exp(-hw):.2f}"
