@@ -153,7 +153,7 @@ def compare(a: dict, b: dict, top: int = 8) -> dict:
 
 def ratio_evidence(a: dict, b: dict, profile_dir=None) -> dict:
     """The predicted latency(B) / latency(A) without the protocol overhead (as ratio rows are stated), its 80%
-    band from the fit's leave-one-ratio-out errors, and the published ratio when the chip's profile holds one
+    band from the fit's held-out ratio errors, and the published ratio when the chip's profile holds one
     for this pair at this input."""
     profile = profiles.load_profile(a["chip"], profile_dir)
     ratio = (b["total_ms"] - b["overhead_ms"]) / (a["total_ms"] - a["overhead_ms"])
@@ -165,4 +165,3 @@ def ratio_evidence(a: dict, b: dict, profile_dir=None) -> dict:
     return {"ratio": ratio, "low": None if hw is None else ratio * np.exp(-hw),
             "high": None if hw is None else ratio * np.exp(hw), "band_from": band.get("from"),
             "published": published[0] if published else None, "in_fit": bool(profile.get("ratios_in_fit"))}
-

@@ -46,7 +46,7 @@ _ALIAS_OPS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "unsqueeze", 
               "alias", "detach", "select", "slice", "narrow", "split", "split_with_sizes", "chunk", "unbind",
               "flatten", "unflatten", "as_strided", "lift_fresh", "lift_fresh_copy", "_to_copy", "clone",
               "contiguous", "copy_", "new_empty", "empty_like", "t"}
-_FUSIBLE_CLASSES = {"norm", "elementwise"}  # join the op before them (the and the compiler's rule)
+_FUSIBLE_CLASSES = {"norm", "elementwise"}  # join the op before them (the Neural Engine compiler's rule)
 SMOOTH_MAX_P = 4.0
 MAX_OVERHEAD_MS = 5.0
 

@@ -95,7 +95,7 @@ def compare(measurements, features, ratios=(), ratio_features=()) -> dict:
 
 
 # A design decision is read right when the predicted change has the published sign and lies within this many
-# percentage points of the published change (the criterion; the paper rounds to whole percents).
+# percentage points of the published change (the paper rounds its changes to whole percents).
 DECISION_POINTS = 10.0
 Z80 = 1.2816  # the normal quantile that puts 80% of a Gaussian between -z and z
 
