@@ -202,6 +202,7 @@ def _library_calls(monkeypatch) -> dict:
 
     class Prediction:
         ms = low_ms = high_ms = 1.0
+        profile_fit_id = "fit"
     monkeypatch.setattr(api, "predict", spy("latency", Prediction()))
     monkeypatch.setattr(latency_plugin, "latency_breakdown", lambda *a: {})
     return calls, {
