@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from search_space import SpecError
+from search_space.attention import Attention
 
 # stabilityai/stable-diffusion-2-1-base, unet/config.json (diffusers); SD 2-base has the same UNet config.
 SD21_UNET_CONFIG = {
@@ -93,21 +94,16 @@ class DwPwChain(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Pre-norm multi-head self-attention with a residual, in explicit matmul + softmax form (the project's
-    export form: search_space/attention.py's math backend), on (batch, tokens, channels)."""
+    """Pre-norm multi-head self-attention with a residual on (batch, tokens, channels): the workbench's own
+    attention block (search_space.attention.Attention), so a measured row calibrates the form the UNets use."""
 
     def __init__(self, channels: int, heads: int):
         super().__init__()
-        self.heads = heads
         self.norm = nn.LayerNorm(channels)
-        self.qkv = nn.Linear(channels, 3 * channels, bias=False)
-        self.out = nn.Linear(channels, channels, bias=False)
+        self.attn = Attention(channels, None, heads, heads, channels // heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        w = torch.softmax(q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5, dim=-1)
-        return x + self.out((w @ v).transpose(1, 2).reshape(b, t, c))
+        return x + self.attn(self.norm(x))
 
 
 class _FirstOutput(nn.Module):

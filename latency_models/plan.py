@@ -236,7 +236,6 @@ def plan_for_device(chip: str, n: int = 8, include: tuple[str, ...] = (), latent
                     profile_dir=None, progress=None) -> tuple[list[dict], dict]:
     """Plan `n` measurements for `chip` from its current profile; returns (plan rows, summary)."""
     from . import profiles
-    from .measurements import Measurement
     from .predictor import arch_features, measurement_features
 
     profile = profiles.load_profile(chip, profile_dir)
@@ -251,11 +250,7 @@ def plan_for_device(chip: str, n: int = 8, include: tuple[str, ...] = (), latent
         progress(f"features of {len(unique)} candidates and {len(profile['measurements'])} fitted rows of {chip} "
                  f"(meta-device walks, cached after the first run)")
     fused = [arch_features(c.arch, c.input_shape).fused for c in unique]
-    base = []
-    for row in profile["measurements"]:
-        d = {k: v for k, v in row.items() if k != "features"}
-        d["input_shape"] = tuple(int(s) for s in d["input_shape"].split("x"))
-        base.append(measurement_features(Measurement(**d)).fused)
+    base = [measurement_features(m).fused for m in profiles.profile_measurements(profile)]
     choices = plan_measurements(model, chip, fused, n, base)
     predicted = [model.predict(f, chip, None) for f in fused]
     device = (profile.get("devices") or [chip])[0]

@@ -65,13 +65,20 @@ def measurements_from_profiles(profile_dir: Path | None = None) -> tuple[list[Me
     """Every profile's fitted-on measurements with their stored feature totals."""
     ms, totals = [], []
     for chip in available_chips(profile_dir):
-        for row in load_profile(chip, profile_dir)["measurements"]:
-            d = dict(row)
-            t = d.pop("features")
-            d["input_shape"] = tuple(int(s) for s in d["input_shape"].split("x"))
-            ms.append(Measurement(**d))
-            totals.append(t)
+        profile = load_profile(chip, profile_dir)
+        ms += profile_measurements(profile)
+        totals += [row["features"] for row in profile["measurements"]]
     return ms, totals
+
+
+def profile_measurements(profile: dict) -> list[Measurement]:
+    """The measurements a profile was fitted on, as Measurement rows (without their stored feature totals)."""
+    out = []
+    for row in profile["measurements"]:
+        d = {k: v for k, v in row.items() if k != "features"}
+        d["input_shape"] = tuple(int(s) for s in d["input_shape"].split("x"))
+        out.append(Measurement(**d))
+    return out
 
 
 def _fit_id(measurements: list[Measurement], ratios=()) -> str:

@@ -112,8 +112,9 @@ def write_reports(profiles: dict[str, dict], report: dict, out_dir: Path) -> lis
     return paths
 
 
-def _chg(r) -> str:
-    return "n/a" if r is None else f"{100 * (r - 1):+.1f}%"
+def change_text(r: float | None, digits: int = 1) -> str:
+    """A latency ratio after / before as a signed change: 0.38 -> "-62.0%"."""
+    return "n/a" if r is None else f"{100 * (r - 1):+.{digits}f}%"
 
 
 def format_ratios(ratios: dict, fit_id: str) -> list[str]:
@@ -135,8 +136,8 @@ def format_ratios(ratios: dict, fit_id: str) -> list[str]:
            "|---|---|---|---:|---:|---:|---:|---:|"]
     for x in ratios["rows"]:
         out.append(f"| {x['before']} -> {x['after']} | {x['chip']} | {x['batch']}x{x['latent']}x{x['latent']} "
-                   f"| {_chg(x['published'])} | {_chg(x['fitted'])} | {_chg(x['held_out'])} "
-                   f"| {_chg(x['flops_only'])} | {_chg(x['params_only'])} |")
+                   f"| {change_text(x['published'])} | {change_text(x['fitted'])} | {change_text(x['held_out'])} "
+                   f"| {change_text(x['flops_only'])} | {change_text(x['params_only'])} |")
     out += ["", f"Decision accuracy (right sign and within {ratios['decision_points']:g} percentage points of the "
             f"published change), over {len(ratios['rows'])} single-change pairs:", "",
             "| method | right | share |", "|---|---:|---:|"]

@@ -390,7 +390,8 @@ def _fit_one_device(args, ms, rs, walks) -> int:
 
 
 def _chg(r) -> str:
-    return "n/a" if r is None else f"{100 * (r - 1):+.0f}%"
+    from latency_models.report import change_text
+    return change_text(r, 0)
 
 
 def _coverage_text(c) -> str:
