@@ -246,12 +246,16 @@ def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequ
         k = len(finished) // rungs.reduction
         if k == 0:
             continue
+        claimed = {rec.candidate for _, rec in records if rec.rung == r + 1}
+        if rungs.promotion == "synchronous" and len(claimed) >= k:
+            # A synchronous rung promotes once. Two workers may each sample a last first-rung candidate (10 for
+            # 9 places); when that one finishes after the rung promoted, it must not promote a fourth.
+            continue
         ranked = _rankable(finished.values())
         columns, ranked_by = (ranking_objectives(names, r, rung_regime(trials, r)) if names is not None
                               else (list(range(len(directions))), ""))
         values = np.array([[t.values[i] for i in columns] for t in ranked])
         order = rank_order(values, [directions[i] for i in columns]) if ranked else []
-        claimed = {rec.candidate for _, rec in records if rec.rung == r + 1}
         for i in order[:k]:
             if TrialRecord.of(ranked[i]).candidate not in claimed:
                 due.append(Promotion(ranked[i], r + 1, ranked_by))
