@@ -248,8 +248,8 @@ def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequ
             continue
         claimed = {rec.candidate for _, rec in records if rec.rung == r + 1}
         if rungs.promotion == "synchronous" and len(claimed) >= k:
-            # A synchronous rung promotes once. Two workers may each sample a last first-rung candidate (10 for
-            # 9 places); when that one finishes after the rung promoted, it must not promote a fourth.
+            # A synchronous rung promotes once: a candidate that finishes after the rung promoted (a
+            # re-queued trial of a killed worker, a study file whose n_trials grew) must not promote another.
             continue
         ranked = _rankable(finished.values())
         columns, ranked_by = (ranking_objectives(names, r, rung_regime(trials, r)) if names is not None
@@ -262,24 +262,35 @@ def due_promotions(trials: Sequence[FrozenTrial], rungs: Rungs, directions: Sequ
     return due
 
 
-@contextlib.contextmanager
-def promotion_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
+def promotion_lock(storage: optuna.storages.BaseStorage, study_name: str) -> contextlib.AbstractContextManager:
     """Serialise promotion decisions of every worker on this storage (see the module docstring)."""
+    return study_lock(storage, f"pocketdiff-promote:{study_name}")
+
+
+def sampling_lock(storage: optuna.storages.BaseStorage, study_name: str) -> contextlib.AbstractContextManager:
+    """Serialise "is the first rung full? then start a trial" across workers: held from the check until the
+    trial exists in the storage (where the next worker's check counts it)."""
+    return study_lock(storage, f"pocketdiff-sample:{study_name}")
+
+
+@contextlib.contextmanager
+def study_lock(storage: optuna.storages.BaseStorage, name: str) -> Iterator[None]:
+    """A lock named `name` shared by every worker on this storage (studies/storage.py `named_lock`)."""
     from .storage import named_lock
 
     storage = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache layer
     url = str(getattr(storage, "url", ""))
     if not url and isinstance(storage, optuna.storages.RDBStorage):
-        raise RuntimeError("an RDB storage without a URL: cannot lock promotions")
+        raise RuntimeError(f"an RDB storage without a URL: cannot hold the lock {name!r}")
     if not url:  # in-memory storages live in one process: a thread lock is enough
-        with _LOCAL_LOCK:
+        with _LOCAL_LOCKS.setdefault(name.split(":", 1)[0], threading.Lock()):
             yield
         return
-    with named_lock(url, f"pocketdiff-promote:{study_name}", engine=getattr(storage, "engine", None)):
+    with named_lock(url, name, engine=getattr(storage, "engine", None)):
         yield
 
 
-_LOCAL_LOCK = threading.Lock()
+_LOCAL_LOCKS: dict[str, threading.Lock] = {}
 
 
 def promote(study: optuna.Study, rungs: Rungs) -> list[Promotion]:

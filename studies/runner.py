@@ -10,6 +10,7 @@ Storage: SQLite by default, PostgreSQL/MySQL URLs for many workers (docs/studies
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -23,7 +24,8 @@ from optuna.trial import TrialState
 
 from . import record as R
 from .config import StudyConfig, check_jobs, check_runnable_here
-from .halving import REPROPOSAL_LIMIT, first_rung_counts, first_rung_full, promote, promotion_lock
+from .halving import (REPROPOSAL_LIMIT, first_rung_counts, first_rung_full, promote, promotion_lock,
+                      sampling_lock)
 from .objective import Objective, RunStats
 from .opening import open_storage, open_study, retry_failed_presets, worker_seed
 from .queries import finished_count, metric_names
@@ -196,12 +198,19 @@ def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_
     while timeout is None or time.monotonic() - t0 < timeout:
         promote(study, rungs)
         _retry_presets(cfg, study, echo)
+        # Held from this check until the next trial exists in the storage (the objective's first step frees
+        # it): two workers that both see one free place would otherwise both sample, and a worker that saw a
+        # waiting promotion another took would sample past a full first rung.
+        slot = contextlib.ExitStack()
+        slot.enter_context(sampling_lock(study._storage, study.study_name))
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if n_trials is not None:
             if ran >= n_trials:
+                slot.close()
                 break
         elif not waiting and first_rung_full(trials, cfg.n_trials or 0):
+            slot.close()
             candidates = first_rung_counts(trials)[0]
             if candidates < (cfg.n_trials or 0) and not said:
                 log.warning("the sampler keeps proposing designs already evaluated: stopping with %d distinct "
@@ -220,8 +229,18 @@ def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_
             _fail_stale(study)
             continue
         said = False
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[summary], gc_after_trial=True)
+        with slot:
+            study.optimize(_freeing(slot, objective), n_trials=1, catch=(Exception,), callbacks=[summary],
+                           gc_after_trial=True)
         ran += 1
+
+
+def _freeing(slot: contextlib.ExitStack, objective: Objective) -> Callable[[optuna.Trial], tuple[float, ...]]:
+    """The objective, freeing `slot` first: by then Optuna has stored the trial as RUNNING."""
+    def run(trial: optuna.Trial) -> tuple[float, ...]:
+        slot.close()
+        return objective(trial)
+    return run
 
 
 def _fail_stale(study: optuna.Study) -> None:
