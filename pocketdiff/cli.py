@@ -32,8 +32,16 @@ class UsageError(UserError):
     """A mistake in the command line itself; printed as one line, exit code 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: the mistake and where the usage is, not the usage itself (its
+    sub-commands' parsers are of this class too: `add_subparsers` makes them with the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pocketdiff",
         description="Architecture search and ablation workbench for mobile text-to-image diffusion (SnapGen).",
     )
