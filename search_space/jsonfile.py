@@ -30,7 +30,7 @@ def read_json(path: str | Path, what: str, error: type[UserError] = UserError, e
     except UnicodeDecodeError as e:
         raise error(f"{what} {path} is not UTF-8 text (byte {e.start}); it is not a JSON file") from None
     except json.JSONDecodeError as e:
-        raise error(f"{what} {path} is malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise error(f"{what} {path} is malformed JSON: {e.msg}: line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise error(f"{what} {path} nests too deeply to read; it is not a file this tool writes") from None
     except ValueError as e:  # an integer of thousands of digits (Python's int conversion limit)

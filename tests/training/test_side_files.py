@@ -15,8 +15,8 @@ from training.teachers import TeacherError, load_teacher
 
 
 @pytest.mark.parametrize("text, says", [
-    ("{bad", r"is malformed JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
-    ('{"a": 1,\n "b": }', r"is malformed JSON: Expecting value at line 2 column 7"),
+    ("{bad", r"is malformed JSON: Expecting property name enclosed in double quotes: line 1 column 2"),
+    ('{"a": 1,\n "b": }', r"is malformed JSON: Expecting value: line 2 column 7"),
     ("[1, 2]", r"holds a list \[...\] at the top level, expected an object"),
     ('"text"', r"holds a string at the top level"),
     ("[" * 100_000 + "]" * 100_000, r"nests too deeply to read"),
@@ -41,7 +41,7 @@ def _one_line(capsys, argv) -> str:
 
 
 @pytest.mark.parametrize("index, says", [
-    ("{bad", "model_index.json is malformed JSON: Expecting property name enclosed in double quotes at line 1 "
+    ("{bad", "model_index.json is malformed JSON: Expecting property name enclosed in double quotes: line 1 "
              "column 2"),
     ("[1, 2]", "model_index.json holds a list [...] at the top level, expected an object {...}"),
     ('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}',
