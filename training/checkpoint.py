@@ -47,6 +47,10 @@ class CheckpointError(TrainError):
     """A checkpoint that is corrupt or belongs to another run; the message names the mismatch."""
 
 
+class NoCheckpoint(CheckpointError):
+    """A path that holds no checkpoint of ours at all (as opposed to a damaged one)."""
+
+
 def run_meta(data: FlowData, prompts: PromptEmbeddings, cfg_scale: float, sample_steps: int) -> dict:
     """What every consumer needs to use a checkpoint without the training data: the data's model space, class
     names, text encoder and the sampler settings it was trained for."""
@@ -113,7 +117,7 @@ def find_checkpoint(path: str | Path) -> Path:
         return path
     if path.is_file() and path.name == WEIGHTS_FILE:
         return path.parent
-    raise CheckpointError(f"no checkpoint at {path}: expected a run folder with checkpoints/latest (written by "
+    raise NoCheckpoint(f"no checkpoint at {path}: expected a run folder with checkpoints/latest (written by "
                           f"`pocketdiff train` or `pocketdiff eval quality --out`), or a checkpoints/step_XXXXXXX "
                           f"folder")
 

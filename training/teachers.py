@@ -252,7 +252,7 @@ def load_teacher(source: str | Path, dtype: torch.dtype = torch.float32, device:
     """A run folder / checkpoint of ours, a diffusers SD3 pipeline folder (model_index.json: the teacher brings
     its own text encoders, which encode the class prompts in `prompt_table`; `sd3:PATH` insists on one), or a
     bare diffusers model folder. Every file is checked (JSON, weights present and plain) before diffusers loads."""
-    from .checkpoint import CheckpointError, find_checkpoint, load_trained
+    from .checkpoint import NoCheckpoint, find_checkpoint, load_trained
 
     text = str(source)
     pipeline_only = text.startswith(SD3_PREFIX)
@@ -298,7 +298,7 @@ def load_teacher(source: str | Path, dtype: torch.dtype = torch.float32, device:
                            f"folder, an SD3Transformer2DModel or a UNet2DConditionModel folder")
     try:
         find_checkpoint(path)
-    except CheckpointError:
+    except NoCheckpoint:
         raise TeacherError(f"teacher {source} is neither a diffusers model folder (model_index.json or "
                            f"config.json) nor a run folder or checkpoint of ours") from None
     model, spec, manifest = load_trained(path)  # a damaged checkpoint of ours: its own one-line error
