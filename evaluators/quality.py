@@ -30,7 +30,7 @@ from search_space.errors import UserError
 from training.baselines import BASELINES, LEARNED_FRACTION, learned_fraction, regime_baselines
 from training.budget import QUALITY_RUN_BUDGET, WALL_CLOCK_NOTICE, Budget
 from training.config import LoopConfig
-from training.data import DataError, FlowData, load_data, load_vae
+from training.data import DataError, FlowData, decoding_vae, load_data, load_vae
 from training.fidelity import (MetricError, domain_floor, domain_metrics, extractor_validity, inception_metrics,
                               inception_weights, register_domain_extractor)
 from training.proxy import ProxyConfig, proxy_spec, width_mult_for
@@ -107,6 +107,7 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
     weights = inception_weights(fid_weights, download=fid == "on") if fid != "off" else None
     data = load_data(data) if isinstance(data, str) else data
     num_samples = sample_count(num_samples, data)
+    vae = decoding_vae(vae, data.kind, data.info.get("vae_path"))  # a folder that cannot decode fails here
     prompts = class_prompt_embeddings(data.class_names, encoder)
     proxy, mapping = proxy_spec(spec, data.channels, prompts.dim, prompts.pooled_dim, proxy_config)
     steps_budget = resolve_budget(budget, proxy, data, prompts, config)  # a bad budget fails before any work
@@ -155,8 +156,7 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
                 record["metrics_invalid"] = invalid
                 record["domain_classifier_val_accuracy"] = extractor["val_accuracy"]
             if data.kind == "latent" and (weights or out_dir):
-                vae_path = vae or data.info.get("vae_path")
-                vae_model = load_vae(vae_path) if vae_path and Path(vae_path).is_dir() else None
+                vae_model = load_vae(vae) if vae else None
             if weights and (data.kind == "pixel" or vae_model is not None):
                 record.update(inception_metrics(samples, data, weights, vae_model))
             elif fid != "off":

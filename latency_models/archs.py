@@ -162,8 +162,7 @@ def _transformers_source(name: str, shape: tuple[int, ...], device: str):
             model, inputs = _sam_family(name, shape, device)
             wrapped = _FirstOutput(model, ("pixel_values", "input_points", "input_labels"), lambda o: o.pred_masks)
         else:
-            raise SpecError(f"no transformers architecture {name!r}; known: distilbert, depth-anything-small, "
-                            f"detr-r50-panoptic, sam2-hiera-b+, edgetam")
+            raise SpecError(f"no transformers architecture {name!r}; known: {', '.join(TRANSFORMERS_ARCHS)}")
     return ModelSource(wrapped.eval(), inputs, f"transformers:{name}", name, arch=f"transformers:{name}")
 
 
@@ -267,8 +266,44 @@ def arch_source(arch: str, input_shape: tuple[int, ...], device: str = "meta"):
         return _transformers_source(name, input_shape, device)
     if kind == "microbench":
         return microbench_source(name, input_shape, device)
-    raise SpecError(f"cannot rebuild architecture {arch!r}; use torchvision:NAME, timm:NAME, preset:NAME, "
-                    f"spec:PATH, diffusers:sd21-unet, transformers:NAME or microbench:NAME")
+    raise SpecError(f"cannot rebuild architecture {arch!r}; use {ARCH_FORMS}")
+
+
+TRANSFORMERS_ARCHS = ("distilbert", "depth-anything-small", "detr-r50-panoptic", "sam2-hiera-b+", "edgetam")
+ARCH_FORMS = ("torchvision:NAME, timm:NAME, preset:NAME, spec:PATH, diffusers:sd21-unet, transformers:NAME "
+              f"({', '.join(TRANSFORMERS_ARCHS)}) or microbench:NAME")
+
+
+def check_arch(arch: str, input_shape: tuple[int, ...]) -> None:
+    """Refuse an `arch` that `arch_source` could not rebuild at `input_shape`, without building it (a name
+    lookup per kind), so that a measurement file is checked in seconds when it is imported."""
+    from .export import parse_arch
+
+    kind, _, name = arch.partition(":")
+    if kind in ("torchvision", "timm"):
+        import timm
+        import torchvision
+
+        known = (name and parse_arch(name)[0] in torchvision.models.list_models() if kind == "torchvision"
+                 else name and timm.is_model(parse_arch(name)[0]))
+        if not known:
+            raise SpecError(f"{kind} has no model {name!r} (see {kind}'s model list)")
+        if len(input_shape) != 4 or input_shape[1] != 3:
+            raise SpecError(f"{arch} takes an RGB batch BATCHx3xHxW, not {'x'.join(map(str, input_shape))}")
+    elif kind in ("preset", "spec"):
+        from search_space import PRESETS, load_spec
+
+        if kind == "preset" and name not in PRESETS:
+            raise SpecError(f"unknown preset {name!r}; `pocketdiff presets list` shows them")
+        if kind == "spec":
+            load_spec(name)  # a missing or invalid spec file raises SpecError naming it
+    elif kind == "transformers":
+        if name not in TRANSFORMERS_ARCHS:
+            raise SpecError(f"no transformers architecture {name!r}; known: {', '.join(TRANSFORMERS_ARCHS)}")
+    elif kind == "microbench":
+        parse_microbench(name, input_shape)
+    elif arch != "diffusers:sd21-unet":
+        raise SpecError(f"cannot rebuild architecture {arch!r}; use {ARCH_FORMS}")
 
 
 def is_rebuildable(arch: str) -> bool:

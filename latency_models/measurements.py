@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
+import math
 import re
 from pathlib import Path
 
 from search_space import SpecError
+
+from .devices import ALIASES, KNOWN_CHIPS, available_chips
 
 DATA_DIR = Path(__file__).parent / "data"
 CALIBRATION_CSV = DATA_DIR / "calibration.csv"
@@ -70,7 +74,31 @@ def chip_key(chip: str) -> str:
     """"A17 Pro" -> "a17pro", "M1 Max (8P CPU / ...)" -> "m1max"; unknown chips keep a lower-case, space-free
     name so imports can add devices."""
     c = re.sub(r"\(.*\)", "", chip).strip().lower()
-    return _CHIP_NAMES.get(c, re.sub(r"[^a-z0-9]+", "", c.replace(" bionic", "")))
+    key = _CHIP_NAMES.get(c, re.sub(r"[^a-z0-9]+", "", c.replace(" bionic", "")))
+    return ALIASES.get(key, key)  # a phone ("iPhone 15 Pro") names its chip
+
+
+@functools.cache
+def known_chips() -> tuple[str, ...]:
+    """The chips a measurement row may name: the workbench's (devices.KNOWN_CHIPS), every profile's, and every
+    chip of the published rows (read raw here, so that checking them needs no other check)."""
+    published = set()
+    for path in (CALIBRATION_CSV, LARGE_MODELS_CSV):
+        with path.open(newline="") as f:
+            published |= {chip_key(row["chip"]) for row in csv.DictReader(f)}
+    return tuple(sorted(set(KNOWN_CHIPS) | set(available_chips()) | set(_CHIP_NAMES.values()) | published))
+
+
+def check_chip(text: str) -> str:
+    """The profile name of a row's chip cell; an empty or unknown chip raises ValueError listing the known ones."""
+    chip = chip_key(text or "")
+    if not chip:
+        raise ValueError("chip is empty; write the chip as the source names it, e.g. A17 Pro")
+    if chip not in known_chips():
+        raise ValueError(f"unknown chip {text.strip()!r}; known chips: {', '.join(known_chips())} (phones such as "
+                         f"iPhone 15 Pro name their chip; a new chip is added to KNOWN_CHIPS in "
+                         f"latency_models/devices.py)")
+    return chip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,22 +154,42 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
 
 MAX_LATENCY_MS = 3_600_000.0  # [choose] an hour: no single Core ML prediction this predictor models takes longer
 FORMULA_START = ("=", "+", "-", "@")  # a spreadsheet runs a cell that starts so as a formula
+MAX_LISTED = 8  # bad rows named in one error line
+MAX_WEIGHT_BITS = 32
 
 
-def _check_latencies(rows: list[dict], path: Path) -> None:
-    bad = []
-    for i, row in enumerate(rows):
-        try:
-            ok = 0 < float(row["latency_ms"]) <= MAX_LATENCY_MS  # False for nan and inf as well
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            bad.append(f"line {i + 2} ({row.get('latency_ms')!r})")  # line 1 is the header
-    if bad:
-        raise MeasurementError(f"{path}: latency_ms must be a positive, finite number of milliseconds up to "
-                               f"{MAX_LATENCY_MS:g}; bad rows: {', '.join(bad)}")
-    for i, row in enumerate(rows):
-        check_formula_cells(path, i + 2, row, skip=("latency_ms",))
+class CellError(ValueError):
+    """One bad cell of a measurement row: the column and what is wrong with its text."""
+
+    def __init__(self, column: str, message: str):
+        super().__init__(f"column {column}: {message}")
+
+
+def _cell(row: dict, column: str, parse, default=None):
+    """`parse` applied to a row's stripped cell (an empty optional cell gives `default`); any ValueError or
+    SpecError becomes a CellError naming the column."""
+    text = (row.get(column) or "").strip()
+    if not text and default is not None:
+        return default
+    try:
+        return parse(text)
+    except (ValueError, SpecError) as e:
+        raise CellError(column, str(e) or f"{text[:40]!r} is not valid") from None
+
+
+def _positive(text: str, high: float = math.inf, whole: bool = False) -> float:
+    """A finite number above 0 (and at most `high`); `whole`: a whole number."""
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not a {'whole ' if whole else ''}number") from None
+    if not (math.isfinite(value) and 0 < value <= high):
+        raise ValueError(f"{text[:40]!r} must be a positive, finite number up to {high:g}")
+    return value
+
+
+def _latency(text: str) -> float:
+    return _positive(text, MAX_LATENCY_MS)
 
 
 def check_formula_cells(path: Path, line: int, row: dict, skip=()) -> None:
@@ -175,14 +223,17 @@ def read_measurements(path: str | Path) -> list[Measurement]:
     if missing:
         raise MeasurementError(f"{path}: missing column(s) {', '.join(missing)} for the {schema} schema "
                                f"(needs {', '.join(required)})")
-    _check_latencies(rows, path)
-    out = []
+    out, bad = [], []
     large = path.name == LARGE_MODELS_CSV.name  # the large-model schema: descriptive source_arch, protocols
     for i, row in enumerate(rows):
+        check_formula_cells(path, i + 2, row, skip=("latency_ms",))
         try:
             out.append(_from_calibration(row, large) if schema == "calibration" else _from_measurement(row))
         except (ValueError, SpecError) as e:
-            raise MeasurementError(f"{path}: line {i + 2}: {e}") from None
+            bad.append(f"line {i + 2}, {e}" if isinstance(e, CellError) else f"line {i + 2}: {e}")
+    if bad:  # every bad row is named, so that one round of fixes is enough; nothing is read from the file
+        more = f"; and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise MeasurementError(f"{path}: {len(bad)} bad row(s), none used: {'; '.join(bad[:MAX_LISTED])}{more}")
     return out
 
 
@@ -190,17 +241,33 @@ def _from_calibration(row: dict, large: bool = False) -> Measurement:
     if large:
         return _from_large(row)
     arch_text = row["source_arch"].strip()
-    batch = int(row["batch"] or 1)
+    latency, chip = _cell(row, "latency_ms", _latency), _cell(row, "chip", check_chip)
     if not arch_text:
         if "SD 2.1" not in row["model"]:
-            raise ValueError(f"row for {row['model']!r} has no source_arch to rebuild it from")
+            raise CellError("source_arch", f"empty: the row for {row['model']!r} names no architecture to rebuild")
         arch, shape, bits = "diffusers:sd21-unet", (SD21_BATCH, 4, SD21_LATENT, SD21_LATENT), SD21_WEIGHT_BITS
     else:
-        arch = _library_arch(arch_text)
-        hw = int(re.match(r"\s*(\d+)", row["input_hw"]).group(1))
+        batch = _cell(row, "batch", lambda t: int(_positive(t, whole=True)), default=1)
+        hw = _cell(row, "input_hw", _leading_size)
         shape, bits = (batch, 3, hw, hw), 16
-    return Measurement(row["model"], arch, shape, chip_key(row["chip"]), row["device"], float(row["latency_ms"]),
-                       _protocol(row), f"{row['source_url']} | {row['source_table']}", bits)
+        arch = _cell(row, "source_arch", lambda t: _checked_arch(_library_arch(t), shape))
+    return Measurement(row["model"], arch, shape, chip, row["device"], latency, _protocol(row),
+                       f"{row['source_url']} | {row['source_table']}", bits)
+
+
+def _leading_size(text: str) -> int:
+    """"224" or "224x224 (center crop)" -> 224."""
+    m = re.match(r"(\d+)", text)
+    if not m:
+        raise ValueError(f"{text[:40]!r} does not start with the input size in pixels, e.g. 224")
+    return int(_positive(m.group(1), whole=True))
+
+
+def _checked_arch(arch: str, shape: tuple[int, ...]) -> str:
+    from .archs import check_arch
+
+    check_arch(arch, shape)
+    return arch
 
 
 # Large-model rows (data/large_models.csv): model text -> (arch, input shape, weight bits); first match wins.
@@ -263,8 +330,9 @@ def _from_large(row: dict) -> Measurement:
             break
     else:
         raise ValueError(f"no architecture known for large-model row {row['model']!r}")
-    return Measurement(row["model"], arch, shape, chip_key(row["chip"]), row["device"], float(row["latency_ms"]),
-                       _large_protocol(row), f"{row['source_url']} | {row['source_table']}", bits)
+    return Measurement(row["model"], arch, shape, _cell(row, "chip", check_chip), row["device"],
+                       _cell(row, "latency_ms", _latency), _large_protocol(row),
+                       f"{row['source_url']} | {row['source_table']}", bits)
 
 
 def _library_arch(text: str) -> str:
@@ -310,14 +378,17 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _from_measurement(row: dict) -> Measurement:
-    arch = row["arch"].strip()
-    if not arch:
-        raise ValueError("arch is empty; write e.g. timm:fastvit_t8 or preset:snapgen-unet")
-    shape = parse_shape(row["input_shape"].strip())  # for specs: the latents' shape, e.g. 1x16x128x128
-    bits = int(row.get("weight_bits") or 16)
+    latency, chip = _cell(row, "latency_ms", _latency), _cell(row, "chip", check_chip)
+    shape = _cell(row, "input_shape", parse_shape)  # for specs: the latents' shape, e.g. 1x16x128x128
+    if not row["arch"].strip():
+        raise CellError("arch", "empty; write e.g. timm:fastvit_t8 or preset:snapgen-unet")
+    arch = _cell(row, "arch", lambda t: _checked_arch(t, shape))
+    bits = _cell(row, "weight_bits", lambda t: int(_positive(t, MAX_WEIGHT_BITS, whole=True)), default=16)
+    for column in ("p10_ms", "p90_ms", "load_ms"):
+        _cell(row, column, _latency, default=1.0)
+    _cell(row, "runs", lambda t: _positive(t, whole=True), default=1)
     protocol = (row.get("protocol") or "").strip() or f"measure-{row['compute_units'].strip().lower()}"
-    return Measurement(row["model"], arch, shape, chip_key(row["chip"]), row["device"], float(row["latency_ms"]),
-                       protocol, row["source"], bits)
+    return Measurement(row["model"], arch, shape, chip, row["device"], latency, protocol, row["source"], bits)
 
 
 def load_calibration() -> list[Measurement]:

@@ -20,7 +20,7 @@ import math
 import re
 from pathlib import Path
 
-from .measurements import DATA_DIR, MeasurementError, check_formula_cells, chip_key
+from .measurements import DATA_DIR, MeasurementError, check_chip, check_formula_cells
 
 DESIGN_CHAIN_CSV = DATA_DIR / "design_chain.csv"
 RATIO_COLUMNS = ("device", "chip", "runtime", "input", "model_before", "model_after",
@@ -147,9 +147,7 @@ def _from_row(row: dict) -> RatioMeasurement:
     if attention not in ATTENTION_FORMS:
         raise ValueError(f"attention {attention!r} is not one of {', '.join(ATTENTION_FORMS)} (the form the "
                          f"models were exported with: `pocketdiff export coreml --attention`)")
-    chip = chip_key(row["chip"] or "")
-    if not chip:
-        raise ValueError("chip is empty; write the chip as the source names it, e.g. A17 Pro")
+    chip = check_chip(row["chip"] or "")
     before, after = _target(row["model_before"]), _target(row["model_after"])
     if before == after:
         raise ValueError(f"model_before and model_after are both {before!r}; a ratio row compares two models")

@@ -20,5 +20,6 @@ Below the engine (the loop imports these, never a recipe):
 Distillation: teachers.py (frozen teachers with their own conditioning), kd.py (the KD objective),
 kd_scaling.py (its timestep-aware weighting), step_distill.py (adversarial step distillation).
 Data and the rest: data.py, text.py (prompt embeddings), proxy.py (spec -> proxy), fidelity.py (FD / FID),
-decoder.py (tiny-decoder training).
+decoder.py (tiny-decoder training), weights.py (weights files and model folders from outside, read so that no
+file can run code).
 """

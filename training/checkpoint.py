@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,21 +22,33 @@ import torch
 from torch import nn
 
 from search_space import UNetSpec, build_model
+from search_space.errors import SpecError
+from search_space.jsonfile import read_json
 from search_space.spec import spec_from_dict
 
 from .config import TrainError
 from .data import FlowData, file_sha256
 from .text import PromptEmbeddings
+from .weights import load_plain
 
 CHECKPOINT_FORMAT = "pocketdiff-train-1"
 STATE_FILE = "state.pt"
 WEIGHTS_FILE = "model.safetensors"
+# checkpoint.json's fields (besides format and files) that every consumer reads, with their types.
+MANIFEST_FIELDS = {"step": int, "spec_id": str, "spec": dict, "meta": dict}
+META_KEYS = ("data", "encoder", "data_kind", "resolution", "channels", "size")  # run_meta's, read by sample
+STATE_KEYS = ("step", "optimizer", "rng", "objective", "extra", "config", "world_size")  # what a resume reads
+LATEST_NAME = re.compile(r"step_\d{7}")
 
 
 
 
 class CheckpointError(TrainError):
     """A checkpoint that is corrupt or belongs to another run; the message names the mismatch."""
+
+
+class NoCheckpoint(CheckpointError):
+    """A path that holds no checkpoint of ours at all (as opposed to a damaged one)."""
 
 
 def run_meta(data: FlowData, prompts: PromptEmbeddings, cfg_scale: float, sample_steps: int) -> dict:
@@ -95,12 +108,16 @@ def find_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     for candidate in (path / "checkpoints" / "latest", path / "latest"):
         if candidate.is_file():
-            return candidate.parent / candidate.read_text().strip()
+            name = candidate.read_text(errors="replace").strip()
+            if not LATEST_NAME.fullmatch(name):
+                raise CheckpointError(f"{candidate} names {name[:40]!r}, not a checkpoint folder step_XXXXXXX; "
+                                      f"write the newest step folder's name into it")
+            return candidate.parent / name
     if (path / "checkpoint.json").is_file() or (path / WEIGHTS_FILE).is_file():
         return path
     if path.is_file() and path.name == WEIGHTS_FILE:
         return path.parent
-    raise CheckpointError(f"no checkpoint at {path}: expected a run folder with checkpoints/latest (written by "
+    raise NoCheckpoint(f"no checkpoint at {path}: expected a run folder with checkpoints/latest (written by "
                           f"`pocketdiff train` or `pocketdiff eval quality --out`), or a checkpoints/step_XXXXXXX "
                           f"folder")
 
@@ -112,18 +129,24 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, dict]:
 
     path = find_checkpoint(path)
     manifest_path = path / "checkpoint.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no checkpoint.json (incomplete write?)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint {manifest_path} is corrupt: {e}") from None
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {path} has no checkpoint.json (incomplete write?)")
+    manifest = read_json(manifest_path, "checkpoint metadata", CheckpointError)
     if manifest.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path} has format {manifest.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        raise CheckpointError(f"checkpoint metadata {manifest_path} has format {manifest.get('format')!r}, expected "
+                              f"{CHECKPOINT_FORMAT}")
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         raise CheckpointError(f"checkpoint {manifest_path} has no valid 'files' table (name -> sha256); it was not "
                               f"written by `pocketdiff train`, or was edited")
+    bad = [f"{key} ({kind.__name__})" for key, kind in MANIFEST_FIELDS.items() if type(manifest.get(key)) is not kind]
+    bad += [f"meta.{key}" for key in META_KEYS if not bad and key not in manifest["meta"]]
+    if bad:
+        raise CheckpointError(f"checkpoint metadata {manifest_path} lacks or mistypes {', '.join(bad)}; it was not "
+                              f"written by `pocketdiff train`, or was edited")
+    if WEIGHTS_FILE not in files or any(Path(name).name != name for name in files):
+        raise CheckpointError(f"checkpoint metadata {manifest_path}: its 'files' table must list {WEIGHTS_FILE} "
+                              f"and only files inside the checkpoint folder")
     if verify:
         for name, digest in files.items():
             f = path / name
@@ -145,13 +168,15 @@ def read_state(path: Path) -> dict:
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(f"checkpoint {path} holds weights only (a quality run's): it can start (--init) or "
                               f"teach (--teacher) a run, not resume one")
-    try:
-        # weights_only: tensors, numbers, strings and containers only. A state file from elsewhere cannot run
-        # code on load (a full unpickler would execute whatever the file names before any check of ours).
-        return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt or unsafe file
-        raise CheckpointError(f"checkpoint file {path / STATE_FILE} is corrupt or holds more than tensors and "
-                              f"plain data (refused): {str(e).splitlines()[0]}") from None
+    # weights_only: tensors, numbers, strings and containers only. A state file from elsewhere cannot run code on
+    # load (a full unpickler would execute whatever the file names before any check of ours).
+    state = load_plain(path / STATE_FILE, "checkpoint file", CheckpointError, "it is corrupt, or holds more than "
+                       "tensors and plain data; resume from an older checkpoint")
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint file {path / STATE_FILE} lacks {', '.join(missing)}: it was not written "
+                              f"by `pocketdiff train`; resume from another checkpoint")
+    return state
 
 
 def split_weights(tensors: dict, prefix: str) -> dict:
@@ -161,7 +186,11 @@ def split_weights(tensors: dict, prefix: str) -> dict:
 def load_trained(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, UNetSpec, dict]:
     """(model in eval mode, spec, manifest) from any checkpoint of ours; the EMA weights by default."""
     manifest, tensors = read_checkpoint(path)
-    spec = spec_from_dict(manifest["spec"])
+    try:
+        spec = spec_from_dict(manifest["spec"])
+    except SpecError as e:
+        raise CheckpointError(f"checkpoint metadata {manifest['path']}/checkpoint.json holds an invalid spec: "
+                              f"{e}") from None
     model = build_model(spec)
     try:
         model.load_state_dict(split_weights(tensors, "ema." if use_ema else "model."))

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from search_space.cache import temporary_sibling
 from search_space.errors import UserError
 
+from .weights import check_model_folder
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 IMAGENET_CLASSES_FILE = DATA_DIR / "imagenet_classes.tsv"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -268,22 +270,41 @@ def file_sha256(path: Path) -> str:
 def vae_identity(vae_path: str | Path) -> str:
     """`<folder name>@<hash of config + weights>`: two folders with the same VAE get the same id."""
     path = Path(vae_path)
-    if not (path / "config.json").is_file():
-        raise DataError(f"VAE folder {path} has no config.json; give a diffusers AutoencoderKL saved with "
-                        f"save_pretrained (e.g. the SD3 VAE's 'vae' sub-folder)")
+    check_vae_folder(path)
     h = hashlib.sha256((path / "config.json").read_bytes())
     for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         h.update(file_sha256(weights).encode())
     return f"{path.name}@{h.hexdigest()[:12]}"
 
 
+def check_vae_folder(vae_path: str | Path) -> None:
+    """Refuse a VAE folder that cannot be loaded (no config.json, no weights, weights that are not plain tensors)
+    before any work, with one line naming the file."""
+    config = check_model_folder(vae_path, "VAE folder", DataError)
+    if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+        raise DataError(f"VAE folder {vae_path} holds a {config.get('_class_name')!r}, not an AutoencoderKL; give "
+                        f"a diffusers AutoencoderKL saved with save_pretrained (e.g. the SD3 VAE's 'vae' sub-folder)")
+
+
+def decoding_vae(vae: str | None, data_kind: str, fallback: str | None = None) -> str | None:
+    """The VAE folder that decodes latent samples: `vae` (--vae), else `fallback` (the latent manifest's, when
+    that folder still exists), checked before any work. A VAE for pixel data is refused: nothing would use it."""
+    if data_kind != "latent":
+        if vae is not None:
+            raise DataError(f"--vae {vae}: this is {data_kind} data, which no VAE decodes, so the folder would not "
+                            f"be used; drop --vae (it is for models trained on `pocketdiff data encode` latents)")
+        return None
+    path = vae or (fallback if fallback and Path(fallback).is_dir() else None)
+    if path is not None:
+        check_vae_folder(path)
+    return path
+
+
 def load_vae(vae_path: str | Path, device: str | torch.device = "cpu"):
     from diffusers import AutoencoderKL
 
-    path = Path(vae_path)
-    if not (path / "config.json").is_file():
-        raise DataError(f"VAE folder {path} has no config.json; give a diffusers AutoencoderKL folder")
-    return AutoencoderKL.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False).to(device).eval()
+    check_vae_folder(vae_path)
+    return AutoencoderKL.from_pretrained(vae_path, local_files_only=True, low_cpu_mem_usage=False).to(device).eval()
 
 
 def _manifest_checksum(shards: list[dict]) -> str:

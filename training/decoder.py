@@ -32,6 +32,7 @@ from search_space.init import build_paired
 
 from search_space.cache import cache_dir, temporary_sibling
 from .budget import Budget
+from .weights import check_model_folder
 
 PATCH = 32  # [paper] trains on 256x256 patches; 32x32 (4x4 latents) keeps a CPU step of a 1-2M-param decoder short
 TRAIN_CROPS = 2048
@@ -154,10 +155,8 @@ def load_encoder(source: str, data: PatchData, latent_channels: int, stages: int
 
     if source.startswith("vae:"):
         path = Path(source[4:])
-        if not (path / "config.json").is_file():
-            raise DecoderDataError(f"encoder {source}: {path / 'config.json'} not found; point vae:PATH at a "
-                                   f"diffusers AutoencoderKL folder (config.json + weights)")
-        vae = AutoencoderKL.from_pretrained(path).eval().requires_grad_(False)
+        check_model_folder(path, "encoder VAE folder", DecoderDataError)
+        vae = AutoencoderKL.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         enc = FrozenEncoder(f"vae-{path.name}", vae, vae.config.latent_channels, factor)
         enc.baseline = _baseline(enc, data)

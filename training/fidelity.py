@@ -28,6 +28,7 @@ from search_space.errors import UserError
 
 from search_space.cache import cache_dir, temporary_sibling
 from .data import FlowData, file_sha256
+from .weights import load_plain
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity 0.3/0.4's Inception v3 weights
 # [choose] domain classifier training: 3 epochs of AdamW (one-cycle, peak 5e-3) reach ~93% held-out accuracy
@@ -178,14 +179,9 @@ def _safe_load(path: Path, what: str) -> object:
     """`torch.load(weights_only=True)` of a file torch-fidelity would load unchecked (plain numpy arrays allowed);
     a file that needs more than tensors, arrays and containers (a pickle that imports or calls) is refused with
     its name."""
-    try:
-        with torch.serialization.safe_globals(_numpy_array_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for a payload; anything else: not a torch file at all
-        raise MetricError(f"{what} {path} is not a plain tensor file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160] if str(e) else 'unreadable'}); it is not loaded, since "
-                          f"torch-fidelity would unpickle it with code execution allowed. Delete it (a cache "
-                          f"file is recomputed) or pass the original file") from None
+    return load_plain(path, what, MetricError, "torch-fidelity would unpickle it with code execution allowed. "
+                      "Delete it (a cache file is recomputed) or pass the original file",
+                      allow=tuple(_numpy_array_globals()))
 
 
 _CHECKED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of the files checked in this process

@@ -21,7 +21,7 @@ from search_space.errors import UserError
 
 from .checkpoint import load_trained
 from .conditioning import Conditioner, velocity
-from .data import FlowData
+from .data import FlowData, decoding_vae, load_vae
 from .flow import cfg_velocity, euler_sample
 from .text import PromptEmbeddings, encode_prompts
 
@@ -83,6 +83,7 @@ def sample_prompt(checkpoint: str | Path, prompt: str, steps: int | None = None,
         steps = int(meta.get("sample_steps", meta.get("config", {}).get("sample_steps", 4)))
     if meta["data_kind"] == "latent" and vae is None:
         raise SampleError("this model was trained on VAE latents; pass --vae PATH to decode them")
+    decoding_vae(vae, meta["data_kind"])  # a VAE for pixel data, or a folder that cannot decode: refused here
     tokens, pooled = encode_prompts([prompt, ""], meta["encoder"])
     prompts = PromptEmbeddings(tokens=tokens, pooled=pooled, encoder=meta["encoder"])
     cond = Conditioner(spec, prompts, meta["resolution"], torch.device("cpu"))
@@ -97,7 +98,6 @@ def sample_prompt(checkpoint: str | Path, prompt: str, steps: int | None = None,
     noise = torch.randn((num, meta["channels"], meta["size"], meta["size"]), generator=gen)
     x = euler_sample(fn, noise, steps)
     if meta["data_kind"] == "latent":
-        from .data import load_vae
         s, shift = meta["latent_scaling"]
         img = load_vae(vae).decode(x / s + shift).sample
     else:

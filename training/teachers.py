@@ -13,7 +13,6 @@ text conditioning do not fit the student fails in `check_teacher`, before traini
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -22,15 +21,18 @@ from torch import nn
 
 from search_space import UNetSpec
 from search_space.errors import UserError
+from search_space.jsonfile import read_json
 
 from .flow import TIMESTEP_SCALE
 from .text import NULL_PROMPT, PromptEmbeddings, class_prompt_embeddings, class_prompts
+from .weights import check_model_folder
 
 # diffusers' StableDiffusion3Pipeline defaults: CLIP prompts padded to 77 tokens, T5 to 256.
 SD3_CLIP_MAX_LENGTH = 77
 SD3_T5_MAX_LENGTH = 256
 SD3_COMPONENTS = ("transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
                   "tokenizer_3")
+SD3_PREFIX = "sd3:"  # --teacher sd3:PATH: PATH must be an SD3 pipeline folder
 TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -210,10 +212,10 @@ def encode_sd3_prompts(root: Path, prompts: list[str]) -> tuple[torch.Tensor, to
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    index = json.loads(_require(root / "model_index.json", "the pipeline's component list").read_text())
+    index = read_json(root / "model_index.json", "teacher pipeline index", TeacherError)
     clip_states, clip_pooled = [], []
     for enc, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
-        _require(root / enc / "config.json", f"CLIP text encoder {enc}")
+        check_model_folder(root / enc, f"teacher CLIP text encoder {enc}", TeacherError)
         _require(root / tok, f"tokenizer {tok}")
         tokenizer = AutoTokenizer.from_pretrained(root / tok, local_files_only=True)
         model = CLIPTextModelWithProjection.from_pretrained(root / enc, local_files_only=True).eval()
@@ -223,11 +225,13 @@ def encode_sd3_prompts(root: Path, prompts: list[str]) -> tuple[torch.Tensor, to
         clip_states.append(out.hidden_states[-2].float())  # SD3 takes the penultimate layer (clip_skip None)
         clip_pooled.append(out.text_embeds.float())
     clip = torch.cat(clip_states, dim=-1)
-    t5_listed = (index.get("text_encoder_3") or [None])[0] is not None
-    transformer_cfg = json.loads(_require(root / "transformer" / "config.json", "the SD3 transformer").read_text())
-    width = transformer_cfg["joint_attention_dim"]
-    if t5_listed:
-        _require(root / "text_encoder_3" / "config.json", "T5 text encoder text_encoder_3")
+    transformer_cfg = read_json(root / "transformer" / "config.json", "teacher SD3 transformer config", TeacherError)
+    width = transformer_cfg.get("joint_attention_dim")
+    if type(width) is not int or width < 1:
+        raise TeacherError(f"teacher {root / 'transformer' / 'config.json'}: joint_attention_dim is {width!r}, "
+                           f"expected a positive whole number")
+    if _listed(index, "text_encoder_3"):
+        check_model_folder(root / "text_encoder_3", "teacher T5 text encoder text_encoder_3", TeacherError)
         _require(root / "tokenizer_3", "tokenizer tokenizer_3")
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer_3", local_files_only=True)
         model = T5EncoderModel.from_pretrained(root / "text_encoder_3", local_files_only=True).eval()
@@ -246,47 +250,66 @@ def encode_sd3_prompts(root: Path, prompts: list[str]) -> tuple[torch.Tensor, to
 def load_teacher(source: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
                  ) -> Teacher:
     """A run folder / checkpoint of ours, a diffusers SD3 pipeline folder (model_index.json: the teacher brings
-    its own text encoders, which encode the class prompts in `prompt_table`), or a bare diffusers model folder."""
-    from .checkpoint import CheckpointError, load_trained
+    its own text encoders, which encode the class prompts in `prompt_table`; `sd3:PATH` insists on one), or a
+    bare diffusers model folder. Every file is checked (JSON, weights present and plain) before diffusers loads."""
+    from .checkpoint import NoCheckpoint, find_checkpoint, load_trained
 
-    path = Path(source)
+    text = str(source)
+    pipeline_only = text.startswith(SD3_PREFIX)
+    path = Path(text[len(SD3_PREFIX):] if pipeline_only else text)
+    if pipeline_only and not (path / "model_index.json").is_file():
+        raise TeacherError(f"teacher {source}: {path / 'model_index.json'} not found; {SD3_PREFIX}PATH names an SD3 "
+                           f"pipeline folder saved with save_pretrained")
     if (path / "model_index.json").is_file():
-        index = json.loads((path / "model_index.json").read_text())
-        if (index.get("transformer") or [None, None])[1] != "SD3Transformer2DModel":
-            raise TeacherError(f"teacher {path}: pipeline {index.get('_class_name')!r} has no SD3Transformer2DModel; "
-                               f"only SD3-family pipelines bring their own text encoders")
-        _require(path / "transformer" / "config.json", "the SD3 transformer")
+        index = read_json(path / "model_index.json", "teacher pipeline index", TeacherError)
+        listed = index.get("transformer")
+        if not (isinstance(listed, list) and len(listed) == 2 and listed[1] == "SD3Transformer2DModel"):
+            raise TeacherError(f"teacher {path}: pipeline {index.get('_class_name')!r} has no SD3Transformer2DModel "
+                               f"(model_index.json's 'transformer' entry is {listed!r}); only SD3-family pipelines "
+                               f"bring their own text encoders")
+        check_model_folder(path / "transformer", "teacher SD3 transformer", TeacherError)
+        for name in SD3_COMPONENTS[1:]:  # every local file the conditioning needs, checked before any work
+            if name in ("tokenizer_3", "text_encoder_3") and not _listed(index, name):
+                continue
+            _require(path / name, f"pipeline component {name}")
+            if name.startswith("text_encoder"):
+                check_model_folder(path / name, f"teacher pipeline component {name}", TeacherError)
         import diffusers
         model = diffusers.SD3Transformer2DModel.from_pretrained(path / "transformer", local_files_only=True)
         teacher = SD3Teacher(model, f"diffusers:StableDiffusion3Pipeline:{path}", dtype, pipeline_root=path)
-        for name in SD3_COMPONENTS[1:]:  # every local file the conditioning needs, checked before any work
-            if name != "tokenizer_3" and name != "text_encoder_3" or (index.get(name) or [None])[0] is not None:
-                _require(path / name, f"pipeline component {name}")
         return teacher.to(device)
-    config_file = path / "config.json"
-    if config_file.is_file():
-        cls_name = json.loads(config_file.read_text()).get("_class_name")
+    if (path / "config.json").is_file():
+        cls_name = check_model_folder(path, "teacher model folder", TeacherError).get("_class_name")
         import diffusers
         if cls_name == "SD3Transformer2DModel":
             model = diffusers.SD3Transformer2DModel.from_pretrained(path, local_files_only=True)
             return SD3Teacher(model, f"diffusers:{cls_name}:{path}", dtype).to(device)
         if cls_name == "UNet2DConditionModel":
             scheduler = path.parent / "scheduler" / "scheduler_config.json"  # a pipeline's unet/ sub-folder
-            if scheduler.is_file() and "FlowMatch" not in json.loads(scheduler.read_text()).get("_class_name", ""):
-                raise TeacherError(f"teacher {path} belongs to a pipeline with scheduler "
-                                   f"{json.loads(scheduler.read_text()).get('_class_name')}: an epsilon/v-prediction "
-                                   f"DDPM UNet (SDXL) is not supported, only flow-matching (velocity) UNets")
+            kind = (read_json(scheduler, "teacher scheduler config", TeacherError).get("_class_name")
+                    if scheduler.is_file() else None)
+            if kind is not None and "FlowMatch" not in str(kind):
+                raise TeacherError(f"teacher {path} belongs to a pipeline with scheduler {kind}: an "
+                                   f"epsilon/v-prediction DDPM UNet (SDXL) is not supported, only flow-matching "
+                                   f"(velocity) UNets")
             model = diffusers.UNet2DConditionModel.from_pretrained(path, local_files_only=True)
             return DiffusersUNetTeacher(model, f"diffusers:{cls_name}:{path}", dtype).to(device)
         raise TeacherError(f"teacher {path}: diffusers class {cls_name!r} is not supported; use an SD3 pipeline "
                            f"folder, an SD3Transformer2DModel or a UNet2DConditionModel folder")
     try:
-        model, spec, manifest = load_trained(path)
-    except CheckpointError as e:
+        find_checkpoint(path)
+    except NoCheckpoint:
         raise TeacherError(f"teacher {source} is neither a diffusers model folder (model_index.json or "
-                           f"config.json) nor a trained checkpoint of ours: {e}") from None
+                           f"config.json) nor a run folder or checkpoint of ours") from None
+    model, spec, manifest = load_trained(path)  # a damaged checkpoint of ours: its own one-line error
     return SpecTeacher(model, spec, f"checkpoint:{spec.spec_id}@{manifest['step']}", dtype,
                        encoder=manifest["meta"].get("encoder")).to(device)
+
+
+def _listed(index: dict, name: str) -> bool:
+    """Whether a pipeline's model_index.json lists component `name` (a pipeline saved without T5 lists None)."""
+    entry = index.get(name)
+    return isinstance(entry, list) and bool(entry) and entry[0] is not None
 
 
 def check_teacher(teacher: Teacher, student: UNetSpec, prompts: PromptEmbeddings, size: int,

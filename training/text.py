@@ -17,6 +17,8 @@ import torch
 
 from search_space.cache import cache_dir, temporary_sibling
 
+from .weights import check_model_folder
+
 PROMPT_TEMPLATE = "a photo of a {}"  # [paper] docs/paper.md section 1
 DEFAULT_ENCODER = "minilm"
 NULL_PROMPT = ""  # the classifier-free-guidance "unconditional" input, as SD's empty-prompt embedding
@@ -56,6 +58,7 @@ def encoder_path(name: str) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"text encoder {name!r} is neither 'minilm' nor a local transformers folder "
                                 f"with a config.json (a CLIP or T5 checkpoint saved with save_pretrained)")
+    check_model_folder(path, "text encoder folder")
     return path
 
 

@@ -64,8 +64,8 @@ def test_import_rejects_non_positive_latency_with_line_numbers(tmp_path):
     with pytest.raises(MeasurementError) as e:
         read_measurements(bad)
     for line in (3, 5, 6, 7, 8, 9):
-        assert f"line {line} " in str(e.value)
-    assert "line 2 " not in str(e.value) and "line 4 " not in str(e.value)
+        assert f"line {line}, column latency_ms" in str(e.value)
+    assert "line 2," not in str(e.value) and "line 4," not in str(e.value)
 
 
 def test_import_refuses_a_cell_that_a_spreadsheet_would_run(tmp_path):
@@ -75,6 +75,42 @@ def test_import_refuses_a_cell_that_a_spreadsheet_would_run(tmp_path):
     with pytest.raises(MeasurementError, match=r"line 3, column model: .* starts like a spreadsheet formula"):
         import_measurements(bad, tmp_path / "store.csv")
     assert not (tmp_path / "store.csv").exists()  # nothing stored
+
+
+@pytest.mark.parametrize("column, cell, says", [
+    ("chip", "Z99", "chip: unknown chip 'Z99'; known chips: a13, a14, "),
+    ("chip", "", "chip: chip is empty"),
+    ("arch", "timm:no_such_net", "arch: timm has no model 'no_such_net'"),
+    ("arch", "torchvision:resnet999", "arch: torchvision has no model 'resnet999'"),
+    ("arch", "preset:no-such-preset", "arch: unknown preset 'no-such-preset'"),
+    ("arch", "transformers:gpt9", "arch: no transformers architecture 'gpt9'; known: distilbert"),
+    ("arch", "diffusers:sd99", "arch: cannot rebuild architecture 'diffusers:sd99'; use torchvision:NAME"),
+    ("arch", "spec:/no/such.json", "arch: spec file /no/such.json does not exist"),
+    ("input_shape", "1x3xax224", "input_shape: input shape '1x3xax224' is not like"),
+    ("input_shape", "1x128x64x64", "arch: torchvision:resnet18 takes an RGB batch BATCHx3xHxW"),
+    ("weight_bits", "0", "weight_bits: '0' must be a positive, finite number up to 32"),
+    ("weight_bits", "1e400", "weight_bits: '1e400' is not a whole number"),
+])
+def test_import_names_each_bad_cell_by_line_and_column_and_stores_nothing(tmp_path, column, cell, says):
+    """Unknown chips and architectures the workbench cannot rebuild are refused like a bad number; the store
+    keeps what it held."""
+    header = MEASUREMENT_COLUMNS + ("weight_bits",)
+    row = dict(zip(header, _row("1.5") + ["16"]))
+    row[column] = cell
+    bad = _write(tmp_path / "bad.csv", header, [_row("1.5") + ["16"], list(row.values())])
+    store = _write(tmp_path / "store.csv", header, [_row("2.5") + ["16"]])
+    before = store.read_bytes()
+    with pytest.raises(MeasurementError) as e:
+        import_measurements(bad, store)
+    assert f"bad.csv: 1 bad row(s), none used: line 3, column {says}" in str(e.value), str(e.value)
+    assert store.read_bytes() == before
+
+
+def test_chips_are_read_as_the_sources_and_phones_name_them(tmp_path):
+    rows = [_row("1.5"), _row("1.5"), _row("1.5")]
+    rows[0][4], rows[1][4], rows[2][4] = "A17 Pro", "iPhone 15 Pro", "M1 Max (10-core CPU)"
+    back = read_measurements(_write(tmp_path / "chips.csv", MEASUREMENT_COLUMNS, rows))
+    assert [m.chip for m in back] == ["a17pro", "a17pro", "m1max"]
 
 
 def test_import_appends_valid_rows(tmp_path):

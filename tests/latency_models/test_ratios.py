@@ -54,6 +54,7 @@ def test_the_published_design_chain_reads_as_three_a17pro_rows():
     ("attention", "flash", "not one of math, split_einsum"),
     ("model_after", "fig3-a", "both 'fig3-a'"),
     ("chip", "", "chip is empty"),
+    ("chip", "Z99", "unknown chip 'Z99'; known chips: a13"),
     ("input", "128 latent", "write '128x128 latent"),
     ("source", "=HYPERLINK(\"x\")", "starts like a spreadsheet formula"),
 ])

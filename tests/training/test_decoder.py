@@ -41,7 +41,7 @@ def test_mismatched_encoder_and_missing_vae_are_refused(tmp_path):
     enc = load_encoder("tiny-ae", data, latent_channels=4, stages=2, ae_steps=1)
     with pytest.raises(DecoderDataError, match="latent_channels=16 but the encoder"):
         train_decoder(PRESETS["snapgen-decoder"], data, enc, "1steps")
-    with pytest.raises(DecoderDataError, match="config.json not found"):
+    with pytest.raises(DecoderDataError, match="encoder VAE folder .*nope does not exist"):
         load_encoder(f"vae:{tmp_path}/nope", data, 16)
     with pytest.raises(DecoderDataError, match="does not exist"):
         load_patches(f"folder:{tmp_path}/nope")

@@ -9,16 +9,7 @@ import torch
 from search_space.cache import CACHE_ENV
 from training import fidelity
 from training.fidelity import INCEPTION_FILE, MetricError, check_fidelity_cache, inception_weights
-
-
-class Payload:
-    """Unpickling this calls Path.touch on the marker: the stand-in for arbitrary code."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
+from tests.payloads import Payload
 
 
 def _plant(path: Path, marker: Path) -> Path:

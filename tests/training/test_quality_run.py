@@ -93,11 +93,12 @@ def test_seconds_budget_stops_on_time():
 
 def test_checkpoint_embeds_the_spec(tmp_path):
     """A quality run's weights go into the one checkpoint format: spec inside, raw and EMA weights."""
-    from training.checkpoint import load_trained, read_checkpoint, save_checkpoint
+    from training.checkpoint import load_trained, read_checkpoint, run_meta, save_checkpoint
 
     data, prompts = _data()
     result = train(SPEC, data, prompts, "2steps", _seed(0), progress=False)
-    save_checkpoint(tmp_path / "checkpoints", result.step, result.raw, result.ema, SPEC, {"steps": 2}, None)
+    save_checkpoint(tmp_path / "checkpoints", result.step, result.raw, result.ema, SPEC,
+                    run_meta(data, prompts, cfg_scale=1.0, sample_steps=2), None)
     manifest, tensors = read_checkpoint(tmp_path)
     assert UNetSpec.from_dict(manifest["spec"]) == SPEC and manifest["spec_id"] == SPEC.spec_id
     assert not manifest["resumable"] and list(manifest["files"]) == ["model.safetensors"]
