@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from search_space import UNetSpec, build_model
+from search_space.limits import read_json
 from search_space.spec import spec_from_dict
 
 from .config import TrainError
@@ -112,12 +113,12 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, dict]:
 
     path = find_checkpoint(path)
     manifest_path = path / "checkpoint.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no checkpoint.json (incomplete write?)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint {manifest_path} is corrupt: {e}") from None
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {path} has no checkpoint.json (incomplete write?)")
+    manifest = read_json(manifest_path, "checkpoint metadata", CheckpointError)
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"checkpoint metadata {manifest_path} must be a JSON object, not a "
+                              f"{type(manifest).__name__}")
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {manifest.get('format')!r}, expected {CHECKPOINT_FORMAT}")
     files = manifest.get("files")
