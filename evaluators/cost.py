@@ -13,7 +13,8 @@ disk with the code fingerprint), so a study trial walks its candidate once for b
   needs real weights, so it is for small models and for cross-checking. Norms, activations and
   element-wise ops are not counted by either.
 - Peak activation memory: bytes of live intermediate tensors during one inference forward pass, tracked
-  by a dispatch mode that adds each new tensor's size and subtracts it when the tensor is freed.
+  by a dispatch mode that adds each new tensor's size and subtracts it when the tensor is freed
+  (search_space/memory.py, which also refuses work that cannot fit in memory).
 
 `evaluate(spec, latent=128) -> dict of floats` counts one spec; studies run the cost evaluator
 (evaluators/plugins/cost.py), which stores `stage_costs` on each trial.
@@ -22,15 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import weakref
 from collections import defaultdict
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from search_space import DecoderSpec, Spec, UNetSpec, build_model, example_inputs
 from search_space.attention import attention_backend
+from search_space.memory import peak_activation_bytes, peak_live_bytes  # noqa: F401 (tests and callers use both)
 from search_space.trace import block_kind, stage_of as trace_stage_of, trace_forward
 
 DEFAULT_LATENT = 128  # docs/paper.md section 1: FLOPs reported at a 128x128 latent (1024 px) unless stated otherwise
@@ -153,57 +153,6 @@ def count_macs_fvcore(model: nn.Module, inputs: tuple) -> MacReport:
         per_module = {k: int(v) for k, v in analysis.by_module().items()}
         per_op = {k: int(v) for k, v in analysis.by_operator().items() if v}
     return MacReport(total=int(analysis.total()), per_module=per_module, per_op=per_op)
-
-
-# --- peak activation memory ---------------------------------------------------------------------------
-
-class _LiveBytes(TorchDispatchMode):
-    """Adds each newly allocated (non-view) output's bytes; a finalizer subtracts them when it is freed."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-
-    def add(self, t: torch.Tensor) -> None:
-        nbytes = t.untyped_storage().nbytes()
-        self.live += nbytes
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(t, self._free, nbytes)
-
-    def _free(self, nbytes: int) -> None:
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        returns = func._schema.returns
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        for ret, o in zip(returns, outs):
-            if isinstance(o, torch.Tensor) and ret.alias_info is None:  # views and in-place results alias
-                self.add(o)
-        return out
-
-
-def peak_live_bytes(fn, inputs: tuple = ()) -> int:
-    """Peak bytes of tensors created while `fn()` runs (plus `inputs`), on any device, meta included.
-
-    Allocator-independent, so two implementations compare on CPU where torch has no max_memory_allocated.
-    """
-    mode = _LiveBytes()
-    with mode:
-        for x in inputs:
-            if isinstance(x, torch.Tensor):
-                mode.live += x.untyped_storage().nbytes()
-        fn()
-    return mode.peak
-
-
-def peak_activation_bytes(model: nn.Module, inputs: tuple) -> int:
-    """Peak bytes of intermediate tensors (inputs included, weights excluded) in one no-grad forward."""
-    def forward() -> None:
-        with torch.no_grad():
-            model(*inputs)
-    return peak_live_bytes(forward, inputs)
 
 
 # --- per-stage table ----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from search_space.errors import UserError
+from search_space.limits import out_of_range, show
 
 DIRECTIONS = ("minimize", "maximize")
 Report = Callable[[float, dict], None]
@@ -73,12 +74,14 @@ class Option:
         return value
 
 
-def whole_number(at_least: int = 1, note: str = "") -> Callable[[str, Any], int]:
-    """An Option `parse` for a whole number >= `at_least` (a bool is not one)."""
-    def parse(name: str, value: Any) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value < at_least:
-            raise ValueError(f"{name} = {value!r} must be a whole number >= {at_least}{note}")
-        return value
+def number_in(low: float, high: float, whole: bool = True, note: str = "") -> Callable[[str, Any], Any]:
+    """An Option `parse` for a number within its stated range (search_space/limits.py): a whole one if `whole`,
+    else a finite one (an int is accepted for a float); never a bool, NaN or infinity."""
+    def parse(name: str, value: Any) -> Any:
+        problem = out_of_range(value, low, high, whole=whole)
+        if problem:
+            raise ValueError(f"{name} = {show(value)} {problem}{note}")
+        return value if whole else float(value)
     return parse
 
 
@@ -240,6 +243,6 @@ def cache_tag(name: str) -> dict[str, str]:
     return {"evaluator": name, "version": get(name).version, "code": code_fingerprint(name)}
 
 
-__all__ = ["Evaluator", "EvaluatorError", "Option", "REGISTRY", "register", "whole_number", "get", "evaluators",
+__all__ = ["Evaluator", "EvaluatorError", "Option", "REGISTRY", "register", "number_in", "get", "evaluators",
            "cheap_evaluators", "producers", "direction_of", "all_metrics", "references", "quality_metrics",
            "is_quality_metric", "check_metrics", "budget_callback", "cache_tag", "code_fingerprint", "fingerprint_paths"]

@@ -33,6 +33,7 @@ from search_space import PRESETS, SpecError, build_model, example_inputs, load_s
 from search_space.attention import attention_backend
 from search_space.spec import Spec
 from search_space.errors import UserError
+from search_space.memory import inference_bytes, require_memory
 from search_space.cache import CACHE_ENV  # noqa: F401 (the one cache root's variable; tests set it)
 
 from .targets import DEFAULT_TARGET, TARGETS  # noqa: E402 (re-exported)
@@ -125,6 +126,10 @@ def model_for(name: str | None = None, *, torchvision: str | None = None, timm: 
     if name is None:
         raise SpecError("name a preset or spec JSON, or pass --torchvision NAME / --timm NAME")
     spec = name if isinstance(name, Spec) else load_spec(name)
+    if dev != "meta":  # refuse a size that cannot fit before the weights and inputs are allocated
+        need = inference_bytes(build_model(spec, "meta").eval(), example_inputs(spec, latent, device="meta"), batch)
+        require_memory(need, f"spec {spec.spec_id} at a {latent}x{latent} latent, batch {batch}",
+                       "--latent or --batch", dev, SpecError)
     model = build_model(spec, device=dev).eval()
     inputs = example_inputs(spec, latent=latent, batch=batch, device=dev)
     preset = isinstance(name, str) and name in PRESETS

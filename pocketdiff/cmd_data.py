@@ -36,9 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_encode(args: argparse.Namespace) -> int:
     from training.data import encode_latents
 
-    for name in ("resolution", "shard_size", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    from search_space.limits import MAX_RESOLUTION, check_number
+    from training.config import MAX_BATCH
+
+    for name, high in (("resolution", MAX_RESOLUTION), ("shard_size", 1 << 20), ("batch_size", MAX_BATCH)):
+        check_number(getattr(args, name), f"--{name.replace('_', '-')}", 1, high, whole=True, error=UsageError)
     manifest = encode_latents(args.source, args.vae, args.out, args.resolution, args.shard_size,
                               args.batch_size, args.device, progress=not args.quiet)
     if args.json:

@@ -53,9 +53,9 @@ def _describe_one(name: str, args) -> dict:
     from evaluators.cost import describe_cost
     from pocketdiff.cli import UsageError
     from search_space import load_spec
+    from search_space.limits import check_latent
 
-    if args.latent < 1:
-        raise UsageError(f"--latent {args.latent} must be a positive latent size, e.g. 128")
+    check_latent(args.latent, "--latent", UsageError)
     spec = load_spec(name, args.overrides)
     cost = describe_cost(spec, args.latent, memory=not args.no_memory)
     return {"name": name, "spec": spec, "spec_id": spec.spec_id, "compact": encode(spec), **cost}

@@ -77,8 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _options(args: argparse.Namespace) -> dict:
     """Validated evaluator keyword arguments shared by both commands (bad values: UsageError, one line)."""
+    from search_space.limits import check_number
     from training.budget import WALL_CLOCK_NOTICE, Budget
-    from training.config import LoopConfig
+    from training.config import MAX_BATCH, MAX_CFG_SCALE, MAX_SAMPLE_STEPS, MAX_SAMPLES, MAX_SEEDS, LoopConfig
     from training.proxy import ProxyConfig
 
     Budget.parse(args.budget)
@@ -86,6 +87,11 @@ def _options(args: argparse.Namespace) -> dict:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name, high in (("samples", MAX_SAMPLES), ("sample_steps", MAX_SAMPLE_STEPS), ("batch_size", MAX_BATCH),
+                       ("seeds", MAX_SEEDS), ("cfg_scale", MAX_CFG_SCALE)):  # the study file's ranges
+        if getattr(args, name) is not None:
+            check_number(getattr(args, name), f"--{name.replace('_', '-')}", 0 if name == "cfg_scale" else 1, high,
+                         whole=name != "cfg_scale", error=UsageError)
     proxy = ProxyConfig(width_mult=args.width_mult)
     config = (LoopConfig.quality_preset() if args.batch_size is None
               else LoopConfig.quality_preset(batch_size=args.batch_size))

@@ -53,8 +53,7 @@ def model_target(args):
     chosen = [x for x in (args.spec, args.torchvision, args.timm) if x]
     if len(chosen) != 1:
         raise UsageError("name exactly one model: a preset or spec JSON, --torchvision NAME or --timm NAME")
-    if args.latent < 1 or args.batch < 1:
-        raise UsageError("--latent and --batch must be positive")
+    check_size_flags(args)
     if args.spec:
         if args.input:
             raise UsageError("--input is for --torchvision / --timm models; specs take --latent and --batch")
@@ -65,10 +64,21 @@ def model_target(args):
     return f"{kind}:{args.torchvision or args.timm}", parse_shape(args.input)
 
 
+def check_size_flags(args) -> None:
+    """--latent and --batch within their stated ranges (search_space/limits.py, training/config.py)."""
+    from pocketdiff.cli import UsageError
+    from search_space.limits import check_latent, check_number
+    from training.config import MAX_BATCH
+
+    check_latent(args.latent, "--latent", UsageError)
+    check_number(args.batch, "--batch", 1, MAX_BATCH, whole=True, error=UsageError)
+
+
 def cmd_export_coreml(args) -> int:
     from latency_models.export import export_coreml, model_for
 
     check_out_path(args.out)
+    check_size_flags(args)
     if args.checkpoint:
         src = checkpoint_source(args)
     elif args.arch:

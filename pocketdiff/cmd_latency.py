@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pocketdiff.cmd_export import add_model_arguments, model_target
+from pocketdiff.cmd_export import add_model_arguments, check_size_flags, model_target
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -250,6 +250,7 @@ def cmd_plan(args) -> int:
 
     if args.n < 1:
         raise UsageError("-n must be at least 1")
+    check_size_flags(args)
     chip = resolve_device(args.device, args.profiles)
     rows, summary = plan_for_device(chip, args.n, tuple(args.include), args.latent, args.batch, args.profiles,
                                     progress=lambda m: print(f"  {m}", flush=True) if not args.json else None)

@@ -8,10 +8,10 @@ per-stage list or a nested object is changed one field at a time).
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .errors import SpecError
+from .limits import loads_json
 
 MISSING = object()
 
@@ -83,11 +83,7 @@ def parse_assignment(item: str, where: str = "--set ") -> tuple[str, Any]:
     if not key.strip() or not key.isprintable():
         raise SpecError(f"{where}{item!r}: the key {key!r} is empty or holds control characters; write e.g. "
                         f"stages.1.channels=512")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
+    return key.strip(), loads_json(raw, f"{where}{key.strip()}: the value", SpecError, default=raw)
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -9,11 +9,11 @@ torch, so a command that only needs a spec_id (a cached latency prediction) star
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Callable
 
 from .errors import SpecError
+from .limits import read_json
 from .overrides import apply_overrides
 from .spec import DecoderSpec, Spec, StageSpec, UNetSpec, spec_from_dict
 
@@ -44,13 +44,7 @@ def load_spec(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) ->
     if name_or_path in PRESETS:
         spec = PRESETS[name_or_path]
     elif name_or_path.endswith(".json") or Path(name_or_path).is_file():
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise SpecError(f"spec file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SpecError(f"spec file {path} is not valid JSON: {e}") from None
+        data = read_json(name_or_path, "spec file", SpecError)
         spec = spec_from_dict(data.get("spec", data) if isinstance(data, dict) else data)
     else:
         spec = get_preset(name_or_path)  # raises with the list of presets

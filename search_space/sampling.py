@@ -19,7 +19,7 @@ from typing import Any
 from .errors import SpecError
 from .paths import get_path, set_path
 from .presets import PRESETS
-from .spec import RENAMED_FIELDS, Spec, renamed_field, spec_from_dict
+from .spec import FIELD_RANGES, RENAMED_FIELDS, Spec, check_field, renamed_field, spec_from_dict
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,7 @@ def _knob(path: str, value: Any, base_dict: dict, where: str) -> Knob:
     if not isinstance(value, dict):
         _check_type(path, value, current, where)
         _check_sign(path, value, current, where)
+        _check_range(path, value, where)
         return Knob(path, fixed=value)
     unknown = set(value) - {"choices", "low", "high", "step", "log", "when", "otherwise"}
     if unknown:
@@ -164,6 +165,7 @@ def _knob(path: str, value: Any, base_dict: dict, where: str) -> Knob:
             raise SpecError(f"[{where}] {path}: otherwise = ... only goes with when = {{...}}")
         _check_type(path, otherwise, current, where)
         _check_sign(path, otherwise, current, where)
+        _check_range(path, otherwise, where)
     if "choices" in value:
         choices = value["choices"]
         if not isinstance(choices, list) or not choices:
@@ -171,6 +173,7 @@ def _knob(path: str, value: Any, base_dict: dict, where: str) -> Knob:
         for c in choices:
             _check_type(path, c, current, where)
             _check_sign(path, c, current, where)
+            _check_range(path, c, where)
         return Knob(path, choices=tuple(tuple(c) if isinstance(c, list) else c for c in choices), when=when,
                     otherwise=otherwise)
     if "low" in value and "high" in value:
@@ -193,6 +196,8 @@ def _knob(path: str, value: Any, base_dict: dict, where: str) -> Knob:
             raise SpecError(f"[{where}] {path}: log = true needs low > 0 (low = {low}); a log scale has no 0")
         if log and step is not None:
             raise SpecError(f"[{where}] {path}: give step or log = true, not both (Optuna samples one or the other)")
+        _check_range(path, low, where)
+        _check_range(path, high, where)
         return Knob(path, low=low, high=high, step=step, log=log, when=when, otherwise=otherwise)
     raise SpecError(f"[{where}] {path}: give a value, choices = [...], or low = / high =")
 
@@ -222,6 +227,15 @@ def _check_sign(path: str, value: Any, current: Any, where: str) -> None:
     if isinstance(value, list) and isinstance(current, list):
         for i, (v, c) in enumerate(zip(value, current)):
             _check_sign(f"{path}[{i}]", v, c, where)
+
+
+def _check_range(path: str, value: Any, where: str) -> None:
+    """Every value a knob can take within its field's stated range (spec.FIELD_RANGES): a study that would
+    sample ffn_ratio = inf or 10**30 channels is refused at load, not trial by trial."""
+    field = next((p for p in reversed(path.split(".")) if not p.isdigit()), path)
+    if field in FIELD_RANGES and value is not None:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            check_field(field, v, f"[{where}] {path}")
 
 
 def _check_base_values(space: SearchSpace, where: str) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import SpecError
+from .limits import (MAX_CHANNELS, MAX_DEPTH, MAX_LATENT_CHANNELS, MAX_RATIO, MAX_STAGES, check_number,
+                     show)
 
 CONV_TYPES = ("regular", "separable")
 ATTENTION_TYPES = ("mhsa", "mqa", "gqa")
@@ -59,6 +61,38 @@ def _check(cond: bool, msg: str) -> None:
         raise SpecError(msg)
 
 
+# The stated range of every numeric field, by field name (UNetSpec, StageSpec and DecoderSpec alike; a list field's
+# range is each entry's): low, high, whole number or not, a note. Checked on construction, so a spec from a JSON
+# file, `--set` or a study trial gets them; a study file's knob values are checked against them at load
+# (sampling.py). docs/spec-fields.md lists them.
+FIELD_RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "channels": (1, MAX_CHANNELS, True, ""),
+    "down_layers": (1, MAX_DEPTH, True, ""),
+    "up_layers": (1, MAX_DEPTH, True, ""),
+    "down_transformer_depth": (0, MAX_DEPTH, True, ""),
+    "up_transformer_depth": (0, MAX_DEPTH, True, ""),
+    "latent_channels": (1, MAX_LATENT_CHANNELS, True, ""),
+    "mid_transformer_depth": (0, MAX_DEPTH, True, ""),
+    "conv_expansion": (1, MAX_RATIO, False, "(1 = no expansion)"),
+    "ffn_ratio": (1, MAX_RATIO, False, ""),
+    "kv_heads": (1, MAX_CHANNELS, True, ""),
+    "head_dim": (1, MAX_CHANNELS, True, ""),
+    "text_dim": (1, MAX_CHANNELS, True, ""),
+    "pooled_dim": (0, MAX_CHANNELS, True, "(0 = no pooled conditioning)"),
+    "norm_groups": (1, MAX_CHANNELS, True, ""),
+    "time_embed_ratio": (1, MAX_RATIO, True, ""),
+    "res_blocks": (1, MAX_DEPTH, True, ""),
+    "out_channels": (1, MAX_LATENT_CHANNELS, True, ""),
+    "mid_res_blocks": (0, MAX_DEPTH, True, ""),
+}
+
+
+def check_field(field: str, value, where: str | None = None) -> None:
+    """`value` within the stated range of `field` (FIELD_RANGES), else SpecError naming `where` (the field)."""
+    low, high, whole, note = FIELD_RANGES[field]
+    check_number(value, where or field, low, high, whole=whole, unit=note, error=SpecError)
+
+
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     _check(value in options, f"{name}={value!r} is not one of {', '.join(options)}; pick one of those")
 
@@ -83,15 +117,15 @@ class StageSpec:
     res_block: bool = True
 
     def validate(self, where: str, norm_groups: int, head_dim: int) -> None:
-        _check(self.channels > 0, f"{where}.channels={self.channels} must be positive")
+        check_field("channels", self.channels, f"{where}.channels")
         _check(self.channels % norm_groups == 0,
                f"{where}.channels={self.channels} is not divisible by the {norm_groups} norm groups; "
                f"use a multiple of {norm_groups}")
-        _check(self.down_layers >= 1, f"{where}.down_layers={self.down_layers} must be >= 1")
-        _check(self.up_layers >= 1, f"{where}.up_layers={self.up_layers} must be >= 1")
+        check_field("down_layers", self.down_layers, f"{where}.down_layers")
+        check_field("up_layers", self.up_layers, f"{where}.up_layers")
         for side in ("down", "up"):
             depth = getattr(self, f"{side}_transformer_depth")
-            _check(depth >= 0, f"{where}.{side}_transformer_depth={depth} must be >= 0")
+            check_field(f"{side}_transformer_depth", depth, f"{where}.{side}_transformer_depth")
             _check(self.res_block or depth > 0,
                    f"{where}: res_block=false needs {side}_transformer_depth >= 1, or the layer is empty")
         if self.has_transformer:
@@ -113,7 +147,7 @@ class _SpecBase:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if str(f.type) == "float" and isinstance(v, int) and not isinstance(v, bool):
-                object.__setattr__(self, f.name, float(v))
+                object.__setattr__(self, f.name, _float(v, f.name))
             elif isinstance(v, list):
                 object.__setattr__(self, f.name, tuple(v))
 
@@ -205,13 +239,21 @@ class UNetSpec(_SpecBase):
     def validate(self) -> None:
         _check(isinstance(self.stages, tuple) and len(self.stages) >= 1,
                "stages must be a non-empty list of stage specs")
-        _check(self.latent_channels >= 1, f"latent_channels={self.latent_channels} must be >= 1")
-        _check(self.norm_groups >= 1, f"norm_groups={self.norm_groups} must be >= 1")
-        _check(self.head_dim >= 1, f"head_dim={self.head_dim} must be >= 1")
+        _check(len(self.stages) <= MAX_STAGES, f"stages has {len(self.stages)} entries; at most {MAX_STAGES}")
+        check_field("latent_channels", self.latent_channels)
+        check_field("norm_groups", self.norm_groups)
+        check_field("head_dim", self.head_dim)
+        check_field("conv_expansion", self.conv_expansion)
+        check_field("ffn_ratio", self.ffn_ratio)
+        if self.kv_heads is not None:
+            check_field("kv_heads", self.kv_heads)
+        check_field("text_dim", self.text_dim)
+        check_field("pooled_dim", self.pooled_dim)
+        check_field("mid_transformer_depth", self.mid_transformer_depth)
+        check_field("time_embed_ratio", self.time_embed_ratio)
         for i, stage in enumerate(self.stages):
             stage.validate(f"stages[{i}]", self.norm_groups, self.head_dim)
         _choice("conv", self.conv, CONV_TYPES)
-        _check(self.conv_expansion >= 1, f"conv_expansion={self.conv_expansion} must be >= 1 (1 = no expansion)")
         _check(self.conv == "separable" or self.conv_expansion == 1,
                f"conv_expansion={self.conv_expansion} only applies to conv='separable'; set it to 1")
         _choice("sep_block", self.sep_block, SEP_BLOCKS)
@@ -220,10 +262,9 @@ class UNetSpec(_SpecBase):
             if self.mid_block:
                 widths.append(("the mid block", self.stages[-1].channels))
             _check_uib_groups(widths, self.conv_expansion, self.norm_groups)
-        _check(self.ffn_ratio >= 1, f"ffn_ratio={self.ffn_ratio} must be >= 1")
         _choice("attention", self.attention, ATTENTION_TYPES)
         if self.attention == "gqa":
-            _check(self.kv_heads is not None and self.kv_heads >= 1,
+            _check(self.kv_heads is not None,
                    "attention='gqa' needs kv_heads >= 1 (the number of shared key/value heads)")
             for i, stage in enumerate(self.stages):
                 if stage.has_transformer:
@@ -238,9 +279,6 @@ class UNetSpec(_SpecBase):
         _choice("pos_embed", self.pos_embed, POS_EMBEDS)
         if self.pos_embed == "rope2d":
             _check(self.head_dim % 4 == 0, f"pos_embed='rope2d' needs head_dim divisible by 4, got {self.head_dim}")
-        _check(self.text_dim >= 1, f"text_dim={self.text_dim} must be >= 1")
-        _check(self.pooled_dim >= 0, f"pooled_dim={self.pooled_dim} must be >= 0 (0 = no pooled conditioning)")
-        _check(self.mid_transformer_depth >= 0, f"mid_transformer_depth={self.mid_transformer_depth} must be >= 0")
         if self.mid_block and self.mid_transformer_depth > 0:
             _check(self.stages[-1].channels % self.head_dim == 0,
                    f"the mid block's width {self.stages[-1].channels} is not divisible by head_dim={self.head_dim}")
@@ -250,7 +288,6 @@ class UNetSpec(_SpecBase):
                f"the up path has {ups} layers but the down path saves {skips} skip connections "
                f"(conv_in + one per down layer + one per downsample); make sum(up_layers) = {skips}, "
                f"e.g. up_layers = down_layers + 1 in every stage")
-        _check(self.time_embed_ratio >= 1, f"time_embed_ratio={self.time_embed_ratio} must be >= 1")
 
     # Derived values
     @property
@@ -330,19 +367,23 @@ class DecoderSpec(_SpecBase):
 
     def validate(self) -> None:
         n = len(self.channels)
-        _check(n >= 1, "channels must list at least one stage width")
+        _check(1 <= n <= MAX_STAGES, f"channels lists {n} stage widths; give 1 to {MAX_STAGES}")
         _check(len(self.res_blocks) == n,
                f"res_blocks has {len(self.res_blocks)} entries but channels has {n}; give one per stage")
         _check(len(self.norm_stages) == n,
                f"norm_stages has {len(self.norm_stages)} entries but channels has {n}; give one per stage")
         for i, (c, r) in enumerate(zip(self.channels, self.res_blocks)):
-            _check(c > 0, f"channels[{i}]={c} must be positive")
-            _check(r >= 1, f"res_blocks[{i}]={r} must be >= 1")
+            check_field("channels", c, f"channels[{i}]")
+            check_field("res_blocks", r, f"res_blocks[{i}]")
             if self.norm_stages[i]:
                 _check(c % self.norm_groups == 0,
                        f"channels[{i}]={c} is not divisible by the {self.norm_groups} norm groups; "
                        f"use a multiple of {self.norm_groups} or set norm_stages[{i}]=false")
-        _check(self.mid_res_blocks >= 0, f"mid_res_blocks={self.mid_res_blocks} must be >= 0")
+        check_field("mid_res_blocks", self.mid_res_blocks)
+        check_field("norm_groups", self.norm_groups)
+        check_field("latent_channels", self.latent_channels)
+        check_field("out_channels", self.out_channels)
+        check_field("conv_expansion", self.conv_expansion)
         _check(not self.mid_attention or self.mid_res_blocks >= 1,
                "mid_attention=true needs mid_res_blocks >= 1")
         if self.mid_res_blocks and self.norm_mid:
@@ -352,7 +393,6 @@ class DecoderSpec(_SpecBase):
             _check(self.channels[0] % self.norm_groups == 0,
                    f"output width channels[0]={self.channels[0]} is not divisible by {self.norm_groups} norm groups")
         _choice("conv", self.conv, CONV_TYPES)
-        _check(self.conv_expansion >= 1, f"conv_expansion={self.conv_expansion} must be >= 1 (1 = no expansion)")
         _check(self.conv == "separable" or self.conv_expansion == 1,
                f"conv_expansion={self.conv_expansion} only applies to conv='separable'; set it to 1")
         _choice("sep_block", self.sep_block, SEP_BLOCKS)
@@ -362,7 +402,6 @@ class DecoderSpec(_SpecBase):
                 widths.append(("the mid block", self.channels[-1]))
             _check_uib_groups(widths, self.conv_expansion, self.norm_groups)
         _choice("shortcut", self.shortcut, SHORTCUTS)
-        _check(self.latent_channels >= 1, f"latent_channels={self.latent_channels} must be >= 1")
 
     @property
     def upsample_factor(self) -> int:
@@ -416,6 +455,14 @@ def _check_uib_groups(widths: list[tuple[str, int]], expansion: float, groups: i
         _check(hidden % groups == 0,
                f"sep_block='uib': {where} expands {c} -> {hidden} channels (conv_expansion={expansion:g}), "
                f"not divisible by the {groups} norm groups; pick an expansion with e * {c} a multiple of {groups}")
+
+
+def _float(v: int | float, where: str) -> float:
+    """An int as a float field's value; one past float's range is refused here, not as an OverflowError."""
+    try:
+        return float(v)
+    except OverflowError:
+        raise SpecError(f"{where}={show(v)} must be a finite number") from None
 
 
 def _to_jsonable(x: Any) -> Any:
@@ -475,7 +522,7 @@ def _coerce(v: Any, t: str, where: str) -> Any:
         return v
     if t == "float":
         _check(isinstance(v, (int, float)) and not isinstance(v, bool), f"{where} must be a number, got {v!r}")
-        return float(v)
+        return _float(v, where)
     if t == "str":
         _check(isinstance(v, str), f"{where} must be a string, got {v!r}")
         return v

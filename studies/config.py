@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,9 @@ from typing import Any
 from evaluators import registry
 from search_space.sampling import SearchSpace, parse_space
 from search_space.errors import MAX_SEED, SpecError
+from search_space.limits import MAX_LATENT, out_of_range, read_toml, show
 from training.budget import Budget
+from training.config import MAX_SEEDS
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 # The quality evaluators a study file may name (the registry's, in registration order), or none.
@@ -184,6 +185,12 @@ def _err(path: str, msg: str) -> StudyFileError:
 
 
 MAX_JOBS = 256
+# Upper limits of [study] numbers (the seed's is MAX_SEED, the samplers'): far above any use, inside what Optuna
+# and the clock take (a heartbeat of 10**30 seconds overflows datetime).
+STUDY_INT_LIMITS = {"n_trials": 10_000_000, "heartbeat_interval": 86_400, "grace_period": 7 * 86_400,
+                    "max_retry": 100}
+MAX_TIMEOUT = 365 * 86_400.0
+MAX_CONSTRAINT = 1e12  # a latency in ms or params in millions past this constrains nothing
 
 
 def check_jobs(value: Any, where: str) -> int:
@@ -197,11 +204,7 @@ def load_study_file(path: str | Path, storage: str | None = None) -> StudyConfig
     path = Path(path)
     if not path.is_file():
         raise StudyFileError(f"study file {path} does not exist (shipped ones: studies/*.toml)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise StudyFileError(f"{path}: not valid TOML: {e}") from None
-    return parse_study(data, str(path), storage)
+    return parse_study(read_toml(path, "study file", StudyFileError), str(path), storage)
 
 
 def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None = None) -> StudyConfig:
@@ -223,8 +226,9 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
         raise _err(path, f"[study] name = {name!r} must be a simple name (letters, digits, '.', '_', '-'; no '/' "
                          f"or '..'): it names the study's folder under runs/")
     timeout = st.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
-        raise _err(path, f"[study] timeout = {timeout!r} must be a number of seconds > 0, e.g. timeout = 600")
+    if timeout is not None and out_of_range(timeout, 0, MAX_TIMEOUT, low_open=True):
+        raise _err(path, f"[study] timeout = {show(timeout)} must be a number of seconds > 0 and at most "
+                         f"{MAX_TIMEOUT:g} (a year), e.g. timeout = 600")
     sampler = st.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise _err(path, f"[study] sampler={sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -252,12 +256,17 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
         raise _err(path, str(e)) from None
     constraints = dict(data.get("constraints", {}))
     for k, v in constraints.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise _err(path, f"[constraints] {k} = {v!r} must be a positive number")
+        problem = out_of_range(v, 0, MAX_CONSTRAINT, low_open=True)
+        if problem:  # NaN or inf would compare false against every candidate: never or always feasible
+            raise _err(path, f"[constraints] {k} = {show(v)} must be a positive number "
+                             f"({problem.removeprefix('must be ')})")
     target = data.get("target", {})
     latent = target.get("latent")
-    if "latent" in target and (not isinstance(latent, int) or isinstance(latent, bool) or latent < 1):
-        raise _err(path, f"[target] latent = {latent!r} must be a positive integer")
+    if "latent" in target:
+        problem = out_of_range(latent, 1, MAX_LATENT, whole=True)
+        if problem:
+            raise _err(path, f"[target] latent = {show(latent)} {problem} (the full-size latent side the cheap "
+                             f"objectives are measured at; 128 = 1024 px)")
     device = target.get("device")
     if "device" in target:
         try:
@@ -285,6 +294,8 @@ def parse_study(data: dict[str, Any], path: str = "<study>", storage: str | None
         v = st.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise _err(path, f"[study] {key} = {v!r} must be a non-negative integer")
+        if isinstance(v, int) and key in STUDY_INT_LIMITS and v > STUDY_INT_LIMITS[key]:
+            raise _err(path, f"[study] {key} = {show(v)} must be at most {STUDY_INT_LIMITS[key]:,}")
     if isinstance(st.get("seed"), int) and st["seed"] > MAX_SEED:
         raise _err(path, f"[study] seed = {st['seed']} must be at most {MAX_SEED} (2**32 - 1): the samplers' limit")
     for key in ("heartbeat_interval", "grace_period"):  # Optuna refuses 0 deep inside the storage
@@ -406,8 +417,9 @@ def _parse_rungs(path: str, quality: dict[str, Any], n_trials: Any, has_seeds: b
                          f"set n_trials >= {need}, or use fewer rungs or a smaller reduction")
     if rung_seeds is not None:
         if (not isinstance(rung_seeds, list) or len(rung_seeds) != len(rungs)
-                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in rung_seeds)):
-            raise _err(path, f"[quality] rung_seeds = {rung_seeds!r} must give one whole number >= 1 per rung "
+                or any(out_of_range(x, 1, MAX_SEEDS, whole=True) for x in rung_seeds)):
+            raise _err(path, f"[quality] rung_seeds = {rung_seeds!r} must give one whole number from 1 to "
+                             f"{MAX_SEEDS} per rung "
                              f"({len(rungs)} rungs), e.g. {[1] * (len(rungs) - 1) + [3]}")
         if "seeds" in quality:
             raise _err(path, "[quality] give either seeds (every rung) or rung_seeds (per rung), not both")

@@ -50,7 +50,7 @@ def test_the_base_study_loads():
     ({"quality.budget": "6steps"}, "[quality] budget", "10-step warm-up"),
     ({"quality.rungs": ["4steps", "40steps"]}, "[quality] rungs", "10-step warm-up"),
     ({"quality.data": "imagenet"}, "[quality] data", "not a flow data source"),
-    ({"quality.n_samples": -3}, "[quality] n_samples", ">= 0"),
+    ({"quality.n_samples": -3}, "[quality] n_samples", "from 0 to 100000"),
     ({"quality.early_stop": {"quantile": 1.5}}, "[quality.early_stop] quantile", "between 0 and 1"),
     ({"quality.early_stop": {"warmup_fraction": 0}}, "[quality.early_stop] warmup_fraction", "between 0 and 1"),
     ({"target.device": "pixel99"}, "[target] device", "unknown device"),
@@ -222,3 +222,155 @@ def test_any_study_file_value_gives_exit_0_or_a_clean_exit_2(tmp_path, key, valu
     assert not (tmp_path / "runs").exists()
 
 
+
+
+# --- numbers and sizes: finite, within the stated ranges, checked at load (search_space/limits.py) ------------
+
+@pytest.mark.parametrize("setting, says", [
+    ("ffn_ratio=Infinity", "ffn_ratio=inf must be a finite number from 1 to 64"),
+    ("ffn_ratio=NaN", "ffn_ratio=nan must be a finite number"),
+    ("ffn_ratio=1e400", "ffn_ratio=inf must be a finite number"),
+    ("ffn_ratio=" + "9" * 400, "--set ffn_ratio: the value holds an integer longer than 100 digits"),
+    ("stages.0.channels=" + "1" + "0" * 30, "stages[0].channels=10000000...(31 digits) must be a whole number from 1 to 16384"),
+    ("stages.0.down_transformer_depth=100000", "stages[0].down_transformer_depth=100000 must be a whole number from 0 to 64"),
+    ("text_dim=1000000", "text_dim=1000000 must be a whole number from 1 to 16384"),
+    ("stages.0=" + "[" * 5000 + "]" * 5000, "--set stages.0: the value nests lists or tables deeper than 64 levels"),
+])
+def test_spec_numbers_are_finite_and_within_their_stated_ranges(setting, says):
+    code, err = _cli(["describe", "tiny-debug", "--set", setting, "--no-memory"])
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[" * 100_000 + "]" * 100_000, "nests lists or tables deeper than 64 levels"),
+    ('{"ffn_ratio": ' + "9" * 5000 + "}", "holds an integer longer than 100 digits"),
+    ('{"ffn_ratio": ' + "9" * 200 + "}", "holds an integer longer than 100 digits"),
+    ('{"spec": ' + json.dumps({**TINY, "ffn_ratio": "NaN"}).replace('"NaN"', "NaN") + "}",
+     "ffn_ratio=nan must be a finite number"),
+    ("\udcff".encode("utf-8", "surrogateescape").decode("latin-1"), "is malformed JSON"),
+])
+def test_a_spec_file_is_read_by_the_one_reader(tmp_path, text, says):
+    path = tmp_path / "spec.json"
+    path.write_text(text)
+    code, err = _cli(["describe", str(path), "--no-memory"])
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert str(path) in err or "ffn_ratio" in err
+
+
+@pytest.mark.parametrize("text, says", [
+    ("a = " + "[" * 50_000 + "]" * 50_000 + "\n", "nests lists or tables deeper than 64 levels"),
+    ("a = " + "9" * 5000 + "\n", "holds an integer longer than 100 digits"),
+    ("a = " + "[" * 70 + "]" * 70 + "\n", "nests lists or tables deeper than 64 levels"),
+])
+def test_a_study_file_is_read_by_the_one_reader(tmp_path, text, says):
+    path = tmp_path / "deep.toml"
+    path.write_text(text)
+    code, err = _cli(["study", "run", str(path), "--no-progress"])
+    assert code == 2 and f"study file {path} {says}" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_reader_refuses_deep_checkpoint_and_manifest_metadata(tmp_path):
+    from training.checkpoint import CheckpointError, read_checkpoint
+    from training.data import DataError, LatentShards
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "checkpoint.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match=r"checkpoint metadata .*checkpoint.json nests lists"):
+        read_checkpoint(tmp_path / "ck")
+    (tmp_path / "lat").mkdir()
+    (tmp_path / "lat" / "manifest.json").write_text('{"count": ' + "9" * 5000 + "}")
+    with pytest.raises(DataError, match=r"latent manifest .*manifest.json holds an integer longer"):
+        LatentShards(tmp_path / "lat")
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"quality.sample_steps": 0}, "[quality] sample_steps = 0 must be a whole number from 1 to 10000"),
+    ({"quality.sample_steps": -4}, "[quality] sample_steps = -4 must be a whole number from 1"),
+    ({"quality.guidance": float("nan")}, "[quality] guidance = nan must be a finite number from 0 to 100"),
+    ({"quality.guidance": float("inf")}, "[quality] guidance = inf must be a finite number"),
+    ({"quality.n_samples": 10 ** 9}, "[quality] n_samples = 1000000000 must be a whole number from 0 to 100000"),
+    ({"quality.seeds": 10 ** 6}, "[quality] seeds = 1000000 must be a whole number from 1 to 64"),
+    ({"target.latent": 100_000}, "[target] latent = 100000 must be a whole number from 1 to 1024"),
+    ({"constraints.max_latency_ms": float("nan")}, "[constraints] max_latency_ms = nan must be a positive number (a finite number > 0"),
+    ({"constraints.max_latency_ms": float("inf")}, "[constraints] max_latency_ms = inf must be a positive number (a finite number > 0"),
+    ({"study.timeout": float("nan")}, "[study] timeout = nan must be a number of seconds > 0"),
+    ({"study.heartbeat_interval": 10 ** 30}, "[study] heartbeat_interval = 10000000...(31 digits) must be at most"),
+    ({"space.ffn_ratio": {"low": 1.0, "high": float("inf")}}, "[space] ffn_ratio=inf must be a finite number"),
+    ({"space.ffn_ratio": {"choices": [2.0, float("nan")]}}, "[space] ffn_ratio=nan must be a finite number"),
+    ({"space.stages.0.channels": {"choices": [32, 10 ** 30]}}, "[space] stages.0.channels=10000000...(31 digits)"),
+])
+def test_every_study_value_that_would_fail_a_trial_is_refused_at_load(tmp_path, change, says):
+    """Through the file (TOML's nan / inf literals included) and the CLI: one line, exit 2, nothing stored."""
+    path = studyfiles.write(tmp_path / "s.toml", _study(**{"study.storage": f"sqlite:///{tmp_path}/s.db", **change}))
+    code, err = _cli(["study", "run", str(path), "--no-progress"])
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["describe", "tiny-debug", "--latent", "100000"], "--latent 100000 must be a whole number from 1 to 1024"),
+    (["export", "coreml", "tiny-debug", "--latent", "100000"], "--latent 100000 must be a whole number from 1 to 1024"),
+    (["export", "coreml", "tiny-debug", "--batch", str(10 ** 9)], "--batch 1000000000 must be a whole number"),
+    (["latency", "plan", "--device", "a17pro", "--latent", "0"], "--latent 0 must be a whole number from 1"),
+    (["eval", "quality", "tiny-debug", "--cfg-scale", "nan"], "--cfg-scale nan must be a finite number from 0 to 100"),
+    (["eval", "quality", "tiny-debug", "--sample-steps", str(10 ** 6)], "--sample-steps 1000000 must be a whole"),
+    (["eval", "quality", "tiny-debug", "--seeds", "1000"], "--seeds 1000 must be a whole number from 1 to 64"),
+    (["data", "encode", "folder:{tmp}", "--vae", "{tmp}", "--out", "{tmp}/enc", "--resolution", "1000000"],
+     "--resolution 1000000 must be a whole number from 1 to 8192"),
+])
+def test_size_flags_are_within_their_stated_ranges(tmp_path, argv, says):
+    code, err = _cli([a.format(tmp=tmp_path) for a in argv])
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "enc").exists()
+
+
+# --- memory: work that cannot fit is refused before anything is allocated (search_space/memory.py) -----------
+
+def test_require_memory_states_the_estimate_the_free_memory_and_the_flag(monkeypatch):
+    from search_space import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 2 ** 30)
+    memory.require_memory(2 ** 29, "a thing", "--size")  # fits: nothing happens
+    with pytest.raises(memory.UserError, match=r"a thing needs at least 2.0 GiB .* but cpu has 1.0 GiB free; "
+                                               r"lower --size"):
+        memory.require_memory(2 ** 31, "a thing", "--size")
+    monkeypatch.undo()  # the real one reads /proc/meminfo (sysconf elsewhere)
+    assert memory.available_bytes("cpu") is None or memory.available_bytes("cpu") > 0
+
+
+def test_the_training_estimate_grows_with_the_batch_and_counts_optimizer_state():
+    from search_space import build_model, example_inputs
+    from search_space.memory import TRAINING_WEIGHT_COPIES, inference_bytes, training_bytes, weight_bytes
+
+    spec = PRESETS["tiny-debug"]
+    model, inputs = build_model(spec, "meta"), example_inputs(spec, 16, device="meta")
+    one, eight = training_bytes(model, inputs, 1), training_bytes(model, inputs, 8)
+    weights = TRAINING_WEIGHT_COPIES * weight_bytes(model)
+    assert eight - weights == pytest.approx(8 * (one - weights))
+    assert one - weights > inference_bytes(model, inputs) - weight_bytes(model) > 0  # backward keeps more alive
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "unet", "tiny-debug", "--batch-size", "65536", "--steps", "2", "--out", "{tmp}/r"],
+     "at batch size 65536 needs at least"),
+    (["export", "coreml", "tiny-debug", "--latent", "1024", "--batch", "64"],
+     "spec 6c51f27c2cf2 at a 1024x1024 latent, batch 64 needs at least"),
+])
+def test_work_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path, argv, says):
+    code, err = _cli([a.format(tmp=tmp_path) for a in argv])
+    assert code == 2 and says in err and "free; lower --" in err, err
+    assert len(err.strip().splitlines()) == 1 or "global batch" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_encode_that_cannot_fit_is_refused_before_the_vae_loads(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a" / "x.png")
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')  # no weights: never loaded
+    code, err = _cli(["data", "encode", f"folder:{tmp_path / 'imgs'}", "--vae", str(tmp_path / "vae"), "--out",
+                      str(tmp_path / "enc"), "--resolution", "8192"])
+    assert code == 2 and "encoding 8192x8192 images in batches of 32 needs at least" in err, err
+    assert "lower --resolution or --batch-size" in err and len(err.strip().splitlines()) == 1

@@ -23,7 +23,7 @@ from torch import nn
 
 from search_space import UNetSpec, build_model
 from search_space.errors import SpecError
-from search_space.jsonfile import read_json
+from search_space.limits import read_json
 from search_space.spec import spec_from_dict
 
 from .config import TrainError
@@ -131,7 +131,7 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, dict]:
     manifest_path = path / "checkpoint.json"
     if not manifest_path.is_file():
         raise CheckpointError(f"checkpoint {path} has no checkpoint.json (incomplete write?)")
-    manifest = read_json(manifest_path, "checkpoint metadata", CheckpointError)
+    manifest = read_json(manifest_path, "checkpoint metadata", CheckpointError, expect=dict)
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint metadata {manifest_path} has format {manifest.get('format')!r}, expected "
                               f"{CHECKPOINT_FORMAT}")

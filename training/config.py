@@ -30,6 +30,14 @@ AUTO_ON_OFF = ("auto", "on", "off")
 QUALITY_RUN_LR = 3e-3
 FULL_RUN_LR = 1e-3
 
+# Stated ranges of the sampling and batch settings, for the loop's flags and for every other place that takes
+# them (the flow evaluator's options in a study file, `pocketdiff eval`): far above any use, far below overflow.
+MAX_SAMPLE_STEPS = 10_000  # Euler steps (the paper samples with 28; distilled students with 4)
+MAX_CFG_SCALE = 100.0  # guidance scale (the paper samples at up to 7.5)
+MAX_SAMPLES = 100_000  # generated images to score (the FID protocol uses 50,000)
+MAX_SEEDS = 64  # seeds per candidate (3 gives a 95% interval)
+MAX_BATCH = 1 << 16  # images per micro-batch
+
 
 def flag(default, help_line: str, choices: tuple | None = None):
     """A config field that is also a CLI flag: its default, its help line and its allowed values."""
@@ -83,10 +91,11 @@ class LoopConfig:
         _check_numbers(self, TrainError, {
             "lr": (0, 10, False), "weight_decay": (0, 10, True), "min_lr_ratio": (0, 1, True),
             "grad_clip": (0, math.inf, False), "ema_decay": (0, 1, True), "cond_dropout": (0, 1, True),
-            "cfg_scale": (0, 100, True)})
-        for name, high in (("steps", LIMITS["steps"]), ("seed", MAX_SEED), ("batch_size", 1 << 16),
+            "cfg_scale": (0, MAX_CFG_SCALE, True)})
+        for name, high in (("steps", LIMITS["steps"]), ("seed", MAX_SEED), ("batch_size", MAX_BATCH),
                            ("warmup_steps", LIMITS["steps"]), ("sample_every", LIMITS["steps"]),
-                           ("fd_samples", 100_000), ("sample_steps", 10_000), ("keep_checkpoints", 10_000)):
+                           ("fd_samples", MAX_SAMPLES), ("sample_steps", MAX_SAMPLE_STEPS),
+                           ("keep_checkpoints", 10_000)):
             if not 0 <= getattr(self, name) <= high:
                 raise TrainError(f"{name}={getattr(self, name)} must be within 0..{high}")
         if self.keep_checkpoints < 1:

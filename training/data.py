@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from search_space.cache import temporary_sibling
 from search_space.errors import UserError
+from search_space.limits import read_json
 
 from .weights import check_model_folder
 
@@ -307,6 +308,36 @@ def load_vae(vae_path: str | Path, device: str | torch.device = "cpu"):
     return AutoencoderKL.from_pretrained(vae_path, local_files_only=True, low_cpu_mem_usage=False).to(device).eval()
 
 
+def _require_encode_memory(vae_path: str | Path, resolution: int, batch_size: int, device: str) -> None:
+    """Refuse, before the VAE's weights or any image are loaded, an encode whose batch of images and encoder
+    activations cannot fit in the device's free memory: the VAE is built from its config.json on the meta device
+    and one image is encoded there (search_space/memory.py)."""
+    from diffusers import AutoencoderKL
+
+    from search_space.limits import read_json
+    from search_space.memory import inference_bytes, require_memory
+
+    config = read_json(Path(vae_path) / "config.json", "VAE config", DataError)
+    if not isinstance(config, dict):
+        raise DataError(f"VAE config {Path(vae_path) / 'config.json'} must be a JSON object, not a "
+                        f"{type(config).__name__}")
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(config).eval()
+    image = torch.empty(1, int(vae.config.in_channels), resolution, resolution, device="meta")
+
+    class _Encode(torch.nn.Module):  # inference_bytes takes a module: the encoder as `encode` runs it
+        def __init__(self):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, x):
+            return self.vae.encode(x).latent_dist.mean
+
+    need = inference_bytes(_Encode(), (image,), batch_size)
+    require_memory(need, f"encoding {resolution}x{resolution} images in batches of {batch_size}",
+                   "--resolution or --batch-size", device, DataError)
+
+
 def _manifest_checksum(shards: list[dict]) -> str:
     return hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
 
@@ -332,6 +363,7 @@ def encode_latents(source: str, vae_path: str | Path, out_dir: str | Path, resol
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     vae_id = vae_identity(vae_path)
+    _require_encode_memory(vae_path, resolution, batch_size, device)
     vae = load_vae(vae_path, device)
     scale = float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
@@ -342,7 +374,7 @@ def encode_latents(source: str, vae_path: str | Path, out_dir: str | Path, resol
     manifest_path = out / MANIFEST
     done: list[dict] = []
     if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
+        old = read_json(manifest_path, "latent manifest", DataError)
         for key in ("dataset", "source", "resolution", "vae", "files", "shard_size"):
             if old.get(key) != header[key]:
                 raise DataError(f"{out} already holds shards with {key}={old.get(key)!r}, not {header[key]!r}; "
@@ -416,7 +448,9 @@ class LatentShards:
         path = self.root / MANIFEST
         if not path.is_file():
             raise DataError(f"{self.root} has no {MANIFEST}; write latents with `pocketdiff data encode`")
-        self.manifest = json.loads(path.read_text())
+        self.manifest = read_json(path, "latent manifest", DataError)
+        if not isinstance(self.manifest, dict):
+            raise DataError(f"latent manifest {path} must be a JSON object, not a {type(self.manifest).__name__}")
         if not self.manifest.get("complete"):
             raise DataError(f"{self.root} holds an interrupted encoding ({self.manifest.get('count')} of "
                             f"{self.manifest.get('files')} files); rerun the same `pocketdiff data encode` to finish")

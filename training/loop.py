@@ -22,6 +22,7 @@ last good checkpoint stays the latest.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -177,6 +178,7 @@ def _setup(spec, data, prompts, config, ctx, budget, objective, stream, init, me
     device = ctx.device
     autocast = config.autocast == "on" or (config.autocast == "auto" and device.type == "cuda")
     grad_ckpt = config.grad_checkpoint == "on" or (config.grad_checkpoint == "auto" and device.type == "cuda")
+    _require_memory(spec, data, prompts, config, device, grad_ckpt)
     model = _initial_model(spec, config, ctx, init)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     objective.budget_steps, objective.seed = budget.steps, config.seed
@@ -200,6 +202,27 @@ def _setup(spec, data, prompts, config, ctx, budget, objective, stream, init, me
                  "config": asdict(config), "world_size": ctx.world, "init": str(init) if init else None}
     return _Run(spec, data, prompts, config, ctx, budget, objective, autocast, model, ema, train_model, extra,
                 extra_params, opt, cond, batches, schedule, identity, full_meta, callback, report_fraction, progress)
+
+
+@functools.lru_cache(maxsize=16)
+def _training_bytes(spec: UNetSpec, size: int, text_tokens: int, batch: int, checkpointing: bool) -> int:
+    """training_bytes on the meta device (a few tenths of a second for a proxy), once per process and shape."""
+    from search_space import example_inputs
+    from search_space.memory import training_bytes
+
+    inputs = example_inputs(spec, size, text_tokens=text_tokens, device="meta")
+    return training_bytes(build_model(spec, "meta"), inputs, batch, checkpointing)
+
+
+def _require_memory(spec: UNetSpec, data: FlowData, prompts: PromptEmbeddings, config: LoopConfig, device,
+                    checkpointing: bool) -> None:
+    """Refuse, before the model is built, a run whose weights, optimizer state and activations at this batch size
+    cannot fit in the device's free memory (search_space/memory.py; measured on the meta device)."""
+    from search_space.memory import require_memory
+
+    need = _training_bytes(spec, data.size, prompts.tokens.shape[1], config.batch_size, checkpointing)
+    require_memory(need, f"training spec {spec.spec_id} on {data.size}x{data.size} inputs at batch size "
+                         f"{config.batch_size}", "--batch-size or the widths (--set, --width-mult)", device, TrainError)
 
 
 def _initial_model(spec: UNetSpec, config: LoopConfig, ctx: DistContext, init: str | Path | None) -> nn.Module:

@@ -21,7 +21,7 @@ from torch import nn
 
 from search_space import UNetSpec
 from search_space.errors import UserError
-from search_space.jsonfile import read_json
+from search_space.limits import read_json
 
 from .flow import TIMESTEP_SCALE
 from .text import NULL_PROMPT, PromptEmbeddings, class_prompt_embeddings, class_prompts
@@ -212,7 +212,7 @@ def encode_sd3_prompts(root: Path, prompts: list[str]) -> tuple[torch.Tensor, to
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    index = read_json(root / "model_index.json", "teacher pipeline index", TeacherError)
+    index = read_json(root / "model_index.json", "teacher pipeline index", TeacherError, expect=dict)
     clip_states, clip_pooled = [], []
     for enc, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
         check_model_folder(root / enc, f"teacher CLIP text encoder {enc}", TeacherError)
@@ -225,7 +225,8 @@ def encode_sd3_prompts(root: Path, prompts: list[str]) -> tuple[torch.Tensor, to
         clip_states.append(out.hidden_states[-2].float())  # SD3 takes the penultimate layer (clip_skip None)
         clip_pooled.append(out.text_embeds.float())
     clip = torch.cat(clip_states, dim=-1)
-    transformer_cfg = read_json(root / "transformer" / "config.json", "teacher SD3 transformer config", TeacherError)
+    transformer_cfg = read_json(root / "transformer" / "config.json", "teacher SD3 transformer config", TeacherError,
+                                expect=dict)
     width = transformer_cfg.get("joint_attention_dim")
     if type(width) is not int or width < 1:
         raise TeacherError(f"teacher {root / 'transformer' / 'config.json'}: joint_attention_dim is {width!r}, "
@@ -261,7 +262,7 @@ def load_teacher(source: str | Path, dtype: torch.dtype = torch.float32, device:
         raise TeacherError(f"teacher {source}: {path / 'model_index.json'} not found; {SD3_PREFIX}PATH names an SD3 "
                            f"pipeline folder saved with save_pretrained")
     if (path / "model_index.json").is_file():
-        index = read_json(path / "model_index.json", "teacher pipeline index", TeacherError)
+        index = read_json(path / "model_index.json", "teacher pipeline index", TeacherError, expect=dict)
         listed = index.get("transformer")
         if not (isinstance(listed, list) and len(listed) == 2 and listed[1] == "SD3Transformer2DModel"):
             raise TeacherError(f"teacher {path}: pipeline {index.get('_class_name')!r} has no SD3Transformer2DModel "
@@ -286,7 +287,7 @@ def load_teacher(source: str | Path, dtype: torch.dtype = torch.float32, device:
             return SD3Teacher(model, f"diffusers:{cls_name}:{path}", dtype).to(device)
         if cls_name == "UNet2DConditionModel":
             scheduler = path.parent / "scheduler" / "scheduler_config.json"  # a pipeline's unet/ sub-folder
-            kind = (read_json(scheduler, "teacher scheduler config", TeacherError).get("_class_name")
+            kind = (read_json(scheduler, "teacher scheduler config", TeacherError, expect=dict).get("_class_name")
                     if scheduler.is_file() else None)
             if kind is not None and "FlowMatch" not in str(kind):
                 raise TeacherError(f"teacher {path} belongs to a pipeline with scheduler {kind}: an "

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from search_space.errors import UserError
-from search_space.jsonfile import read_json
+from search_space.limits import read_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHTS_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -47,7 +47,7 @@ def check_model_folder(path: str | Path, what: str, error: type[UserError] = Mod
     if not path.is_dir():
         raise error(f"{what} {path} {'is not a folder' if path.exists() else 'does not exist'}; give a folder "
                     f"saved with save_pretrained (config.json and the weights)")
-    config = read_json(path / "config.json", f"{what} config", error)
+    config = read_json(path / "config.json", f"{what} config", error, expect=dict)
     weights = sorted(f for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHTS_SUFFIXES))
     if not weights:
         raise error(f"{what} {path} has a config.json but no weights file (*.safetensors or *.bin); copy the "

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from training.baselines import BASELINES, LEARNED_FRACTION
 from training.budget import QUALITY_RUN_BUDGET, WARMUP_STEPS, Budget
-from training.config import LoopConfig
+from training.config import MAX_CFG_SCALE, MAX_SAMPLE_STEPS, MAX_SAMPLES, MAX_SEEDS, LoopConfig
 from training.proxy import ProxyConfig
 
-from ..registry import Evaluator, Option, budget_callback, register, whole_number
+from ..registry import Evaluator, Option, budget_callback, number_in, register
 
 DATA_SOURCES = "mnist5k, mnist5k-p1|p2|p4|p8, imagenet:PATH, folder:PATH or latents:PATH"
 
@@ -91,12 +91,14 @@ EVALUATOR = register(Evaluator(
         Option("data", str, "mnist5k", f"training data: {DATA_SOURCES}", parse_data),
         Option("budget", Budget, QUALITY_RUN_BUDGET, "training budget, e.g. 500steps or 60s", parse_budget),
         Option("seeds", int, 1, "seeds per candidate; 3 gives a 95% interval",
-               whole_number(1, " (3 gives a 95% interval)")),
+               number_in(1, MAX_SEEDS, note=" (3 gives a 95% interval)")),
         Option("n_samples", int, None, "generated images per seed (default: up to 192, evaluators/quality.py "
                                        "NUM_SAMPLES, at most the reference set; 0: validation loss only)",
-               whole_number(0, " (0: validation loss only, no sample metrics)")),
-        Option("sample_steps", int, LoopConfig.sample_steps, "Euler steps when sampling"),
-        Option("guidance", float, LoopConfig.cfg_scale, "classifier-free guidance scale"),
+               number_in(0, MAX_SAMPLES, note=" (0: validation loss only, no sample metrics)")),
+        Option("sample_steps", int, LoopConfig.sample_steps, "Euler steps when sampling",
+               number_in(1, MAX_SAMPLE_STEPS)),
+        Option("guidance", float, LoopConfig.cfg_scale, "classifier-free guidance scale",
+               number_in(0, MAX_CFG_SCALE, whole=False)),
         Option("proxy", ProxyConfig, ProxyConfig(), "proxy mapping, e.g. { width_mult = 0.125 }", parse_proxy)),
     doc="proxy flow-matching run, scored by validation loss (with the regime's baselines and the learned "
         "fraction) and domain FD (Inception FID when available)"))

@@ -72,7 +72,7 @@ def test_study_quality_metrics_contract(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("quality_table,message", [
-    ({"seeds": 0}, "seeds = 0 must be a whole number >= 1"),
+    ({"seeds": 0}, "seeds = 0 must be a whole number from 1 to 64"),
     ({"budget": "-10steps"}, "negative"),
     ({"budget": "a while"}, "not understood"),
     ({"proxy": {"width_mult": 2.0}}, "width_mult"),

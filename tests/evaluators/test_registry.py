@@ -39,9 +39,9 @@ def test_options_are_typed_and_unknown_ones_are_refused():
     assert flow.check_config(config) == config  # typed values pass through unchanged
     with pytest.raises(EvaluatorError, match="unknown option\\(s\\) encoder for evaluator 'flow'; known: budget"):
         flow.check_config({"encoder": "tiny-ae"})
-    with pytest.raises(EvaluatorError, match="seeds = True must be a whole number >= 1"):
+    with pytest.raises(EvaluatorError, match="seeds = True must be a whole number from 1 to 64"):
         flow.check_config({"seeds": True})
-    with pytest.raises(EvaluatorError, match="sample_steps = 2.5 must be a int"):
+    with pytest.raises(EvaluatorError, match="sample_steps = 2.5 must be a whole number from 1 to 10000"):
         flow.check_config({"sample_steps": 2.5})
     with pytest.raises(UserError, match="unknown evaluator 'host'; known: cost, decoder, flow, latency"):
         registry.get("host")

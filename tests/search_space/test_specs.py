@@ -234,7 +234,7 @@ def test_compact_string_carries_the_reading():
 
 @pytest.mark.parametrize("change,match", [
     ({"head_dim": 48}, "not divisible by head_dim=48"),
-    ({"conv_expansion": 0.5, "conv": "separable"}, "conv_expansion=0.5 must be >= 1"),
+    ({"conv_expansion": 0.5, "conv": "separable"}, "conv_expansion=0.5 must be a finite number from 1 to 64"),
     ({"conv_expansion": 2.0}, "only applies to conv='separable'"),
     ({"attention": "gqa"}, "needs kv_heads"),
     ({"attention": "gqa", "kv_heads": 3}, "does not divide"),

@@ -62,7 +62,7 @@ def _base(**sections):
      "psnr is produced by evaluator decoder, which this study does not run \\(it runs cost, latency, flow\\)"),
     ({"quality": {"evaluator": "flow", "encoder": "tiny-ae"}},
      "\\[quality\\] unknown option\\(s\\) encoder for evaluator 'flow'; known: budget, data, guidance"),
-    ({"quality": {"evaluator": "flow", "guidance": "high"}}, "\\[quality\\] guidance = 'high' must be a float"),
+    ({"quality": {"evaluator": "flow", "guidance": "high"}}, "\\[quality\\] guidance = 'high' must be a finite number from 0 to 100"),
     ({"constraints": {"max_latency_ms": -1}}, "must be a positive number"),
     ({"enqueue": {"presets": ["sdxl"]}}, "unknown preset 'sdxl'"),
     ({"study": {"sampler": "grid"}, "space": {"ffn_ratio": {"low": 2.0, "high": 4.0}}}, "needs every knob"),

@@ -1,4 +1,4 @@
-"""Side files refused at load with one line naming the file (search_space/jsonfile.py, training/weights.py):
+"""Side files refused at load with one line naming the file (search_space/limits.py, training/weights.py):
 an SD3 pipeline's model_index.json that is malformed or a list, a model folder without weights, a folder with
 only a config.json given as a VAE, and our checkpoints' checkpoint.json (malformed, a list, missing fields) and
 `latest` pointer."""
@@ -8,7 +8,7 @@ import pytest
 
 from pocketdiff.cli import main
 from search_space.errors import UserError
-from search_space.jsonfile import read_json
+from search_space.limits import read_json
 from training.checkpoint import CheckpointError, load_trained
 from training.data import DataError, decoding_vae, load_vae
 from training.teachers import TeacherError, load_teacher
@@ -19,15 +19,15 @@ from training.teachers import TeacherError, load_teacher
     ('{"a": 1,\n "b": }', r"is malformed JSON: Expecting value: line 2 column 7"),
     ("[1, 2]", r"holds a list \[...\] at the top level, expected an object"),
     ('"text"', r"holds a string at the top level"),
-    ("[" * 100_000 + "]" * 100_000, r"nests too deeply to read"),
-    ('{"n": ' + "9" * 5000 + "}", r"holds a number too large to read"),
-    (b"\xff\xfe{}", r"is not UTF-8 text"),
+    ("[" * 100_000 + "]" * 100_000, r"nests lists or tables deeper than 64 levels"),
+    ('{"n": ' + "9" * 5000 + "}", r"holds an integer longer than 100 digits"),
+    (b"\xff\xfe{}", r"is not UTF-8 text \(byte 0\)"),
 ])
 def test_every_bad_json_side_file_is_one_line_naming_it(tmp_path, text, says):
     path = tmp_path / "side.json"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(TeacherError, match=rf"^index {path} {says}") as e:
-        read_json(path, "index", TeacherError)
+        read_json(path, "index", TeacherError, expect=dict)
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match=rf"^index {tmp_path / 'none.json'} does not exist$"):
         read_json(tmp_path / "none.json", "index")
