@@ -369,7 +369,8 @@ def test_an_encode_that_cannot_fit_is_refused_before_the_vae_loads(tmp_path):
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a" / "x.png")
     (tmp_path / "vae").mkdir()
-    (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')  # no weights: never loaded
+    (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"")  # empty: it is never loaded
     code, err = _cli(["data", "encode", f"folder:{tmp_path / 'imgs'}", "--vae", str(tmp_path / "vae"), "--out",
                       str(tmp_path / "enc"), "--resolution", "8192"])
     assert code == 2 and "encoding 8192x8192 images in batches of 32 needs at least" in err, err

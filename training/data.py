@@ -314,13 +314,9 @@ def _require_encode_memory(vae_path: str | Path, resolution: int, batch_size: in
     and one image is encoded there (search_space/memory.py)."""
     from diffusers import AutoencoderKL
 
-    from search_space.limits import read_json
     from search_space.memory import inference_bytes, require_memory
 
-    config = read_json(Path(vae_path) / "config.json", "VAE config", DataError)
-    if not isinstance(config, dict):
-        raise DataError(f"VAE config {Path(vae_path) / 'config.json'} must be a JSON object, not a "
-                        f"{type(config).__name__}")
+    config = read_json(Path(vae_path) / "config.json", "VAE config", DataError, expect=dict)
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(config).eval()
     image = torch.empty(1, int(vae.config.in_channels), resolution, resolution, device="meta")
@@ -448,9 +444,7 @@ class LatentShards:
         path = self.root / MANIFEST
         if not path.is_file():
             raise DataError(f"{self.root} has no {MANIFEST}; write latents with `pocketdiff data encode`")
-        self.manifest = read_json(path, "latent manifest", DataError)
-        if not isinstance(self.manifest, dict):
-            raise DataError(f"latent manifest {path} must be a JSON object, not a {type(self.manifest).__name__}")
+        self.manifest = read_json(path, "latent manifest", DataError, expect=dict)
         if not self.manifest.get("complete"):
             raise DataError(f"{self.root} holds an interrupted encoding ({self.manifest.get('count')} of "
                             f"{self.manifest.get('files')} files); rerun the same `pocketdiff data encode` to finish")
