@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from studies import results as R
 from studies.storage import StorageError, open_readonly, parse_url
+from tests import studyfiles
 from tests.studyfiles import TINY_SPACE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -218,3 +219,25 @@ def test_four_workers_share_one_journal_file(tmp_path):
     ran = [int(line.split()[1]) for out, _ in outs for line in out.splitlines() if line.startswith("trial ")]
     assert sorted(ran) == [t.number for t in trials]  # each trial ended once, in one worker: none lost or twice
     assert sum(any(line.startswith("trial ") for line in out.splitlines()) for out, _ in outs) >= 2
+
+
+@pytest.mark.slow  # 160 s on the 2-core machine (2026-12-07; 8 processes sharing 2 cores)
+def test_eight_workers_x_200_trials_on_postgres_lose_and_repeat_nothing(tmp_path, postgres_url):
+    """The scale-out path at size: 8 `study worker` processes started together on a fresh PostgreSQL database,
+    200 cheap trials (the stand-in evaluator without sleep). Every trial ends exactly once, in one worker; nothing
+    is left running or queued; the study holds exactly 200 distinct finished designs, each evaluated once."""
+    from tests.studies import fake_workers
+    from tests.studies.test_run import _designs, _single_budget
+
+    space = {**studyfiles.SNAPGEN_SPACE, "ffn_ratio": {"low": 2.0, "high": 4.0, "step": 0.05}}  # 738 designs
+    path = _single_budget(tmp_path, "wide", n_trials=N_WIDE, space=space)
+    outs = fake_workers.finish([fake_workers.start(path, postgres_url) for _ in range(8)], timeout=1200)
+    trials = optuna.load_study(study_name="wide", storage=open_readonly(postgres_url)).get_trials()
+    assert _designs(trials) == (N_WIDE, N_WIDE)
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    ran = [int(line.split()[1]) for out, _ in outs for line in out.splitlines() if line.startswith("trial ")]
+    assert sorted(ran) == [t.number for t in trials]
+    assert sum(any(line.startswith("trial ") for line in out.splitlines()) for out, _ in outs) >= 4
+
+
+N_WIDE = 200
