@@ -17,8 +17,6 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from .storage import StorageError, StorageUrl
-
 HEARTBEAT_ATTR = "pocketdiff:heartbeat"  # a running trial's last heartbeat (epoch seconds), a system attribute
 
 
@@ -29,7 +27,7 @@ class ReadOnlyBackend(JournalFileBackend):
         self._file_path, self._lock, self._log_number_offset = path, None, {0: 0}
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        raise StorageError(f"the journal {self._file_path} was opened read-only: nothing is written to it")
+        raise PermissionError(f"the journal {self._file_path} was opened read-only: nothing is written to it")
 
 
 class JournalFile(JournalStorage, BaseHeartbeat):
@@ -38,10 +36,10 @@ class JournalFile(JournalStorage, BaseHeartbeat):
     than `grace_period` seconds old is stale. Staleness is judged by the hosts' clocks: keep them synchronised
     (NTP), as any cluster does."""
 
-    def __init__(self, u: StorageUrl, writable: bool, heartbeat_interval: int | None = None,
+    def __init__(self, url: str, path: str, writable: bool, heartbeat_interval: int | None = None,
                  grace_period: int | None = None, heartbeat_stale_trial_callback: Callable | None = None) -> None:
-        self.url = u.url
-        super().__init__(JournalFileBackend(str(u.path)) if writable else ReadOnlyBackend(str(u.path)))
+        self.url = url  # the `journal:///` URL it was opened from (studies/storage.py parsed it into `path`)
+        super().__init__(JournalFileBackend(path) if writable else ReadOnlyBackend(path))
         self._interval = heartbeat_interval
         self._grace = grace_period or (2 * heartbeat_interval if heartbeat_interval else None)
         self._on_stale = heartbeat_stale_trial_callback

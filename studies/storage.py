@@ -194,7 +194,7 @@ def open_for_writing(url: str, **heartbeat: Any):
     try:
         if u.scheme == "journal":
             from .journal import JournalFile
-            return JournalFile(u, writable=True, **heartbeat)
+            return JournalFile(u.url, str(u.path), writable=True, **heartbeat)
         with named_lock(u, "pocketdiff-schema"), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental
             storage = optuna.storages.RDBStorage(u.url, engine_kwargs=_engine_kwargs(u, readonly=False),
@@ -229,12 +229,15 @@ def _sqlite_write_ahead(engine: Any) -> None:
 
 def readonly_url(url: str) -> str:
     """The URL a reader connects with: a SQLite file in read-only URI mode (an error when it does not exist,
-    since opening it normally would create it); server URLs unchanged (their sessions are made read-only)."""
+    since opening it normally would create it); server and journal URLs unchanged (`open_readonly` makes their
+    sessions read-only, a missing journal file is an error too)."""
     u = parse_url(url)
     if u.is_memory:
         raise StorageError(f"storage {url!r} is an in-memory database: there is nothing to read")
     if u.path is not None:
         _must_exist(u)
+        if u.scheme == "journal":  # read through `open_readonly`, whose backend refuses to append
+            return u.url
         # quoted twice: SQLAlchemy decodes the URL's path once, SQLite decodes the URI filename it is handed
         return f"sqlite:///file:{quote(quote(str(u.path.resolve())))}?mode=ro&uri=true"
     return u.url
@@ -257,7 +260,7 @@ def open_readonly(url: str):
         _must_exist(u)
         from .journal import JournalFile
         try:
-            storage = JournalFile(u, writable=False)
+            storage = JournalFile(u.url, str(u.path), writable=False)
             studies = storage.get_all_studies()
         except Exception as e:  # a file that is not a journal: Optuna's replay fails on a bad line
             raise StorageError(f"storage {url}: {u.path} is not an Optuna journal file ({_reason(e)})") from None

@@ -164,7 +164,7 @@ def test_journal_readers_write_nothing(tmp_path):
     before = (tmp_path / "study.log").read_bytes()
     storage = open_readonly(url)
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
-    with pytest.raises(StorageError, match="opened read-only"):
+    with pytest.raises(PermissionError, match="opened read-only"):
         optuna.create_study(study_name="other", storage=storage)
     r = _cli("study", "status", "--storage", url)
     assert r.returncode == 0 and "study s" in r.stdout, r.stderr
