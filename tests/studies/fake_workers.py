@@ -4,7 +4,8 @@
 would pick rung-0 trials (tests/studies/test_halving.py relies on it); `FAKE_QUALITY_SLEEP` seconds of sleep stand
 for training. `start(path, storage, ...)` runs the CLI (`study worker` by default) in a subprocess with the
 stand-in and constant cheap metrics patched in; `FAKE_SAME_SEED=1` gives every worker the study's sampler seed,
-so the workers keep proposing the same designs.
+so the workers keep proposing the same designs. `single_budget_study` writes a study the stand-in scores, and
+`designs` counts what n_trials counts.
 """
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from optuna.trial import TrialState
+
+from tests import studyfiles
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,3 +66,20 @@ def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[st
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     return outs
+
+
+def single_budget_study(tmp_path, name, n_trials, space=studyfiles.SNAPGEN_SPACE):
+    """A single-budget study of full-size candidates scored by the stand-in quality evaluator
+    (`FAKE_QUALITY`)."""
+    return studyfiles.write(tmp_path / f"{name}.toml", studyfiles.study(
+        name, n_trials=n_trials, study={"seed": 0}, target={"latent": 64}, space=space,
+        objectives={"fd_domain": "minimize"},
+        quality={"evaluator": "flow", "budget": "11steps", "early_stop": {"enabled": False}}))
+
+
+def designs(trials):
+    """(distinct finished designs, finished trials that evaluated their design: neither reused nor duplicate)."""
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                and "duplicate_of" not in t.user_attrs]
+    evaluated = [t for t in finished if "reused_from" not in t.user_attrs]
+    return len({t.user_attrs["spec_id"] for t in finished}), len(evaluated)

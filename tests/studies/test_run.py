@@ -18,6 +18,7 @@ from studies.opening import open_study
 from studies.runner import run_study
 from studies.storage import StudyError
 from tests import studyfiles
+from tests.studies.fake_workers import designs, single_budget_study
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +44,7 @@ def test_cheap_study_runs_records_everything_and_resumes(tmp_path):
     study, stats = run_study(cfg, progress=False, echo=lambda s: None)
     trials = study.get_trials()
     # six distinct designs (the random sampler may re-propose one: its trial reuses the result, counting nothing)
-    assert _designs(trials)[0] == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert designs(trials)[0] == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     t = trials[0]
     for key in ("spec", "spec_id", "compact", "params_m", "gmacs", "latency_ms"):
         assert key in t.user_attrs
@@ -356,37 +357,20 @@ def test_the_run_counts_a_queued_trial_that_another_worker_ran(tmp_path, monkeyp
 
 # --- n_trials counts distinct finished designs, across concurrent runs -------------------------------------
 
-def _single_budget(tmp_path, name, n_trials, space=studyfiles.SNAPGEN_SPACE):
-    """A single-budget study of full-size candidates scored by the stand-in quality evaluator
-    (tests/studies/fake_workers.py)."""
-    return studyfiles.write(tmp_path / f"{name}.toml", studyfiles.study(
-        name, n_trials=n_trials, study={"seed": 0}, target={"latent": 64}, space=space,
-        objectives={"fd_domain": "minimize"},
-        quality={"evaluator": "flow", "budget": "11steps", "early_stop": {"enabled": False}}))
-
-
-def _designs(trials):
-    """(distinct finished designs, finished trials that evaluated their design: neither reused nor duplicate)."""
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                and "duplicate_of" not in t.user_attrs]
-    evaluated = [t for t in finished if "reused_from" not in t.user_attrs]
-    return len({t.user_attrs["spec_id"] for t in finished}), len(evaluated)
-
-
-def test_concurrent_runs_finish_exactly_n_trials_distinct_designs(tmp_path):
+def test_concurrent_runs_finish_exactly_n_trials_distinctdesigns(tmp_path):
     """Three `study run` processes on one SQLite file whose samplers propose the same designs (one seed): the
     study ends with exactly n_trials distinct finished designs, each evaluated once. Re-proposals (a result
     reused, a duplicate of a running design) count for nothing; runs that checked "is the study full?" only
     after their own trial overshot by one per process and stopped early on reused results."""
     from tests.studies import fake_workers
 
-    path, storage = _single_budget(tmp_path, "distinct", n_trials=6), f"sqlite:///{tmp_path}/s.db"
+    path, storage = single_budget_study(tmp_path, "distinct", n_trials=6), f"sqlite:///{tmp_path}/s.db"
     open_study(load_study_file(path, storage=storage))
     fake_workers.finish([fake_workers.start(path, storage, command="run",
                                             env={"FAKE_QUALITY_SLEEP": "0.5", "FAKE_SAME_SEED": "1"})
                          for _ in range(3)])
     trials = optuna.load_study(study_name="distinct", storage=storage).get_trials()
-    assert _designs(trials) == (6, 6), [(t.number, t.state.name, t.user_attrs.get("spec_id"),
+    assert designs(trials) == (6, 6), [(t.number, t.state.name, t.user_attrs.get("spec_id"),
                                          t.user_attrs.get("reused_from"), t.user_attrs.get("duplicate_of"))
                                         for t in trials]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -402,10 +386,10 @@ def test_a_sampler_that_keeps_re_proposing_is_stopped(tmp_path, monkeypatch, cap
     monkeypatch.setattr(ev, "quality_metrics", fake_quality)
     monkeypatch.setattr(ev, "cheap_metrics", fake_cheap)
     space = {"base": "snapgen-unet", "attention": {"choices": ["mqa", "mhsa"]}}
-    cfg = load_study_file(_single_budget(tmp_path, "stuck", n_trials=4, space=space),
+    cfg = load_study_file(single_budget_study(tmp_path, "stuck", n_trials=4, space=space),
                           storage=f"sqlite:///{tmp_path}/s.db")
     with caplog.at_level("WARNING", logger="pocketdiff.study"):
         study, _ = run_study(cfg, progress=False, echo=lambda s: None)
     trials = study.get_trials()
-    assert _designs(trials)[0] == 2 and len(trials) == REPROPOSAL_LIMIT * 4
+    assert designs(trials)[0] == 2 and len(trials) == REPROPOSAL_LIMIT * 4
     assert "keeps proposing designs already evaluated: stopping with 2 distinct candidates of the 4" in caplog.text

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from studies import results as R
 from studies.storage import StorageError, open_readonly, parse_url
 from tests import studyfiles
+from tests.studies.fake_workers import designs, single_budget_study
 from tests.studyfiles import TINY_SPACE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -206,15 +207,14 @@ def test_four_workers_share_one_journal_file(tmp_path):
     every trial ends exactly once, in one worker, nothing is left running or queued, and the study holds
     exactly n_trials distinct finished designs, each evaluated once."""
     from tests.studies import fake_workers
-    from tests.studies.test_run import _designs, _single_budget
 
-    path, storage = _single_budget(tmp_path, "journal", n_trials=8), f"journal:///{tmp_path}/shared/study.log"
+    path, storage = single_budget_study(tmp_path, "journal", n_trials=8), f"journal:///{tmp_path}/shared/study.log"
     # one sampler seed for all: the workers propose the same designs at the same moments, so their claims
     # collide (without the journal's lock 1 run in 3 evaluated a design twice)
     env = {"FAKE_QUALITY_SLEEP": "0.3", "FAKE_SAME_SEED": "1"}
     outs = fake_workers.finish([fake_workers.start(path, storage, env=env) for _ in range(4)])
     trials = optuna.load_study(study_name="journal", storage=open_readonly(storage)).get_trials()
-    assert _designs(trials) == (8, 8)
+    assert designs(trials) == (8, 8)
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     ran = [int(line.split()[1]) for out, _ in outs for line in out.splitlines() if line.startswith("trial ")]
     assert sorted(ran) == [t.number for t in trials]  # each trial ended once, in one worker: none lost or twice
@@ -227,13 +227,12 @@ def test_eight_workers_x_200_trials_on_postgres_lose_and_repeat_nothing(tmp_path
     200 cheap trials (the stand-in evaluator without sleep). Every trial ends exactly once, in one worker; nothing
     is left running or queued; the study holds exactly 200 distinct finished designs, each evaluated once."""
     from tests.studies import fake_workers
-    from tests.studies.test_run import _designs, _single_budget
 
     space = {**studyfiles.SNAPGEN_SPACE, "ffn_ratio": {"low": 2.0, "high": 4.0, "step": 0.05}}  # 738 designs
-    path = _single_budget(tmp_path, "wide", n_trials=N_WIDE, space=space)
+    path = single_budget_study(tmp_path, "wide", n_trials=N_WIDE, space=space)
     outs = fake_workers.finish([fake_workers.start(path, postgres_url) for _ in range(8)], timeout=1200)
     trials = optuna.load_study(study_name="wide", storage=open_readonly(postgres_url)).get_trials()
-    assert _designs(trials) == (N_WIDE, N_WIDE)
+    assert designs(trials) == (N_WIDE, N_WIDE)
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     ran = [int(line.split()[1]) for out, _ in outs for line in out.splitlines() if line.startswith("trial ")]
     assert sorted(ran) == [t.number for t in trials]
