@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _storage_flag(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--storage", required=required and not os.environ.get(STORAGE_ENV),
                    default=os.environ.get(STORAGE_ENV),
-                   help=f"Optuna storage URL (sqlite:///path.db, postgresql://...); env {STORAGE_ENV}")
+                   help=f"Optuna storage URL (sqlite:///path.db, journal:///path.log, postgresql://...); env {STORAGE_ENV}")
 
 
 def _load_cfg(args):

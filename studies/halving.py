@@ -276,17 +276,16 @@ def sampling_lock(storage: optuna.storages.BaseStorage, study_name: str) -> cont
 @contextlib.contextmanager
 def study_lock(storage: optuna.storages.BaseStorage, name: str) -> Iterator[None]:
     """A lock named `name` shared by every worker on this storage (studies/storage.py `named_lock`)."""
-    from .storage import named_lock
+    from .storage import engine_of, named_lock, url_of
 
-    storage = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache layer
-    url = str(getattr(storage, "url", ""))
-    if not url and isinstance(storage, optuna.storages.RDBStorage):
-        raise RuntimeError(f"an RDB storage without a URL: cannot hold the lock {name!r}")
+    url = url_of(storage)
+    if not url and not isinstance(storage, optuna.storages.InMemoryStorage):
+        raise RuntimeError(f"a {type(storage).__name__} without a URL: cannot hold the lock {name!r}")
     if not url:  # in-memory storages live in one process: a thread lock is enough
         with _LOCAL_LOCKS.setdefault(name.split(":", 1)[0], threading.Lock()):
             yield
         return
-    with named_lock(url, name, engine=getattr(storage, "engine", None)):
+    with named_lock(url, name, engine=engine_of(storage)):
         yield
 
 

@@ -34,7 +34,6 @@ from . import evaluate as ev
 from . import record as R
 from . import storage as S
 from .config import QUALITY_METRICS, StudyConfig
-from .opening import url_of
 from .record import FINISHED, RecordWriter, TrialRecord
 from .workers import worker_identity
 
@@ -180,9 +179,8 @@ class Objective:
         claim (writing `spec_id`) happen under a lock in the storage, so two workers that sample the same spec
         at the same moment never both train it."""
         storage = self.study._storage
-        url = url_of(storage, self.cfg.storage)
-        engine = getattr(getattr(storage, "_backend", storage), "engine", None)
-        with S.named_lock(url, f"pocketdiff-claim:{self.study.study_name}", engine=engine):
+        with S.named_lock(S.url_of(storage, self.cfg.storage), f"pocketdiff-claim:{self.study.study_name}",
+                          engine=S.engine_of(storage)):
             twin = _twin(self.cfg, self.study, trial.number, spec.spec_id, rung)
             write.claim(spec.spec_id)
         if twin is None or twin.state in FINISHED:

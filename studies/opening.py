@@ -9,7 +9,7 @@ import warnings
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage
 
 from . import record as R
 from . import storage as S
@@ -19,8 +19,8 @@ from .storage import StudyError
 from .workers import RequeueKilled
 
 
-def open_storage(url: str, cfg: StudyConfig | None = None) -> RDBStorage:
-    """An RDB storage for a writer, with heartbeats; fails with a clear message before any work if it cannot
+def open_storage(url: str, cfg: StudyConfig | None = None) -> BaseStorage:
+    """A storage for a writer (RDB or journal), with heartbeats; fails with a clear message before any work if it cannot
     connect. Optuna's tables are created under a lock in the storage (studies/storage.py), so workers that start
     together on a fresh database do not race."""
     kwargs: dict[str, Any] = {}
@@ -62,12 +62,7 @@ def worker_seed(study_seed: int, worker: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{study_seed}:{worker}".encode()).digest()[:4], "big")
 
 
-def url_of(storage: Any, fallback: str) -> str:
-    """The URL of an opened storage (Optuna wraps an RDBStorage in a cache layer)."""
-    return str(getattr(getattr(storage, "_backend", storage), "url", "") or fallback)
-
-
-def open_study(cfg: StudyConfig, storage: RDBStorage | None = None, claim_worker: bool = False) -> optuna.Study:
+def open_study(cfg: StudyConfig, storage: BaseStorage | None = None, claim_worker: bool = False) -> optuna.Study:
     """Create the study, or load it after checking that its definition did not change.
 
     Creation is one step under a lock held in the storage: the study, its definition (the file's fingerprint,
@@ -79,8 +74,8 @@ def open_study(cfg: StudyConfig, storage: RDBStorage | None = None, claim_worker
     storage = storage or open_storage(cfg.storage, cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one-line summaries replace Optuna's logs
     fingerprint = cfg.fingerprint()
-    url = url_of(storage, cfg.storage)
-    with S.named_lock(url, f"pocketdiff-open:{cfg.name}", engine=getattr(storage, "engine", None)):
+    url = S.url_of(storage, cfg.storage)
+    with S.named_lock(url, f"pocketdiff-open:{cfg.name}", engine=S.engine_of(storage)):
         study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions,
                                     sampler=make_sampler(cfg), load_if_exists=True)
         stored = study.user_attrs.get(R.DEFINITION)

@@ -14,7 +14,7 @@ from evaluators import registry
 
 from . import record as R
 from . import storage as S
-from .halving import LEARNED_FRACTION_GATE, nondominated_ranks, rung_regime
+from .halving import LEARNED_FRACTION_GATE, nondominated_ranks, rung_candidates, rung_regime
 from .overlay import current_trials
 from .record import FINISHED, TrialRecord, feasible, metric_names
 from .storage import StudyError
@@ -48,8 +48,9 @@ def study_rungs(study: optuna.Study) -> list[str]:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count towards n_trials: COMPLETE or PRUNED, a re-sampled duplicate aside."""
-    return sum(TrialRecord.of(t).duplicate_of is None for t in study.get_trials(deepcopy=False, states=FINISHED))
+    """What counts towards n_trials: the distinct designs finished (COMPLETE or PRUNED) at the first rung. A
+    re-proposed design whose result was reused, or a re-sampled duplicate, adds none."""
+    return len(rung_candidates(study.get_trials(deepcopy=False), 0))
 
 
 def presets_without_result(study: optuna.Study, presets: Iterable[str]) -> dict[str, list[str]]:

@@ -16,7 +16,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import optuna
@@ -24,13 +24,12 @@ from optuna.trial import TrialState
 
 from . import record as R
 from .config import StudyConfig, check_jobs, check_runnable_here
-from .halving import (REPROPOSAL_LIMIT, first_rung_counts, first_rung_full, promote, promotion_lock,
-                      sampling_lock)
+from .halving import first_rung_counts, first_rung_full, promote, promotion_lock, sampling_lock
 from .objective import Objective, RunStats
 from .opening import open_storage, open_study, retry_failed_presets, worker_seed
 from .queries import finished_count, metric_names
 from .record import TrialRecord
-from .storage import StudyError
+from .storage import StudyError, parse_url
 from .workers import fail_ghost_trials, one_thread, start_local_workers, wait_local_workers
 
 log = logging.getLogger("pocketdiff.study")
@@ -54,22 +53,6 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, rungs: b
         extra = f" (reused the result of {rec.cached_from})" if rec.cached_from else ""
         return f"{head}  {vals}{extra}"
     return f"{head}  {rec.reason}"
-
-
-class StopAtFinished:
-    """Stop this run once the study holds `n` counted trials (`finished_count`, across every worker), or once
-    this run has made its `budget` attempts; a re-sampled duplicate gives its attempt back (up to
-    REPROPOSAL_LIMIT * n in all, against a sampler that keeps proposing what runs elsewhere)."""
-
-    def __init__(self, n: int, budget: int):
-        self.n, self.budget, self.ran = n, budget, 0
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.ran += 1
-        if TrialRecord.of(trial).duplicate_of is not None and self.budget < REPROPOSAL_LIMIT * max(self.n, 1):
-            self.budget += 1
-        if finished_count(study) >= self.n or self.ran >= self.budget:
-            study.stop()
 
 
 def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | None = None,
@@ -149,22 +132,17 @@ def _optimize(cfg: StudyConfig, study: optuna.Study, objective: Objective, stats
               timeout: float | None, progress: bool, echo: Callable[[str], None]) -> None:
     """run_study's trial loop (timed as a whole by run_study, for the overhead share)."""
     timeout = timeout if timeout is not None else cfg.timeout
-    callbacks: list = []
     grid_left = None
     if cfg.sampler == "grid":
         grid = cfg.space.grid() or {}
         grid_left = max(0, (int(np.prod([len(v) for v in grid.values()])) if grid else 1) - finished_count(study))
-    if n_trials is None and cfg.n_trials is not None:
+    counted = n_trials is None and cfg.n_trials is not None  # run until the study holds the file's n_trials
+    if counted:
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        # what is left, and at least the queued trials (a preset enqueued again after a failure)
+        # this run's attempts: what is left, and at least the queued trials (a preset enqueued again after a
+        # failure); a re-proposal gives its attempt back
         n_trials = max(cfg.n_trials - finished_count(study), waiting)
-        if grid_left is not None:
-            n_trials = min(n_trials, grid_left)
-        if cfg.quality.rungs is None and n_trials:
-            callbacks.append(StopAtFinished(cfg.n_trials, n_trials))
-            n_trials = None  # the callback counts
-        n_trials = None if cfg.quality.rungs is not None else n_trials  # rungs: `_run_halving` counts candidates
-    elif grid_left is not None and n_trials is not None:
+    if grid_left is not None and n_trials is not None:
         n_trials = min(n_trials, grid_left)
 
     def summary(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -176,11 +154,68 @@ def _optimize(cfg: StudyConfig, study: optuna.Study, objective: Objective, stats
     # a failed trial is our one summary line with its reason; Optuna would add its traceback at WARNING level
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if cfg.quality.rungs is not None:
-        _run_halving(cfg, study, objective, n_trials, timeout, summary, echo)
+        _run_halving(cfg, study, objective, None if counted else n_trials, timeout, summary, echo)
+    elif counted:
+        _run_counted(cfg, study, objective, n_trials, timeout, summary)
     elif n_trials != 0:
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
-                       callbacks=[summary, *callbacks], show_progress_bar=progress and n_trials is not None,
-                       gc_after_trial=True)
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=[summary],
+                       show_progress_bar=progress and n_trials is not None, gc_after_trial=True)
+
+
+def _run_counted(cfg: StudyConfig, study: optuna.Study, objective: Objective, attempts: int,
+                 timeout: float | None, summary: Callable) -> None:
+    """A single-budget study run to the file's n_trials, one trial at a time: while the study holds fewer than
+    n_trials distinct designs (finished, running or queued, any worker's, failures aside: `first_rung_full`; a
+    single-budget study is one rung), start one more. The check and the trial it starts are one step under the
+    storage's sampling lock, so concurrent workers never start the last place twice. A re-proposed design (its
+    result reused, or a duplicate of a running one) adds no design and gives this run's attempt back; the study
+    stops a sampler stuck re-proposing after REPROPOSAL_LIMIT attempts per asked-for design. `attempts` bounds
+    this run's other trials (a study whose every trial fails ends)."""
+    t0, ran = time.monotonic(), 0
+    while ran < attempts and (timeout is None or time.monotonic() - t0 < timeout):
+        with _sampling_slot(study) as slot:
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if not waiting and first_rung_full(trials, cfg.n_trials or 0):
+                _warn_if_stuck(trials, cfg.n_trials or 0)
+                return
+            trial = _run_one(slot, study, objective, summary)
+        rec = TrialRecord.of(trial) if trial is not None else None
+        if rec is None or (rec.duplicate_of is None and rec.get(R.REUSED_FROM) is None):
+            ran += 1
+
+
+def _warn_if_stuck(trials: list, n_trials: int) -> None:
+    candidates = first_rung_counts(trials)[0]
+    if candidates < n_trials:
+        log.warning("the sampler keeps proposing designs already evaluated: stopping with %d distinct "
+                    "candidates of the %d asked for", candidates, n_trials)
+
+
+@contextlib.contextmanager
+def _sampling_slot(study: optuna.Study) -> Iterator[contextlib.ExitStack]:
+    """The storage's sampling lock, held from "is there a free place?" until the trial it starts is stored
+    (`_run_one` frees it then) or the block ends: two workers that both see one free place would otherwise both
+    sample."""
+    with contextlib.ExitStack() as slot:
+        slot.enter_context(sampling_lock(study._storage, study.study_name))
+        yield slot
+
+
+def _run_one(slot: contextlib.ExitStack, study: optuna.Study, objective: Objective,
+             summary: Callable) -> optuna.trial.FrozenTrial | None:
+    """Run one trial (a waiting one first, as Optuna does), freeing `slot` once Optuna has stored it as RUNNING;
+    returns it as it ended."""
+    ended: list[optuna.trial.FrozenTrial] = []
+
+    def run(trial: optuna.Trial) -> tuple[float, ...]:
+        slot.close()
+        return objective(trial)
+
+    study.optimize(run, n_trials=1, catch=(Exception,), callbacks=[summary, lambda _, t: ended.append(t)],
+                   gc_after_trial=True)
+    slot.close()  # a trial that never reached the objective
+    return ended[0] if ended else None
 
 
 WAIT_POLL_SECONDS = 2.0  # how often a worker with nothing to run looks again while other workers' trials run
@@ -198,49 +233,31 @@ def _run_halving(cfg: StudyConfig, study: optuna.Study, objective: Objective, n_
     while timeout is None or time.monotonic() - t0 < timeout:
         promote(study, rungs)
         _retry_presets(cfg, study, echo)
-        # Held from this check until the next trial exists in the storage (the objective's first step frees
-        # it): two workers that both see one free place would otherwise both sample, and a worker that saw a
-        # waiting promotion another took would sample past a full first rung.
-        slot = contextlib.ExitStack()
-        slot.enter_context(sampling_lock(study._storage, study.study_name))
-        trials = study.get_trials(deepcopy=False)
-        waiting = any(t.state == TrialState.WAITING for t in trials)
-        if n_trials is not None:
-            if ran >= n_trials:
+        with _sampling_slot(study) as slot:
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if n_trials is not None and ran >= n_trials:
+                break
+            if n_trials is None and not waiting and first_rung_full(trials, cfg.n_trials or 0):
                 slot.close()
-                break
-        elif not waiting and first_rung_full(trials, cfg.n_trials or 0):
-            slot.close()
-            candidates = first_rung_counts(trials)[0]
-            if candidates < (cfg.n_trials or 0) and not said:
-                log.warning("the sampler keeps proposing designs already evaluated: stopping with %d distinct "
-                            "candidates of the %d asked for", candidates, cfg.n_trials)
-            running = [t.number for t in trials if t.state == TrialState.RUNNING]
-            if not running:
-                break
-            if not said:
-                echo(f"waiting for trial(s) {', '.join(map(str, running))} of other workers: their results may "
-                     f"promote more")
-                said = True
-            time.sleep(WAIT_POLL_SECONDS)
-            # a killed worker's trial: failed and re-queued (then run here) at once on this host, by heartbeat
-            # elsewhere
-            fail_ghost_trials(study)
-            _fail_stale(study)
-            continue
-        said = False
-        with slot:
-            study.optimize(_freeing(slot, objective), n_trials=1, catch=(Exception,), callbacks=[summary],
-                           gc_after_trial=True)
+                if not said:
+                    _warn_if_stuck(trials, cfg.n_trials or 0)
+                running = [t.number for t in trials if t.state == TrialState.RUNNING]
+                if not running:
+                    break
+                if not said:
+                    echo(f"waiting for trial(s) {', '.join(map(str, running))} of other workers: their results "
+                         f"may promote more")
+                    said = True
+                time.sleep(WAIT_POLL_SECONDS)
+                # a killed worker's trial: failed and re-queued (then run here) at once on this host, by
+                # heartbeat elsewhere
+                fail_ghost_trials(study)
+                _fail_stale(study)
+                continue
+            said = False
+            _run_one(slot, study, objective, summary)
         ran += 1
-
-
-def _freeing(slot: contextlib.ExitStack, objective: Objective) -> Callable[[optuna.Trial], tuple[float, ...]]:
-    """The objective, freeing `slot` first: by then Optuna has stored the trial as RUNNING."""
-    def run(trial: optuna.Trial) -> tuple[float, ...]:
-        slot.close()
-        return objective(trial)
-    return run
 
 
 def _fail_stale(study: optuna.Study) -> None:
@@ -259,10 +276,13 @@ def _retry_presets(cfg: StudyConfig, study: optuna.Study, echo: Callable[[str], 
 
 
 def artifact_dir(cfg: StudyConfig) -> Path:
-    base = Path(os.environ.get("POCKETDIFF_RUNS", "runs"))
-    if cfg.storage.startswith("sqlite:///"):
-        base = Path(cfg.storage[len("sqlite:///"):]).parent
-    path = base / cfg.name / "artifacts" if not cfg.storage.startswith("sqlite:///") else base / "artifacts"
+    """Beside a SQLite or journal file (a journal's workers share its filesystem); `$POCKETDIFF_RUNS/NAME` (default
+    runs/NAME) for a database server."""
+    stored = parse_url(cfg.storage).path
+    if stored is not None:
+        path = stored.parent / "artifacts"
+    else:
+        path = Path(os.environ.get("POCKETDIFF_RUNS", "runs")) / cfg.name / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

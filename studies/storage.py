@@ -2,15 +2,17 @@
 
 Three rules (docs/studies.md, storage):
 - A storage URL is parsed strictly before anything connects: `sqlite:///path.db` (a file, no `?query` or
-  `#fragment`: SQLAlchemy would silently open another file), `postgresql://...`, `mysql://...`; anything else is
-  refused with the reason.
+  `#fragment`: SQLAlchemy would silently open another file; `%XX` escapes name the decoded file, `%23` a `#`),
+  `journal:///path.log` (Optuna's JournalStorage in one append-only file: many hosts on a shared filesystem
+  without a database server, docs/scale-out.md), `postgresql://...`, `mysql://...`; anything else is refused
+  with the reason.
 - Writers (`study run`, `study worker`) create Optuna's tables under a lock held in the storage itself (a
   PostgreSQL advisory lock, MySQL GET_LOCK, a file lock beside a SQLite file), so any number of workers can start
   at the same moment on a fresh database: the first creates the schema, the others wait and find it. Optuna's
   own `create_all` is a check-then-create that races (a duplicate-key error on PostgreSQL's catalog).
 - Readers (`study status|best|export`, the app) never create or migrate anything: a missing SQLite file or a
-  database without Optuna's tables is an error naming it; SQLite is opened in read-only URI mode and PostgreSQL
-  sessions are read-only transactions.
+  database without Optuna's tables is an error naming it; SQLite is opened in read-only URI mode, PostgreSQL
+  sessions are read-only transactions, and a journal file is read by a backend that refuses to append.
 """
 from __future__ import annotations
 
@@ -23,12 +25,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import quote, unquote
 
 from search_space.errors import UserError
 
 OPTUNA_TABLES = ("studies", "trials", "version_info", "alembic_version")
-SCHEMES = ("sqlite", "postgresql", "mysql")
-EXAMPLES = "sqlite:///runs/NAME/study.db, postgresql://user@host/db or mysql://user@host/db"
+SCHEMES = ("sqlite", "journal", "postgresql", "mysql")
+FILE_SCHEMES = ("sqlite", "journal")  # a file on this host (or a shared filesystem), locked with flock
+EXAMPLES = ("sqlite:///runs/NAME/study.db, journal:///shared/NAME/study.log, postgresql://user@host/db or "
+            "mysql://user@host/db")
 
 
 class StorageError(UserError):
@@ -45,7 +50,7 @@ class StudyError(UserError):
 class StorageUrl:
     url: str
     scheme: str  # one of SCHEMES (the driver part of `postgresql+psycopg` dropped)
-    path: Path | None = None  # the SQLite file; None for `sqlite:///:memory:` and server databases
+    path: Path | None = None  # the SQLite or journal file (decoded); None for `sqlite:///:memory:` and servers
 
     @property
     def is_memory(self) -> bool:
@@ -70,8 +75,8 @@ def parse_url(url: str) -> StorageUrl:
         raise StorageError(f"storage {url!r}: unknown scheme {scheme!r}; known: {', '.join(SCHEMES)} ({EXAMPLES})")
     if "#" in url:
         raise StorageError(f"storage {url!r} contains '#': a URL fragment is cut off, so another database would "
-                           f"open; rename the file or percent-encode it as %23")
-    if scheme != "sqlite":
+                           f"open; rename the file or write the '#' as %23")
+    if scheme not in FILE_SCHEMES:
         try:
             from sqlalchemy.engine import make_url
             parsed = make_url(url)
@@ -80,22 +85,29 @@ def parse_url(url: str) -> StorageUrl:
         if not parsed.database:
             raise StorageError(f"storage {url!r} names no database; add it: {scheme}://user@host/DBNAME")
         return StorageUrl(url, scheme)
+    kind, ext = ("SQLite", "db") if scheme == "sqlite" else ("journal", "log")
     if m.group(2):
-        raise StorageError(f"storage {url!r}: SQLite takes no driver; write sqlite:///path.db")
-    if not url.startswith("sqlite:///"):
-        raise StorageError(f"storage {url!r}: a SQLite URL has three slashes before a relative path "
-                           f"(sqlite:///runs/x.db) and four before an absolute one (sqlite:////tmp/x.db)")
-    rest = url[len("sqlite:///"):]
+        raise StorageError(f"storage {url!r}: {kind} takes no driver; write {scheme}:///path.{ext}")
+    if not url.startswith(f"{scheme}:///"):
+        raise StorageError(f"storage {url!r}: a {kind} URL has three slashes before a relative path "
+                           f"({scheme}:///runs/x.{ext}) and four before an absolute one ({scheme}:////tmp/x.{ext})")
+    rest = url[len(f"{scheme}:///"):]
     if "?" in rest:
-        raise StorageError(f"storage {url!r}: a '?query' in a SQLite URL is not supported (it would name another "
-                           f"file or change how it opens); give the plain path, sqlite:///path.db")
-    if rest == ":memory:":
+        raise StorageError(f"storage {url!r}: a '?query' in a {kind} URL is not supported (it would name another "
+                           f"file or change how it opens); give the plain path, {scheme}:///path.{ext}")
+    if rest == ":memory:" and scheme == "sqlite":
         return StorageUrl(url, scheme)
     if not rest or rest.endswith("/"):
-        raise StorageError(f"storage {url!r} names no file; give sqlite:///path/to/study.db")
+        raise StorageError(f"storage {url!r} names no file; give {scheme}:///path/to/study.{ext}")
     if rest.startswith("file:"):
-        raise StorageError(f"storage {url!r}: give the plain path, sqlite:///path.db (URI filenames are refused)")
-    return StorageUrl(url, scheme, Path(rest))
+        raise StorageError(f"storage {url!r}: give the plain path, {scheme}:///path.{ext} (URI filenames are "
+                           f"refused)")
+    # SQLAlchemy decodes %XX escapes in a SQLite path, so the file it opens is the decoded one: so is ours (its
+    # lock files, its artifacts, its readers), and the journal follows the same spelling
+    path = unquote(rest)
+    if not path.strip("/") or "\0" in path:
+        raise StorageError(f"storage {url!r} names no file; give {scheme}:///path/to/study.{ext}")
+    return StorageUrl(url, scheme, Path(path))
 
 
 def _lock_key(name: str) -> int:
@@ -108,8 +120,9 @@ _LOCAL_LOCK = threading.RLock()
 @contextlib.contextmanager
 def named_lock(url: str | StorageUrl, name: str, engine: Any = None) -> Iterator[None]:
     """Hold a lock named `name` in the storage's own database, shared by every process that uses it: a
-    PostgreSQL session advisory lock, MySQL GET_LOCK, an flock on a file beside a SQLite file. Each is freed by
-    the server or the kernel when its process dies, so a SIGKILL never leaves it held. `engine` reuses an
+    PostgreSQL session advisory lock, MySQL GET_LOCK, an flock on a file beside a SQLite or journal file. Each is
+    freed by the server or the kernel when its process dies, so a SIGKILL never leaves it held (a journal on a
+    shared filesystem needs locks that work across hosts there: NFSv4, or NFSv3 with lockd). `engine` reuses an
     open storage's connection pool; without it a short-lived engine is made (the tables need not exist)."""
     u = url if isinstance(url, StorageUrl) else parse_url(url)
     if u.scheme in ("postgresql", "mysql"):
@@ -168,20 +181,24 @@ def _engine_kwargs(u: StorageUrl, readonly: bool) -> dict[str, Any]:
     return kwargs
 
 
-def open_for_writing(url: str, **rdb_kwargs: Any):
-    """An RDB storage for a writer: the SQLite folder is made, and Optuna's tables are created (or found) under
-    the storage's `pocketdiff-schema` lock, so simultaneous first workers do not race. A SQLite file is switched
-    to write-ahead logging (`_sqlite_write_ahead`)."""
+def open_for_writing(url: str, **heartbeat: Any):
+    """A storage for a writer, with Optuna's `heartbeat` arguments (heartbeat_interval, grace_period,
+    heartbeat_stale_trial_callback). RDB: the SQLite folder is made, and Optuna's tables are created (or found)
+    under the storage's `pocketdiff-schema` lock, so simultaneous first workers do not race; a SQLite file is
+    switched to write-ahead logging (`_sqlite_write_ahead`). Journal: the folder and the file are made."""
     import optuna
 
     u = parse_url(url)
     if u.path is not None:
         u.path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if u.scheme == "journal":
+            from .journal import JournalFile
+            return JournalFile(u.url, str(u.path), writable=True, **heartbeat)
         with named_lock(u, "pocketdiff-schema"), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental
             storage = optuna.storages.RDBStorage(u.url, engine_kwargs=_engine_kwargs(u, readonly=False),
-                                                 **rdb_kwargs)
+                                                 **heartbeat)
             if u.path is not None:
                 _sqlite_write_ahead(storage.engine)
             return storage
@@ -212,16 +229,25 @@ def _sqlite_write_ahead(engine: Any) -> None:
 
 def readonly_url(url: str) -> str:
     """The URL a reader connects with: a SQLite file in read-only URI mode (an error when it does not exist,
-    since opening it normally would create it); server URLs unchanged (their sessions are made read-only)."""
+    since opening it normally would create it); server and journal URLs unchanged (`open_readonly` makes their
+    sessions read-only, a missing journal file is an error too)."""
     u = parse_url(url)
     if u.is_memory:
         raise StorageError(f"storage {url!r} is an in-memory database: there is nothing to read")
     if u.path is not None:
-        if not u.path.is_file():
-            raise StorageError(f"no SQLite file at {u.path.resolve()} (nothing was created; run `pocketdiff study "
-                               f"run FILE` first, or give another --storage)")
-        return f"sqlite:///file:{u.path.resolve()}?mode=ro&uri=true"
+        _must_exist(u)
+        if u.scheme == "journal":  # read through `open_readonly`, whose backend refuses to append
+            return u.url
+        # quoted twice: SQLAlchemy decodes the URL's path once, SQLite decodes the URI filename it is handed
+        return f"sqlite:///file:{quote(quote(str(u.path.resolve())))}?mode=ro&uri=true"
     return u.url
+
+
+def _must_exist(u: StorageUrl) -> None:
+    if not u.path.is_file():
+        kind = "SQLite" if u.scheme == "sqlite" else "journal"
+        raise StorageError(f"no {kind} file at {u.path.resolve()} (nothing was created; run `pocketdiff study "
+                           f"run FILE` first, or give another --storage)")
 
 
 def open_readonly(url: str):
@@ -230,6 +256,19 @@ def open_readonly(url: str):
     import sqlalchemy
 
     u = parse_url(url)
+    if u.scheme == "journal":
+        _must_exist(u)
+        from .journal import JournalFile
+        try:
+            storage = JournalFile(u.url, str(u.path), writable=False)
+            studies = storage.get_all_studies()
+        except Exception as e:  # a file that is not a journal: Optuna's replay fails on a bad line
+            raise StorageError(f"storage {url}: {u.path} is not an Optuna journal file ({_reason(e)})") from None
+        if not studies:
+            raise StorageError(f"storage {url} holds no Optuna study ({u.path} has no study in it); nothing was "
+                               f"written: run `pocketdiff study run FILE --storage {url}` to create one there, or "
+                               f"give another --storage")
+        return storage
     target = readonly_url(url)
     try:
         # Optuna's tables must already be there (with skip_table_creation Optuna would fail on them later)
@@ -250,3 +289,18 @@ def open_readonly(url: str):
         raise
     except Exception as e:
         raise StorageError(f"cannot open storage {url}: {_reason(e)}") from None
+
+
+def url_of(storage: Any, fallback: str = "") -> str:
+    """The URL an opened storage was opened with: an RDBStorage's (Optuna wraps it in a cache layer, `_backend`)
+    or a JournalFile's."""
+    from .journal import JournalFile
+    if isinstance(storage, JournalFile):
+        return storage.url
+    return str(getattr(getattr(storage, "_backend", storage), "url", "") or fallback)
+
+
+def engine_of(storage: Any) -> Any:
+    """The SQLAlchemy engine of an opened RDB storage (its connection pool, for `named_lock`); None otherwise."""
+    from .journal import JournalFile
+    return None if isinstance(storage, JournalFile) else getattr(getattr(storage, "_backend", storage), "engine", None)

@@ -1,8 +1,8 @@
 """Successive halving in studies (studies/halving.py): ranking, promotion from the storage alone, the front
 from the top rung, many workers, SIGKILL mid-promotion, and bad rung configurations.
 
-The quality evaluator is replaced by a cheap deterministic stand-in (`FAKE_QUALITY`), in this process with
-monkeypatch and in worker subprocesses through a small driver script, so each test takes seconds.
+The quality evaluator is replaced by a cheap deterministic stand-in (tests/studies/fake_workers.py), in this
+process with monkeypatch and in worker subprocesses through its driver script, so each test takes seconds.
 """
 import json
 import os
@@ -25,35 +25,11 @@ from studies.record import TrialRecord
 from studies.runner import run_study
 from training.budget import Budget
 from tests import studyfiles
+from tests.studies import fake_workers
+from tests.studies.fake_workers import fake_cheap, fake_quality
 
 
 REPO = Path(__file__).resolve().parents[2]
-
-# The stand-in for the quality evaluator: a score from the spec alone, made *better* at lower rungs so that a
-# front mixing rungs would pick rung-0 trials (the front-from-the-top-rung test relies on it).
-FAKE_QUALITY = '''
-def fake_quality(spec, cfg, out_dir, on_report):
-    import time, os
-    steps = cfg.quality.budget.steps
-    time.sleep(float(os.environ.get("FAKE_QUALITY_SLEEP", "0")))
-    st = spec.stages
-    base = st[1].channels / 64 + st[2].channels / 128 + 3 * spec.ffn_ratio + (spec.attention == "mqa")
-    return {"fd_domain": base * (1 + steps / 30), "fd_domain_ci_low": base * (1 + steps / 30) - 1,
-            "fd_domain_ci_high": base * (1 + steps / 30) + 1, "_evaluator_seconds": 0.0, "_user_attrs": {}}
-'''
-_ns: dict = {}
-exec(FAKE_QUALITY, _ns)
-fake_quality = _ns["fake_quality"]
-
-# A worker subprocess: the CLI's `study worker` with the stand-in evaluator patched in.
-WORKER = FAKE_QUALITY + '''
-import sys
-from studies import evaluate
-evaluate.quality_metrics = fake_quality
-evaluate.cheap_metrics = lambda spec, latent, device: {"params_m": 1.0, "latency_ms": 1.0}
-from pocketdiff.cli import main
-sys.exit(main(sys.argv[1:]))
-'''
 
 
 def _write(tmp_path, name="halving", n_trials=9, seed=0, params_objective=False, **quality):
@@ -70,13 +46,11 @@ def _write(tmp_path, name="halving", n_trials=9, seed=0, params_objective=False,
 def fake_evaluators(monkeypatch):
     from studies import evaluate as ev
     monkeypatch.setattr(ev, "quality_metrics", fake_quality)
-    monkeypatch.setattr(ev, "cheap_metrics", lambda spec, latent, device: {"params_m": 1.0, "latency_ms": 1.0})
+    monkeypatch.setattr(ev, "cheap_metrics", fake_cheap)
 
 
 def _worker(path, storage, *extra, env=None):
-    return subprocess.Popen([sys.executable, "-c", WORKER, "study", "worker", str(path), "--storage", storage,
-                             "--no-progress", *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    return fake_workers.start(path, storage, *extra, env=env)
 
 
 def _check_rung_invariants(trials, rungs: Rungs):

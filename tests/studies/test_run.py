@@ -18,6 +18,7 @@ from studies.opening import open_study
 from studies.runner import run_study
 from studies.storage import StudyError
 from tests import studyfiles
+from tests.studies.fake_workers import designs, single_budget_study
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,17 +43,18 @@ def test_cheap_study_runs_records_everything_and_resumes(tmp_path):
     cfg = load_study_file(_study_file(tmp_path), storage=f"sqlite:///{tmp_path}/s.db")
     study, stats = run_study(cfg, progress=False, echo=lambda s: None)
     trials = study.get_trials()
-    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    # six distinct designs (the random sampler may re-propose one: its trial reuses the result, counting nothing)
+    assert designs(trials)[0] == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     t = trials[0]
     for key in ("spec", "spec_id", "compact", "params_m", "gmacs", "latency_ms"):
         assert key in t.user_attrs
     assert t.values[1] == pytest.approx(t.user_attrs["params_m"])
     # a second run of the same file has nothing left to do
     study2, _ = run_study(cfg, progress=False, echo=lambda s: None)
-    assert len(study2.get_trials()) == 6
+    assert len(study2.get_trials()) == len(trials)
     # --n-trials runs more
     study3, _ = run_study(cfg, n_trials=2, progress=False, echo=lambda s: None)
-    assert len(study3.get_trials()) == 8
+    assert len(study3.get_trials()) == len(trials) + 2
 
 
 def test_hard_budget_candidates_are_not_trained(tmp_path):
@@ -351,3 +353,43 @@ def test_the_run_counts_a_queued_trial_that_another_worker_ran(tmp_path, monkeyp
     stats = RunStats(workers=2)
     runner._count_other_workers(study, stats, before)
     assert stats.states == ["COMPLETE"] and stats.evaluator_seconds == 12.5
+
+
+# --- n_trials counts distinct finished designs, across concurrent runs -------------------------------------
+
+def test_concurrent_runs_finish_exactly_n_trials_distinctdesigns(tmp_path):
+    """Three `study run` processes on one SQLite file whose samplers propose the same designs (one seed): the
+    study ends with exactly n_trials distinct finished designs, each evaluated once. Re-proposals (a result
+    reused, a duplicate of a running design) count for nothing; runs that checked "is the study full?" only
+    after their own trial overshot by one per process and stopped early on reused results."""
+    from tests.studies import fake_workers
+
+    path, storage = single_budget_study(tmp_path, "distinct", n_trials=6), f"sqlite:///{tmp_path}/s.db"
+    open_study(load_study_file(path, storage=storage))
+    fake_workers.finish([fake_workers.start(path, storage, command="run",
+                                            env={"FAKE_QUALITY_SLEEP": "0.5", "FAKE_SAME_SEED": "1"})
+                         for _ in range(3)])
+    trials = optuna.load_study(study_name="distinct", storage=storage).get_trials()
+    assert designs(trials) == (6, 6), [(t.number, t.state.name, t.user_attrs.get("spec_id"),
+                                         t.user_attrs.get("reused_from"), t.user_attrs.get("duplicate_of"))
+                                        for t in trials]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_a_sampler_that_keeps_re_proposing_is_stopped(tmp_path, monkeypatch, caplog):
+    """A space of two designs and n_trials 4: the run ends after REPROPOSAL_LIMIT attempts per asked-for design
+    with the two designs it found, saying why, instead of sampling the same two for ever."""
+    from studies import evaluate as ev
+    from studies.halving import REPROPOSAL_LIMIT
+    from tests.studies.fake_workers import fake_cheap, fake_quality
+
+    monkeypatch.setattr(ev, "quality_metrics", fake_quality)
+    monkeypatch.setattr(ev, "cheap_metrics", fake_cheap)
+    space = {"base": "snapgen-unet", "attention": {"choices": ["mqa", "mhsa"]}}
+    cfg = load_study_file(single_budget_study(tmp_path, "stuck", n_trials=4, space=space),
+                          storage=f"sqlite:///{tmp_path}/s.db")
+    with caplog.at_level("WARNING", logger="pocketdiff.study"):
+        study, _ = run_study(cfg, progress=False, echo=lambda s: None)
+    trials = study.get_trials()
+    assert designs(trials)[0] == 2 and len(trials) == REPROPOSAL_LIMIT * 4
+    assert "keeps proposing designs already evaluated: stopping with 2 distinct candidates of the 4" in caplog.text

@@ -10,6 +10,8 @@ from optuna.trial import TrialState
 
 from studies import results as R
 from studies.storage import StorageError, open_readonly, parse_url
+from tests import studyfiles
+from tests.studies.fake_workers import designs, single_budget_study
 from tests.studyfiles import TINY_SPACE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +93,11 @@ def test_readonly_postgres_storage_refuses_writes(postgres_url):
 
 @pytest.mark.parametrize("url, reason", [
     ("sqlite:///runs/a#b.db", "contains '#'"),
+    ("journal:///runs/a#b.log", "contains '#'"),
+    ("journal://runs/a.log", "three slashes"),
+    ("journal:///runs/", "names no file"),
+    ("journal:///runs/a.log?lock=open", "'?query' in a journal URL"),
+    ("journal+nfs:///runs/a.log", "journal takes no driver"),
     ("sqlite:///runs/a.db?mode=ro", "'?query' in a SQLite URL"),
     ("sqlite:///file:runs/a.db?mode=ro&uri=true", "'?query' in a SQLite URL"),
     ("sqlite://runs/a.db", "three slashes"),
@@ -118,3 +125,118 @@ def test_sqlite_paths_and_memory_parse():
     assert parse_url("sqlite:////tmp/x.db").path == Path("/tmp/x.db")
     assert parse_url("sqlite:///:memory:").is_memory
     assert parse_url("postgresql+psycopg://u@h:5432/db?sslmode=disable").scheme == "postgresql"
+
+
+def test_a_hash_written_as_percent_23_names_the_file_with_the_hash(tmp_path):
+    """The '#' refusal recommends %23: that spelling opens the file whose name has the '#', for writers (and their
+    lock files) and for readers, and nothing is written under the encoded name."""
+    from studies.storage import open_for_writing
+
+    with pytest.raises(StorageError, match="write the '#' as %23"):
+        parse_url(f"sqlite:///{tmp_path}/a#b.db")
+    url = f"sqlite:///{tmp_path}/a%23b.db"
+    assert parse_url(url).path == tmp_path / "a#b.db"
+    optuna.create_study(study_name="s", storage=open_for_writing(url))
+    assert [s.study_name for s in optuna.get_all_study_summaries(open_readonly(url))] == ["s"]
+    r = _cli("study", "status", "--storage", url)
+    assert r.returncode == 0 and "study s" in r.stdout, r.stderr
+    assert (tmp_path / "a#b.db").is_file() and not list(tmp_path.glob("*%23*"))
+
+
+# --- journal:///: one file on a shared filesystem, no database server ----------------------------------------
+
+def test_journal_urls_parse_like_sqlite_paths():
+    assert parse_url("journal:///runs/x/study.log").path == Path("runs/x/study.log")
+    assert parse_url("journal:////shared/x/study.log").path == Path("/shared/x/study.log")
+    assert parse_url("journal:///runs/a%23b.log").path == Path("runs/a#b.log")
+
+
+def test_journal_readers_write_nothing(tmp_path):
+    """A missing journal is an error that creates nothing; a stored study is read, and the reader's storage
+    refuses to append; a file with no study in it is one line."""
+    from studies.storage import open_for_writing
+
+    missing = tmp_path / "none" / "study.log"
+    r = _cli("study", "status", "--storage", f"journal:///{missing}")
+    assert r.returncode == 2 and "no journal file at" in r.stderr and not missing.parent.exists(), r.stderr
+
+    url = f"journal:///{tmp_path}/study.log"
+    optuna.create_study(study_name="s", storage=open_for_writing(url)).enqueue_trial({})
+    before = (tmp_path / "study.log").read_bytes()
+    storage = open_readonly(url)
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
+    with pytest.raises(PermissionError, match="opened read-only"):
+        optuna.create_study(study_name="other", storage=storage)
+    r = _cli("study", "status", "--storage", url)
+    assert r.returncode == 0 and "study s" in r.stdout, r.stderr
+    assert (tmp_path / "study.log").read_bytes() == before
+
+    (tmp_path / "empty.log").write_text("")
+    r = _cli("study", "status", "--storage", f"journal:///{tmp_path}/empty.log")
+    assert r.returncode == 2 and "holds no Optuna study" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_journal_trial_whose_heartbeat_stops_is_failed_and_requeued(tmp_path, monkeypatch):
+    """Optuna has heartbeats for RDB storages only; the journal's make a worker killed on another host lose
+    nothing: its RUNNING trial goes stale after grace_period, is failed, and RequeueKilled queues it again."""
+    import time
+
+    from studies import journal
+    from studies.storage import open_for_writing
+    from studies.workers import RequeueKilled
+
+    storage = open_for_writing(f"journal:///{tmp_path}/study.log", heartbeat_interval=1, grace_period=2,
+                               heartbeat_stale_trial_callback=RequeueKilled(max_retry=1))
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(trial._trial_id)
+    optuna.storages.fail_stale_trials(study)
+    assert study.get_trials()[0].state == TrialState.RUNNING  # beating: not stale
+
+    now = time.time()
+    monkeypatch.setattr(journal.time, "time", lambda: now + 3)  # no beat for 3 s > grace_period
+    optuna.storages.fail_stale_trials(study)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert study.get_trials()[1].params == study.get_trials()[0].params
+
+
+def test_four_workers_share_one_journal_file(tmp_path):
+    """Four `study worker` processes on one journal file (the flock beside it serialises claims and sampling):
+    every trial ends exactly once, in one worker, nothing is left running or queued, and the study holds
+    exactly n_trials distinct finished designs, each evaluated once."""
+    from tests.studies import fake_workers
+
+    path, storage = single_budget_study(tmp_path, "journal", n_trials=8), f"journal:///{tmp_path}/shared/study.log"
+    # one sampler seed for all: the workers propose the same designs at the same moments, so their claims
+    # collide (without the journal's lock 1 run in 3 evaluated a design twice)
+    env = {"FAKE_QUALITY_SLEEP": "0.3", "FAKE_SAME_SEED": "1"}
+    outs = fake_workers.finish([fake_workers.start(path, storage, env=env) for _ in range(4)])
+    trials = optuna.load_study(study_name="journal", storage=open_readonly(storage)).get_trials()
+    assert designs(trials) == (8, 8)
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    ran = [int(line.split()[1]) for out, _ in outs for line in out.splitlines() if line.startswith("trial ")]
+    assert sorted(ran) == [t.number for t in trials]  # each trial ended once, in one worker: none lost or twice
+    assert sum(any(line.startswith("trial ") for line in out.splitlines()) for out, _ in outs) >= 2
+
+
+@pytest.mark.slow  # 160 s on the 2-core machine (2026-12-07; 8 processes sharing 2 cores)
+def test_eight_workers_x_200_trials_on_postgres_lose_and_repeat_nothing(tmp_path, postgres_url):
+    """The scale-out path at size: 8 `study worker` processes started together on a fresh PostgreSQL database,
+    200 cheap trials (the stand-in evaluator without sleep). Every trial ends exactly once, in one worker; nothing
+    is left running or queued; the study holds exactly 200 distinct finished designs, each evaluated once."""
+    from tests.studies import fake_workers
+
+    space = {**studyfiles.SNAPGEN_SPACE, "ffn_ratio": {"low": 2.0, "high": 4.0, "step": 0.05}}  # 738 designs
+    path = single_budget_study(tmp_path, "wide", n_trials=N_WIDE, space=space)
+    outs = fake_workers.finish([fake_workers.start(path, postgres_url) for _ in range(8)], timeout=1200)
+    trials = optuna.load_study(study_name="wide", storage=open_readonly(postgres_url)).get_trials()
+    assert designs(trials) == (N_WIDE, N_WIDE)
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    ran = [int(line.split()[1]) for out, _ in outs for line in out.splitlines() if line.startswith("trial ")]
+    assert sorted(ran) == [t.number for t in trials]
+    assert sum(any(line.startswith("trial ") for line in out.splitlines()) for out, _ in outs) >= 4
+
+
+N_WIDE = 200
