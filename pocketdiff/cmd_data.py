@@ -10,6 +10,7 @@ import json
 import sys
 
 from pocketdiff.cli import UsageError
+from search_space.outputs import check_output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +40,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     for name in ("resolution", "shard_size", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    check_output_dir(args.out, "--out")
     manifest = encode_latents(args.source, args.vae, args.out, args.resolution, args.shard_size,
                               args.batch_size, args.device, progress=not args.quiet)
     if args.json:

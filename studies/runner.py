@@ -22,6 +22,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from search_space.outputs import check_output_dir
+
 from . import record as R
 from .config import StudyConfig, check_jobs, check_runnable_here
 from .halving import (REPROPOSAL_LIMIT, first_rung_counts, first_rung_full, promote, promotion_lock,
@@ -94,6 +96,7 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     if timeout is not None and not timeout > 0:
         raise StudyError(f"--timeout {timeout} must be a number of seconds > 0")
     check_runnable_here(cfg)
+    artifacts = artifact_dir(cfg)  # checked before the storage opens: a folder that cannot be written stops here
     t_start = time.perf_counter()
     storage = open_storage(cfg.storage, cfg)
     study = open_study(cfg, storage, claim_worker=True)
@@ -107,7 +110,7 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     _fail_stale(study)  # other hosts' killed runs (heartbeat expired)
     _retry_presets(cfg, study, echo)
     stats = RunStats(workers=jobs)
-    objective = Objective(cfg, study, stats, artifact_dir(cfg))
+    objective = Objective(cfg, study, stats, artifacts)
     before = _ended(study)
     others = []
     if jobs > 1:
@@ -263,6 +266,7 @@ def artifact_dir(cfg: StudyConfig) -> Path:
     if cfg.storage.startswith("sqlite:///"):
         base = Path(cfg.storage[len("sqlite:///"):]).parent
     path = base / cfg.name / "artifacts" if not cfg.storage.startswith("sqlite:///") else base / "artifacts"
+    check_output_dir(path, "artifact folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from search_space.errors import UserError
+from search_space.outputs import check_output_file
 
 OPTUNA_TABLES = ("studies", "trials", "version_info", "alembic_version")
 SCHEMES = ("sqlite", "postgresql", "mysql")
@@ -176,6 +177,7 @@ def open_for_writing(url: str, **rdb_kwargs: Any):
 
     u = parse_url(url)
     if u.path is not None:
+        check_output_file(u.path, "storage")
         u.path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with named_lock(u, "pocketdiff-schema"), warnings.catch_warnings():

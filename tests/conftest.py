@@ -42,3 +42,50 @@ def study_file(tmp_path):
     def write(name: str = "t", **sections):
         return studyfiles.write(tmp_path / f"{name}.toml", studyfiles.study(name, **sections))
     return write
+
+
+def _mount(*args: str) -> bool:
+    import subprocess
+    return os.geteuid() == 0 and subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def readonly_folder(tmp_path):
+    """A folder nothing can be written into, even by root: a read-only bind mount where this process may mount
+    (root with CAP_SYS_ADMIN), else a folder without write permission (which binds any other user); skipped for
+    a root that cannot mount."""
+    import subprocess
+    folder, source = tmp_path / "readonly", tmp_path / "readonly-source"
+    folder.mkdir()
+    source.mkdir()
+    if _mount("--bind", str(source), str(folder)):
+        if not _mount("-o", "remount,ro,bind", str(folder)):
+            subprocess.run(["umount", str(folder)], check=True)
+            pytest.skip("cannot remount a bind mount read-only here")
+        yield folder
+        subprocess.run(["umount", str(folder)], check=True)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("root ignores permission bits and cannot mount here: no read-only folder to test with")
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(kib) -> a folder on a tmpfs of that size (a disk that fills up for real); skipped where this
+    process cannot mount one (tests of the same rules with a simulated ENOSPC run everywhere)."""
+    import subprocess
+    mounted = []
+
+    def make(kib: int):
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        if not _mount("-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)):
+            pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
+        mounted.append(folder)
+        return folder
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
