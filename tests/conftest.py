@@ -50,26 +50,37 @@ def _mount(*args: str) -> bool:
 
 
 @pytest.fixture
-def readonly_folder(tmp_path):
-    """A folder nothing can be written into, even by root: a read-only bind mount where this process may mount
-    (root with CAP_SYS_ADMIN), else a folder without write permission (which binds any other user); skipped for
-    a root that cannot mount."""
+def make_readonly():
+    """make_readonly(folder) -> the folder, from now on read-only even for root: a read-only bind mount of it
+    over itself where this process may mount (root with CAP_SYS_ADMIN), else its write permission removed (which
+    binds any other user); skipped for a root that cannot mount."""
     import subprocess
-    folder, source = tmp_path / "readonly", tmp_path / "readonly-source"
+    mounted, chmodded = [], []
+
+    def make(folder):
+        if _mount("--bind", str(folder), str(folder)):
+            mounted.append(folder)
+            if not _mount("-o", "remount,ro,bind", str(folder)):
+                pytest.skip("cannot remount a bind mount read-only here")
+        elif os.geteuid() == 0:
+            pytest.skip("root ignores permission bits and cannot mount here: no read-only folder to test with")
+        else:
+            folder.chmod(0o555)
+            chmodded.append(folder)
+        return folder
+    yield make
+    for folder in mounted:  # lazily: a test's storage may still hold a connection open in it
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+    for folder in chmodded:
+        folder.chmod(0o755)
+
+
+@pytest.fixture
+def readonly_folder(tmp_path, make_readonly):
+    """An empty folder nothing can be written into (`make_readonly`)."""
+    folder = tmp_path / "readonly"
     folder.mkdir()
-    source.mkdir()
-    if _mount("--bind", str(source), str(folder)):
-        if not _mount("-o", "remount,ro,bind", str(folder)):
-            subprocess.run(["umount", str(folder)], check=True)
-            pytest.skip("cannot remount a bind mount read-only here")
-        yield folder
-        subprocess.run(["umount", str(folder)], check=True)
-        return
-    if os.geteuid() == 0:
-        pytest.skip("root ignores permission bits and cannot mount here: no read-only folder to test with")
-    folder.chmod(0o555)
-    yield folder
-    folder.chmod(0o755)
+    return make_readonly(folder)
 
 
 @pytest.fixture
