@@ -60,15 +60,17 @@ def _summary_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, rungs: b
 
 class StopAtFinished:
     """Stop this run once the study holds `n` counted trials (`finished_count`, across every worker), or once
-    this run has made its `budget` attempts; a re-sampled duplicate gives its attempt back (up to
-    REPROPOSAL_LIMIT * n in all, against a sampler that keeps proposing what runs elsewhere)."""
+    this run has made its `budget` attempts; a re-sampled duplicate, and a trial that failed for the machine's
+    reason and was queued again, give their attempt back (up to REPROPOSAL_LIMIT * n in all, against a sampler
+    that keeps proposing what runs elsewhere)."""
 
     def __init__(self, n: int, budget: int):
         self.n, self.budget, self.ran = n, budget, 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.ran += 1
-        if TrialRecord.of(trial).duplicate_of is not None and self.budget < REPROPOSAL_LIMIT * max(self.n, 1):
+        rec = TrialRecord.of(trial)
+        if (rec.duplicate_of is not None or rec.environmental) and self.budget < REPROPOSAL_LIMIT * max(self.n, 1):
             self.budget += 1
         if finished_count(study) >= self.n or self.ran >= self.budget:
             study.stop()
