@@ -101,8 +101,9 @@ def disk_error(e: BaseException, path: str | Path | None = None) -> OutputError 
     if code is None:
         return None
     where = path if path is not None else getattr(e, "filename", None) or "an output file"
+    kept = " (what was stored before is unchanged)" if path is not None else ""  # only an atomic writer knows
     return OutputError(f"cannot write {where}: {DISK_ERRNOS[code]}; free space or choose another folder, then run "
-                       f"again (what was stored before is unchanged)", code)
+                       f"again{kept}", code)
 
 
 @contextlib.contextmanager

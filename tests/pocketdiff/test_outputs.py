@@ -32,7 +32,10 @@ def _run(tmp_path, argv, out):
     return code, err
 
 
-@pytest.mark.parametrize("argv, flag", WRITERS)
+IDS = [" ".join(argv[:2]) + (f" {flag}" if argv[1] in ("fit",) else "") for argv, flag in WRITERS]
+
+
+@pytest.mark.parametrize("argv, flag", WRITERS, ids=IDS)
 def test_a_file_in_the_way_is_refused_before_any_work(tmp_path, argv, flag):
     (tmp_path / "afile").write_text("mine")
     code, err = _run(tmp_path, argv, tmp_path / "afile")
@@ -41,7 +44,7 @@ def test_a_file_in_the_way_is_refused_before_any_work(tmp_path, argv, flag):
     assert (tmp_path / "afile").read_text() == "mine"
 
 
-@pytest.mark.parametrize("argv, flag", WRITERS)
+@pytest.mark.parametrize("argv, flag", WRITERS, ids=IDS)
 def test_a_read_only_folder_is_refused_before_any_work(tmp_path, readonly_folder, argv, flag):
     code, err = _run(tmp_path, argv, readonly_folder)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -56,3 +59,17 @@ def test_the_study_storage_itself_is_checked(tmp_path):
     (tmp_path / "afile").write_text("mine")
     with pytest.raises(OutputError, match=r"^storage .*afile/s.db cannot be created: .*afile is a file"):
         open_for_writing(f"sqlite:///{tmp_path}/afile/s.db")
+
+
+def test_a_full_disk_no_writer_named_is_still_one_line_naming_the_file(monkeypatch):
+    """A write the library does not wrap (a log line, a PNG) that hits a full disk ends as one line too."""
+    import errno
+
+    from latency_models import profiles
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/run/metrics.jsonl")
+    monkeypatch.setattr(profiles, "available_chips", full)
+    code, err = _cli(["latency", "devices"])
+    assert code == 2 and err == ("pocketdiff: error: cannot write /data/run/metrics.jsonl: no space left on the "
+                                 "device; free space or choose another folder, then run again\n"), err
