@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -125,13 +126,17 @@ def disk_errors(path: str | Path) -> Iterator[None]:
 def atomic_write(path: str | Path, append: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write (a file, or a folder such as an .mlpackage); when the block
     succeeds it replaces `path` in one rename, when it fails it is removed and `path` is as it was. With
-    `append`, the sibling starts as a copy of `path` (if any). A full disk is reported by `disk_errors`."""
+    `append`, the sibling starts as a copy of `path` (if any), under a lock beside it held until the rename, so
+    two processes appending at once both keep their rows. A full disk is reported by `disk_errors`."""
     path = Path(path)
     tmp = temporary_sibling(path)
     try:
-        with disk_errors(path):
-            if append and path.is_file():
-                shutil.copyfile(path, tmp)
+        with disk_errors(path), contextlib.ExitStack() as held:
+            if append:
+                lock = held.enter_context(open(path.with_name(f".{path.name}.lock"), "a"))
+                fcntl.flock(lock, fcntl.LOCK_EX)  # freed when the file closes (or the process dies)
+                if path.is_file():
+                    shutil.copyfile(path, tmp)
             yield tmp
             if tmp.is_dir() and path.is_dir():
                 shutil.rmtree(path)  # a folder cannot be renamed over another; the old one goes just before

@@ -65,10 +65,30 @@ def test_an_atomic_write_that_fails_leaves_the_file_as_it_was_and_no_temporary(t
                 f.write("3,")
             raise OSError(errno.ENOSPC, "No space left on device")
     assert store.read_text() == "a,b\n1,2\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".store.csv.lock", "store.csv"]  # no temporary left
     with atomic_write(store, append=True) as tmp, tmp.open("a") as f:
         f.write("3,4\n")
     assert store.read_text() == "a,b\n1,2\n3,4\n"
+
+
+def _append_row(store, row):
+    import time
+    with atomic_write(store, append=True) as tmp:
+        with tmp.open("a") as f:
+            f.write(row)
+        time.sleep(0.1)  # a slow writer: the others read the store meanwhile
+
+
+def test_processes_appending_to_one_store_at_once_keep_every_row(tmp_path):
+    import multiprocessing
+    store = tmp_path / "store.csv"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_row, args=(store, f"{i}\n")) for i in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert sorted(store.read_text().split()) == sorted(str(i) for i in range(8))
 
 
 def test_other_failures_pass_unchanged(tmp_path):
