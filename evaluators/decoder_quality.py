@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from search_space import DecoderSpec
+from search_space.outputs import atomic_write
 from training.budget import DECODER_RUN_BUDGET, Budget
 from training.decoder import DecoderTrainConfig, load_encoder, load_patches, save_reconstructions, train_decoder
 
@@ -45,7 +46,8 @@ def evaluate_decoder_quality(spec: DecoderSpec, data: str = "sample-images", bud
         record = {"spec": json.loads(spec.to_json()), "spec_id": spec.spec_id, "metrics": out,
                   "history": result.history, "baseline": enc.baseline, "data": data, "budget": str(budget),
                   "seed": seed}
-        (out_dir / "record.json").write_text(json.dumps(record, indent=2, default=str))
+        with atomic_write(out_dir / "record.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=2, default=str))
         out["samples"] = str(out_dir / "reconstructions.png")
         out["record"] = str(out_dir / "record.json")
     return out

@@ -27,6 +27,7 @@ import torch
 
 from search_space import UNetSpec, load_spec
 from search_space.errors import UserError
+from search_space.outputs import atomic_write
 from training.baselines import BASELINES, LEARNED_FRACTION, learned_fraction, regime_baselines
 from training.budget import QUALITY_RUN_BUDGET, WALL_CLOCK_NOTICE, Budget
 from training.config import LoopConfig
@@ -187,7 +188,8 @@ def evaluate_quality(spec: UNetSpec | str, data: FlowData | str = "mnist5k",
                              "seed": seed, "budget": str(budget)})
         if samples is not None and torch.isfinite(samples).all():
             _save_grid(samples, labels, data, out / "samples.png", vae_model)
-        (out / "record.json").write_text(json.dumps(record, indent=1))
+        with atomic_write(out / "record.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
         record["out_dir"] = str(out)
     return record
 

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
-import os
 import re
 import shutil
 import time
@@ -35,6 +34,7 @@ from search_space.spec import Spec
 from search_space.errors import UserError
 from search_space.memory import inference_bytes, require_memory
 from search_space.cache import CACHE_ENV  # noqa: F401 (the one cache root's variable; tests set it)
+from search_space.outputs import atomic_write, disk_errors
 
 from .targets import DEFAULT_TARGET, TARGETS  # noqa: E402 (re-exported)
 
@@ -277,23 +277,26 @@ def export_coreml(src: ModelSource, target: str = DEFAULT_TARGET, out: str | Pat
         mlmodel.user_defined_metadata["pocketdiff.attention"] = attention  # `latency measure` records it
         if src.spec is not None:
             mlmodel.user_defined_metadata["pocketdiff.spec"] = src.spec.to_json()
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.stem}.tmp{os.getpid()}.mlpackage")  # save() insists on the suffix
-        mlmodel.save(str(tmp))
+        with disk_errors(cached):
+            cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cached) as tmp:  # a half-written package is never a cache hit
+            package = tmp.with_name(tmp.name + ".mlpackage")  # save() insists on the suffix
+            try:
+                mlmodel.save(str(package))
+                package.rename(tmp)
+            finally:
+                shutil.rmtree(package, ignore_errors=True)
         del mlmodel
         gc.collect()
-        if cached.exists():
-            shutil.rmtree(cached)
-        tmp.rename(cached)  # atomic publish: a half-written package is never a cache hit
     path = cached
     if out is not None:
         out = Path(out)
         if out.suffix != ".mlpackage":
             raise SpecError(f"output {out} must end in .mlpackage")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(cached, out)
+        with disk_errors(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out) as tmp:  # an earlier package at `out` stays whole until the copy is
+            shutil.copytree(cached, tmp)
         path = out
     return ExportResult(path, src.model_id, shape, target, hit, time.perf_counter() - t0, attention)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from search_space.errors import UserError
+from search_space.outputs import atomic_write
 
 from .measurements import MEASUREMENT_COLUMNS, MEASUREMENT_OPTIONAL, chip_key
 
@@ -98,7 +99,7 @@ def append_row(row: dict, out: str | Path) -> Path:
     out = Path(out)
     new = not out.exists()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", newline="") as f:
+    with atomic_write(out, append=True) as tmp, tmp.open("a", newline="") as f:  # never half a row in the file
         w = csv.DictWriter(f, fieldnames=MEASUREMENT_COLUMNS + MEASUREMENT_OPTIONAL, extrasaction="ignore")
         if new:
             w.writeheader()

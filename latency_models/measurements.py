@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from search_space import SpecError
+from search_space.outputs import atomic_write
 
 from .devices import ALIASES, KNOWN_CHIPS, available_chips
 
@@ -416,7 +417,8 @@ def import_measurements(path: str | Path, into: str | Path) -> tuple[int, Path]:
     into.parent.mkdir(parents=True, exist_ok=True)
     new = not into.exists()
     columns = MEASUREMENT_COLUMNS + MEASUREMENT_OPTIONAL
-    with into.open("a", newline="") as f:
+    # appended to a copy that replaces the store: a full disk never leaves half a row in it
+    with atomic_write(into, append=True) as tmp, tmp.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         if new:
             w.writeheader()

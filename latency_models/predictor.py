@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from search_space.cache import cache_root, temporary_sibling
+from search_space.cache import cache_root
+from search_space.outputs import atomic_write
 
 from . import roofline
 from .features import OP_CLASSES, FeatureTable, features_from_torch
@@ -157,9 +158,8 @@ def _disk_cached_features(path: Path, full: str, compute) -> tuple[ModelFeatures
             pass  # a torn or foreign file: recompute and overwrite it
     feats = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps({"key": full, "features": feats.to_json()}))
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps({"key": full, "features": feats.to_json()}))
     return feats, False
 
 

@@ -20,6 +20,8 @@ import math
 import re
 from pathlib import Path
 
+from search_space.outputs import atomic_write
+
 from .measurements import DATA_DIR, MeasurementError, check_chip, check_formula_cells
 
 DESIGN_CHAIN_CSV = DATA_DIR / "design_chain.csv"
@@ -170,7 +172,7 @@ def import_ratios(path: str | Path, into: str | Path) -> tuple[int, Path]:
     with Path(path).open(newline="") as f:
         rows = list(csv.DictReader(f))
     new = not into.exists()
-    with into.open("a", newline="") as f:
+    with atomic_write(into, append=True) as tmp, tmp.open("a", newline="") as f:  # never half a row in the store
         w = csv.DictWriter(f, fieldnames=RATIO_COLUMNS + RATIO_OPTIONAL, extrasaction="ignore")
         if new:
             w.writeheader()

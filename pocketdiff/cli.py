@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as e:  # every layer's fixable mistakes (search_space/errors.py)
         print(f"pocketdiff: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # a full disk where no writer named its file (search_space/outputs.py)
+        from search_space.outputs import disk_error
+        error = disk_error(e)
+        if error is None:
+            raise
+        print(f"pocketdiff: error: {_one_line(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pocketdiff: interrupted", file=sys.stderr)
         return 130

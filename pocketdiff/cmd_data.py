@@ -10,6 +10,7 @@ import json
 import sys
 
 from pocketdiff.cli import UsageError
+from search_space.outputs import check_output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +42,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     for name, high in (("resolution", MAX_RESOLUTION), ("shard_size", 1 << 20), ("batch_size", MAX_BATCH)):
         check_number(getattr(args, name), f"--{name.replace('_', '-')}", 1, high, whole=True, error=UsageError)
+    check_output_dir(args.out, "--out")
     manifest = encode_latents(args.source, args.vae, args.out, args.resolution, args.shard_size,
                               args.batch_size, args.device, progress=not args.quiet)
     if args.json:

@@ -12,6 +12,7 @@ import sys
 
 from pocketdiff.cli import UsageError
 from search_space.errors import seed_arg
+from search_space.outputs import check_output_dir
 from training.budget import QUALITY_RUN_BUDGET
 
 SUMMARY_KEYS = ("status", "steps", "train_images_per_s", "val_loss", "learned_fraction", "val_loss_constant",
@@ -131,6 +132,8 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     options = _options(args)
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
     if not (args.json or args.quiet):
         print(f"spec {spec.spec_id} ({args.spec})  data {args.data}  budget {args.budget}  seeds "
               f"{args.seed}..{args.seed + args.seeds - 1}", file=sys.stderr)

@@ -112,6 +112,7 @@ def check_out_path(out: str | None) -> None:
     from pathlib import Path
 
     from pocketdiff.cli import UsageError
+    from search_space.outputs import check_output_file
 
     if out is None:
         return
@@ -122,6 +123,7 @@ def check_out_path(out: str | None) -> None:
     if path.exists() and not (path.is_dir() and (path / "Manifest.json").is_file()):
         raise UsageError(f"-o {out} exists and is not a Core ML package (no Manifest.json); it is not replaced: "
                          f"remove it or choose another path")
+    check_output_file(path, "-o", package=True)  # its folder can be made and written
 
 
 def arch_export_source(args):

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from pocketdiff.cmd_export import add_model_arguments, check_size_flags, model_target
+from search_space.outputs import check_output_dir, check_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -227,6 +228,7 @@ def cmd_measure(args) -> int:
 
     if not Path(args.package).exists():
         raise UsageError(f"{args.package} does not exist; make one with `pocketdiff export coreml ... -o`")
+    check_output_file(args.out, "--out")
     try:
         row = measure_coreml(args.package, args.compute_units, args.runs, args.warmup)
     except MeasureUnavailable as e:
@@ -251,6 +253,7 @@ def cmd_plan(args) -> int:
     if args.n < 1:
         raise UsageError("-n must be at least 1")
     check_size_flags(args)
+    check_output_file(args.out, "-o")
     chip = resolve_device(args.device, args.profiles)
     rows, summary = plan_for_device(chip, args.n, tuple(args.include), args.latent, args.batch, args.profiles,
                                     progress=lambda m: print(f"  {m}", flush=True) if not args.json else None)
@@ -291,7 +294,7 @@ def cmd_import(args) -> int:
     from latency_models.measurements import import_measurements
     from latency_models.ratios import import_ratios
 
-    store = _store(args.into)
+    store = check_output_file(_store(args.into), "--into")
     ratio_store = store.with_name("ratios.csv")
     stores = []
     for path in args.csv:
@@ -313,8 +316,12 @@ def cmd_fit(args) -> int:
     from latency_models.measurements import load_large_models, load_published, read_measurements
     from latency_models.profiles import build_profiles
     from latency_models.ratios import load_design_chain, read_ratios
+    from latency_models.profiles import PROFILE_DIR
     from latency_models.report import write_reports
 
+    check_output_dir(args.profiles or PROFILE_DIR, "--profiles")
+    if not args.device:  # --device leaves the reports as they are
+        check_output_dir(args.reports or REPORT_DIR, "--reports")
     ms, rs = load_published(), load_design_chain()
     for path in args.measurements:
         if _is_ratio_csv(path):

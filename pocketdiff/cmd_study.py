@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from search_space.outputs import check_output_file
+
 STORAGE_ENV = "POCKETDIFF_STORAGE"
 
 
@@ -237,6 +239,7 @@ def _flat_rows(study, pareto: bool) -> list[dict]:
 def cmd_export(args) -> int:
     from studies.queries import front_note
 
+    check_output_file(args.output, "-o")
     study = _study(args)
     rows = _flat_rows(study, args.pareto)
     if args.pareto:
@@ -287,6 +290,7 @@ def cmd_best(args) -> int:
     from studies.queries import front_note
     from studies.winner import select_winner
 
+    check_output_file(args.output, "-o")
     study = _study(args)
     winner = select_winner(study, metric=args.metric, max_latency_ms=args.max_latency_ms)
     out = Path(args.output)

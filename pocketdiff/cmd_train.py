@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pocketdiff.cli import UsageError
 from search_space.errors import seed_arg
+from search_space.outputs import check_output_dir, check_output_file
 from training.budget import DECODER_RUN_BUDGET
 
 TRAIN_COMMANDS = ("unet", "decoder")
@@ -137,6 +138,7 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
         step_distill = config_from_flags(a, StepDistillConfig, sampler_steps=a.step_distill)
         step_distill.validate()
         config = dataclasses.replace(config, sample_steps=a.step_distill, cfg_scale=1.0)  # guidance is distilled in
+    check_output_dir(a.out, "--out")
     spec = load_spec(a.spec, a.overrides)
     if not isinstance(spec, UNetSpec):
         raise UsageError(f"{a.spec} is a {spec.kind} spec; train it with `pocketdiff train decoder`")
@@ -173,6 +175,7 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
 def cmd_sample(a: argparse.Namespace) -> int:
     from training.sample import sample_prompt, save_grid
 
+    check_output_file(a.out, "-o")
     samples = sample_prompt(a.checkpoint, a.prompt, a.steps, a.num, a.cfg_scale, a.seed, use_ema=not a.raw,
                             vae=a.vae)
     save_grid(samples.images, a.out)
@@ -188,6 +191,7 @@ def train_decoder_cmd(a: argparse.Namespace) -> int:
     spec = load_spec(a.spec, a.overrides)
     if not isinstance(spec, DecoderSpec):
         raise UsageError(f"{a.spec} is a {spec.kind} spec; `pocketdiff train decoder` trains decoder specs")
+    check_output_dir(a.out, "--out")
     record = train_decoder_run(spec, a.data, a.encoder, a.budget, a.seed, a.out, a.ae_steps, progress=not a.json)
     if a.json:
         print(json.dumps(record, default=str))

@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from evaluators import registry
 from search_space import Spec
-from search_space.cache import cache_dir, temporary_sibling
+from search_space.cache import cache_dir
+from search_space.outputs import atomic_write
 
 from .config import STUDY_QUALITY_KEYS, StudyConfig
 
@@ -104,9 +105,8 @@ def load_cache(key: str) -> dict | None:
 def store_cache(key: str, metrics: dict[str, Any], user_attrs: dict[str, Any]) -> None:
     path = _cache_file(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps({"key": key, "metrics": metrics, "user_attrs": user_attrs}, default=str))
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps({"key": key, "metrics": metrics, "user_attrs": user_attrs}, default=str))
 
 
 def quality_metrics(spec: Spec, cfg: StudyConfig, out_dir: Path,

@@ -12,7 +12,8 @@
 5. during training, intermediate validation losses are compared with finished trials' curves at the same
    rung and a clearly worse run is stopped early (Optuna's pruners work on single-objective studies only; this
    rule works for any number of objectives): the trial ends PRUNED with the reason.
-Everything a trial stores goes through its record (studies/record.py).
+A trial that fails for the machine's reason (a full disk, a cache file another worker replaced) is queued again
+once (studies/workers.py). Everything a trial stores goes through its record (studies/record.py).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from . import record as R
 from . import storage as S
 from .config import QUALITY_METRICS, StudyConfig
 from .record import FINISHED, RecordWriter, TrialRecord
-from .workers import worker_identity
+from .workers import artifact_folder, environmental, retry_environmental, worker_identity
 
 log = logging.getLogger("pocketdiff.study")
 
@@ -114,8 +115,10 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except Exception as e:  # recorded on the trial; the study goes on (optimize(catch=...))
-            if R.FAIL_REASON not in trial.user_attrs:
-                write.failed(f"{type(e).__name__}: {e}")
+            reason = trial.user_attrs.get(R.FAIL_REASON) or f"{type(e).__name__}: {e}"
+            retried = environmental(e) and retry_environmental(self.study, trial, reason)
+            if not retried and R.FAIL_REASON not in trial.user_attrs:
+                write.failed(reason)
             raise
         finally:
             self.stats.trial_seconds += time.perf_counter() - t_start
@@ -215,7 +218,8 @@ class Objective:
             write.values(cached["user_attrs"])
             return cached["metrics"]
 
-        out_dir = self.artifacts / f"trial-{trial.number:04d}-{spec.spec_id}"
+        out_dir = artifact_folder(self.artifacts, trial.number, spec.spec_id)
+        write.artifacts(str(out_dir))  # before any is written: a killed or failed run's folder can be found
         curve: list[tuple[int, float, float]] = []  # (step, val_loss, budget fraction)
         es = cfg.quality.early_stop
 

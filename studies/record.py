@@ -52,6 +52,7 @@ INFEASIBLE = "infeasible"
 EARLY_STOPPED = "early_stopped"
 FAIL_REASON = "fail_reason"
 KILLED = "killed"
+ENVIRONMENTAL = "environmental"  # True on a trial that failed for the machine's reason and was queued again
 DUPLICATE_OF = "duplicate_of"  # the number of the running or queued twin a re-sampled spec found
 # a result it did not compute: the finished twin's number, and where the result came from in words
 REUSED_FROM = "reused_from"
@@ -65,7 +66,7 @@ EVALUATOR_SECONDS = "evaluator_seconds"  # training + sampling + scoring, for th
 REASONS = (DUPLICATE, INFEASIBLE, EARLY_STOPPED, FAIL_REASON, KILLED)  # in the order a trial's reason is read
 # What one run of a trial wrote about itself: a re-queued copy starts without them, a reusing twin copies none.
 PER_RUN = (WORKER_HOST, WORKER_PID, WORKER_STARTED, FAIL_REASON, KILLED, CURVE, EVALUATOR_SECONDS, DUPLICATE_OF,
-           REUSED_FROM)
+           REUSED_FROM, ENVIRONMENTAL)
 NOT_COPIED = (*PER_RUN, ENQUEUED_PRESET, "retried")  # "retried": written by older versions, meaning nothing now
 # What a trial that finds its evaluation done (in the study or the cache) takes over besides the metrics.
 EVALUATION_ATTRS = (CURVE, ARTIFACTS, "proxy", "per_seed")
@@ -194,6 +195,12 @@ class TrialRecord:
         return self.attrs.get(DUPLICATE_OF)
 
     @property
+    def environmental(self) -> bool:
+        """Whether the trial failed for the machine's reason (a full disk, a cache file gone) and was queued
+        again (studies/workers.py: `retry_environmental`)."""
+        return bool(self.attrs.get(ENVIRONMENTAL))
+
+    @property
     def cached_from(self) -> str | None:
         return self.attrs.get(CACHED_FROM)
 
@@ -307,6 +314,11 @@ class RecordWriter:
 
     def killed(self, reason: str) -> None:
         self._set(KILLED, reason)
+
+    def environmental(self, reason: str) -> None:
+        """A failure of the machine, not of the design: the reason, and the mark that it was queued again."""
+        self._set(FAIL_REASON, reason[:2000])
+        self._set(ENVIRONMENTAL, True)
 
 
 def enqueued(preset: str) -> dict[str, Any]:

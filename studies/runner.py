@@ -22,6 +22,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from search_space.outputs import check_output_dir
+
 from . import record as R
 from .config import StudyConfig, check_jobs, check_runnable_here
 from .halving import first_rung_counts, first_rung_full, promote, promotion_lock, sampling_lock
@@ -77,6 +79,7 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     if timeout is not None and not timeout > 0:
         raise StudyError(f"--timeout {timeout} must be a number of seconds > 0")
     check_runnable_here(cfg)
+    artifacts = artifact_dir(cfg)  # checked before the storage opens: a folder that cannot be written stops here
     t_start = time.perf_counter()
     storage = open_storage(cfg.storage, cfg)
     study = open_study(cfg, storage, claim_worker=True)
@@ -90,7 +93,7 @@ def run_study(cfg: StudyConfig, n_trials: int | None = None, timeout: float | No
     _fail_stale(study)  # other hosts' killed runs (heartbeat expired)
     _retry_presets(cfg, study, echo)
     stats = RunStats(workers=jobs)
-    objective = Objective(cfg, study, stats, artifact_dir(cfg))
+    objective = Objective(cfg, study, stats, artifacts)
     before = _ended(study)
     others = []
     if jobs > 1:
@@ -181,8 +184,8 @@ def _run_counted(cfg: StudyConfig, study: optuna.Study, objective: Objective, at
                 return
             trial = _run_one(slot, study, objective, summary)
         rec = TrialRecord.of(trial) if trial is not None else None
-        if rec is None or (rec.duplicate_of is None and rec.get(R.REUSED_FROM) is None):
-            ran += 1
+        if rec is None or (rec.duplicate_of is None and rec.get(R.REUSED_FROM) is None and not rec.environmental):
+            ran += 1  # a re-proposal, or a machine's failure queued again, gives its attempt back
 
 
 def _warn_if_stuck(trials: list, n_trials: int) -> None:
@@ -283,6 +286,7 @@ def artifact_dir(cfg: StudyConfig) -> Path:
         path = stored.parent / "artifacts"
     else:
         path = Path(os.environ.get("POCKETDIFF_RUNS", "runs")) / cfg.name / "artifacts"
+    check_output_dir(path, "artifact folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from urllib.parse import quote, unquote
 
 from search_space.errors import UserError
+from search_space.outputs import check_output_file, writable
 
 OPTUNA_TABLES = ("studies", "trials", "version_info", "alembic_version")
 SCHEMES = ("sqlite", "journal", "postgresql", "mysql")
@@ -190,6 +191,7 @@ def open_for_writing(url: str, **heartbeat: Any):
 
     u = parse_url(url)
     if u.path is not None:
+        check_output_file(u.path, "storage")
         u.path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if u.scheme == "journal":
@@ -229,8 +231,9 @@ def _sqlite_write_ahead(engine: Any) -> None:
 
 def readonly_url(url: str) -> str:
     """The URL a reader connects with: a SQLite file in read-only URI mode (an error when it does not exist,
-    since opening it normally would create it); server and journal URLs unchanged (`open_readonly` makes their
-    sessions read-only, a missing journal file is an error too)."""
+    since opening it normally would create it), immutable where it must be (`_sqlite_immutable`); server and
+    journal URLs unchanged (`open_readonly` makes their sessions read-only, a missing journal file is an error
+    too)."""
     u = parse_url(url)
     if u.is_memory:
         raise StorageError(f"storage {url!r} is an in-memory database: there is nothing to read")
@@ -239,7 +242,10 @@ def readonly_url(url: str) -> str:
         if u.scheme == "journal":  # read through `open_readonly`, whose backend refuses to append
             return u.url
         # quoted twice: SQLAlchemy decodes the URL's path once, SQLite decodes the URI filename it is handed
-        return f"sqlite:///file:{quote(quote(str(u.path.resolve())))}?mode=ro&uri=true"
+        path = u.path.resolve()
+        immutable = "&immutable=1" if _sqlite_immutable(path) else ""
+        # quoted twice: SQLAlchemy decodes the URL's path once, SQLite decodes the URI filename it is handed
+        return f"sqlite:///file:{quote(quote(str(path)))}?mode=ro{immutable}&uri=true"
     return u.url
 
 
@@ -248,6 +254,25 @@ def _must_exist(u: StorageUrl) -> None:
         kind = "SQLite" if u.scheme == "sqlite" else "journal"
         raise StorageError(f"no {kind} file at {u.path.resolve()} (nothing was created; run `pocketdiff study "
                            f"run FILE` first, or give another --storage)")
+
+
+def _sqlite_immutable(path: Path) -> bool:
+    """Whether a reader must open this SQLite file as immutable: a write-ahead-logged file (every writer's, see
+    `_sqlite_write_ahead`) in a folder nobody may write (a read-only mount, an archive) cannot be opened
+    read-only, since SQLite wants to create its -wal and -shm files beside it. Immutable, it reads the main file
+    alone, which holds everything unless a -wal file with commits is left beside it: with its -shm file too, a
+    plain read-only open reads both; without, the commits cannot be read and the open is refused."""
+    with open(path, "rb") as f:
+        header = f.read(20)
+    if len(header) < 20 or header[18:20] != b"\x02\x02" or writable(path.parent):
+        return False  # not write-ahead logged (bytes 18-19: 2 = WAL), or SQLite can make its side files
+    wal, shm = path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+    if not (wal.is_file() and wal.stat().st_size > 0):
+        return True
+    if shm.is_file():
+        return False
+    raise StorageError(f"storage {path}: its folder is read-only and its last commits are in {wal.name} without "
+                       f"{shm.name}, so they cannot be read; copy the folder somewhere writable and read the copy")
 
 
 def open_readonly(url: str):

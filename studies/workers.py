@@ -5,12 +5,15 @@ Every trial stores the host, PID and start time of the process that runs it (`wo
 worker leaves its trial RUNNING: on its own host the next run fails it at once (`fail_ghost_trials`: the PID is
 gone, or now names another process); elsewhere Optuna's heartbeat marks it FAIL once it goes stale. Either way
 `RequeueKilled` puts the same parameters and record back in the queue, since a kill is never the trial's own
-failure.
+failure, and removes the artifact folder the killed run left half written. A trial that fails for the
+machine's reason (`environmental`: a full disk, a cache file another worker's write took away) is queued again
+once (`retry_environmental`).
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,8 +23,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from search_space.cache import cache_root
+from search_space.outputs import disk_error
+
 from . import record as R
-from .record import RecordWriter, TrialRecord
+from .record import FINISHED, RecordWriter, TrialRecord
 
 log = logging.getLogger("pocketdiff.study")
 
@@ -39,16 +45,73 @@ class RequeueKilled:
         self.max_retry = max_retry
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        discard_partial_artifacts(study, trial)
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         limit = KILL_RETRY_LIMIT if TrialRecord.of(trial).queued else self.max_retry
         if len(history) > limit:
             log.warning("trial %d was killed %d times; not re-queued (limit %d)", trial.number, len(history), limit)
             return
-        study.add_trial(optuna.create_trial(
-            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs=R.requeued(trial.user_attrs),
-            system_attrs={**trial.system_attrs, "failed_trial": history[0], "retry_history": history}))
+        _requeue(study, trial, failed_trial=history[0], retry_history=history)
         log.info("trial %d was killed: re-queued with the same parameters (kill %d)", trial.number, len(history))
+
+
+def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, **system_attrs: Any) -> None:
+    """Queue `trial` again: same parameters, its record less what its own run wrote (`record.requeued`)."""
+    study.add_trial(optuna.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs=R.requeued(trial.user_attrs), system_attrs={**trial.system_attrs, **system_attrs}))
+
+
+ENVIRONMENTAL_RETRY_OF = "environmental_retry_of"  # system attribute of the copy: the trial whose failure it retries
+
+
+def environmental(e: BaseException) -> bool:
+    """Whether `e` is the machine's failure, not the design's: a full disk, an exhausted quota or a read-only
+    file system (search_space/outputs.py), or a file of the project's cache gone from under the trial (another
+    worker replacing the same entry)."""
+    if disk_error(e) is not None:
+        return True
+    root, seen = str(cache_root()), set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, FileNotFoundError) and any(
+                str(f).startswith(root) for f in (e.filename, e.filename2) if f):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def retry_environmental(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
+    """Queue a trial that failed for the machine's reason once more (not a retry of a retry): its record says
+    so, and the artifact folder it left half written is removed. Called while the trial still runs, so no
+    worker sees it failed without its retry (an enqueued preset would be enqueued twice). Returns whether it
+    was queued again."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.system_attrs.get(ENVIRONMENTAL_RETRY_OF) is not None:
+        return False
+    RecordWriter.of(trial).environmental(f"{reason} (the machine's failure, not the design's: queued again once)")
+    discard_partial_artifacts(study, frozen)
+    _requeue(study, frozen, failed_trial=frozen.system_attrs.get("failed_trial", trial.number),
+             **{ENVIRONMENTAL_RETRY_OF: trial.number})
+    log.info("trial %d failed for the machine's reason: queued again once", trial.number)
+    return True
+
+
+def artifact_folder(root: Path, number: int, spec_id: str) -> Path:
+    """Where trial `number` writes its samples, record and checkpoints."""
+    return root / f"trial-{number:04d}-{spec_id}"
+
+
+def discard_partial_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Remove the artifact folder a trial that did not finish was writing. Only the trial's own folder (named
+    after its number: a result it took from a finished twin or the cache names the twin's folder), and never one
+    that a finished trial's record names."""
+    folder = TrialRecord.of(trial).get(R.ARTIFACTS)
+    if not isinstance(folder, str) or not Path(folder).name.startswith(artifact_folder(Path(), trial.number, "").name):
+        return
+    if any(TrialRecord.of(t).get(R.ARTIFACTS) == folder for t in study.get_trials(deepcopy=False, states=FINISHED)):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _process_start(pid: int) -> int | None:

@@ -76,7 +76,8 @@ def regime_key(data, limit: int) -> str:
 def regime_baselines(data, limit: int | None = None) -> dict[str, float]:
     """The three baseline val losses of `data` (cached per regime): {val_loss_constant, val_loss_class_mean,
     val_loss_linear}."""
-    from search_space.cache import cache_dir, temporary_sibling
+    from search_space.cache import cache_dir
+    from search_space.outputs import atomic_write
 
     from .validation import VAL_MAX
 
@@ -91,9 +92,8 @@ def regime_baselines(data, limit: int | None = None) -> dict[str, float]:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             pass  # a damaged entry is recomputed
     values = compute_baselines(data, limit)
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps({"key": key, **values}, indent=1))
-    tmp.replace(path)  # atomic: a concurrent worker reads the old file or the new one, never half of it
+    with atomic_write(path) as tmp:  # a concurrent worker reads the old file or the new one, never half of it
+        tmp.write_text(json.dumps({"key": key, **values}, indent=1))
     return values
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from search_space import UNetSpec, build_model
 from search_space.errors import SpecError
 from search_space.limits import read_json
+from search_space.outputs import atomic_write, disk_errors, save_torch
 from search_space.spec import spec_from_dict
 
 from .config import TrainError
@@ -72,32 +73,31 @@ def weights_digest(model: nn.Module) -> str:
 def save_checkpoint(ckpt_dir: Path, step: int, model: nn.Module, ema: nn.Module, spec: UNetSpec, meta: dict,
                     state: dict | None, keep: int = 0) -> Path:
     """Write `ckpt_dir/step_XXXXXXX` atomically (temp folder, then rename), update `latest`, keep the newest
-    `keep` (0: all). `state=None` writes a weights-only checkpoint (no resume)."""
+    `keep` (0: all). `state=None` writes a weights-only checkpoint (no resume). A full disk ends in OutputError
+    naming the checkpoint; the temp folder is removed and the checkpoints already there are untouched."""
     from safetensors.torch import save_file
 
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:07d}"
-    tmp = ckpt_dir / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    with disk_errors(final):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
     metadata = {"format": CHECKPOINT_FORMAT, "spec": spec.to_json(), "spec_id": spec.spec_id, "step": str(step),
                 "meta": json.dumps(meta)}
-    save_file(tensors, tmp / WEIGHTS_FILE, metadata=metadata)
-    names = [WEIGHTS_FILE]
-    if state is not None:
-        torch.save(state, tmp / STATE_FILE)
-        names.append(STATE_FILE)
-    manifest = {"format": CHECKPOINT_FORMAT, "step": step, "spec_id": spec.spec_id,
-                "spec": json.loads(spec.to_json()), "meta": meta, "resumable": state is not None,
-                "files": {name: file_sha256(tmp / name) for name in names}}
-    (tmp / "checkpoint.json").write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    (ckpt_dir / "latest.tmp").write_text(final.name)
-    (ckpt_dir / "latest.tmp").replace(ckpt_dir / "latest")
+    with atomic_write(final) as tmp:
+        tmp.mkdir()
+        save_file(tensors, tmp / WEIGHTS_FILE, metadata=metadata)
+        names = [WEIGHTS_FILE]
+        if state is not None:
+            save_torch(state, tmp / STATE_FILE)
+            names.append(STATE_FILE)
+        manifest = {"format": CHECKPOINT_FORMAT, "step": step, "spec_id": spec.spec_id,
+                    "spec": json.loads(spec.to_json()), "meta": meta, "resumable": state is not None,
+                    "files": {name: file_sha256(tmp / name) for name in names}}
+        (tmp / "checkpoint.json").write_text(json.dumps(manifest, indent=1))
+    with atomic_write(ckpt_dir / "latest") as tmp:
+        tmp.write_text(final.name)
     for old in sorted(ckpt_dir.glob("step_*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

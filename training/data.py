@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from search_space.cache import temporary_sibling
+from search_space.outputs import atomic_write
 from search_space.errors import UserError
 from search_space.limits import read_json
 
@@ -409,7 +409,8 @@ def encode_latents(source: str, vae_path: str | Path, out_dir: str | Path, resol
         tensors = {"latents": torch.cat(latents),
                    "labels": torch.tensor(labels, dtype=torch.int64)}
         # One metadata key: safetensors writes metadata in hash-map order, and the checksums must be stable.
-        save_file(tensors, str(out / file), metadata={"vae": vae_id})
+        with atomic_write(out / file) as tmp:  # a shard is there whole or not at all
+            save_file(tensors, str(tmp), metadata={"vae": vae_id})
         done.append({"index": index, "file": file, "count": len(labels), "skipped": bad,
                      "sha256": file_sha256(out / file)})
         skipped += bad
@@ -429,9 +430,8 @@ def encode_latents(source: str, vae_path: str | Path, out_dir: str | Path, resol
 def _write_manifest(path: Path, header: dict, shards: list[dict], skipped: int, complete: bool) -> None:
     manifest = {**header, "shards": shards, "count": sum(s["count"] for s in shards), "skipped": skipped,
                 "checksum": _manifest_checksum(shards), "complete": complete}
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(path)  # atomic: an interrupted run never leaves half a manifest
+    with atomic_write(path) as tmp:  # an interrupted run never leaves half a manifest
+        tmp.write_text(json.dumps(manifest, indent=1))
 
 
 class LatentShards:

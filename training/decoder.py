@@ -30,7 +30,8 @@ from search_space import DecoderSpec, build_model
 from search_space.errors import UserError
 from search_space.init import build_paired
 
-from search_space.cache import cache_dir, temporary_sibling
+from search_space.cache import cache_dir
+from search_space.outputs import atomic_write, save_torch
 from .budget import Budget
 from .weights import check_model_folder
 
@@ -173,14 +174,14 @@ def load_encoder(source: str, data: PatchData, latent_channels: int, stages: int
         baseline = json.loads((folder / "baseline.json").read_text())
     else:
         _train_tiny_ae(vae, data, seed, progress, ae_steps)
-        tmp = temporary_sibling(weights)
-        torch.save(vae.state_dict(), tmp)
-        tmp.replace(weights)
+        with atomic_write(weights) as tmp:
+            save_torch(vae.state_dict(), tmp)
         baseline = None
     vae.eval().requires_grad_(False)
     enc = FrozenEncoder(f"tiny-ae-{key}", vae, latent_channels, 2 ** (stages - 1))
     enc.baseline = baseline or _baseline(enc, data)
-    (folder / "baseline.json").write_text(json.dumps(enc.baseline))
+    with atomic_write(folder / "baseline.json") as tmp:
+        tmp.write_text(json.dumps(enc.baseline))
     return enc
 
 
@@ -361,13 +362,15 @@ def train_decoder_run(spec: DecoderSpec, data: str, encoder: str, budget: Budget
     result = train_decoder(spec, patches, enc, budget, seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, out / "decoder.safetensors",
-              metadata={"spec": spec.to_json(), "spec_id": spec.spec_id, "encoder": enc.name})
+    with atomic_write(out / "decoder.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, tmp,
+                  metadata={"spec": spec.to_json(), "spec_id": spec.spec_id, "encoder": enc.name})
     save_reconstructions(result.model, enc, patches, out / "reconstructions.png")
     record = {"spec_id": spec.spec_id, "spec": json.loads(spec.to_json()), "encoder": enc.name, "data": data,
               "budget": str(budget), "seed": seed, "steps": result.steps, "seconds": round(result.seconds, 2),
               "metrics": result.metrics, "baseline": enc.baseline, "notices": result.notices,
               "psnr_vs_baseline": result.metrics["psnr"] - enc.baseline["psnr"], "history": result.history,
               "out": str(out)}
-    (out / "record.json").write_text(json.dumps(record, indent=1, default=str))
+    with atomic_write(out / "record.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1, default=str))
     return record

@@ -26,7 +26,8 @@ from torch.nn import functional as F
 
 from search_space.errors import UserError
 
-from search_space.cache import cache_dir, temporary_sibling
+from search_space.cache import cache_dir
+from search_space.outputs import atomic_write, save_torch
 from .data import FlowData, file_sha256
 from .weights import load_plain
 
@@ -101,9 +102,8 @@ def domain_classifier(data: FlowData) -> tuple[Path, dict]:
         acc = float((model(data.domain_view(data.val_x)).argmax(1) == data.val_y).float().mean())
     record = {"dataset": data.name, "val_accuracy": acc, "steps": steps, "seconds": time.perf_counter() - start,
               "in_channels": x.shape[1], "num_classes": data.num_classes, "width": DOMAIN_WIDTH}
-    tmp = temporary_sibling(path)
-    torch.save({"state_dict": model.state_dict(), "record": record}, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        save_torch({"state_dict": model.state_dict(), "record": record}, tmp)
     return path, record
 
 
@@ -216,9 +216,8 @@ def checked_weights(path: str | Path) -> str:
         if not isinstance(state, dict):
             raise MetricError(f"Inception weights {path}: holds a {type(state).__name__}, not a state dict; it "
                               f"should be torch-fidelity's {INCEPTION_FILE}")
-        tmp = temporary_sibling(out)
-        torch.save(state, tmp)
-        tmp.replace(out)
+        with atomic_write(out) as tmp:
+            save_torch(state, tmp)
     return str(out)
 
 

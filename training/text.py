@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from search_space.cache import cache_dir, temporary_sibling
+from search_space.cache import cache_dir
+from search_space.outputs import atomic_write, save_torch
 
 from .weights import check_model_folder
 
@@ -106,7 +107,6 @@ def class_prompt_embeddings(class_names: list[str], encoder: str = DEFAULT_ENCOD
     else:
         tokens, pooled = encode_prompts(prompts, encoder)
         data = {"tokens": tokens, "pooled": pooled}
-        tmp = temporary_sibling(path)
-        torch.save(data, tmp)
-        tmp.replace(path)
+        with atomic_write(path) as tmp:
+            save_torch(data, tmp)
     return PromptEmbeddings(tokens=data["tokens"], pooled=data["pooled"], encoder=str(encoder))

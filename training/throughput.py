@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from search_space.cache import cache_dir, temporary_sibling
+from search_space.cache import cache_dir
+from search_space.outputs import atomic_write
 
 PEAK_VERSION = 1  # bump when the measurement changes: it names the cache files
 # [choose] square matmuls of 1024 (CPU: ~2 GFLOP each, tens of ms on 2 cores) or 8192 (GPU: ~1 TFLOP, a few ms
@@ -138,9 +139,8 @@ def _load() -> float:
 
 
 def _write(path: Path, record: dict) -> None:
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    with atomic_write(path) as tmp:  # a concurrent reader sees the old file or the new one
+        tmp.write_text(json.dumps(record, indent=1))
 
 
 @functools.lru_cache(maxsize=64)

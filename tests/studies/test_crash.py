@@ -251,3 +251,100 @@ def test_local_workers_are_started_to_die_with_their_run(monkeypatch):
     assert all(kw["preexec_fn"] is workers._die_with_parent and kw["env"]["OMP_NUM_THREADS"] == "1"
                for _, kw in started)
     assert started[0][0][-4:] == ["--storage", "sqlite:///s.db", "--no-progress", "--no-summary"]
+
+
+def _failing_once(monkeypatch, error: Exception, times: int = 1):
+    """The cheap evaluators raise `error` on their first `times` calls (a full disk, a cache race), then work."""
+    from studies import evaluate
+    real, calls = evaluate.cheap_metrics, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            raise error
+        return real(*args, **kwargs)
+    monkeypatch.setattr(evaluate, "cheap_metrics", flaky)
+
+
+def test_a_trial_failed_by_a_full_disk_is_queued_again_once_and_the_run_still_finishes(tmp_path, monkeypatch):
+    import errno
+    cfg = _cfg(tmp_path, n_trials=2)
+    _failing_once(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    study, lines = _quiet(cfg)
+    trials = study.get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["environmental"] is True
+    assert "queued again once" in failed[0].user_attrs["fail_reason"]
+    retry = [t for t in trials if t.system_attrs.get("environmental_retry_of") == failed[0].number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == failed[0].params
+    assert "environmental" not in retry[0].user_attrs
+    # the failure gave its attempt back: the run ended with the file's 2 finished trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
+def test_a_retry_that_fails_again_is_not_queued_a_third_time(tmp_path, monkeypatch):
+    import errno
+    cfg = _cfg(tmp_path, n_trials=1)
+    _failing_once(monkeypatch, OSError(errno.ENOSPC, "No space left on device"), times=10)
+    study, _ = _quiet(cfg)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert trials[1].system_attrs["environmental_retry_of"] == 0 and "environmental" not in trials[1].user_attrs
+
+
+def test_a_preset_lost_to_a_cache_race_is_retried_once_not_twice(tmp_path, monkeypatch):
+    """The race of the issue: a worker's text-embedding cache file vanished under it (FileNotFoundError on the
+    cache); the enqueued preset is queued again by the objective, so the preset rule adds no second copy."""
+    from search_space.cache import cache_dir
+    cfg = _cfg(tmp_path, n_trials=2, presets=("tiny-debug",))
+    gone = cache_dir("text") / ".abc.pt.123.tmp"
+    _failing_once(monkeypatch, FileNotFoundError(2, "No such file or directory", str(gone)))
+    study, _ = _quiet(cfg)
+    mine = [t for t in study.get_trials() if t.user_attrs.get("enqueued_preset") == "tiny-debug"]
+    assert [t.state for t in mine] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_only_the_machines_failures_are_environmental(tmp_path):
+    import errno
+    from search_space.cache import cache_dir
+    from search_space.outputs import OutputError
+    from studies.workers import environmental
+    wrapped = RuntimeError("unexpected pos 704 vs 598")
+    wrapped.__context__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert environmental(wrapped)
+    assert environmental(OutputError("cannot write x: no space left on the device", errno.ENOSPC))
+    assert environmental(FileNotFoundError(2, "gone", str(cache_dir("text") / "x.pt")))
+    assert not environmental(FileNotFoundError(2, "gone", str(tmp_path / "my-data")))  # the user's file
+    assert not environmental(OutputError("--out x is a file"))
+    assert not environmental(ValueError("channels[1]=500 is not divisible by the 32 norm groups"))
+
+
+def test_a_killed_trials_partial_artifacts_are_removed_and_finished_ones_kept(tmp_path):
+    cfg = _cfg(tmp_path, n_trials=2)
+    study = open_study(cfg, open_storage(cfg.storage, cfg))
+    art = tmp_path / "artifacts"
+
+    def finished(folder):
+        t = study.ask()
+        t.set_user_attr("artifacts", str(folder))
+        study.tell(t, 1.0)
+        return t.number
+
+    done_dir = art / f"trial-{finished(art / 'trial-0000-aaa'):04d}-aaa"
+    ghost = _ghost(study)
+    ghost_dir = art / f"trial-{ghost:04d}-bbb"
+    reused = _ghost(study, artifacts=str(done_dir))  # took a finished trial's result: names that trial's folder
+    other_dir = tmp_path / "other-study" / "artifacts" / "trial-0999-ddd"
+    foreign = _ghost(study, artifacts=str(other_dir))  # took another study's result from the cache
+    cached = _ghost(study)  # its result reached the cache before the kill, and a finished trial took it from there
+    cached_dir = art / f"trial-{cached:04d}-ccc"
+    finished(cached_dir)
+    for number, folder in ((ghost, ghost_dir), (cached, cached_dir)):
+        study._storage.set_trial_user_attr(study.get_trials()[number]._trial_id, "artifacts", str(folder))
+    for folder in (done_dir, ghost_dir, cached_dir, other_dir):
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "record.json").write_text("{}")
+    assert sorted(fail_ghost_trials(study)) == sorted([ghost, reused, foreign, cached])
+    assert not ghost_dir.exists()
+    for folder in (done_dir, cached_dir, other_dir):
+        assert (folder / "record.json").is_file() and (folder / "checkpoints").is_dir()

@@ -15,7 +15,7 @@ STORED_NAMES = {
     "spec", "spec_id", "compact", "kind", "preset", "base_preset", "rung", "budget", "candidate", "enqueued_preset",
     "promoted_from", "promoted_spec", "params_fixed", "worker_host", "worker_pid", "worker_started", "duplicate",
     "infeasible", "early_stopped", "fail_reason", "killed", "duplicate_of", "reused_from", "cached_from", "eval_key",
-    "curve", "artifacts", "evaluator_seconds", "promoted_by",
+    "curve", "artifacts", "evaluator_seconds", "promoted_by", "environmental",
     "learned_fraction"}  # the flow evaluator's metric, which the record reads (the regime gate)
 STORED_STUDY_NAMES = {"definition", "metric_names", "study_file", "rungs", "created", "workers"}
 

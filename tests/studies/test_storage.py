@@ -240,3 +240,64 @@ def test_eight_workers_x_200_trials_on_postgres_lose_and_repeat_nothing(tmp_path
 
 
 N_WIDE = 200
+
+
+def _wal_study(folder: Path, leave_side_files: bool = False) -> str:
+    """A write-ahead-logged SQLite study with one finished trial in `folder` (as `study run` leaves it); with
+    `leave_side_files`, a last commit left in its -wal file (what a killed writer leaves), copied with -shm."""
+    import shutil
+
+    from studies.storage import open_for_writing
+    url = f"sqlite:///{folder}/s.db"
+    storage = open_for_writing(url)
+    study = optuna.create_study(study_name="ro", storage=storage)
+    study.add_trial(optuna.create_trial(value=1.0))
+    if leave_side_files:
+        keep = folder.parent / "copy"
+        keep.mkdir()
+        study.add_trial(optuna.create_trial(value=2.0))  # committed to the -wal file, not yet to s.db
+        for name in ("s.db", "s.db-wal", "s.db-shm"):
+            shutil.copy(folder / name, keep / name)
+    storage.engine.dispose()
+    if leave_side_files:
+        for name in ("s.db", "s.db-wal", "s.db-shm"):
+            shutil.copy(keep / name, folder / name)
+    assert (folder / "s.db").read_bytes()[18:20] == b"\x02\x02"  # write-ahead logged
+    return url
+
+
+def test_a_wal_study_in_a_read_only_folder_is_read_immutable(tmp_path, make_readonly):
+    """SQLite wants to create s.db-wal and s.db-shm beside a WAL file even to read it; in a folder nobody may
+    write (a read-only mount) `study status` and the explorer open it immutable instead."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    url = _wal_study(folder)
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) == ["s.db"]
+    make_readonly(folder)
+    assert "immutable=1" in R.readonly_url(url)
+    assert [t.value for t in optuna.load_study(study_name="ro", storage=open_readonly(url)).get_trials()] == [1.0]
+    assert len(R.load_frame(url, "ro")[0]) == 1  # the explorer's loader
+    r = _cli("study", "status", "--storage", url)
+    assert r.returncode == 0 and "trials: COMPLETE 1" in r.stdout, r.stderr
+
+
+def test_a_wal_study_in_a_writable_folder_or_with_its_side_files_is_not_read_immutable(tmp_path, make_readonly):
+    """Immutable ignores the -wal file: only where SQLite cannot make its side files, and never over commits
+    that are still in the -wal file."""
+    writable = tmp_path / "writable"
+    writable.mkdir()
+    assert "immutable" not in R.readonly_url(_wal_study(writable))  # a running study's readers see new commits
+    folder = tmp_path / "study"
+    folder.mkdir()
+    url = _wal_study(folder, leave_side_files=True)
+    make_readonly(folder)
+    assert "immutable" not in R.readonly_url(url)
+    assert [t.value for t in optuna.load_study(study_name="ro", storage=open_readonly(url)).get_trials()] == [1.0, 2.0]
+    (tmp_path / "copy" / "s.db-shm").unlink()
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for name in ("s.db", "s.db-wal"):
+        (lone / name).write_bytes((tmp_path / "copy" / name).read_bytes())
+    make_readonly(lone)
+    with pytest.raises(StorageError, match="last commits are in s.db-wal without s.db-shm"):
+        open_readonly(f"sqlite:///{lone}/s.db")
