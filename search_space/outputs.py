@@ -30,6 +30,8 @@ DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the d
                errno.EROFS: "the file system is read-only"}
 # Rust bindings (safetensors) report an I/O failure only in their message: "... (os error 28)"
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+# SQLite reports a full disk as SQLITE_FULL, in words only (through SQLAlchemy's OperationalError)
+_SQLITE_FULL = "database or disk is full"
 
 
 class OutputError(UserError):
@@ -80,7 +82,7 @@ def check_output_file(path: str | Path, flag: str, package: bool = False) -> Pat
 
 def disk_errno(e: BaseException) -> int | None:
     """The full-disk / quota / read-only errno behind `e` (found along its cause chain: torch wraps the OSError
-    of a file object in a RuntimeError; safetensors names it in its message), else None."""
+    of a file object in a RuntimeError; safetensors names it in its message, SQLite in words), else None."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -89,6 +91,8 @@ def disk_errno(e: BaseException) -> int | None:
         m = _RUST_OS_ERROR.search(str(e))
         if m and int(m.group(1)) in DISK_ERRNOS:
             return int(m.group(1))
+        if _SQLITE_FULL in str(e):
+            return errno.ENOSPC
         e = e.__cause__ or e.__context__
     return None
 

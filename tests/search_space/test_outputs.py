@@ -113,6 +113,20 @@ def test_a_full_disk_is_found_behind_the_wrappers_of_torch_and_safetensors():
             raise OSError(errno.EDQUOT, "Disk quota exceeded")
 
 
+def test_a_study_database_on_a_full_disk_is_a_full_disk(small_disk):
+    """SQLite says SQLITE_FULL in words only (through SQLAlchemy): still a full disk, so one line and a retry."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{small_disk(256)}/s.db")
+    with pytest.raises(sqlalchemy.exc.OperationalError) as e:
+        with engine.begin() as c:
+            c.execute(sqlalchemy.text("create table t (x blob)"))
+            for _ in range(1000):  # 10 MB into 256 KiB
+                c.execute(sqlalchemy.text("insert into t values (randomblob(10000))"))
+    engine.dispose()
+    assert disk_errno(e.value) == errno.ENOSPC
+
+
 def test_a_checkpoint_on_a_full_disk_is_one_error_and_the_one_before_is_intact(small_disk):
     from search_space import PRESETS, build_model
     from training.checkpoint import read_checkpoint, save_checkpoint
