@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Architecture search and ablation workbench for mobile text-to-image diffusion (SnapGen).",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="less output")
+    # its own dest: a sub-command's own -q (default False) would otherwise overwrite `pocketdiff -q ...`
+    parser.add_argument("-q", "--quiet", action="store_true", dest="quiet_all", help="less output")
     sub = parser.add_subparsers(dest="group", metavar="<group>")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.quiet = args.quiet_all or getattr(args, "quiet", False)
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError) as e:  # every layer's fixable mistakes (search_space/errors.py)

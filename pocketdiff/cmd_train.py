@@ -127,6 +127,7 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
     from search_space.compact import encode
     from training.config import LoopConfig, StepDistillConfig
     from training.data import load_data
+    from training.checkpoint import read_manifest
     from training.full_run import distillation_objective, prepare_spec, train_full
     from training.kd_scaling import KDWeighting
     from training.text import class_prompt_embeddings
@@ -147,13 +148,15 @@ def train_unet_cmd(a: argparse.Namespace) -> int:
     data = load_data(a.data)
     prompts = class_prompt_embeddings(data.class_names, a.encoder)
     train_spec, mapping = prepare_spec(spec, data, prompts, a.as_is)
+    if a.init is not None:
+        read_manifest(a.init)  # a damaged --init checkpoint is one line before the run says anything
+    objective, teacher_line = distillation_objective(  # a teacher or --init that cannot load: one line, no more
+        a.teacher, train_spec, prompts, data, KDWeighting(a.kd, a.kd_shape, a.kd_share), not a.no_feature_kd,
+        a.teacher_dtype, step_distill, a.init)
     say(f"spec {spec.spec_id} {encode(spec)}")
     if mapping is not None:
         say(f"  -> proxy {train_spec.spec_id} {encode(train_spec)} (channels {mapping['channels'][0]} -> "
             f"{mapping['channels'][1]}; --as-is trains the spec itself)")
-    objective, teacher_line = distillation_objective(
-        a.teacher, train_spec, prompts, data, KDWeighting(a.kd, a.kd_shape, a.kd_share), not a.no_feature_kd,
-        a.teacher_dtype, step_distill, a.init)
     if teacher_line:
         say(teacher_line)
     world = int(os.environ.get("WORLD_SIZE", "1"))

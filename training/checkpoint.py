@@ -127,6 +127,26 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    manifest = read_manifest(path)
+    path, files = Path(manifest["path"]), manifest["files"]
+    if verify:
+        for name, digest in files.items():
+            f = path / name
+            if not f.is_file():
+                raise CheckpointError(f"checkpoint {path} is missing {name}")
+            if file_sha256(f) != digest:
+                raise CheckpointError(f"checkpoint file {f} is corrupt: its sha256 does not match checkpoint.json "
+                                      f"(truncated or altered); resume from an older checkpoint")
+    try:
+        tensors = load_file(path / WEIGHTS_FILE)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint file {path / WEIGHTS_FILE} is corrupt: {e}") from None
+    return manifest, tensors
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The checked checkpoint.json of a checkpoint (a run folder, a checkpoints folder or a step folder), with
+    `path` set to the step folder; reads no weights (cheap enough to check an --init before a run starts)."""
     path = find_checkpoint(path)
     manifest_path = path / "checkpoint.json"
     if not manifest_path.is_file():
@@ -147,20 +167,12 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, dict]:
     if WEIGHTS_FILE not in files or any(Path(name).name != name for name in files):
         raise CheckpointError(f"checkpoint metadata {manifest_path}: its 'files' table must list {WEIGHTS_FILE} "
                               f"and only files inside the checkpoint folder")
-    if verify:
-        for name, digest in files.items():
-            f = path / name
-            if not f.is_file():
-                raise CheckpointError(f"checkpoint {path} is missing {name}")
-            if file_sha256(f) != digest:
-                raise CheckpointError(f"checkpoint file {f} is corrupt: its sha256 does not match checkpoint.json "
-                                      f"(truncated or altered); resume from an older checkpoint")
     try:
-        tensors = load_file(path / WEIGHTS_FILE)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint file {path / WEIGHTS_FILE} is corrupt: {e}") from None
+        spec_from_dict(manifest["spec"])
+    except SpecError as e:
+        raise CheckpointError(f"checkpoint metadata {manifest_path} holds an invalid spec: {e}") from None
     manifest["path"] = str(path)
-    return manifest, tensors
+    return manifest
 
 
 def read_state(path: Path) -> dict:
@@ -186,11 +198,7 @@ def split_weights(tensors: dict, prefix: str) -> dict:
 def load_trained(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, UNetSpec, dict]:
     """(model in eval mode, spec, manifest) from any checkpoint of ours; the EMA weights by default."""
     manifest, tensors = read_checkpoint(path)
-    try:
-        spec = spec_from_dict(manifest["spec"])
-    except SpecError as e:
-        raise CheckpointError(f"checkpoint metadata {manifest['path']}/checkpoint.json holds an invalid spec: "
-                              f"{e}") from None
+    spec = spec_from_dict(manifest["spec"])  # checked by read_manifest
     model = build_model(spec)
     try:
         model.load_state_dict(split_weights(tensors, "ema." if use_ema else "model."))

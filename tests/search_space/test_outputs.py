@@ -135,11 +135,13 @@ def test_a_checkpoint_on_a_full_disk_is_one_error_and_the_one_before_is_intact(s
     model, ema = build_model(spec), build_model(spec)
     disk = small_disk(32 * 1024)
     ckpt = disk / "run" / "checkpoints"
-    first = save_checkpoint(ckpt, 1, model, ema, spec, {}, {"opt": model.state_dict()})
+    meta = {"data": "mnist5k", "encoder": "minilm", "data_kind": "pixel", "resolution": 32, "channels": 1,
+            "size": 32}  # run_meta's keys
+    first = save_checkpoint(ckpt, 1, model, ema, spec, meta, {"opt": model.state_dict()})
     before = {p.name: p.read_bytes() for p in first.iterdir()}
     fill(disk)
     with pytest.raises(OutputError, match=r"^cannot write .*/step_0000002: no space left on the device"):
-        save_checkpoint(ckpt, 2, model, ema, spec, {}, {"opt": model.state_dict()})
+        save_checkpoint(ckpt, 2, model, ema, spec, meta, {"opt": model.state_dict()})
     assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step_0000001"]  # no half checkpoint left
     assert (ckpt / "latest").read_text() == "step_0000001"
     assert {p.name: p.read_bytes() for p in first.iterdir()} == before

@@ -53,7 +53,7 @@ def test_a_bad_sd3_pipeline_index_is_one_line(tmp_path, capsys, index, says):
     (root / "model_index.json").write_text(index)
     for teacher in (f"sd3:{root}", str(root)):
         err = _one_line(capsys, ["train", "unet", "tiny-debug", "--out", str(tmp_path / "r"), "--steps", "2",
-                                 "--teacher", teacher, "-q"])
+                                 "--teacher", teacher])
         assert err.startswith("pocketdiff: error: teacher ") and says in err, err
     assert not (tmp_path / "r" / "checkpoints").exists()
 
@@ -131,7 +131,7 @@ def test_bad_checkpoint_metadata_is_one_line_naming_the_file(tmp_path, checkpoin
     assert str(ckpt) in str(e.value) and says in str(e.value) and "\n" not in str(e.value), str(e.value)
     for flag in ("--init", "--teacher"):
         err = _one_line(capsys, ["train", "unet", "tiny-debug", flag, str(run), "--out", str(tmp_path / "r"),
-                                 "--steps", "2", "-q"])
+                                 "--steps", "2"])
         assert says in err and str(ckpt) in err, err
 
 
