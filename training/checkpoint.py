@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from search_space import UNetSpec, build_model
+from search_space.cache import remove_abandoned_siblings
 from search_space.errors import SpecError
 from search_space.limits import read_json
 from search_space.outputs import atomic_write, disk_errors, save_torch
@@ -81,6 +82,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: nn.Module, ema: nn.Module,
     final = ckpt_dir / f"step_{step:07d}"
     with disk_errors(final):
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_siblings(ckpt_dir)  # a half-written checkpoint of a run killed while saving
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
     metadata = {"format": CHECKPOINT_FORMAT, "spec": spec.to_json(), "spec_id": spec.spec_id, "step": str(step),

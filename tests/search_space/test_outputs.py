@@ -148,6 +148,26 @@ def test_a_checkpoint_on_a_full_disk_is_one_error_and_the_one_before_is_intact(s
     read_checkpoint(disk / "run")  # checksums verified
 
 
+def test_a_checkpoint_half_written_by_a_killed_run_is_removed_at_the_next_save(tmp_path):
+    """A run killed while saving leaves its temporary step folder; the next save removes it (its writer, by the pid
+    in its name, is gone) and leaves a live writer's alone."""
+    import os
+
+    from search_space import PRESETS, build_model
+    from training.checkpoint import save_checkpoint
+
+    spec = PRESETS["tiny-debug"]
+    model = build_model(spec)
+    ckpt = tmp_path / "run" / "checkpoints"
+    dead, live = ckpt / ".step_0000002.999999999.0123abcd.tmp", ckpt / f".step_0000003.{os.getpid()}.0123abcd.tmp"
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half")
+    save_checkpoint(ckpt, 2, model, build_model(spec), spec, {}, None)
+    assert not dead.exists() and live.exists()
+    assert sorted(p.name for p in ckpt.iterdir()) == [live.name, "latest", "step_0000002"]
+
+
 def test_a_store_on_a_full_disk_keeps_its_rows(small_disk):
     from latency_models.measurements import CALIBRATION_CSV, import_measurements
 
