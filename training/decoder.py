@@ -269,6 +269,18 @@ class DecoderResult:
     notices: list
 
 
+def _require_memory(spec: DecoderSpec, data: PatchData, encoder: FrozenEncoder, config: DecoderTrainConfig) -> None:
+    """Refuse a decoder whose training step cannot fit in the memory free here, before anything is allocated
+    (search_space/memory.py; the decoder's own step, on the meta device: the encoder and discriminator are small)."""
+    from search_space.memory import require_memory, training_bytes
+
+    patch = data.train.shape[-1]
+    z = torch.empty(1, spec.latent_channels, patch // encoder.factor, patch // encoder.factor, device="meta")
+    need = training_bytes(build_model(spec, "meta"), (z,), config.batch_size)
+    require_memory(need, f"training decoder {spec.spec_id} on {patch}x{patch} crops at batch size "
+                         f"{config.batch_size}", "the decoder's widths (--set)", error=DecoderDataError)
+
+
 def train_decoder(spec: DecoderSpec, data: PatchData, encoder: FrozenEncoder, budget: Budget | str, seed: int = 0,
                   config: DecoderTrainConfig = DecoderTrainConfig(),
                   callback: Callable[[dict], bool | None] | None = None) -> DecoderResult:
@@ -282,6 +294,7 @@ def train_decoder(spec: DecoderSpec, data: PatchData, encoder: FrozenEncoder, bu
     budget = Budget.parse(budget)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    _require_memory(spec, data, encoder, config)
     z_held = encoder.encode(data.held_out)  # training batches are encoded as they are drawn (short runs)
     model = build_model(spec, seed=seed).train()  # paired weights (search_space/init.py)
     disc = build_paired(PatchDiscriminator, seed, "decoder.patch_disc")

@@ -45,3 +45,21 @@ def test_mismatched_encoder_and_missing_vae_are_refused(tmp_path):
         load_encoder(f"vae:{tmp_path}/nope", data, 16)
     with pytest.raises(DecoderDataError, match="does not exist"):
         load_patches(f"folder:{tmp_path}/nope")
+
+
+def test_a_decoder_that_cannot_fit_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    """The training step's tensors are estimated on the meta device against the memory free here (patched small):
+    one line naming the decoder, and no weights built."""
+    import search_space.memory as memory
+    import training.decoder as decoder
+
+    data = load_patches("sample-images", patch=32)
+    enc = load_encoder("tiny-ae", data, latent_channels=4, stages=2, ae_steps=1)
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 10_000)
+    built, real = [], decoder.build_model
+    monkeypatch.setattr(decoder, "build_model", lambda spec, device=None, **k: built.append(device) or
+                        real(spec, device, **k))
+    with pytest.raises(DecoderDataError, match=r"training decoder \w+ on 32x32 crops at batch size 16 needs at "
+                                               r"least .* but cpu has 0.0 GiB free; lower the decoder's widths"):
+        train_decoder(PRESETS["tiny-debug-decoder"], data, enc, "1steps")
+    assert built == ["meta"]
