@@ -11,6 +11,7 @@ once (`retry_environmental`).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -24,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search_space.cache import cache_root
-from search_space.outputs import disk_error
+from search_space.outputs import disk_errno
 
 from . import record as R
 from .record import FINISHED, RecordWriter, TrialRecord
@@ -66,10 +67,11 @@ ENVIRONMENTAL_RETRY_OF = "environmental_retry_of"  # system attribute of the cop
 
 
 def environmental(e: BaseException) -> bool:
-    """Whether `e` is the machine's failure, not the design's: a full disk, an exhausted quota or a read-only
-    file system (search_space/outputs.py), or a file of the project's cache gone from under the trial (another
-    worker replacing the same entry)."""
-    if disk_error(e) is not None:
+    """Whether `e` is the machine's failure, not the design's, and one a second attempt may not meet: a full disk
+    or an exhausted quota (search_space/outputs.py; space may be freed meanwhile, a read-only file system will
+    not become writable), or a file of the project's cache gone from under the trial (another worker replacing
+    the same entry)."""
+    if disk_errno(e) in (errno.ENOSPC, errno.EDQUOT):
         return True
     root, seen = str(cache_root()), set()
     while e is not None and id(e) not in seen:

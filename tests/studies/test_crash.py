@@ -317,6 +317,7 @@ def test_only_the_machines_failures_are_environmental(tmp_path):
     assert environmental(FileNotFoundError(2, "gone", str(cache_dir("text") / "x.pt")))
     assert not environmental(FileNotFoundError(2, "gone", str(tmp_path / "my-data")))  # the user's file
     assert not environmental(OutputError("--out x is a file"))
+    assert not environmental(OSError(errno.EROFS, "Read-only file system"))  # a second attempt meets it again
     assert not environmental(ValueError("channels[1]=500 is not divisible by the 32 norm groups"))
 
 
