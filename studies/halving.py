@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -281,15 +280,9 @@ def study_lock(storage: optuna.storages.BaseStorage, name: str) -> Iterator[None
     url = url_of(storage)
     if not url and not isinstance(storage, optuna.storages.InMemoryStorage):
         raise RuntimeError(f"a {type(storage).__name__} without a URL: cannot hold the lock {name!r}")
-    if not url:  # in-memory storages live in one process: a thread lock is enough
-        with _LOCAL_LOCKS.setdefault(name.split(":", 1)[0], threading.Lock()):
-            yield
-        return
-    with named_lock(url, name, engine=engine_of(storage)):
+    # an in-memory storage lives in one process: named_lock's thread lock serves it
+    with named_lock(url or "sqlite:///:memory:", name, engine=engine_of(storage)):
         yield
-
-
-_LOCAL_LOCKS: dict[str, threading.Lock] = {}
 
 
 def promote(study: optuna.Study, rungs: Rungs) -> list[Promotion]:
