@@ -72,8 +72,8 @@ _CHIP_NAMES = {"a13 bionic": "a13", "a14 bionic": "a14", "a15 bionic": "a15", "a
 
 
 def chip_key(chip: str) -> str:
-    """"A17 Pro" -> "a17pro", "M1 Max (8P CPU / ...)" -> "m1max"; unknown chips keep a lower-case, space-free
-    name so imports can add devices."""
+    """"A17 Pro" -> "a17pro", "M1 Max (8P CPU / ...)" -> "m1max"; an unknown chip keeps a lower-case, space-free
+    name (which `check_chip` then refuses, listing the known ones)."""
     c = re.sub(r"\(.*\)", "", chip).strip().lower()
     key = _CHIP_NAMES.get(c, re.sub(r"[^a-z0-9]+", "", c.replace(" bionic", "")))
     return ALIASES.get(key, key)  # a phone ("iPhone 15 Pro") names its chip
