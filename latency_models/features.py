@@ -53,6 +53,10 @@ class OpFeature:
     in_ids: tuple[int, ...] = ()  # data inputs, numbered in order of first appearance in the trace
     out_id: int = -1  # the first output, same numbering
     in_bytes: tuple[float, ...] = ()  # bytes of each data input (aligned with in_ids)
+    # Query heads folded into the rows of one K/V head (MQA / GQA in the math form, attention._attend_folded):
+    # the op's (B, Hkv, G*N, M) rows are G heads' independent rows, which the engine runs as G slices as it
+    # runs the (B, H, N, M) scores of MHSA as H. 1 for every other op.
+    head_group: int = 1
 
 
 @dataclasses.dataclass
@@ -141,8 +145,28 @@ def features_from_torch(module: nn.Module, inputs: tuple, weight_bits: int = FP1
     `inputs` are the positional inputs (None allowed, passed through). `weight_bits` is the stored weight
     precision (16 for fp16, 6 for 6-bit palettized weights) and scales the weight bytes.
     """
-    ops = [op_feature(op, weight_bits) for op in trace_forward(module, inputs)]
+    ops = _fold_head_groups([op_feature(op, weight_bits) for op in trace_forward(module, inputs)], module)
     return FeatureTable(_group_norm_reshapes(_drop_decomposition_artifacts(ops)), "torch-meta", note)
+
+
+def _fold_head_groups(ops: list[OpFeature], module: nn.Module) -> list[OpFeature]:
+    """Mark the attention products and softmaxes of shared-K/V attention in the folded form with the query heads
+    per K/V head (OpFeature.head_group). An attention module is one with `heads` and `kv_heads` (the project's
+    search_space.attention.Attention); its folded ops are the 4-d ones whose second dimension is kv_heads < heads
+    (the per-head split form has 3-d ops, MHSA's second dimension is `heads`)."""
+    groups = {path: mod.heads // mod.kv_heads for path, mod in module.named_modules()
+              if isinstance(getattr(mod, "heads", None), int) and isinstance(getattr(mod, "kv_heads", None), int)
+              and 0 < mod.kv_heads < mod.heads}
+    if not groups:
+        return ops
+    out = []
+    for f in ops:
+        g = groups.get(f.module)
+        if g and f.op_class in ("attn_matmul", "softmax") and len(f.out_shape) == 4 \
+                and f.out_shape[1] * g == module.get_submodule(f.module).heads:
+            f = dataclasses.replace(f, head_group=g)
+        out.append(f)
+    return out
 
 
 # Ops of torch's decompositions that the Core ML converter never emits: it converts `matmul`, `linear` and

@@ -36,7 +36,7 @@ from .fingerprint import current_fingerprint
 from .measurements import Measurement
 
 FEATURE_SOURCE = "torch-meta"
-FEATURE_VERSION = 3  # what the features mean (profiles record it); code changes are caught by the fingerprint
+FEATURE_VERSION = 4  # 4: shared-K/V attention ops carry their query heads (roofline slices). What the features mean (profiles record it); code changes are caught by the fingerprint
 # The cached JSON layout of ModelFeatures: 3 added the cost evaluator's views (parameters by name; MACs and the
 # aten op of every traced op), so one walk serves the cost and the latency evaluators.
 CACHE_LAYOUT = 3

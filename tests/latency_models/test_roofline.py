@@ -98,6 +98,49 @@ def test_mqa_attention_moves_fewer_bytes_than_mhsa_at_equal_width():
     assert all(math.prod(op.out_shape) * 2 == sum(op.in_bytes) for op in copies)
 
 
+def _attention_slices(kv_heads: int, heads: int = 4, tokens: int = 1024, dim: int = 256):
+    """(slices, working set per slice, predicted ms) of the attention products and softmax of one layer."""
+    m = Attention(dim, None, heads, kv_heads, dim // heads).to("meta")
+    with attention_backend("math"):
+        fused = roofline.fuse(features_from_torch(m, (torch.randn(1, tokens, dim, device="meta"),)))
+    core = (fused.kind == roofline.KINDS.index("attn")) | (fused.kind == roofline.KINDS.index("vector"))
+    ms = roofline.op_terms(fused, (17.5e12, 51.2e9, 2e6), PRIOR)["ms"]
+    return fused.slices[core], fused.act_bytes[core] / fused.slices[core], float(ms[core].sum())
+
+
+def test_shared_kv_heads_run_as_query_head_slices_and_cost_no_more_than_mhsa():
+    # MQA in the math form folds 4 query heads into one (1, 1, 4N, M) product; the engine still runs each query
+    # head's rows as a slice, so MQA's scores and softmax spill no more than MHSA's (1, 4, N, M) and cost no
+    # more. Without head_group the folded op is one 4x larger slice: it spills 2 MB of on-chip memory and
+    # prices MQA above MHSA (what the published -9% for MQA contradicts).
+    mhsa_slices, mhsa_ws, mhsa_ms = _attention_slices(4)
+    for kv in (1, 2):
+        slices, ws, ms = _attention_slices(kv)
+        assert list(slices) == list(mhsa_slices) and 4.0 in slices
+        assert ws.max() <= mhsa_ws.max()  # the shared K/V is read once for all the heads that share it
+        assert ms <= mhsa_ms * 1.001
+    # The split form is per head already (3-d ops): nothing to mark.
+    m = Attention(256, None, 4, 1, 64).to("meta")
+    with attention_backend("split_einsum"):
+        table = features_from_torch(m, (torch.randn(1, 64, 256, device="meta"),))
+    assert all(op.head_group == 1 for op in table.ops)
+    with attention_backend("math"):
+        table = features_from_torch(m, (torch.randn(1, 64, 256, device="meta"),))
+    # torch lowers the folded products to 3-d bmm (slices 1, as MHSA's); the 4-d softmax carries the heads
+    assert {op.head_group for op in table.ops if op.op_class == "softmax"} == {4}
+
+
+def test_the_reduction_roll_off_is_off_unless_data_ask_for_it():
+    # The only published long-reduction rows (3x3 convs over 128 channels at 0.97-0.98 of peak) show no
+    # roll-off, so the prior must leave a dense conv's rate alone: k = 11,520 (SD 2.1's largest conv) slowed
+    # by under 2%. A prior at a roll-off (k_pass 16,384, fitted once with the ratio rows) slowed it 1.8x.
+    k_pass = PRIOR["k_pass"]
+    assert (11520 / k_pass) ** roofline.K_PASS_EXPONENT < 0.02
+    name, prior, low, high, sigma = next(s for s in roofline.SHARED if s[0] == "k_pass")
+    # ... and wide enough that ratio rows can move it to a roll-off within two sigma.
+    assert low <= 1024 and (math.log(prior) - math.log(2048)) / sigma < 2.0
+
+
 def _reference_expand(q, k, v):
     """The attention before the fold: K/V copied to every query head."""
     g = q.shape[1] // k.shape[1]
