@@ -127,7 +127,8 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
     regime = [validation.regime_of(t) for t in totals]
     family_of = {validation.residual_key(regime[i], m, i): m.family for i, m in enumerate(measurements)}
     adopted = {chip: report["chips"][chip]["adopted"] for chip in {m.chip for m in measurements}}
-    level, level_why = _band_level(residuals, family_of, adopted)
+    unfitted = _unfitted_protocol_rows(measurements, regime)
+    level, level_why = _band_level(residuals, family_of, adopted, unfitted)
     for chip in sorted({m.chip for m in measurements}):
         mine = [i for i, m in enumerate(measurements) if m.chip == chip]
         chosen = report["chips"][chip]["adopted"]
@@ -140,7 +141,7 @@ def build_profiles(measurements: list[Measurement], features: list | None = None
                           "from": (f"leave-one-family-out {reg}-model residuals of {chip} ({own} rows)"
                                    if own >= predictor.MIN_ROWS_FOR_OWN_BAND else f"leave-one-family-out "
                                    f"{reg}-model residuals pooled over all chips ({pooled} rows; {chip} has {own})")}
-        bands["leave_one_family_out_coverage"] = _coverage(residuals, family_of, chosen, chip, level)
+        bands["leave_one_family_out_coverage"] = _coverage(residuals, family_of, chosen, chip, level, unfitted)
         protocols = [measurements[i].protocol for i in mine]
         default_protocol = max(sorted(set(protocols)), key=protocols.count)
         costs = [roof.predict(features[i].fused, chip, None) if chosen[regime[i]] == "roofline"
@@ -200,11 +201,37 @@ def _band(residuals: dict, reg: str, chip: str, family_of: dict | None = None, s
     return lo, hi, len(own), len(pooled)
 
 
+# A prediction under a measuring protocol that has no rows in the fit uses that protocol's prior scale (1, with
+# a log-normal prior of PROTOCOL_SCALE_SIGMA: roofline.py), so its band carries that prior too: both edges move
+# out by the prior's central-80% half-width, exp(1.2816 * 0.35) = x1.57. The residuals a band is built from
+# come from rows whose protocol the refit had seen, so they hold no such term.
+PROTOCOL_BAND_Z = 1.2816  # the standard normal's 90th percentile: a central 80% interval
+
+
+def protocol_band_widening() -> float:
+    """Log-units added to each edge of a band for a prediction under a protocol the fit has no rows of."""
+    return PROTOCOL_BAND_Z * roofline.PROTOCOL_SCALE_SIGMA
+
+
+def _unfitted_protocol_rows(measurements: list[Measurement], regime: list[str]) -> set[str]:
+    """Residual keys of the rows whose protocol has no row outside their own family: held out with their family,
+    they are predicted under a protocol the refit never saw (the conv microbenchmarks' MPSGraph and private ANE
+    client runs, the EdgeTAM README, the Depth Anything model card, ...)."""
+    out = set()
+    for i, m in enumerate(measurements):
+        if not any(o.protocol == m.protocol and o.family != m.family for o in measurements):
+            out.add(validation.residual_key(regime[i], m, i))
+    return out
+
+
 def _coverage(residuals: dict, family_of: dict, chosen: dict, chip: str,
-              level: float = predictor.BAND_COVERAGE) -> dict:
+              level: float = predictor.BAND_COVERAGE, unfitted: set[str] = frozenset()) -> dict:
     """Does the band catch a family it was not built from? For each of the chip's rows: the band rebuilt
-    without every row of its family (the same rule as the profile's band) against the row's held-out error."""
-    covered = n = 0
+    without every row of its family (the same rule as the profile's band) against the row's held-out error;
+    a row in `unfitted` (its protocol left the refit with its family) gets the band of a prediction under an
+    unfitted protocol (protocol_band_widening). `without_protocol_rule` counts the same rows without that."""
+    covered = n = plain = 0
+    widen = protocol_band_widening()
     for key, family in sorted(family_of.items()):
         reg, row_chip = key.split("|")[:2]
         method = "roofline" if chosen[reg] == "roofline" else "predictor"
@@ -214,22 +241,29 @@ def _coverage(residuals: dict, family_of: dict, chosen: dict, chip: str,
         if lo is None:
             continue
         n += 1
-        covered += lo <= residuals[method][key] <= hi
+        r = residuals[method][key]
+        plain += lo <= r <= hi
+        w = widen if key in unfitted else 0.0
+        covered += lo - w <= r <= hi + w
     return {"rows": n, "covered": covered, "share": covered / n if n else None, "quantile_level": level,
-            "how": "each row against the band rebuilt without its family (leave-one-family-out)"}
+            "without_protocol_rule": plain,
+            "how": "each row against the band rebuilt without its family (leave-one-family-out); a row whose "
+                   "protocol has no rows outside its family gets the unfitted-protocol band (x"
+                   f"{math.exp(widen):.2f} on each edge)"}
 
 
 # Quantile levels tried for the band, narrowest first (the 10th..90th percentile of held-out errors first).
 BAND_LEVELS = (0.8, 0.85, 0.9, 0.95, 1.0)
 
 
-def _band_level(residuals: dict, family_of: dict, adopted: dict[str, dict]) -> tuple[float, str]:
+def _band_level(residuals: dict, family_of: dict, adopted: dict[str, dict],
+                unfitted: set[str] = frozenset()) -> tuple[float, str]:
     """The narrowest quantile level whose band, rebuilt without each row's family, catches BAND_COVERAGE of
     all rows: families share errors, so the 10th..90th percentile of held-out errors catches fewer than 80% of
     a family that was not among them."""
     levels = ", ".join(f"{x:g}" for x in BAND_LEVELS)
     for level in BAND_LEVELS:
-        cov = [_coverage(residuals, family_of, adopted[chip], chip, level) for chip in sorted(adopted)]
+        cov = [_coverage(residuals, family_of, adopted[chip], chip, level, unfitted) for chip in sorted(adopted)]
         rows, covered = sum(c["rows"] for c in cov), sum(c["covered"] for c in cov)
         if rows and covered / rows >= predictor.BAND_COVERAGE:
             return level, (f"the narrowest of {levels} whose band, rebuilt without each row's family, catches "

@@ -67,7 +67,9 @@ def format_report(profile: dict) -> str:
     if c and c["rows"]:
         lines.append(f"band coverage, each row against the band rebuilt without its family: {c['covered']}/{c['rows']}"
                      f" ({_f(c['share'], True)}; the band aims at {int(b['coverage'] * 100)}% over all chips; level: "
-                     f"{b.get('quantile_level_why', 'n/a')})")
+                     f"{b.get('quantile_level_why', 'n/a')})"
+                     + ("" if "without_protocol_rule" not in c else
+                        f"; {c['without_protocol_rule']}/{c['rows']} without the unfitted-protocol widening"))
     return "\n".join(lines)
 
 

@@ -403,7 +403,11 @@ def _chg(r) -> str:
 
 
 def _coverage_text(c) -> str:
-    return "" if not c or not c["rows"] else f"; band catches {c['covered']}/{c['rows']} held-out families' rows"
+    if not c or not c["rows"]:
+        return ""
+    plain = c.get("without_protocol_rule")
+    return (f"; band catches {c['covered']}/{c['rows']} held-out families' rows"
+            + ("" if plain is None else f" ({plain} without the unfitted-protocol widening)"))
 
 
 def _num(x) -> str:

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -186,6 +187,30 @@ def test_band_coverage_checks_each_family_against_a_band_built_without_it():
     assert c["rows"] == 9 and c["covered"] == 8 and c["share"] == pytest.approx(8 / 9)
     # rows of another chip or without a residual of the adopted model do not count
     assert _coverage({"roofline": residuals, "predictor": {}}, family_of, chosen, "m4")["rows"] == 0
+
+
+def test_a_row_predicted_under_a_protocol_the_refit_never_saw_gets_the_protocol_prior_in_its_band():
+    from latency_models.profiles import _coverage, _unfitted_protocol_rows, protocol_band_widening
+
+    # The other families' held-out errors span 0 .. 0.2; the "new" family, whose protocol only it uses, is off
+    # by 0.5 in log: outside the plain band, inside it once the band carries the protocol prior (x1.57 a side).
+    assert 0.3 < protocol_band_widening() < 0.5
+    residuals, family_of = {}, {}
+    rows = [("a", "p", 0.0), ("b", "p", 0.2), ("c", "q", 0.1), ("c", "q", 0.1), ("new", "solo", 0.5)]
+    ms = [SimpleNamespace(model=f"m{i}", chip="a17pro", protocol=proto, family=fam)
+          for i, (fam, proto, _) in enumerate(rows)]
+    for i, (fam, proto, r) in enumerate(rows):
+        key = f"large|a17pro|m{i}|{proto}|{i}"
+        residuals[key], family_of[key] = r, fam
+    unfitted = _unfitted_protocol_rows(ms, ["large"] * len(ms))
+    # q is used by family c only, solo by "new" only: both are unfitted when their family is held out
+    assert unfitted == {"large|a17pro|m2|q|2", "large|a17pro|m3|q|3", "large|a17pro|m4|solo|4"}
+    chosen = {"large": "roofline", "small": "roofline"}
+    c = _coverage({"roofline": residuals, "predictor": {}}, family_of, chosen, "a17pro", 1.0, unfitted)
+    assert c["covered"] == 5 and c["without_protocol_rule"] == 4
+    # and the rule widens nothing when every protocol is shared across families
+    c = _coverage({"roofline": residuals, "predictor": {}}, family_of, chosen, "a17pro", 1.0, set())
+    assert c["covered"] == c["without_protocol_rule"] == 4
 
 
 def test_every_profile_states_its_band_coverage_over_all_its_rows():
