@@ -22,8 +22,8 @@ eiln/ane; SPLIT_EINSUM runs attention per head), so a slice that fits on-chip me
 the whole tensor would. Shared-K/V attention (MQA, GQA) in the math form folds the G query heads of a K/V head
 into one (B, Hkv, G*N, M) product: its slices are still the B*H heads (features.OpFeature.head_group), so MQA
 moves the same scores per slice as MHSA and reads each K/V head once for all G of them. `k` is the reduction
-length (Cin*kh*kw/groups: a depthwise 3x3 reduces over 9). softmax_p is a smooth maximum (p = 4). Priors: peak_c, bw_c and sram_c are the published figures of chips.py, scaled by a
-fitted per-chip factor each (log-normal priors); the efficiencies, half-saturation sizes, the L2/DRAM ratio
+length (Cin*kh*kw/groups: a depthwise 3x3 reduces over 9). softmax_p is a smooth maximum (p = 4). Priors:
+peak_c, bw_c and sram_c are the published figures of chips.py, scaled by a fitted per-chip factor each (log-normal priors); the efficiencies, half-saturation sizes, the L2/DRAM ratio
 and the dispatch cost are shared by all chips; every measuring protocol scales the sum (log-normal prior
 around 1) and adds an overhead, capped as in predictor.py. Fitted on log errors by scipy's bounded least
 squares. `held_out_roofline` holds out each model or family in turn (validation.py compares it with the
