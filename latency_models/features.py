@@ -154,16 +154,15 @@ def _fold_head_groups(ops: list[OpFeature], module: nn.Module) -> list[OpFeature
     per K/V head (OpFeature.head_group). An attention module is one with `heads` and `kv_heads` (the project's
     search_space.attention.Attention); its folded ops are the 4-d ones whose second dimension is kv_heads < heads
     (the per-head split form has 3-d ops, MHSA's second dimension is `heads`)."""
-    groups = {path: mod.heads // mod.kv_heads for path, mod in module.named_modules()
-              if isinstance(getattr(mod, "heads", None), int) and isinstance(getattr(mod, "kv_heads", None), int)
-              and 0 < mod.kv_heads < mod.heads}
-    if not groups:
+    kv_heads = {path: (mod.kv_heads, mod.heads // mod.kv_heads) for path, mod in module.named_modules()
+                if isinstance(getattr(mod, "heads", None), int) and isinstance(getattr(mod, "kv_heads", None), int)
+                and 0 < mod.kv_heads < mod.heads}
+    if not kv_heads:
         return ops
     out = []
     for f in ops:
-        g = groups.get(f.module)
-        if g and f.op_class in ("attn_matmul", "softmax") and len(f.out_shape) == 4 \
-                and f.out_shape[1] * g == module.get_submodule(f.module).heads:
+        kv, g = kv_heads.get(f.module, (0, 1))
+        if g > 1 and f.op_class in ("attn_matmul", "softmax") and len(f.out_shape) == 4 and f.out_shape[1] == kv:
             f = dataclasses.replace(f, head_group=g)
         out.append(f)
     return out
